@@ -1,0 +1,21 @@
+"""prokt-deploy: distill a teacher into a size-budgeted student with ProKT, then deploy it.
+
+Library use (the CLI is a thin layer over these)::
+
+    from prokt_deploy import load_recipe, apply_overrides, distill
+    recipe = apply_overrides(load_recipe("recipes/digits.yaml"), {"budget.size": "20KB"})
+    result = distill(recipe, out="runs/digits-20kb")
+
+Importing this package does not import onnxruntime or OpenVINO.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from prokt_deploy.api import distill, plan, train_teacher  # noqa: E402
+from prokt_deploy.budget import format_size, parse_size  # noqa: E402
+from prokt_deploy.errors import ProktError  # noqa: E402
+from prokt_deploy.recipe import apply_overrides, load_recipe  # noqa: E402
+
+__all__ = ["__version__", "apply_overrides", "distill", "format_size", "load_recipe", "parse_size", "plan", "train_teacher", "ProktError"]

@@ -1,0 +1,3 @@
+from prokt_deploy.cli.main import main
+
+main()

@@ -1,0 +1,111 @@
+"""Safe weight files: safetensors, or a state_dict read with ``torch.load(weights_only=True)``.
+
+Nothing here ever unpickles arbitrary objects: a file that needs code to load is refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prokt_deploy.errors import ModelError
+
+SAFE_FORMATS = "a .safetensors file, or a plain state_dict saved with torch.save (read with weights_only=True)"
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {str(path)!r} not found")
+    if path.stat().st_size == 0:
+        raise ModelError(f"checkpoint {str(path)!r} is empty")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for bad headers/truncation
+            raise ModelError(f"checkpoint {str(path)!r} is not a valid safetensors file ({_first_line(e)})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for code-carrying pickles, RuntimeError for truncated zips
+        raise ModelError(f"checkpoint {str(path)!r} cannot be loaded safely ({_first_line(e)}); use {SAFE_FORMATS}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"checkpoint {str(path)!r} is not a state_dict of tensors; use {SAFE_FORMATS}")
+    return obj
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    state = load_state_dict(path)
+    result = model.load_state_dict(_strip_prefixes(state), strict=False)
+    mismatched = [k for k, v in _strip_prefixes(state).items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
+    if result.missing_keys or result.unexpected_keys or mismatched:
+        detail = []
+        if result.missing_keys:
+            detail.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")
+        if result.unexpected_keys:
+            detail.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+        raise ModelError(f"checkpoint {str(path)!r} does not match the architecture: " + ", ".join(detail) + "; check teacher.arch")
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept checkpoints saved from DDP/compiled wrappers ('module.', '_orig_mod.')."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = v
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    """Write a safetensors file atomically (temporary name, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_from_factory(spec: str, *, num_classes: int, in_channels: int) -> nn.Module:
+    """Call an importable 'module:function' that returns an nn.Module.
+
+    The function may accept ``num_classes`` and ``in_channels`` keyword arguments; they are
+    passed when its signature has them.
+    """
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise ModelError(f"teacher factory {spec!r} must look like 'package.module:function'")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as e:
+        raise ModelError(f"cannot import teacher factory {spec!r}: {_first_line(e)}") from None
+    params = inspect.signature(func).parameters
+    kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if k in params}
+    model = func(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"teacher factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -1,0 +1,75 @@
+"""Entry point: the Typer app and the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from prokt_deploy import __version__
+from prokt_deploy.cli import plan as plan_cmd
+from prokt_deploy.cli import recipe as recipe_cmd
+from prokt_deploy.cli import train as train_cmd
+from prokt_deploy.errors import EXIT_INTERRUPTED, ProktError
+
+app = typer.Typer(
+    name="prokt-deploy",
+    help="Distill a teacher into a student that fits a size budget (ProKT), export it to int8 ONNX/OpenVINO and benchmark it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("distill")(train_cmd.distill)
+app.command("train-teacher")(train_cmd.train_teacher)
+app.command("plan")(plan_cmd.plan)
+app.add_typer(recipe_cmd.app, name="recipe")
+
+_debug = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"prokt-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (also PROKT_DEPLOY_DEBUG=1).")] = False,
+) -> None:
+    global _debug
+    _debug = debug or _debug
+
+
+def _fail(message: str, code: int) -> None:
+    line = " ".join(str(message).split())  # always one line
+    sys.stderr.write(f"Error: {line}\n")
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. Errors print one line on stderr and exit with the code documented in the README."""
+    global _debug
+    _debug = os.environ.get("PROKT_DEPLOY_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        code = app(args=argv, prog_name="prokt-deploy", standalone_mode=False)
+    except ProktError as e:
+        if _debug:
+            raise
+        _fail(str(e), e.exit_code)
+    except typer.Abort:
+        _fail("aborted", EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+    except Exception as e:  # the Click usage errors typer vendors, then anything unexpected
+        if getattr(e, "exit_code", None) is not None and hasattr(e, "format_message"):
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _fail(e.format_message() + hint, e.exit_code)
+        if _debug:
+            raise
+        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1)
+    sys.exit(code if isinstance(code, int) else 0)

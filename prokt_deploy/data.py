@@ -1,0 +1,229 @@
+"""Datasets that work offline, split deterministically by seed, held in memory as tensors.
+
+Sources (recipe ``data.source``):
+- ``digits``: scikit-learn's 1,797 8x8 digits (ships with the package).
+- ``fashion-mnist``: the IDX files of Debian's ``dataset-fashion-mnist`` package
+  (``/usr/share/datasets/fashion-mnist``) or ``data.path``/``--data-dir``. The official
+  10k test set is the test split; validation is carved from the 60k training set.
+- ``image-folder``: ``path/<class>/<image>``, one sub-folder per class, read with Pillow.
+- ``npz``: a file with ``x`` (N,H,W), (N,C,H,W) or (N,H,W,C) and integer ``y`` (N,).
+
+Every split except the official Fashion-MNIST test set is made by a seeded permutation, so
+the same seed gives the same split. The test split is used only for final numbers.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prokt_deploy.errors import DataError
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) float32, normalised
+    y: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class DataBundle:
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+    input: dict = field(default_factory=dict)  # preprocessing spec, written to the manifest
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # (C, H, W)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_data(
+    source: str,
+    *,
+    path: str | Path | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    max_train_samples: int | None = None,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+) -> DataBundle:
+    """Load a dataset, split it by seed and normalise it with the training split's statistics."""
+    if source == "digits":
+        raw_x, raw_y, classes, scale = _digits()
+        splits = _seeded_split(len(raw_y), seed, val_fraction, test_fraction)
+    elif source == "fashion-mnist":
+        (tr_x, tr_y), (te_x, te_y) = _fashion_mnist(Path(path) if path else FASHION_DIR)
+        raw_x, raw_y = np.concatenate([tr_x, te_x]), np.concatenate([tr_y, te_y])
+        classes, scale = FASHION_CLASSES, 255.0
+        train_val = _seeded_split(len(tr_y), seed, val_fraction, 0.0)
+        splits = (train_val[0], train_val[1], np.arange(len(tr_y), len(raw_y)))
+    elif source == "npz":
+        raw_x, raw_y, classes, scale = _npz(_require_path(source, path))
+        splits = _seeded_split(len(raw_y), seed, val_fraction, test_fraction)
+    elif source == "image-folder":
+        raw_x, raw_y, classes, scale = _image_folder(_require_path(source, path), image_size, channels)
+        splits = _seeded_split(len(raw_y), seed, val_fraction, test_fraction)
+    else:
+        raise DataError(f"unknown data source {source!r}; use digits, fashion-mnist, image-folder or npz")
+
+    train_idx, val_idx, test_idx = splits
+    if max_train_samples is not None and max_train_samples < len(train_idx):
+        train_idx = train_idx[:max_train_samples]  # already a seeded permutation
+    if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
+        raise DataError(f"dataset {source!r} is too small to split into train/val/test ({len(raw_y)} samples)")
+
+    x = raw_x.astype(np.float32) / scale  # (N, C, H, W) in [0, 1]
+    mean = x[train_idx].mean(axis=(0, 2, 3))
+    std = x[train_idx].std(axis=(0, 2, 3)) + 1e-8
+    x = (x - mean[None, :, None, None]) / std[None, :, None, None]
+
+    def split(idx: np.ndarray) -> Split:
+        return Split(torch.from_numpy(np.ascontiguousarray(x[idx])), torch.from_numpy(raw_y[idx].astype(np.int64)))
+
+    spec = {
+        "shape": [None, *map(int, x.shape[1:])],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "raw_value_range": [0.0, float(scale)],
+        "preprocessing": "x = (raw / scale - mean) / std, per channel",
+        "scale": float(scale),
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+    }
+    return DataBundle(source, list(classes), split(train_idx), split(val_idx), split(test_idx), spec)
+
+
+def _seeded_split(n: int, seed: int, val_fraction: float, test_fraction: float) -> tuple[np.ndarray, ...]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+
+
+def _require_path(source: str, path: str | Path | None) -> Path:
+    if path is None:
+        raise DataError(f"data source {source!r} needs a path: set data.path in the recipe or pass --data-dir")
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data path {str(p)!r} does not exist")
+    return p
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, list[str], float]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.reshape(-1, 1, 8, 8), d.target.astype(np.int64), [str(i) for i in range(10)], 16.0
+
+
+def _read_idx(path: Path, header: int) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    return np.frombuffer(raw, dtype=np.uint8, offset=header)
+
+
+def _fashion_mnist(root: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    names = {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    }
+    missing = [n for pair in names.values() for n in pair if not (root / n).is_file()]
+    if missing:
+        raise DataError(
+            f"Fashion-MNIST not found in {root} (missing {missing[0]}); install it with "
+            "'sudo apt-get install dataset-fashion-mnist' or pass --data-dir DIR holding the four IDX .gz files"
+        )
+    out = []
+    for images_name, labels_name in names.values():
+        images = _read_idx(root / images_name, 16)
+        labels = _read_idx(root / labels_name, 8)
+        if images.size != labels.size * 28 * 28:
+            raise DataError(f"Fashion-MNIST files in {root} are truncated or mismatched ({images_name})")
+        out.append((images.reshape(-1, 1, 28, 28), labels.astype(np.int64)))
+    return out[0], out[1]
+
+
+def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], float]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f or "y" not in f:
+                raise DataError(f"{path} must contain arrays 'x' and 'y' (found: {', '.join(f.files) or 'none'})")
+            x, y = f["x"], f["y"]
+    except DataError:
+        raise
+    except Exception as e:  # zipfile/pickle/format errors from a bad file
+        raise DataError(f"cannot read {path} as .npz: {e}") from None
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    elif x.ndim != 4:
+        raise DataError(f"{path}: x must have shape (N,H,W), (N,C,H,W) or (N,H,W,C); got {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: y must have shape ({len(x)},); got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: y must hold integer class labels; got dtype {y.dtype}")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{path}: x must be numeric; got dtype {x.dtype}")
+    if y.min() < 0:
+        raise DataError(f"{path}: labels must be 0..K-1; found {y.min()}")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise DataError(f"{path}: x contains NaN or inf")
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    classes = [str(i) for i in range(int(y.max()) + 1)]
+    return x, y.astype(np.int64), classes, scale
+
+
+def _image_folder(root: Path, image_size: tuple[int, int] | None, channels: int | None) -> tuple[np.ndarray, np.ndarray, list[str], float]:
+    from PIL import Image, UnidentifiedImageError
+
+    if not root.is_dir():
+        raise DataError(f"{root} is not a directory (image-folder expects DIR/<class>/<image>)")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"{root} must hold one sub-folder per class (at least 2); found {len(classes)}")
+    mode = {1: "L", 3: "RGB", None: None}.get(channels)
+    if channels is not None and mode is None:
+        raise DataError(f"data.channels must be 1 or 3; got {channels}")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((root / name).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as img:
+                    mode = mode or ("L" if img.mode in ("L", "1", "I;16") else "RGB")
+                    img = img.convert(mode)
+                    size = image_size or (img.height, img.width)
+                    image_size = size
+                    img = img.resize((size[1], size[0]))
+                    arr = np.asarray(img, dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as e:
+                raise DataError(f"cannot read image {file}: {e}") from None
+            images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise DataError(f"no images found under {root} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), classes, 255.0

@@ -1,0 +1,287 @@
+"""The training engine: one loop, three methods (scratch, kd, prokt).
+
+Each method is a *step* function that takes one minibatch and updates the models; the loop
+around it is the same for all (shuffle, step, NaN check, validate, log), so the methods are
+compared in the same engine with the same data order.
+
+ProKT follows shared PROKT.md exactly: per minibatch, (a) the teacher takes one optimizer step
+on (1 - lam) * CE + lam * KL(q || p_theta) with q from the current student in eval mode,
+then (b) the student takes one step on KL(p' || q_phi) with p' from the *updated* teacher in
+eval mode. Two optimizers, two schedules, gradient clipping at ``grad_clip``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prokt_deploy.data import DataBundle, Split
+from prokt_deploy.errors import TrainingError
+from prokt_deploy.losses import kd_loss, kl_to_target, prokt_constrained_teacher_loss, prokt_student_loss, prokt_teacher_loss
+from prokt_deploy.recipe import KDConfig, OptimizerConfig, ProktConfig
+
+
+class Progress(Protocol):
+    """What the engine reports to a UI. The CLI implements it with Rich; the default is silent."""
+
+    def start(self, phase: str, total_steps: int) -> None: ...
+    def step(self, metrics: dict[str, float]) -> None: ...
+    def epoch(self, record: dict) -> None: ...
+    def stop(self) -> None: ...
+
+
+class SilentProgress:
+    def start(self, phase: str, total_steps: int) -> None:
+        pass
+
+    def step(self, metrics: dict[str, float]) -> None:
+        pass
+
+    def epoch(self, record: dict) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1' or 'auto' (CUDA when present, else CPU)."""
+    from prokt_deploy.errors import UsageError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {name!r} is not supported for training; use cpu, cuda, cuda:N or auto")
+    return device
+
+
+def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up (linear from 0) then linear decay to 0, cosine decay to 0, or constant."""
+    warm = cfg.warmup_steps
+    decay_steps = max(1, total_steps - warm)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / decay_steps)
+        if cfg.schedule == "linear":
+            return 1.0 - t
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    """Logits of ``model`` in eval mode for all of ``x`` (N, C, H, W), on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, split: Split, device: torch.device) -> float:
+    return (predict_logits(model, split.x, device).argmax(1) == split.y).float().mean().item()
+
+
+def _clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, sched, loss: torch.Tensor, grad_clip: float | None) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+
+
+@torch.no_grad()
+def _soft_targets(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode (dropout off, BN running stats), detached probabilities."""
+    model.eval()
+    return F.softmax(model(x), dim=-1)
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+
+
+@dataclass
+class Method:
+    """A method: its step function and the models it trains (for NaN checks and validation)."""
+
+    name: str
+    step: StepFn
+    student: nn.Module
+    teacher: nn.Module | None = None
+    state: dict = field(default_factory=dict)
+
+
+def scratch_method(student: nn.Module, opt_cfg: OptimizerConfig, total_steps: int, grad_clip: float | None) -> Method:
+    opt = make_optimizer(student.parameters(), opt_cfg)
+    sched = make_scheduler(opt, opt_cfg, total_steps)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        student.train()
+        logits = student(x)  # (B, K)
+        loss = F.cross_entropy(logits, y)
+        _check_finite(loss, "cross-entropy")
+        _clip_and_step(student, opt, sched, loss, grad_clip)
+        return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+
+    return Method("scratch", step, student)
+
+
+def kd_method(student: nn.Module, teacher: nn.Module, opt_cfg: OptimizerConfig, cfg: KDConfig, total_steps: int, grad_clip: float | None) -> Method:
+    opt = make_optimizer(student.parameters(), opt_cfg)
+    sched = make_scheduler(opt, opt_cfg, total_steps)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)  # KD: the converged teacher is frozen
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        student.train()
+        logits = student(x)
+        loss = kd_loss(logits, t_logits, y, cfg.alpha, cfg.temperature)
+        _check_finite(loss, "KD")
+        _clip_and_step(student, opt, sched, loss, grad_clip)
+        return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+
+    return Method("kd", step, student, teacher)
+
+
+def prokt_method(
+    student: nn.Module,
+    teacher: nn.Module,
+    teacher_opt_cfg: OptimizerConfig,
+    student_opt_cfg: OptimizerConfig,
+    cfg: ProktConfig,
+    total_steps: int,
+    grad_clip: float | None,
+) -> Method:
+    opt_t = make_optimizer(teacher.parameters(), teacher_opt_cfg)
+    sched_t = make_scheduler(opt_t, teacher_opt_cfg, total_steps)
+    opt_s = make_optimizer(student.parameters(), student_opt_cfg)
+    sched_s = make_scheduler(opt_s, student_opt_cfg, total_steps)
+    state = {"beta": cfg.beta0} if cfg.constrained else {}
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        # (a) teacher step toward the local intermediate target, held close to the current student.
+        q = _soft_targets(student, x)  # (B, K), student phi_t
+        teacher.train()
+        t_logits = teacher(x)
+        if cfg.constrained:
+            loss_t, kl = prokt_constrained_teacher_loss(t_logits, y, q, state["beta"], cfg.eps)
+        else:
+            loss_t, kl = prokt_teacher_loss(t_logits, y, q, cfg.lam)
+        _check_finite(loss_t, "ProKT teacher")
+        _clip_and_step(teacher, opt_t, sched_t, loss_t, grad_clip)
+        if cfg.constrained:  # dual ascent on beta after the step
+            state["beta"] = max(0.0, state["beta"] + cfg.eta_beta * (kl.item() - cfg.eps))
+
+        # (b) student step: project the UPDATED teacher theta_{t+1} onto the student family.
+        p = _soft_targets(teacher, x)  # (B, K)
+        student.train()
+        s_logits = student(x)
+        loss_s = prokt_student_loss(s_logits, p)  # no label term, temperature 1
+        _check_finite(loss_s, "ProKT student")
+        _clip_and_step(student, opt_s, sched_s, loss_s, grad_clip)
+        return {
+            "loss": loss_s.item(),
+            "teacher_loss": loss_t.item(),
+            "kl_q_p": kl.item(),
+            "acc": (s_logits.argmax(1) == y).float().mean().item(),
+            "teacher_acc": (t_logits.argmax(1) == y).float().mean().item(),
+        }
+
+    return Method("prokt", step, student, teacher, state)
+
+
+def _check_finite(loss: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(f"{what} loss became {loss.item()}; lower the learning rate or check the data")
+
+
+def steps_per_epoch(n_samples: int, batch_size: int) -> int:
+    return math.ceil(n_samples / batch_size)
+
+
+def fit(
+    method: Method,
+    data: DataBundle,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    progress: Progress | None = None,
+    phase: str = "train",
+) -> list[dict]:
+    """Run ``method`` for ``epochs`` over the training split; validate after each epoch.
+
+    The data order depends only on ``seed`` and the epoch, so every method sees the same batches.
+    Returns the per-epoch history.
+    """
+    progress = progress or SilentProgress()
+    train = data.train
+    n = len(train)
+    history: list[dict] = []
+    progress.start(phase, epochs * steps_per_epoch(n, batch_size))
+    try:
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+            start = time.perf_counter()
+            sums: dict[str, float] = {}
+            count = 0
+            for i in range(0, n, batch_size):
+                idx = order[i : i + batch_size]
+                x = train.x[idx].to(device, non_blocking=True)  # (B, C, H, W)
+                y = train.y[idx].to(device, non_blocking=True)  # (B,)
+                metrics = method.step(x, y)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+                count += len(idx)
+                progress.step({**metrics, "epoch": epoch + 1})
+            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - start, 3)}
+            record.update({f"train_{k}": round(v / count, 6) for k, v in sums.items()})
+            record["val_student_accuracy"] = round(accuracy(method.student, data.val, device), 6)
+            if method.teacher is not None:
+                record["val_teacher_accuracy"] = round(accuracy(method.teacher, data.val, device), 6)
+                with torch.no_grad():
+                    t = F.softmax(predict_logits(method.teacher, data.val.x, device), -1)
+                    record["val_kl_teacher_student"] = round(kl_to_target(t, predict_logits(method.student, data.val.x, device)).item(), 6)
+            if "beta" in method.state:
+                record["beta"] = method.state["beta"]
+            history.append(record)
+            progress.epoch(record)
+    finally:
+        progress.stop()
+    return history

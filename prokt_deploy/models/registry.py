@@ -1,0 +1,108 @@
+"""Registry and factory for architecture families."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from prokt_deploy.errors import ModelError
+
+
+@dataclass(frozen=True)
+class Family:
+    """A scalable architecture family.
+
+    ``build(options, num_classes, in_channels)`` makes a module from the parsed options;
+    ``parse(name)`` turns 'resnet-w16-d1' into options or returns None when the name is not
+    this family's; ``candidates()`` lists the student names the planner may choose from.
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    parse: Callable[[str], dict | None]
+    candidates: Callable[[], list[str]]
+    example: str
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    if family.name in _FAMILIES:
+        raise ValueError(f"family {family.name!r} registered twice")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> dict[str, Family]:
+    return dict(_FAMILIES)
+
+
+def get_family(name: str) -> Family:
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        known = ", ".join(sorted(_FAMILIES))
+        raise ModelError(f"unknown model family {name!r}; known families: {known}") from None
+
+
+def create_model(arch: str, *, num_classes: int, in_channels: int) -> nn.Module:
+    """Build a registered architecture by name, e.g. 'resnet-w16-d1'."""
+    for family in _FAMILIES.values():
+        options = family.parse(arch)
+        if options is not None:
+            return family.build(options, num_classes=num_classes, in_channels=in_channels)
+    examples = ", ".join(f.example for f in _FAMILIES.values())
+    raise ModelError(f"unknown architecture {arch!r}; names look like: {examples}")
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass on one sample of ``input_shape`` (C, H, W)."""
+    macs = 0
+
+    def hook(module: nn.Module, inputs, output) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * (module.in_channels // module.groups)
+            macs += output.numel() // output.shape[0] * k
+        elif isinstance(module, nn.Linear):
+            macs += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return macs
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The final linear layer: ``model.head`` if present, otherwise the last nn.Linear."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear):
+        return head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ModelError("model has no nn.Linear classification head to initialise")
+    return linears[-1]
+
+
+def zero_init_head(model: nn.Module) -> None:
+    """Zero the head's weight and bias so the model starts at the uniform distribution (PROKT.md)."""
+    head = classifier_head(model)
+    with torch.no_grad():
+        head.weight.zero_()
+        if head.bias is not None:
+            head.bias.zero_()

@@ -1,0 +1,164 @@
+"""Recipes: YAML files (``yaml.safe_load`` only) validated by a pydantic schema.
+
+Unknown keys are errors that name their location (``train.epoch: extra inputs are not
+permitted``). Command-line flags override fields through :func:`apply_overrides`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from prokt_deploy.budget import parse_size
+from prokt_deploy.errors import RecipeError, UsageError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPE = RECIPES_DIR / "fashion-mnist.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    source: Literal["digits", "fashion-mnist", "image-folder", "npz"] = "digits"
+    path: str | None = None
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    max_train_samples: int | None = Field(None, ge=1)
+    image_size: tuple[int, int] | None = None
+    channels: Literal[1, 3] | None = None
+
+
+class TeacherConfig(_Strict):
+    arch: str = "resnet-w16-d1"
+    factory: str | None = None  # 'module:function' returning an nn.Module (then arch is only a label)
+    init: Literal["scratch", "checkpoint", "checkpoint-reset-head"] = "scratch"
+    checkpoint: str | None = None
+    epochs: int | None = Field(None, ge=1)  # epochs when training a converged teacher (kd, train-teacher); default train.epochs
+
+
+class StudentConfig(_Strict):
+    family: str = "resnet"
+    arch: str | None = None  # pin an architecture instead of planning one from the budget
+
+
+class BudgetConfig(_Strict):
+    size: str = "5MB"
+    precision: Literal["fp32", "fp16", "int8"] = "int8"
+    formats: list[Literal["onnx", "openvino"]] = ["onnx", "openvino"]
+    max_teacher_fraction: float = Field(0.25, gt=0, le=1)
+
+    @field_validator("size")
+    @classmethod
+    def _valid_size(cls, v: str) -> str:
+        try:
+            parse_size(v)
+        except UsageError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    teacher_optimizer: OptimizerConfig = OptimizerConfig(lr=1e-3)
+    student_optimizer: OptimizerConfig = OptimizerConfig(lr=3e-3)
+
+
+class ProktConfig(_Strict):
+    lam: float = Field(0.3, ge=0, le=1)
+    zero_init_heads: bool = True
+    constrained: bool = False
+    eps: float = Field(1.0, ge=0)
+    eta_beta: float = Field(1e-3, ge=0)
+    beta0: float = Field(1.0, ge=0)
+
+
+class KDConfig(_Strict):
+    alpha: float = Field(0.9, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0)
+
+
+class Recipe(_Strict):
+    name: str = "recipe"
+    description: str = ""
+    seed: int = 0
+    device: str = "cpu"
+    method: Literal["prokt", "kd", "scratch"] = "prokt"
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    budget: BudgetConfig = BudgetConfig()
+    train: TrainConfig = TrainConfig()
+    prokt: ProktConfig = ProktConfig()
+    kd: KDConfig = KDConfig()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def load_recipe(path: str | Path | None = None) -> Recipe:
+    """Read and validate a recipe; None means the default recipe."""
+    path = Path(path) if path is not None else DEFAULT_RECIPE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {str(path)!r} not found; shipped recipes are in {RECIPES_DIR}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"cannot read recipe {str(path)!r}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "malformed YAML"
+        raise RecipeError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise RecipeError(f"{path}: recipe is empty")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of fields, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_format_errors(e, str(path))) from None
+
+
+def apply_overrides(recipe: Recipe, overrides: dict[str, object]) -> Recipe:
+    """Return a copy with dotted-path overrides applied, e.g. {'train.epochs': 2}; None values are skipped."""
+    data = recipe.model_dump()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise UsageError(_format_errors(e, "command-line override")) from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
