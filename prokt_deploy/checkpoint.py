@@ -8,7 +8,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import pickle
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,8 +35,15 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as e:  # safetensors raises its own error types for bad headers/truncation
             raise ModelError(f"checkpoint {str(path)!r} is not a valid safetensors file ({_first_line(e)})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for code-carrying pickles, RuntimeError for truncated zips
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # protocol warnings would break the one-line error
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelError(
+            f"checkpoint {str(path)!r} cannot be loaded safely: it holds pickled Python objects that could run code; "
+            f"refused. Use {SAFE_FORMATS}"
+        ) from None
+    except Exception as e:  # RuntimeError for truncated or non-zip files
         raise ModelError(f"checkpoint {str(path)!r} cannot be loaded safely ({_first_line(e)}); use {SAFE_FORMATS}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -84,6 +93,7 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     os.close(fd)
     try:
         save_file(state, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

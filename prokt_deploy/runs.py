@@ -28,6 +28,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -57,6 +58,7 @@ def staged_run_dir(final: Path) -> Iterator[Path]:
     check_out_dir(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    os.chmod(staging, 0o755)  # mkdtemp makes 0700 directories
     try:
         yield staging
         if final.exists():

@@ -62,7 +62,7 @@ class RichProgress:
             parts.append(f"val teacher {record['val_teacher_accuracy']:.4f}")
         if "val_kl_teacher_student" in record:
             parts.append(f"KL(t||s) {record['val_kl_teacher_student']:.4f}")
-        self.console.log(" | ".join(parts))
+        self.console.print(" | ".join(parts))
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -34,7 +34,7 @@ def plan(
         table.add_column(col, justify="right" if col not in ("", "arch") else "left")
     for c in p.candidates:
         fits = {True: "yes", False: "no", None: "-"}[c.fits]
-        if c.fits is None and c.lower_bound_bytes > p.budget_bytes:
+        if not c.bytes and c.lower_bound_bytes > p.budget_bytes:
             fits = "no (weights alone exceed)"
         sizes = [format_size(c.bytes[f]) if f in c.bytes else "-" for f in p.formats]
         table.add_row("->" if c.chosen else "", c.arch, f"{c.params:,}", f"{c.macs:,}", *sizes, fits, style="bold green" if c.chosen else None)

@@ -12,7 +12,7 @@ from prokt_deploy.api import distill as run_distill
 from prokt_deploy.api import train_teacher as run_train_teacher
 from prokt_deploy.budget import format_size
 from prokt_deploy.cli import options as o
-from prokt_deploy.cli.console import RichProgress, err, out, print_json
+from prokt_deploy.cli.console import RichProgress, out, print_json
 
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create (default: runs/<time>-<recipe>-<method>).")]
 
@@ -38,7 +38,6 @@ def distill(
         recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
         data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
     )
-    err.print(f"[bold]distill[/] recipe={r.name} method={r.method} budget={r.budget.size} ({r.budget.precision}) epochs={r.train.epochs} seed={r.seed}")
     result = run_distill(r, out=out_dir, progress=RichProgress())
     summary = distill_summary(result.path, result.manifest)
     if as_json:

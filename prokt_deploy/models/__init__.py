@@ -19,7 +19,8 @@ from prokt_deploy.models.registry import (
     register_family,
     zero_init_head,
 )
-from prokt_deploy.models import resnet as _resnet  # noqa: F401  (registers the family)
+from prokt_deploy.models import cnn as _cnn  # noqa: F401  (registers the family)
+from prokt_deploy.models import resnet as _resnet  # noqa: F401
 
 __all__ = [
     "Family",

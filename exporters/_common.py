@@ -1,0 +1,120 @@
+"""Shared types and helpers of :mod:`exporters` (errors, :class:`Artifact`, quiet context).
+
+Nothing in here imports a runtime (onnxruntime, openvino, nncf); those are imported lazily by
+the format modules through :func:`require`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "Artifact",
+    "BackendMissingError",
+    "ExportError",
+    "Predictor",
+    "artifact_bytes",
+    "move_into",
+    "quiet",
+    "require",
+]
+
+
+class ExportError(Exception):
+    """Export, quantization or loading failed; the message says what to do next."""
+
+
+class BackendMissingError(ExportError):
+    """An optional runtime is not installed; the message names the pip package to install."""
+
+
+def require(module: str, pip_name: str | None = None) -> ModuleType:
+    """Import ``module`` or raise :class:`BackendMissingError` naming the pip package to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - all runtimes are installed in this project
+        pkg = pip_name or module.split(".")[0]
+        raise BackendMissingError(f"{module} is not installed: pip install {pkg}") from exc
+
+
+def artifact_bytes(files: Iterable[str | os.PathLike[str]]) -> int:
+    """Sum of the on-disk sizes of ``files`` (every file of an artifact counts toward its size)."""
+    return sum(Path(f).stat().st_size for f in files)
+
+
+@dataclass
+class Artifact:
+    """An exported model: every file it consists of, its format/precision and the runtime it targets."""
+
+    format: str
+    precision: str
+    files: list[Path] = field(default_factory=list)
+    runtime: str = ""
+
+    @property
+    def bytes(self) -> int:
+        """Total size in bytes of all files of the artifact (e.g. ``.xml`` + ``.bin``)."""
+        return artifact_bytes(self.files)
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """A loaded artifact: ``predict`` maps float32 (B,C,H,W) images to float32 (B,num_classes) logits."""
+
+    runtime: str
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Return float32 logits for the float32 batch ``x``."""
+        ...
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Python stdout (NNCF/rich progress bars), warnings and log records below ERROR.
+
+    Used around the export/quantization calls so that the public functions print nothing.
+    ``logging.disable`` is process-wide; the previous threshold is restored on exit.
+    """
+    previous_disable = logging.root.manager.disable
+    sink = io.StringIO()
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous_disable)
+
+
+def move_into(files: Iterable[Path], out_dir: Path) -> list[Path]:
+    """Move ``files`` (built in a temp dir) into ``out_dir``, replacing existing files; return new paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    moved: list[Path] = []
+    for f in files:
+        dest = out_dir / f.name
+        if dest.exists():
+            dest.unlink()
+        shutil.move(str(f), str(dest))
+        moved.append(dest)
+    return moved
+
+
+def as_batch(x: np.ndarray) -> np.ndarray:
+    """Validate/convert a predictor input to a C-contiguous float32 4-D array."""
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.ndim != 4:
+        raise ExportError(f"predict expects a (B,C,H,W) float32 array, got shape {arr.shape}")
+    return arr

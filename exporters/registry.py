@@ -1,0 +1,77 @@
+"""Format registry: one :class:`Exporter` subclass per format, registered with :func:`register`.
+
+``FORMATS`` maps a format name to an exporter instance and ``PRECISIONS`` maps it to the precisions
+that exporter supports; both are filled by the :func:`register` class decorator when a format module
+(``exporters/onnx.py``, ``exporters/openvino.py``) is imported.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+import numpy as np
+import torch
+
+from ._common import Artifact, ExportError, Predictor
+
+__all__ = ["FORMATS", "PRECISIONS", "Exporter", "get_exporter", "register"]
+
+
+class Exporter(ABC):
+    """One deployment format. Subclasses set ``name``/``precisions`` and implement export and load.
+
+    ``export`` receives an eval-mode model, a validated precision, an existing ``out_dir``, a float32
+    ``example_input`` and, for int8, a validated float32 ``calibration`` array (N,C,H,W). It writes only
+    the final artifact files into ``out_dir`` (intermediates go to a temp dir).
+    """
+
+    name: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def export(
+        self,
+        model: torch.nn.Module,
+        precision: str,
+        out_dir: Path,
+        *,
+        example_input: torch.Tensor,
+        calibration: np.ndarray | None,
+        name: str,
+        opset: int,
+    ) -> Artifact:
+        """Write the artifact for ``model`` at ``precision`` into ``out_dir`` and describe it."""
+
+    @abstractmethod
+    def load(self, files: list[Path], *, device: str, threads: int | None) -> Predictor:
+        """Open the artifact ``files`` in this format's runtime."""
+
+    @abstractmethod
+    def runtime(self) -> str:
+        """Runtime name and version, e.g. ``"onnxruntime 1.32.0"`` (imports the runtime)."""
+
+
+FORMATS: dict[str, Exporter] = {}
+PRECISIONS: dict[str, tuple[str, ...]] = {}
+
+E = TypeVar("E", bound=type[Exporter])
+
+
+def register(cls: E) -> E:
+    """Class decorator: instantiate ``cls`` and register it under ``cls.name`` with ``cls.precisions``."""
+    if cls.name in FORMATS:
+        raise ValueError(f"format {cls.name!r} is already registered")
+    FORMATS[cls.name] = cls()
+    PRECISIONS[cls.name] = tuple(cls.precisions)
+    return cls
+
+
+def get_exporter(fmt: str) -> Exporter:
+    """Return the exporter for ``fmt`` or raise :class:`ExportError` listing the valid formats."""
+    try:
+        return FORMATS[fmt]
+    except KeyError:
+        valid = ", ".join(sorted(FORMATS))
+        raise ExportError(f"unknown format {fmt!r}; valid formats: {valid}") from None

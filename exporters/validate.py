@@ -1,0 +1,138 @@
+"""Parity/accuracy gate: compare a loaded artifact against the PyTorch reference model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ._common import ExportError, Predictor
+
+__all__ = ["TOLERANCES", "Validation", "default_tolerance", "validate"]
+
+#: Default max |logit difference| per precision.
+#: fp32: same math, only summation order differs -> 1e-4 on logits of O(10).
+#: fp16: weights are stored as fp16 (relative rounding error up to 2**-11 ~ 4.9e-4 per weight; the CPU
+#:   still computes in f32). The logit error grows with the logit scale: measured on the tiny digits CNN
+#:   0.006 with logits up to 13 and 0.015 with logits up to 18, so 1e-2 would reject correct fp16
+#:   artifacts. 5e-2 covers logits up to ~60 and still catches real bugs (wrong weights/layout give O(1)).
+#: int8: logits legitimately move by O(0.1-1); int8 is judged by accuracy drop + top-1 agreement.
+TOLERANCES: dict[str, float | None] = {"fp32": 1e-4, "fp16": 5e-2, "int8": None}
+
+
+def default_tolerance(precision: str) -> float | None:
+    """Default max-abs logit tolerance: fp32 1e-4, fp16 5e-2, int8 ``None`` (use accuracy drop instead)."""
+    try:
+        return TOLERANCES[precision]
+    except KeyError:
+        raise ExportError(f"unknown precision {precision!r}; valid precisions: {', '.join(TOLERANCES)}") from None
+
+
+@dataclass
+class Validation:
+    """Result of :func:`validate`. Accuracies and agreement are fractions in [0, 1];
+    ``max_accuracy_drop`` is in percentage points. ``failures`` lists every missed check."""
+
+    max_abs_diff: float
+    top1_agreement: float
+    test_accuracy: float | None
+    reference_accuracy: float | None
+    tolerance: float | None
+    max_accuracy_drop: float | None
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        """Reference minus artifact accuracy in percentage points (``None`` without labels)."""
+        if self.test_accuracy is None or self.reference_accuracy is None:
+            return None
+        return 100.0 * (self.reference_accuracy - self.test_accuracy)
+
+
+def _reference_logits(reference: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
+    was_training = reference.training
+    reference.eval()
+    try:
+        device = next(reference.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    outs = []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device)
+                outs.append(reference(xb).detach().float().cpu().numpy())
+    finally:
+        reference.train(was_training)
+    return np.concatenate(outs, axis=0)
+
+
+def validate(
+    predictor: Predictor,
+    reference: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    tolerance: float | None = None,
+    max_accuracy_drop: float | None = None,
+    batch_size: int = 256,
+) -> Validation:
+    """Run ``predictor`` and ``reference`` on ``x`` in batches and check parity/accuracy.
+
+    Always reports max |logit diff| and top-1 agreement; with ``y`` also both accuracies.
+    Checks (all are reported, not just the first failure): outputs have the same shape and are finite;
+    ``max_abs_diff <= tolerance`` if ``tolerance`` is given; ``reference_acc - artifact_acc <=
+    max_accuracy_drop`` percentage points if both ``max_accuracy_drop`` and ``y`` are given.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 4 or len(x) == 0:
+        raise ExportError(f"validate expects a non-empty (N,C,H,W) array, got shape {x.shape}")
+    if batch_size < 1:
+        raise ExportError("batch_size must be >= 1")
+    ref = _reference_logits(reference, x, batch_size)
+    art = np.concatenate([predictor.predict(x[i : i + batch_size]) for i in range(0, len(x), batch_size)], axis=0)
+    failures: list[str] = []
+
+    if art.shape != ref.shape:
+        failures.append(f"artifact output shape {art.shape} != reference output shape {ref.shape}")
+        max_abs_diff, agreement = float("inf"), 0.0
+        art_pred = None
+    else:
+        finite = bool(np.isfinite(art).all())
+        if not finite:
+            failures.append("artifact produced non-finite logits (NaN/inf)")
+        max_abs_diff = float(np.max(np.abs(art.astype(np.float64) - ref.astype(np.float64)))) if finite else float("inf")
+        art_pred = art.argmax(axis=1)
+        agreement = float(np.mean(art_pred == ref.argmax(axis=1)))
+
+    test_acc = ref_acc = None
+    if y is not None:
+        y = np.asarray(y).reshape(-1)
+        if len(y) != len(x):
+            raise ExportError(f"y has {len(y)} labels for {len(x)} inputs")
+        ref_acc = float(np.mean(ref.argmax(axis=1) == y))
+        test_acc = float(np.mean(art_pred == y)) if art_pred is not None else 0.0
+
+    if tolerance is not None and not max_abs_diff <= tolerance:
+        failures.append(f"max |logit diff| {max_abs_diff:.3g} exceeds tolerance {tolerance:.3g}")
+    if max_accuracy_drop is not None and y is not None:
+        assert test_acc is not None and ref_acc is not None
+        drop = 100.0 * (ref_acc - test_acc)
+        if drop > max_accuracy_drop:
+            failures.append(
+                f"accuracy drop {drop:.2f} points (reference {100 * ref_acc:.2f}% -> artifact "
+                f"{100 * test_acc:.2f}%) exceeds the allowed {max_accuracy_drop:.2f} points"
+            )
+
+    return Validation(
+        max_abs_diff=max_abs_diff,
+        top1_agreement=agreement,
+        test_accuracy=test_acc,
+        reference_accuracy=ref_acc,
+        tolerance=tolerance,
+        max_accuracy_drop=max_accuracy_drop,
+        passed=not failures,
+        failures=failures,
+    )
