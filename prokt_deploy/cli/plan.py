@@ -31,11 +31,11 @@ def plan(
         return
     table = Table(title=f"students of '{r.student.family}' for {format_size(p.budget_bytes)} at {p.precision} ({', '.join(p.formats)})")
     for col in ("", "arch", "params", "MACs", *[f"{f} bytes" for f in p.formats], "fits"):
-        table.add_column(col, justify="right" if col not in ("", "arch") else "left")
+        table.add_column(col, justify="right" if col not in ("", "arch") else "left", no_wrap=True)
     for c in p.candidates:
         fits = {True: "yes", False: "no", None: "-"}[c.fits]
         if not c.bytes and c.lower_bound_bytes > p.budget_bytes:
-            fits = "no (weights alone exceed)"
+            fits = "no (weights)"
         sizes = [format_size(c.bytes[f]) if f in c.bytes else "-" for f in p.formats]
         table.add_row("->" if c.chosen else "", c.arch, f"{c.params:,}", f"{c.macs:,}", *sizes, fits, style="bold green" if c.chosen else None)
     out.print(table)

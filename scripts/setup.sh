@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One-time set-up, safe to re-run: a virtual environment in .venv with the pinned toolchain
+# (torch==2.13.0 CPU build and friends, see constraints.txt), prokt-deploy installed editable,
+# and the Fashion-MNIST Debian package when apt is available.
+#   bash scripts/setup.sh            # venv + package + dataset
+#   bash scripts/setup.sh --no-data  # venv + package only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV" >&2
+  "$PYTHON" -m venv "$VENV"
+fi
+# torch first and pinned: anything else could pull a multi-GB CUDA build.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+
+if [ "${1:-}" != "--no-data" ] && [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "setup: installing dataset-fashion-mnist with apt-get" >&2
+    $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+      || echo "setup: could not install dataset-fashion-mnist; pass --data-dir to use Fashion-MNIST" >&2
+  else
+    echo "setup: no apt-get here; get Fashion-MNIST's four IDX .gz files and pass --data-dir DIR" >&2
+  fi
+fi
+echo "setup: ready ($("$VENV/bin/prokt-deploy" --version))" >&2
