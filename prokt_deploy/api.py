@@ -19,11 +19,25 @@ from prokt_deploy import engine
 from prokt_deploy.budget import parse_size
 from prokt_deploy.checkpoint import build_from_factory, load_weights, save_weights
 from prokt_deploy.data import DataBundle, load_data
-from prokt_deploy.errors import RecipeError
+from prokt_deploy.errors import InterruptedRun, RecipeError, TrainingError
 from prokt_deploy.models import count_params, create_model, zero_init_head
 from prokt_deploy.planner import Plan, plan_student
-from prokt_deploy.recipe import Recipe, dump_recipe
-from prokt_deploy.runs import DEFAULT_RUNS_ROOT, MANIFEST, default_run_path, mark_latest, staged_run_dir, write_json_atomic
+from prokt_deploy.recipe import Recipe, dump_recipe, load_recipe
+from prokt_deploy.runs import (
+    CHECKPOINT,
+    DEFAULT_RUNS_ROOT,
+    MANIFEST,
+    RunWorkspace,
+    check_out_dir,
+    default_run_path,
+    final_path,
+    find_resumable,
+    load_checkpoint,
+    mark_latest,
+    save_checkpoint,
+    staged_run_dir,
+    write_json_atomic,
+)
 
 log = logging.getLogger("prokt_deploy")
 MANIFEST_SCHEMA_VERSION = 1
@@ -104,94 +118,149 @@ def _attach_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _train_converged_teacher(recipe: Recipe, teacher: nn.Module, data: DataBundle, device: torch.device, progress) -> list[dict]:
-    epochs = recipe.teacher.epochs or recipe.train.epochs
-    total = epochs * engine.steps_per_epoch(len(data.train), recipe.train.batch_size)
+def _teacher_epochs(recipe: Recipe) -> int:
+    return recipe.teacher.epochs or recipe.train.epochs
+
+
+def _teacher_method(recipe: Recipe, teacher: nn.Module, data: DataBundle) -> engine.Method:
+    total = _teacher_epochs(recipe) * engine.steps_per_epoch(len(data.train), recipe.train.batch_size)
     method = engine.scratch_method(teacher, recipe.train.teacher_optimizer, total, recipe.train.grad_clip)
     method.name = "teacher"
-    return engine.fit(method, data, epochs=epochs, batch_size=recipe.train.batch_size, seed=recipe.seed, device=device, progress=progress, phase="teacher (CE)")
+    return method
+
+
+def _student_method(recipe: Recipe, student: nn.Module, teacher: nn.Module, data: DataBundle) -> engine.Method:
+    total = recipe.train.epochs * engine.steps_per_epoch(len(data.train), recipe.train.batch_size)
+    t = recipe.train
+    if recipe.method == "prokt":
+        return engine.prokt_method(student, teacher, t.teacher_optimizer, t.student_optimizer, recipe.prokt, total, t.grad_clip)
+    if recipe.method == "kd":
+        return engine.kd_method(student, teacher, t.student_optimizer, recipe.kd, total, t.grad_clip)
+    return engine.scratch_method(student, t.student_optimizer, total, t.grad_clip)
+
+
+def _resume_point(ckpt: dict | None, phase: str) -> engine.Resume | None:
+    if not ckpt or ckpt["current"]["phase"] != phase:
+        return None
+    cur = ckpt["current"]
+    return engine.Resume(cur["epoch"], cur["step"], cur["sums"], cur["count"], cur["history"], cur["method"], cur["torch_rng"])
 
 
 def distill(
-    recipe: Recipe,
+    recipe: Recipe | None,
     *,
     out: str | Path | None = None,
     runs_root: str | Path = DEFAULT_RUNS_ROOT,
     progress: engine.Progress | None = None,
+    resume: str | Path | None = None,
 ) -> RunResult:
     """Plan a student for the budget, train it with the recipe's method, write a run directory.
 
     Every check that can fail on bad input (data, teacher, budget) runs before the run
-    directory is created; any failure after that removes the staging directory.
+    directory is created. The run is written in a hidden ``.NAME.partial`` directory with a
+    checkpoint after every epoch (and at the current step on Ctrl-C), renamed to NAME when
+    complete. ``resume`` continues an unfinished run from its checkpoint, with the recipe it was
+    started with (pass ``recipe=None``); the result equals an uninterrupted run on the same
+    machine.
     """
+    if recipe is None and resume is None:
+        raise ValueError("distill needs a recipe, or resume= to continue an unfinished run")
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
+    ckpt = None
+    if resume is not None:
+        partial = find_resumable(resume)
+        final = final_path(partial)
+        recipe = load_recipe(partial / "recipe.yaml")
+        ckpt = load_checkpoint(partial / CHECKPOINT)
+    else:
+        final = Path(out) if out is not None else default_run_path(Path(runs_root), recipe.name, recipe.method)
+        check_out_dir(final)
+    timings: dict[str, float] = dict(ckpt["timings"]) if ckpt else {}
     engine.set_seed(recipe.seed)
     device = engine.resolve_device(recipe.device)
     data = load_recipe_data(recipe)
-    timings["load_data_s"] = time.perf_counter() - t0
+    timings.setdefault("load_data_s", time.perf_counter() - t0)
 
     teacher = build_teacher(recipe, data)
     t = time.perf_counter()
     the_plan = plan(recipe, data, teacher)
-    timings["plan_s"] = time.perf_counter() - t
+    timings.setdefault("plan_s", time.perf_counter() - t)
     engine.set_seed(recipe.seed)  # the plan built models: reseed so training init depends only on the seed
-    student = create_model(the_plan.chosen.arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    student_arch = ckpt["student_arch"] if ckpt else the_plan.chosen.arch
+    student = create_model(student_arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
     if recipe.method == "prokt" and recipe.prokt.zero_init_heads:
         zero_init_head(student)
     teacher.to(device)
     student.to(device)
 
-    runs_root = Path(runs_root)
-    final = Path(out) if out is not None else default_run_path(runs_root, recipe.name, recipe.method)
-    with staged_run_dir(final) as run_dir:
-        handler = _attach_log(run_dir)
-        try:
-            log.info("plan: %s -> %s (%s bytes)", the_plan.note, the_plan.chosen.arch, the_plan.chosen.estimated_bytes)
-            history: dict[str, list[dict]] = {}
-            epochs, bs = recipe.train.epochs, recipe.train.batch_size
-            total = epochs * engine.steps_per_epoch(len(data.train), bs)
-            teacher_used = recipe.method != "scratch"
-            if recipe.method == "kd" and recipe.teacher.init != "checkpoint":
-                t = time.perf_counter()
-                history["teacher"] = _train_converged_teacher(recipe, teacher, data, device, progress)
-                timings["teacher_train_s"] = time.perf_counter() - t
-            if recipe.method == "prokt":
-                method = engine.prokt_method(student, teacher, recipe.train.teacher_optimizer, recipe.train.student_optimizer, recipe.prokt, total, recipe.train.grad_clip)
-            elif recipe.method == "kd":
-                method = engine.kd_method(student, teacher, recipe.train.student_optimizer, recipe.kd, total, recipe.train.grad_clip)
-            else:
-                method = engine.scratch_method(student, recipe.train.student_optimizer, total, recipe.train.grad_clip)
-            t = time.perf_counter()
-            history["student"] = engine.fit(method, data, epochs=epochs, batch_size=bs, seed=recipe.seed, device=device, progress=progress, phase=recipe.method)
-            timings["train_s"] = time.perf_counter() - t
-            for record in history["student"]:
-                log.info("epoch %s", record)
+    ws = RunWorkspace(final).open(resume=ckpt is not None)
+    handler = _attach_log(ws.path)
+    history: dict[str, list[dict]] = dict(ckpt["completed"]) if ckpt else {}
+    try:
+        if ckpt is None:
+            (ws.path / "recipe.yaml").write_text(dump_recipe(recipe))
+            log.info("plan: %s -> %s (%s bytes)", the_plan.note, student_arch, the_plan.chosen.estimated_bytes)
+        else:
+            log.info("resuming %s phase at epoch %d step %d", ckpt["current"]["phase"], ckpt["current"]["epoch"] + 1, ckpt["current"]["step"])
 
-            metrics = {
-                "student_test_accuracy": engine.accuracy(student, data.test, device),
-                "student_val_accuracy": engine.accuracy(student, data.val, device),
-                "teacher_test_accuracy": engine.accuracy(teacher, data.test, device) if teacher_used else None,
-                "teacher_val_accuracy": engine.accuracy(teacher, data.val, device) if teacher_used else None,
-                "history": history,
-            }
-            save_weights(student, run_dir / "student.safetensors")
-            if teacher_used:
-                save_weights(teacher, run_dir / "teacher.safetensors")
-            (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-            timings["total_s"] = time.perf_counter() - t0
-            manifest = _manifest(recipe, the_plan, data, student, teacher, teacher_used, metrics, device, timings, final)
-            write_json_atomic(run_dir / MANIFEST, manifest)
-            log.info("student test accuracy %.4f", metrics["student_test_accuracy"])
-        finally:
-            log.removeHandler(handler)
-            handler.close()
-    mark_latest(runs_root, final)
+        def saver(done: dict[str, list[dict]]):
+            def save(state: dict) -> None:
+                save_checkpoint(ws.checkpoint, {"student_arch": student_arch, "completed": done, "current": state, "timings": timings})
+
+            return save
+
+        fit = dict(seed=recipe.seed, device=device, progress=progress, batch_size=recipe.train.batch_size)
+        teacher_used = recipe.method != "scratch"
+        if recipe.method == "kd" and recipe.teacher.init != "checkpoint" and "teacher" not in history:
+            t = time.perf_counter()
+            method = _teacher_method(recipe, teacher, data)
+            history["teacher"] = engine.fit(method, data, epochs=_teacher_epochs(recipe), phase="teacher (CE)", save=saver({}), resume=_resume_point(ckpt, "teacher (CE)"), **fit)
+            timings["teacher_train_s"] = timings.get("teacher_train_s", 0.0) + time.perf_counter() - t
+        method = _student_method(recipe, student, teacher, data)
+        t = time.perf_counter()
+        history["student"] = engine.fit(method, data, epochs=recipe.train.epochs, phase=recipe.method, save=saver(dict(history)), resume=_resume_point(ckpt, recipe.method), **fit)
+        timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - t
+        for record in history["student"]:
+            log.info("epoch %s", record)
+
+        metrics = {
+            "student_test_accuracy": engine.accuracy(student, data.test, device),
+            "student_val_accuracy": engine.accuracy(student, data.val, device),
+            "teacher_test_accuracy": engine.accuracy(teacher, data.test, device) if teacher_used else None,
+            "teacher_val_accuracy": engine.accuracy(teacher, data.val, device) if teacher_used else None,
+            "history": history,
+        }
+        save_weights(student, ws.path / "student.safetensors")
+        if teacher_used:
+            save_weights(teacher, ws.path / "teacher.safetensors")
+        timings["total_s"] = timings.get("total_s", 0.0) + time.perf_counter() - t0
+        manifest = _manifest(recipe, the_plan, student_arch, data, student, teacher, teacher_used, metrics, device, timings, final)
+        if ckpt is not None:
+            manifest["resumed"] = True
+        write_json_atomic(ws.path / MANIFEST, manifest)
+        log.info("student test accuracy %.4f", metrics["student_test_accuracy"])
+    except engine.Interrupted:
+        ws.abandon()
+        raise InterruptedRun(f"interrupted; progress saved in {ws.path}: continue with 'prokt-deploy distill --resume {final}'") from None
+    except TrainingError as e:
+        kept = ws.abandon()
+        where = f"; the last good checkpoint is kept in {ws.path}" if kept else ""
+        raise TrainingError(f"{e}{where}") from None
+    except BaseException:
+        kept = ws.abandon()
+        if kept:
+            log.info("stopped; checkpoint kept in %s", ws.path)
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    ws.commit()
+    mark_latest(Path(runs_root), final)
     return RunResult(final, manifest)
 
 
-def _manifest(recipe, the_plan: Plan, data, student, teacher, teacher_used, metrics, device, timings, final) -> dict:
-    c = the_plan.chosen
+def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teacher_used, metrics, device, timings, final) -> dict:
+    c = next((c for c in the_plan.candidates if c.arch == student_arch), the_plan.chosen)
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "kind": "distill",
@@ -206,7 +275,7 @@ def _manifest(recipe, the_plan: Plan, data, student, teacher, teacher_used, metr
         "precision": the_plan.precision,
         "formats": the_plan.formats,
         "plan": {"binding": the_plan.binding, "note": the_plan.note, "teacher_bytes": the_plan.teacher_bytes},
-        "student": {"arch": c.arch, "params": c.params, "macs": c.macs, "estimated_bytes": c.estimated_bytes, "bytes_by_format": c.bytes, "weights": "student.safetensors"},
+        "student": {"arch": student_arch, "params": count_params(student), "macs": c.macs, "estimated_bytes": c.estimated_bytes, "bytes_by_format": c.bytes, "weights": "student.safetensors"},
         "teacher": {
             "arch": recipe.teacher.arch,
             "factory": recipe.teacher.factory,
@@ -234,7 +303,7 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
     final = Path(out)
     with staged_run_dir(final) as run_dir:
         t = time.perf_counter()
-        history = _train_converged_teacher(recipe, teacher, data, device, progress)
+        history = engine.fit(_teacher_method(recipe, teacher, data), data, epochs=_teacher_epochs(recipe), batch_size=recipe.train.batch_size, seed=recipe.seed, device=device, progress=progress, phase="teacher (CE)")
         save_weights(teacher, run_dir / "teacher.safetensors")
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
         manifest = {

@@ -12,8 +12,11 @@ eval mode. Two optimizers, two schedules, gradient clipping at ``grad_clip``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -32,14 +35,14 @@ from prokt_deploy.recipe import KDConfig, OptimizerConfig, ProktConfig
 class Progress(Protocol):
     """What the engine reports to a UI. The CLI implements it with Rich; the default is silent."""
 
-    def start(self, phase: str, total_steps: int) -> None: ...
+    def start(self, phase: str, total_steps: int, completed: int = 0) -> None: ...
     def step(self, metrics: dict[str, float]) -> None: ...
     def epoch(self, record: dict) -> None: ...
     def stop(self) -> None: ...
 
 
 class SilentProgress:
-    def start(self, phase: str, total_steps: int) -> None:
+    def start(self, phase: str, total_steps: int, completed: int = 0) -> None:
         pass
 
     def step(self, metrics: dict[str, float]) -> None:
@@ -140,7 +143,29 @@ class Method:
     step: StepFn
     student: nn.Module
     teacher: nn.Module | None = None
-    state: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)  # e.g. the dual variable beta of constrained ProKT
+    optimizers: dict[str, tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]] = field(default_factory=dict)
+    trains_teacher: bool = False
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue: models, optimizers, schedulers, method state."""
+        out = {"student": self.student.state_dict(), "state": dict(self.state)}
+        if self.teacher is not None:
+            out["teacher"] = self.teacher.state_dict()
+        for name, (opt, sched) in self.optimizers.items():
+            out[f"opt_{name}"] = opt.state_dict()
+            out[f"sched_{name}"] = sched.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        if self.teacher is not None and "teacher" in state:
+            self.teacher.load_state_dict(state["teacher"])
+        for name, (opt, sched) in self.optimizers.items():
+            opt.load_state_dict(state[f"opt_{name}"])
+            sched.load_state_dict(state[f"sched_{name}"])
+        self.state.clear()
+        self.state.update(state["state"])
 
 
 def scratch_method(student: nn.Module, opt_cfg: OptimizerConfig, total_steps: int, grad_clip: float | None) -> Method:
@@ -155,7 +180,7 @@ def scratch_method(student: nn.Module, opt_cfg: OptimizerConfig, total_steps: in
         _clip_and_step(student, opt, sched, loss, grad_clip)
         return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
 
-    return Method("scratch", step, student)
+    return Method("scratch", step, student, optimizers={"student": (opt, sched)})
 
 
 def kd_method(student: nn.Module, teacher: nn.Module, opt_cfg: OptimizerConfig, cfg: KDConfig, total_steps: int, grad_clip: float | None) -> Method:
@@ -175,7 +200,7 @@ def kd_method(student: nn.Module, teacher: nn.Module, opt_cfg: OptimizerConfig, 
         _clip_and_step(student, opt, sched, loss, grad_clip)
         return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
 
-    return Method("kd", step, student, teacher)
+    return Method("kd", step, student, teacher, optimizers={"student": (opt, sched)})
 
 
 def prokt_method(
@@ -222,7 +247,7 @@ def prokt_method(
             "teacher_acc": (t_logits.argmax(1) == y).float().mean().item(),
         }
 
-    return Method("prokt", step, student, teacher, state)
+    return Method("prokt", step, student, teacher, state, optimizers={"teacher": (opt_t, sched_t), "student": (opt_s, sched_s)}, trains_teacher=True)
 
 
 def _check_finite(loss: torch.Tensor, what: str) -> None:
@@ -232,6 +257,26 @@ def _check_finite(loss: torch.Tensor, what: str) -> None:
 
 def steps_per_epoch(n_samples: int, batch_size: int) -> int:
     return math.ceil(n_samples / batch_size)
+
+
+class Interrupted(Exception):
+    """Raised at a step boundary after Ctrl-C, once the checkpoint holding that step is saved."""
+
+
+@dataclass
+class Resume:
+    """Where an interrupted ``fit`` stopped: restored into the method before the loop continues."""
+
+    epoch: int
+    step: int  # steps already taken within ``epoch``
+    sums: dict[str, float]
+    count: int
+    history: list[dict]
+    method_state: dict
+    torch_rng: torch.Tensor
+
+
+SaveFn = Callable[[dict], None]
 
 
 def fit(
@@ -244,44 +289,92 @@ def fit(
     device: torch.device,
     progress: Progress | None = None,
     phase: str = "train",
+    save: SaveFn | None = None,
+    resume: Resume | None = None,
 ) -> list[dict]:
     """Run ``method`` for ``epochs`` over the training split; validate after each epoch.
 
-    The data order depends only on ``seed`` and the epoch, so every method sees the same batches.
-    Returns the per-epoch history.
+    The data order depends only on ``seed`` and the epoch, so every method sees the same batches
+    and a resumed run continues on exactly the batches it would have seen. ``save(state)`` is
+    called at the end of every epoch and, after Ctrl-C, at the next step boundary (then
+    :class:`Interrupted` is raised). Returns the per-epoch history.
     """
     progress = progress or SilentProgress()
     train = data.train
     n = len(train)
-    history: list[dict] = []
-    progress.start(phase, epochs * steps_per_epoch(n, batch_size))
-    try:
-        for epoch in range(epochs):
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-            start = time.perf_counter()
-            sums: dict[str, float] = {}
-            count = 0
-            for i in range(0, n, batch_size):
-                idx = order[i : i + batch_size]
-                x = train.x[idx].to(device, non_blocking=True)  # (B, C, H, W)
-                y = train.y[idx].to(device, non_blocking=True)  # (B,)
-                metrics = method.step(x, y)
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v * len(idx)
-                count += len(idx)
-                progress.step({**metrics, "epoch": epoch + 1})
-            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - start, 3)}
-            record.update({f"train_{k}": round(v / count, 6) for k, v in sums.items()})
-            record["val_student_accuracy"] = round(accuracy(method.student, data.val, device), 6)
-            if method.teacher is not None:
-                record["val_teacher_accuracy"] = round(accuracy(method.teacher, data.val, device), 6)
-                with torch.no_grad():
-                    t = F.softmax(predict_logits(method.teacher, data.val.x, device), -1)
-                    record["val_kl_teacher_student"] = round(kl_to_target(t, predict_logits(method.student, data.val.x, device)).item(), 6)
-            if "beta" in method.state:
-                record["beta"] = method.state["beta"]
-            history.append(record)
-            progress.epoch(record)
-    finally:
-        progress.stop()
+    per_epoch = steps_per_epoch(n, batch_size)
+    history: list[dict] = list(resume.history) if resume else []
+    first_epoch = resume.epoch if resume else 0
+    if resume:
+        method.load_state_dict(resume.method_state)
+        torch.set_rng_state(resume.torch_rng)
+
+    def checkpoint(epoch: int, step: int, sums: dict, count: int) -> None:
+        if save is not None:
+            save({"phase": phase, "epoch": epoch, "step": step, "sums": dict(sums), "count": count, "history": list(history),
+                  "method": method.state_dict(), "torch_rng": torch.get_rng_state()})
+
+    with _sigint_flag() as stop:
+        progress.start(phase, epochs * per_epoch, completed=first_epoch * per_epoch + (resume.step if resume else 0))
+        try:
+            for epoch in range(first_epoch, epochs):
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+                start = time.perf_counter()
+                sums: dict[str, float] = {}
+                count, first_step = 0, 0
+                if resume and epoch == first_epoch:
+                    sums, count, first_step = dict(resume.sums), resume.count, resume.step
+                for step in range(first_step, per_epoch):
+                    if stop.is_set():
+                        checkpoint(epoch, step, sums, count)
+                        raise Interrupted(f"interrupted in {phase} epoch {epoch + 1}, step {step}")
+                    idx = order[step * batch_size : (step + 1) * batch_size]
+                    x = train.x[idx].to(device, non_blocking=True)  # (B, C, H, W)
+                    y = train.y[idx].to(device, non_blocking=True)  # (B,)
+                    metrics = method.step(x, y)
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v * len(idx)
+                    count += len(idx)
+                    progress.step({**metrics, "epoch": epoch + 1})
+                record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - start, 3)}
+                record.update({f"train_{k}": round(v / count, 6) for k, v in sums.items()})
+                record.update(validate(method, data, device))
+                history.append(record)
+                checkpoint(epoch + 1, 0, {}, 0)
+                progress.epoch(record)
+        finally:
+            progress.stop()
     return history
+
+
+def validate(method: Method, data: DataBundle, device: torch.device) -> dict[str, float]:
+    """Validation accuracy of both models and the teacher-student KL on the validation split."""
+    out = {"val_student_accuracy": round(accuracy(method.student, data.val, device), 6)}
+    if method.teacher is not None:
+        out["val_teacher_accuracy"] = round(accuracy(method.teacher, data.val, device), 6)
+        with torch.no_grad():
+            t = F.softmax(predict_logits(method.teacher, data.val.x, device), -1)
+            out["val_kl_teacher_student"] = round(kl_to_target(t, predict_logits(method.student, data.val.x, device)).item(), 6)
+    if "beta" in method.state:
+        out["beta"] = method.state["beta"]
+    return out
+
+
+@contextlib.contextmanager
+def _sigint_flag():
+    """Turn the first Ctrl-C into a flag checked at step boundaries (a second one interrupts at once)."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -73,3 +73,9 @@ class BenchGateFailed(ProktError):
 
 
 EXIT_INTERRUPTED = 130
+
+
+class InterruptedRun(ProktError):
+    """Ctrl-C during training: the progress was saved and the run can be resumed."""
+
+    exit_code = 130

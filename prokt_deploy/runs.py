@@ -101,3 +101,122 @@ def read_manifest(run: Path) -> dict:
         return json.loads((run / MANIFEST).read_text())
     except (OSError, ValueError) as e:
         raise RunError(f"cannot read {run / MANIFEST}: {e}") from None
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def partial_path(final: Path) -> Path:
+    """The hidden directory a run is written in until it completes: ``.NAME.partial`` beside it."""
+    return final.parent / f".{final.name}.partial"
+
+
+def final_path(partial: Path) -> Path:
+    name = partial.name
+    if not (name.startswith(".") and name.endswith(".partial")):
+        raise RunError(f"{str(partial)!r} is not an unfinished run directory")
+    return partial.parent / name[1 : -len(".partial")]
+
+
+def find_resumable(run: str | Path) -> Path:
+    """The unfinished run directory for ``run`` (its final path or the hidden partial one)."""
+    run = Path(run)
+    candidates = [run] if run.name.endswith(".partial") else [partial_path(run)]
+    for c in candidates:
+        if (c / CHECKPOINT).is_file():
+            return c
+    if (run / MANIFEST).is_file():
+        raise RunError(f"run {str(run)!r} already finished; nothing to resume")
+    raise RunError(f"no unfinished run with a checkpoint at {str(run)!r}; pass the --out directory of the interrupted run")
+
+
+class RunWorkspace:
+    """A run being written: the hidden partial directory, locked against a second writer.
+
+    ``open()`` creates it (fresh run) or reopens it (resume); ``commit()`` renames it into place;
+    ``abandon()`` deletes it unless it holds a checkpoint worth resuming from.
+    """
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.path = partial_path(final)
+        self._lock_fd: int | None = None
+
+    def open(self, *, resume: bool) -> "RunWorkspace":
+        if resume:
+            if not self.path.is_dir():
+                raise RunError(f"no unfinished run at {str(self.path)!r}")
+        else:
+            check_out_dir(self.final)
+            if self.path.exists():
+                raise RunError(
+                    f"an unfinished run exists at {str(self.path)!r}: resume it with --resume {self.final} or delete it"
+                )
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(self.path)  # atomic: of two runs started together, one gets it
+            except FileExistsError:
+                raise RunError(f"another run is writing {str(self.final)!r}; choose another --out") from None
+        self._lock()
+        return self
+
+    def _lock(self) -> None:
+        import fcntl
+
+        fd = os.open(self.path / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunError(f"another process is writing {str(self.final)!r}; wait for it or choose another --out") from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def commit(self) -> Path:
+        self.checkpoint.unlink(missing_ok=True)
+        (self.path / ".lock").unlink(missing_ok=True)
+        self._unlock()
+        check_out_dir(self.final)
+        if self.final.exists():
+            self.final.rmdir()
+        os.rename(self.path, self.final)
+        return self.final
+
+    def abandon(self) -> bool:
+        """Release the lock; delete the directory unless it has a checkpoint. True if kept."""
+        self._unlock()
+        if self.checkpoint.is_file():
+            return True
+        shutil.rmtree(self.path, ignore_errors=True)
+        return False
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary name, then rename: a crash mid-write keeps the previous one."""
+    import torch
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RunError(f"checkpoint {str(path)!r} is unreadable ({type(e).__name__}); the run cannot be resumed") from None

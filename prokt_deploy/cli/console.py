@@ -28,7 +28,7 @@ class RichProgress:
         self._task = None
         self._phase = ""
 
-    def start(self, phase: str, total_steps: int) -> None:
+    def start(self, phase: str, total_steps: int, completed: int = 0) -> None:
         if self.quiet:
             return
         self._phase = phase
@@ -44,7 +44,7 @@ class RichProgress:
             transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(phase, total=total_steps, stats="")
+        self._task = self._progress.add_task(phase, total=total_steps, completed=completed, stats="")
 
     def step(self, metrics: dict[str, float]) -> None:
         if self._progress is None:

@@ -31,15 +31,23 @@ def distill(
     teacher_init: o.TeacherInitOpt = None,
     teacher_factory: o.TeacherFactoryOpt = None,
     student: o.StudentOpt = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run (its --out directory) from its checkpoint.")] = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Plan the student that fits the budget and distill the teacher into it (ProKT by default)."""
+    if resume is not None:
+        result = run_distill(None, resume=resume, progress=RichProgress())
+        _print(distill_summary(result.path, result.manifest), as_json)
+        return
     r = o.resolve_recipe(
         recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
         data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
     )
     result = run_distill(r, out=out_dir, progress=RichProgress())
-    summary = distill_summary(result.path, result.manifest)
+    _print(distill_summary(result.path, result.manifest), as_json)
+
+
+def _print(summary: dict, as_json: bool) -> None:
     if as_json:
         print_json(summary)
     else:

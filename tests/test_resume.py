@@ -1,0 +1,141 @@
+"""Checkpoints and resume: a run stopped mid-way and resumed ends with the same weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import RECIPES
+from prokt_deploy import apply_overrides, distill, load_recipe
+from prokt_deploy.errors import InterruptedRun, RunError, TrainingError
+from prokt_deploy.runs import CHECKPOINT, partial_path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: 2 threads are slower and less reproducible under load
+    yield
+    torch.set_num_threads(before)
+
+
+def recipe(method: str = "prokt", **over):
+    r = load_recipe(RECIPES / "digits.yaml")
+    return apply_overrides(r, {"method": method, "train.epochs": 3, "data.max_train_samples": 400, "teacher.epochs": 2, **over})
+
+
+class CrashAt:
+    """A progress sink that fails at a given global step, like a machine dying mid-epoch."""
+
+    def __init__(self, step: int, exc: BaseException) -> None:
+        self.n, self.at, self.exc = 0, step, exc
+
+    def start(self, phase, total_steps, completed=0):
+        pass
+
+    def step(self, metrics):
+        self.n += 1
+        if self.n == self.at:
+            raise self.exc
+
+    def epoch(self, record):
+        pass
+
+    def stop(self):
+        pass
+
+
+class CtrlCAt(CrashAt):
+    """Sends a real SIGINT to this process at a given step (the engine saves at the next step)."""
+
+    def step(self, metrics):
+        self.n += 1
+        if self.n == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def weights(run):
+    return load_file(str(run / "student.safetensors"))
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("method", ["prokt", "kd"])
+def test_resume_after_crash_equals_uninterrupted(tmp_path, method):
+    ref = distill(recipe(method), out=tmp_path / "ref", runs_root=tmp_path / "runs")
+    out = tmp_path / "crashed"
+    # 7 steps per epoch (400 samples, batch 64): crash in the middle of the second epoch of the last phase
+    crash_step = 7 * 2 + 10 if method == "kd" else 10
+    with pytest.raises(RuntimeError, match="power cut"):
+        distill(recipe(method), out=out, runs_root=tmp_path / "runs", progress=CrashAt(crash_step, RuntimeError("power cut")))
+    assert not out.exists() and (partial_path(out) / CHECKPOINT).is_file()
+    resumed = distill(None, resume=out, runs_root=tmp_path / "runs")
+    assert resumed.path == out and out.is_dir() and not partial_path(out).exists()
+    assert_same(weights(ref.path), weights(out))
+    assert resumed.manifest["metrics"]["student_test_accuracy"] == ref.manifest["metrics"]["student_test_accuracy"]
+    assert len(resumed.manifest["metrics"]["history"]["student"]) == 3
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_matches(tmp_path):
+    ref = distill(recipe(), out=tmp_path / "ref", runs_root=tmp_path / "runs")
+    out = tmp_path / "stopped"
+    with pytest.raises(InterruptedRun, match="--resume"):
+        distill(recipe(), out=out, runs_root=tmp_path / "runs", progress=CtrlCAt(4, KeyboardInterrupt()))
+    state = torch.load(partial_path(out) / CHECKPOINT, weights_only=True)
+    assert state["current"]["epoch"] == 0 and state["current"]["step"] == 4  # 4 steps done: saved at the next step boundary
+    resumed = distill(None, resume=out, runs_root=tmp_path / "runs")
+    assert_same(weights(ref.path), weights(resumed.path))
+
+
+def test_same_seed_same_weights(tmp_path):
+    a = distill(recipe(), out=tmp_path / "a", runs_root=tmp_path / "runs")
+    b = distill(recipe(), out=tmp_path / "b", runs_root=tmp_path / "runs")
+    assert_same(weights(a.path), weights(b.path))
+    c = distill(recipe(seed=1), out=tmp_path / "c", runs_root=tmp_path / "runs")
+    assert not torch.equal(weights(a.path)["head.weight"], weights(c.path)["head.weight"])
+
+
+class PoisonAfterFirstEpoch(CrashAt):
+    """Writes NaN into the student's weights once the first epoch is checkpointed."""
+
+    def __init__(self, model_holder):
+        super().__init__(-1, RuntimeError())
+        self.models = model_holder
+
+    def epoch(self, record):
+        with torch.no_grad():
+            for p in self.models[0].parameters():
+                p.fill_(float("nan"))
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import prokt_deploy.api as api
+
+    holder = []
+    original = api._student_method
+    monkeypatch.setattr(api, "_student_method", lambda r, s, t, d: holder.append(s) or original(r, s, t, d))
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingError, match="last good checkpoint is kept"):
+        distill(recipe("scratch"), out=out, runs_root=tmp_path / "runs", progress=PoisonAfterFirstEpoch(holder))
+    assert not out.exists()
+    state = torch.load(partial_path(out) / CHECKPOINT, weights_only=True)
+    assert state["current"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["current"]["method"]["student"].values() if v.is_floating_point())
+
+
+def test_unfinished_run_is_not_silently_restarted(tmp_path):
+    out = tmp_path / "x"
+    with pytest.raises(RuntimeError):
+        distill(recipe(), out=out, runs_root=tmp_path / "runs", progress=CrashAt(10, RuntimeError("boom")))
+    with pytest.raises(RunError, match="resume it with --resume"):
+        distill(recipe(), out=out, runs_root=tmp_path / "runs")
+    with pytest.raises(RunError, match="no unfinished run"):
+        distill(None, resume=tmp_path / "nothing-here", runs_root=tmp_path / "runs")
