@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prokt_deploy import engine
+from prokt_deploy import distributed, engine
 from prokt_deploy.budget import parse_size
 from prokt_deploy.checkpoint import build_from_factory, load_weights, save_weights
 from prokt_deploy.data import DataBundle, load_data
-from prokt_deploy.errors import InterruptedRun, RecipeError, TrainingError
+from prokt_deploy.errors import InterruptedRun, RecipeError, RunError, TrainingError
 from prokt_deploy.models import count_params, create_model, zero_init_head
 from prokt_deploy.planner import Plan, plan_student
 from prokt_deploy.recipe import Recipe, dump_recipe, load_recipe
@@ -177,7 +177,8 @@ def distill(
         check_out_dir(final)
     timings: dict[str, float] = dict(ckpt["timings"]) if ckpt else {}
     engine.set_seed(recipe.seed)
-    device = engine.resolve_device(recipe.device)
+    device = distributed.init(engine.resolve_device(recipe.device))
+    main = distributed.is_main()  # only rank 0 writes
     data = load_recipe_data(recipe)
     timings.setdefault("load_data_s", time.perf_counter() - t0)
 
@@ -193,14 +194,24 @@ def distill(
     teacher.to(device)
     student.to(device)
 
-    ws = RunWorkspace(final).open(resume=ckpt is not None)
-    handler = _attach_log(ws.path)
+    ws = RunWorkspace(final)
+    opened = True
+    if main:
+        try:
+            ws.open(resume=ckpt is not None)
+        except BaseException:
+            opened = False
+            if not distributed.active():
+                raise
+    if not distributed.all_ok(opened):
+        raise RunError(f"rank 0 could not open the run directory {final}")
+    handler = _attach_log(ws.path) if main else logging.NullHandler()
     history: dict[str, list[dict]] = dict(ckpt["completed"]) if ckpt else {}
     try:
-        if ckpt is None:
+        if main and ckpt is None:
             (ws.path / "recipe.yaml").write_text(dump_recipe(recipe))
             log.info("plan: %s -> %s (%s bytes)", the_plan.note, student_arch, the_plan.chosen.estimated_bytes)
-        else:
+        elif main:
             log.info("resuming %s phase at epoch %d step %d", ckpt["current"]["phase"], ckpt["current"]["epoch"] + 1, ckpt["current"]["step"])
 
         def saver(done: dict[str, list[dict]]):
@@ -213,10 +224,11 @@ def distill(
         teacher_used = recipe.method != "scratch"
         if recipe.method == "kd" and recipe.teacher.init != "checkpoint" and "teacher" not in history:
             t = time.perf_counter()
-            method = _teacher_method(recipe, teacher, data)
+            method = _teacher_method(recipe, distributed.wrap(teacher, device), data)
             history["teacher"] = engine.fit(method, data, epochs=_teacher_epochs(recipe), phase="teacher (CE)", save=saver({}), resume=_resume_point(ckpt, "teacher (CE)"), **fit)
             timings["teacher_train_s"] = timings.get("teacher_train_s", 0.0) + time.perf_counter() - t
-        method = _student_method(recipe, student, teacher, data)
+        trained_teacher = distributed.wrap(teacher, device) if recipe.method == "prokt" else teacher  # kd's teacher is frozen
+        method = _student_method(recipe, distributed.wrap(student, device), trained_teacher, data)
         t = time.perf_counter()
         history["student"] = engine.fit(method, data, epochs=recipe.train.epochs, phase=recipe.method, save=saver(dict(history)), resume=_resume_point(ckpt, recipe.method), **fit)
         timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - t
@@ -230,32 +242,38 @@ def distill(
             "teacher_val_accuracy": engine.accuracy(teacher, data.val, device) if teacher_used else None,
             "history": history,
         }
-        save_weights(student, ws.path / "student.safetensors")
-        if teacher_used:
-            save_weights(teacher, ws.path / "teacher.safetensors")
         timings["total_s"] = timings.get("total_s", 0.0) + time.perf_counter() - t0
         manifest = _manifest(recipe, the_plan, student_arch, data, student, teacher, teacher_used, metrics, device, timings, final)
+        manifest["distributed"] = {"world_size": distributed.world_size(), "backend": distributed.backend()}
         if ckpt is not None:
             manifest["resumed"] = True
-        write_json_atomic(ws.path / MANIFEST, manifest)
-        log.info("student test accuracy %.4f", metrics["student_test_accuracy"])
+        if main:
+            save_weights(student, ws.path / "student.safetensors")
+            if teacher_used:
+                save_weights(teacher, ws.path / "teacher.safetensors")
+            write_json_atomic(ws.path / MANIFEST, manifest)
+            log.info("student test accuracy %.4f", metrics["student_test_accuracy"])
     except engine.Interrupted:
-        ws.abandon()
+        if main:
+            ws.abandon()
         raise InterruptedRun(f"interrupted; progress saved in {ws.path}: continue with 'prokt-deploy distill --resume {final}'") from None
     except TrainingError as e:
-        kept = ws.abandon()
+        kept = ws.abandon() if main else False
         where = f"; the last good checkpoint is kept in {ws.path}" if kept else ""
         raise TrainingError(f"{e}{where}") from None
     except BaseException:
-        kept = ws.abandon()
+        kept = ws.abandon() if main else False
         if kept:
             log.info("stopped; checkpoint kept in %s", ws.path)
         raise
     finally:
         log.removeHandler(handler)
         handler.close()
-    ws.commit()
-    mark_latest(Path(runs_root), final)
+    if main:
+        ws.commit()
+        mark_latest(Path(runs_root), final)
+    if not distributed.all_ok(True):  # wait until rank 0 has moved the run into place
+        raise RunError("a rank failed at the end of the run")
     return RunResult(final, manifest)
 
 

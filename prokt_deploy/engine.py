@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prokt_deploy.data import DataBundle, Split
+from prokt_deploy.distributed import all_ok, is_main, shard, sum_metrics, unwrap
 from prokt_deploy.errors import TrainingError
 from prokt_deploy.losses import kd_loss, kl_to_target, prokt_constrained_teacher_loss, prokt_student_loss, prokt_teacher_loss
 from prokt_deploy.recipe import KDConfig, OptimizerConfig, ProktConfig
@@ -149,18 +150,18 @@ class Method:
 
     def state_dict(self) -> dict:
         """Everything needed to continue: models, optimizers, schedulers, method state."""
-        out = {"student": self.student.state_dict(), "state": dict(self.state)}
+        out = {"student": unwrap(self.student).state_dict(), "state": dict(self.state)}
         if self.teacher is not None:
-            out["teacher"] = self.teacher.state_dict()
+            out["teacher"] = unwrap(self.teacher).state_dict()
         for name, (opt, sched) in self.optimizers.items():
             out[f"opt_{name}"] = opt.state_dict()
             out[f"sched_{name}"] = sched.state_dict()
         return out
 
     def load_state_dict(self, state: dict) -> None:
-        self.student.load_state_dict(state["student"])
+        unwrap(self.student).load_state_dict(state["student"])
         if self.teacher is not None and "teacher" in state:
-            self.teacher.load_state_dict(state["teacher"])
+            unwrap(self.teacher).load_state_dict(state["teacher"])
         for name, (opt, sched) in self.optimizers.items():
             opt.load_state_dict(state[f"opt_{name}"])
             sched.load_state_dict(state[f"sched_{name}"])
@@ -310,7 +311,10 @@ def fit(
         torch.set_rng_state(resume.torch_rng)
 
     def checkpoint(epoch: int, step: int, sums: dict, count: int) -> None:
-        if save is not None:
+        # Metric totals are summed over ranks (a collective: every rank calls this at the same
+        # step) and kept by rank 0 alone, which restores them on resume.
+        sums, count = sum_metrics(sums, count)
+        if save is not None and is_main():
             save({"phase": phase, "epoch": epoch, "step": step, "sums": dict(sums), "count": count, "history": list(history),
                   "method": method.state_dict(), "torch_rng": torch.get_rng_state()})
 
@@ -323,12 +327,14 @@ def fit(
                 sums: dict[str, float] = {}
                 count, first_step = 0, 0
                 if resume and epoch == first_epoch:
-                    sums, count, first_step = dict(resume.sums), resume.count, resume.step
+                    first_step = resume.step
+                    if is_main():
+                        sums, count = dict(resume.sums), resume.count
                 for step in range(first_step, per_epoch):
-                    if stop.is_set():
+                    if not all_ok(not stop.is_set()):  # all ranks stop at the same step
                         checkpoint(epoch, step, sums, count)
                         raise Interrupted(f"interrupted in {phase} epoch {epoch + 1}, step {step}")
-                    idx = order[step * batch_size : (step + 1) * batch_size]
+                    idx = shard(order[step * batch_size : (step + 1) * batch_size])  # this rank's part
                     x = train.x[idx].to(device, non_blocking=True)  # (B, C, H, W)
                     y = train.y[idx].to(device, non_blocking=True)  # (B,)
                     metrics = method.step(x, y)
@@ -336,11 +342,12 @@ def fit(
                         sums[k] = sums.get(k, 0.0) + v * len(idx)
                     count += len(idx)
                     progress.step({**metrics, "epoch": epoch + 1})
-                record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - start, 3)}
-                record.update({f"train_{k}": round(v / count, 6) for k, v in sums.items()})
+                total_sums, total_count = sum_metrics(sums, count)
+                record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - start, 3), "train_samples": total_count}
+                record.update({f"train_{k}": round(v / total_count, 6) for k, v in total_sums.items()})
                 record.update(validate(method, data, device))
                 history.append(record)
-                checkpoint(epoch + 1, 0, {}, 0)
+                checkpoint(epoch + 1, 0, {}, 0)  # an epoch boundary: nothing to carry over
                 progress.epoch(record)
         finally:
             progress.stop()

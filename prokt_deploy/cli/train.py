@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
+from prokt_deploy import distributed
 from prokt_deploy.api import distill as run_distill
+from prokt_deploy.api import load_recipe_data
+from prokt_deploy.api import plan as run_plan
 from prokt_deploy.api import train_teacher as run_train_teacher
 from prokt_deploy.budget import format_size
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, out, print_json
+from prokt_deploy.errors import TrainingError
+from prokt_deploy.runs import check_out_dir
 
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create (default: runs/<time>-<recipe>-<method>).")]
 
@@ -32,19 +39,49 @@ def distill(
     teacher_factory: o.TeacherFactoryOpt = None,
     student: o.StudentOpt = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run (its --out directory) from its checkpoint.")] = None,
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Train with DistributedDataParallel on N local processes (torchrun).")] = 1,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Plan the student that fits the budget and distill the teacher into it (ProKT by default)."""
-    if resume is not None:
-        result = run_distill(None, resume=resume, progress=RichProgress())
-        _print(distill_summary(result.path, result.manifest), as_json)
+    r = None
+    if resume is None:
+        r = o.resolve_recipe(
+            recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
+            data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
+        )
+    if nproc_per_node > 1 and not distributed.launched_by_torchrun():
+        _launch_distributed(r, nproc_per_node, out_dir)
         return
-    r = o.resolve_recipe(
-        recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
-        data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
-    )
-    result = run_distill(r, out=out_dir, progress=RichProgress())
-    _print(distill_summary(result.path, result.manifest), as_json)
+    main = int(os.environ.get("RANK", "0")) == 0
+    result = run_distill(r, out=out_dir, resume=resume, progress=RichProgress(quiet=not main))
+    if main:
+        _print(distill_summary(result.path, result.manifest), as_json)
+
+
+def _launch_distributed(r, nproc: int, out_dir: Path | None) -> None:
+    """Check what can be checked here (recipe, data, budget, output), then re-launch under torchrun."""
+    if r is not None:
+        data = load_recipe_data(r)
+        run_plan(r, data)
+        if out_dir is not None:
+            check_out_dir(out_dir)
+    argv = strip_option(sys.argv[1:], "--nproc-per-node")
+    code = distributed.launch(nproc, argv)
+    if code != 0:
+        raise TrainingError(f"distributed training exited with code {code} (see the ranks' messages above)")
+
+
+def strip_option(argv: list[str], name: str) -> list[str]:
+    """argv without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
 
 
 def _print(summary: dict, as_json: bool) -> None:
