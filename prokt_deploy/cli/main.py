@@ -9,10 +9,12 @@ from typing import Annotated
 import typer
 
 from prokt_deploy import __version__
+from prokt_deploy.cli import bench as bench_cmd
 from prokt_deploy.cli import plan as plan_cmd
 from prokt_deploy.cli import recipe as recipe_cmd
+from prokt_deploy.cli import run as run_cmd
 from prokt_deploy.cli import train as train_cmd
-from prokt_deploy.errors import EXIT_INTERRUPTED, ProktError
+from prokt_deploy.errors import EXIT_FILESYSTEM, EXIT_INTERRUPTED, ProktError
 
 app = typer.Typer(
     name="prokt-deploy",
@@ -25,6 +27,9 @@ app.command("distill")(train_cmd.distill)
 app.command("train-teacher")(train_cmd.train_teacher)
 app.command("plan")(plan_cmd.plan)
 app.add_typer(recipe_cmd.app, name="recipe")
+app.command("bench")(bench_cmd.bench)
+app.command("bundle")(bench_cmd.bundle)
+app.command("run")(run_cmd.run)
 
 _debug = False
 
@@ -64,6 +69,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+    except OSError as e:  # disk full, permission denied, read-only file system, ...
+        if _debug:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        _fail(f"file system error: {e.strerror or e}{where}", EXIT_FILESYSTEM)
     except Exception as e:  # the Click usage errors typer vendors, then anything unexpected
         if getattr(e, "exit_code", None) is not None and hasattr(e, "format_message"):
             ctx = getattr(e, "ctx", None)

@@ -1,0 +1,46 @@
+"""The benchmark scripts run end to end in a tiny configuration, so they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import RECIPES, ROOT
+
+DIGITS = str(RECIPES / "digits.yaml")
+
+
+def bench(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_distill_throughput(tmp_path):
+    out = tmp_path / "t.json"
+    bench("distill_throughput.py", "--recipe", DIGITS, "--rounds", "1", "--steps", "2", "--out", str(out), cwd=tmp_path)
+    r = json.loads(out.read_text())
+    assert set(r["samples_per_s"]) == {"scratch", "kd", "prokt"}
+    assert r["prokt_over_kd_time"]["predicted_from_passes"] > 1
+
+
+def test_quality_and_ablation_tiny(tmp_path):
+    out = tmp_path / "q.json"
+    bench("quality.py", "--recipe", DIGITS, "--budgets", "20KB", "--seeds", "0", "--epochs", "1", "--teacher-epochs", "1",
+          "--max-train-samples", "300", "--out", str(out), cwd=tmp_path)
+    records = json.loads(out.read_text())
+    assert {r["method"] for r in records} == {"scratch", "kd", "prokt"}
+    for r in records:
+        for key in ("budget_bytes", "method", "seed", "student_test_accuracy", "int8_test_accuracy", "teacher_test_accuracy", "seconds"):
+            assert r[key] is not None, key
+    assert len({r["student"] for r in records}) == 1  # same student for every method
+    assert "| 20KB | prokt |" in out.with_suffix(".md").read_text()
+
+    out = tmp_path / "a.json"
+    bench("ablation.py", "--recipe", DIGITS, "--budgets", "20KB", "--seeds", "0", "--epochs", "1", "--teacher-epochs", "1",
+          "--max-train-samples", "300", "--variants", "lam=0.7,constrained,teacher=checkpoint-reset-head", "--out", str(out), cwd=tmp_path)
+    records = json.loads(out.read_text())
+    assert [r["variant"] for r in records] == ["lam=0.7", "constrained", "teacher=checkpoint-reset-head"]
+    assert records[0]["settings"]["prokt.lam"] == 0.7
