@@ -73,9 +73,17 @@ class BenchGateFailed(ProktError):
 
 
 EXIT_INTERRUPTED = 130
+EXIT_FILESYSTEM = 13  # an OSError from the file system: disk full, permission denied, read-only
 
 
 class InterruptedRun(ProktError):
     """Ctrl-C during training: the progress was saved and the run can be resumed."""
 
     exit_code = 130
+
+
+class BenchError(ProktError):
+    """Benchmarking failed: an engine could not be loaded or run in its worker process, or a
+    device result file to merge is not valid."""
+
+    exit_code = 12
