@@ -13,9 +13,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV" >&2
   "$PYTHON" -m venv "$VENV"
 fi
+pip_install() {
+  # This machine's pip configuration lists extra local indexes; their "is ignored" notices are noise.
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt "$@" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 # torch first and pinned: anything else could pull a multi-GB CUDA build.
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+pip_install "torch==2.13.0"
+pip_install -e ".[dev]"
 
 if [ "${1:-}" != "--no-data" ] && [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   if command -v apt-get >/dev/null 2>&1; then
