@@ -18,9 +18,14 @@ pip_install() {
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt "$@" \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
-# torch first and pinned: anything else could pull a multi-GB CUDA build.
-pip_install "torch==2.13.0"
-pip_install -e ".[dev]"
+STAMP="$VENV/.prokt-setup-$(cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$STAMP" ]; then
+  # torch first and pinned: anything else could pull a multi-GB CUDA build.
+  pip_install "torch==2.13.0"
+  pip_install -e ".[dev]" >/dev/null
+  rm -f "$VENV"/.prokt-setup-*
+  touch "$STAMP"
+fi
 
 if [ "${1:-}" != "--no-data" ] && [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   if command -v apt-get >/dev/null 2>&1; then
