@@ -2,9 +2,11 @@
 
 Library use (the CLI is a thin layer over these)::
 
-    from prokt_deploy import load_recipe, apply_overrides, distill
+    from prokt_deploy import load_recipe, apply_overrides, distill, export_run
     recipe = apply_overrides(load_recipe("recipes/digits.yaml"), {"budget.size": "20KB"})
     result = distill(recipe, out="runs/digits-20kb")
+    artifacts = export_run(result.path, ["onnx"], "int8")  # gated int8 ONNX under runs/digits-20kb/artifacts/
+    report = bench(result.path)  # teacher vs student vs artifacts: report.json, .md, .html in the run
 
 Importing this package does not import onnxruntime or OpenVINO.
 """
@@ -14,8 +16,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from prokt_deploy.api import distill, plan, train_teacher  # noqa: E402
+from prokt_deploy.benchmark import bench  # noqa: E402
 from prokt_deploy.budget import format_size, parse_size  # noqa: E402
+from prokt_deploy.bundle import write_bundle  # noqa: E402
+from prokt_deploy.deploy import export_run  # noqa: E402
 from prokt_deploy.errors import ProktError  # noqa: E402
 from prokt_deploy.recipe import apply_overrides, load_recipe  # noqa: E402
 
-__all__ = ["__version__", "apply_overrides", "distill", "format_size", "load_recipe", "parse_size", "plan", "train_teacher", "ProktError"]
+__all__ = ["__version__", "apply_overrides", "bench", "distill", "export_run", "format_size", "load_recipe", "parse_size", "plan", "train_teacher", "write_bundle", "ProktError"]

@@ -232,8 +232,6 @@ def distill(
         t = time.perf_counter()
         history["student"] = engine.fit(method, data, epochs=recipe.train.epochs, phase=recipe.method, save=saver(dict(history)), resume=_resume_point(ckpt, recipe.method), **fit)
         timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - t
-        for record in history["student"]:
-            log.info("epoch %s", record)
 
         metrics = {
             "student_test_accuracy": engine.accuracy(student, data.test, device),

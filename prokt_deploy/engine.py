@@ -13,6 +13,7 @@ eval mode. Two optimizers, two schedules, gradient clipping at ``grad_clip``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import signal
@@ -31,6 +32,8 @@ from prokt_deploy.distributed import all_ok, is_main, shard, sum_metrics, unwrap
 from prokt_deploy.errors import TrainingError
 from prokt_deploy.losses import kd_loss, kl_to_target, prokt_constrained_teacher_loss, prokt_student_loss, prokt_teacher_loss
 from prokt_deploy.recipe import KDConfig, OptimizerConfig, ProktConfig
+
+log = logging.getLogger("prokt_deploy")
 
 
 class Progress(Protocol):
@@ -348,6 +351,7 @@ def fit(
                 record.update(validate(method, data, device))
                 history.append(record)
                 checkpoint(epoch + 1, 0, {}, 0)  # an epoch boundary: nothing to carry over
+                log.info("%s epoch %d: %s", phase, epoch + 1, record)
                 progress.epoch(record)
         finally:
             progress.stop()

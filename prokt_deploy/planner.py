@@ -29,6 +29,11 @@ from prokt_deploy.models import count_macs, count_params, create_model, get_fami
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
+#: Part of the size-cache key: bump it when the measurement changes so older cached sizes are not reused.
+#: 2: measure a copy with generic weights (an untrained BatchNorm folds into an all-zero conv bias that the
+#: exporters drop, so v1 sizes were 5-21% below the trained artifact) and stable OpenVINO op names.
+MEASUREMENT_VERSION = 2
+
 
 @dataclass
 class Candidate:
@@ -117,7 +122,7 @@ def measure_artifact_bytes(
     import exporters
 
     cache = cache if cache is not None else SizeCache()
-    key = f"{label}|{tuple(input_shape)}|{num_classes}|{fmt}|{precision}|{_versions_key()}"
+    key = f"v{MEASUREMENT_VERSION}|{label}|{tuple(input_shape)}|{num_classes}|{fmt}|{precision}|{_versions_key()}"
     cached = cache.get(key)
     if cached is not None:
         return cached

@@ -10,6 +10,7 @@ import typer
 
 from prokt_deploy import __version__
 from prokt_deploy.cli import bench as bench_cmd
+from prokt_deploy.cli import export as export_cmd
 from prokt_deploy.cli import plan as plan_cmd
 from prokt_deploy.cli import recipe as recipe_cmd
 from prokt_deploy.cli import run as run_cmd
@@ -26,6 +27,7 @@ app = typer.Typer(
 app.command("distill")(train_cmd.distill)
 app.command("train-teacher")(train_cmd.train_teacher)
 app.command("plan")(plan_cmd.plan)
+app.command("export")(export_cmd.export)
 app.add_typer(recipe_cmd.app, name="recipe")
 app.command("bench")(bench_cmd.bench)
 app.command("bundle")(bench_cmd.bundle)

@@ -1,0 +1,112 @@
+"""On-device bundles: everything needed to measure a run's artifacts on a board with numpy and a runtime.
+
+``write_bundle(run, out)`` writes ``out/`` (a new or empty directory)::
+
+    bench_bundle.py        the measurement script: prokt_deploy/measure.py, copied (numpy + runtime only)
+    fingerprint.py         prokt_deploy/fingerprint.py, copied (standard library only)
+    bundle.json            input spec, classes, the artifacts and their host accuracy, default settings
+    samples.npz            x: the first N test samples, preprocessed float32 (N,C,H,W); y: their labels
+    artifacts/<model>-<format>-<precision>/   the files of every passed artifact (+ the teacher's
+                           ONNX fp32 baseline unless ``teacher=False``, for speed-ups on the device)
+    README.txt             how to run it and merge the result
+
+On the board: ``python bench_bundle.py`` writes ``device-results.json``; back on the host:
+``prokt-deploy bench RUN --merge device-results.json`` adds its rows to the run's report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from prokt_deploy import fingerprint, measure
+from prokt_deploy.errors import RunError, UsageError
+from prokt_deploy.runs import read_manifest, resolve_run, staged_run_dir
+
+SCHEMA_VERSION = 1
+DEFAULT_SAMPLES = 500
+
+_README = """\
+On-device benchmark bundle for run {run} (written {created} by prokt-deploy).
+
+Needs Python 3.10+, numpy and onnxruntime and/or openvino; not torch, not prokt-deploy.
+Artifacts whose runtime is not installed are skipped.
+
+    python bench_bundle.py                    # writes device-results.json here
+    python bench_bundle.py --threads 4 --device GPU --out /tmp/results.json
+    python bench_bundle.py --help
+
+Then, on the host:
+
+    prokt-deploy bench {run_path} --merge device-results.json
+"""
+
+
+def write_bundle(
+    run: str | Path | None,
+    out: str | Path,
+    *,
+    samples: int = DEFAULT_SAMPLES,
+    teacher: bool = True,
+    settings: dict | None = None,
+) -> Path:
+    """Write the on-device bundle of ``run`` (default: the latest run) into ``out``; return its path.
+
+    ``samples`` test samples are included (all if the test split is smaller). ``settings`` overrides the
+    bundle's default measurement settings (keys of :data:`prokt_deploy.measure.DEFAULTS`).
+    """
+    from prokt_deploy.api import load_recipe_data
+    from prokt_deploy.benchmark import ensure_fp32_export
+    from prokt_deploy.recipe import load_recipe
+
+    if samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {samples}")
+    unknown = set(settings or {}) - set(measure.DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown bundle settings {sorted(unknown)}; known: {', '.join(measure.DEFAULTS)}")
+    run = resolve_run(run)
+    manifest = read_manifest(run)
+    artifacts = [a for a in manifest.get("artifacts", []) if a.get("passed")]
+    if not artifacts:
+        raise RunError(f"{run} has no passed artifacts to bundle; run 'prokt-deploy export {run}' first")
+    data = load_recipe_data(load_recipe(run / "recipe.yaml"))
+    x = data.test.x.numpy()[:samples]  # (N, C, H, W) float32, preprocessed as in training
+    y = data.test.y.numpy()[:samples]  # (N,)
+
+    entries = [("student", a["format"], a["precision"], [run / f for f in a["files"]], a.get("test_accuracy")) for a in artifacts]
+    if teacher and manifest["teacher"].get("weights"):
+        files = ensure_fp32_export(run, "teacher", "onnx", x)
+        entries.insert(0, ("teacher", "onnx", "fp32", files, manifest["metrics"].get("teacher_test_accuracy")))
+
+    out = Path(out)
+    with staged_run_dir(out) as staging:
+        listed = []
+        for model, fmt, precision, files, accuracy in entries:
+            folder = Path("artifacts") / f"{model}-{fmt}-{precision}"
+            (staging / folder).mkdir(parents=True)
+            for f in files:
+                shutil.copy2(f, staging / folder / f.name)
+            listed.append({"id": f"{model}/{fmt}/{precision}", "model": model, "format": fmt, "precision": precision,
+                           "files": [str(folder / f.name) for f in files], "bytes": sum(f.stat().st_size for f in files),
+                           "host_test_accuracy": accuracy})
+        np.savez(staging / measure.BUNDLE_SAMPLES, x=x, y=y)
+        spec = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "bundle",
+            "run": run.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "input": manifest["input"],
+            "classes": manifest["classes"],
+            "samples": int(len(y)),
+            "settings": {**measure.DEFAULTS, **(settings or {})},
+            "artifacts": listed,
+        }
+        (staging / measure.BUNDLE_SPEC).write_text(json.dumps(spec, indent=2) + "\n")
+        shutil.copy2(measure.__file__, staging / "bench_bundle.py")
+        shutil.copy2(fingerprint.__file__, staging / "fingerprint.py")
+        (staging / "README.txt").write_text(_README.format(run=run.name, created=spec["created"], run_path=run))
+    return out

@@ -1,0 +1,108 @@
+"""`export`: the run's student as gated int8/fp16/fp32 ONNX and OpenVINO artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from prokt_deploy import deploy
+from prokt_deploy.budget import format_size
+from prokt_deploy.cli import options as o
+from prokt_deploy.cli.console import err, out, print_json
+from prokt_deploy.errors import ExportFailed, GateFailed
+
+
+def export(
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory written by 'distill' (default: runs/latest).")] = None,
+    formats: Annotated[
+        Optional[list[str]],
+        typer.Option("--format", "-f", help="onnx | openvino | all; repeatable (default: the formats the run was planned for)."),
+    ] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 | fp16 | int8 (default: the run's deploy precision). ONNX has no fp16: 'all' skips it.")] = None,
+    calibration_samples: Annotated[int, typer.Option("--calibration-samples", help="Real training samples to calibrate int8 on.")] = deploy.DEFAULT_CALIBRATION_SAMPLES,
+    max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="int8 gate: most test accuracy lost vs PyTorch, in percentage points.")] = deploy.DEFAULT_MAX_ACCURACY_DROP,
+    tolerance: Annotated[Optional[float], typer.Option(help="Max |logit diff| vs PyTorch (default: fp32 1e-4, fp16 5e-2, int8 unchecked).")] = None,
+    device: Annotated[str, typer.Option(help="Runtime device for validation (OpenVINO device name; onnxruntime: CPU or cuda).")] = "CPU",
+    as_json: o.JsonOpt = False,
+) -> None:
+    """Export, validate in each artifact's own runtime, check the size budget; keep only what passes."""
+    if formats:
+        deploy.check_format_names(formats)  # bad names are usage errors even before a run is found
+    if precision is not None:
+        deploy.check_precision_name(precision)
+    path, planned_formats, planned_precision = deploy.run_defaults(run)
+    with err.status("exporting", spinner="dots") as status:  # transient: nothing is left on a non-terminal stderr
+        try:
+            results = deploy.export_run(
+                path,
+                formats or planned_formats,
+                precision or planned_precision,
+                calibration_samples=calibration_samples,
+                max_accuracy_drop=max_accuracy_drop,
+                tolerance=tolerance,
+                device=device,
+                progress=status.update,
+            )
+        except (GateFailed, ExportFailed) as e:
+            failure = e
+            results = getattr(e, "results", [])
+        else:
+            failure = None
+    if as_json:
+        print_json({"run": str(path), "artifacts": results})
+    else:
+        print_results(path, results)
+    if failure is not None:
+        raise failure
+
+
+def _fmt_float(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _pct(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def print_results(run: Path, results: list[dict]) -> None:
+    table = Table(title=f"artifacts of {run}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    table.add_column("artifact", no_wrap=True)
+    for col in ("bytes", "budget", "|diff|", "agree", "acc", "drop"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("gate", no_wrap=True)
+    notes = []
+    reference = None
+    for r in results:
+        name = f"{r['format']}-{r['precision']}"
+        if "skipped" in r or "error" in r:
+            table.add_row(name, *["-"] * 6, "skip" if "skipped" in r else "[bold red]ERROR[/]")
+            notes.append(r.get("skipped") or r["error"])
+            continue
+        reference = r["reference_accuracy"]
+        budget = f"{'<=' if r['within_budget'] else '>'} {r['budget_bytes']:,}" + ("" if r["budget_gated"] else "*")
+        table.add_row(
+            name,
+            f"{r['bytes']:,}",
+            budget,
+            "inf" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}",
+            _pct(r["top1_agreement"]),
+            _pct(r["test_accuracy"]),
+            _fmt_float(r["accuracy_drop"], "+.2f"),
+            "[bold green]PASS[/]" if r["passed"] else "[bold red]FAIL[/]",
+        )
+        if r["passed"]:
+            notes.append(f"{name}: {', '.join(r['files'])} ({format_size(r['bytes'])}, {r['runtime']})")
+        else:
+            notes.extend(f"{name}: {f}" for f in r["failures"])
+        if not r["budget_gated"]:
+            notes.append(f"* {name}: the budget is only a gate at the precision the run was planned for")
+    out.print(table)
+    if reference is not None:
+        out.print(f"|diff|: max |logit difference| vs the PyTorch student; agree: top-1 agreement with the PyTorch student; acc: test accuracy in the artifact's runtime "
+                  f"(PyTorch student: {_pct(reference)}); drop: accuracy lost, in points", highlight=False)
+    for note in notes:
+        out.print(note, highlight=False)

@@ -1,0 +1,124 @@
+"""`run`: recipe -> distill -> export (ONNX and OpenVINO at the deploy precision) -> bench -> report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from prokt_deploy.api import distill
+from prokt_deploy.benchmark import bench, check_gates, resolve_targets
+from prokt_deploy.cli import bench as b
+from prokt_deploy.cli import options as o
+from prokt_deploy.cli.console import RichProgress, err
+from prokt_deploy.cli.train import OutOpt
+from prokt_deploy.deploy import export_run
+from prokt_deploy.errors import GateFailed, UsageError
+
+STAGES = ("distill", "export", "bench")
+EXPORT_FORMATS = ("onnx", "openvino")
+
+
+class PipelineProgress(RichProgress):
+    """One display for the whole pipeline: a bar over the stages and, under it, the current stage's
+    bar (training steps with loss and accuracy) or status line (export, bench)."""
+
+    def __init__(self) -> None:
+        super().__init__(console=err)
+        self._display = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                                 TimeElapsedColumn(), console=err)
+        self._stages = self._display.add_task("run", total=len(STAGES), stats="")
+        self._status = None
+
+    def __enter__(self) -> "PipelineProgress":
+        self._display.start()
+        return self
+
+    def __exit__(self, exc_type: type | None, *rest: object) -> None:
+        if exc_type is None:
+            self._clear_status()
+            self._display.update(self._stages, completed=len(STAGES), description="run", stats="done")
+        self._display.stop()
+
+    def _clear_status(self) -> None:
+        if self._status is not None:
+            self._display.remove_task(self._status)
+            self._status = None
+
+    def stage(self, name: str) -> None:
+        index = STAGES.index(name)
+        self._display.update(self._stages, completed=index, description=f"run {index + 1}/{len(STAGES)}", stats=name)
+        self._clear_status()
+
+    def status(self, text: str) -> None:
+        """The library's ``progress(text)`` callback (export, bench): one status line under the stages."""
+        if self._status is None:
+            self._status = self._display.add_task("", total=None, stats="")
+        self._display.update(self._status, stats=text)
+
+    # engine.Progress: training phases get a bar in the shared display (step/epoch come from RichProgress)
+    def start(self, phase: str, total_steps: int, completed: int = 0) -> None:
+        self._phase = phase
+        self._progress = self._display
+        self._task = self._display.add_task(phase, total=total_steps, completed=completed, stats="")
+
+    def stop(self) -> None:
+        self._progress = None
+
+
+def run(
+    recipe_file: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help="Recipe YAML (the same as --recipe).", show_default=False)] = None,
+    recipe: o.RecipeOpt = None,
+    budget: o.BudgetOpt = None,
+    method: o.MethodOpt = None,
+    epochs: o.EpochsOpt = None,
+    seed: o.SeedOpt = None,
+    out_dir: OutOpt = None,
+    device: o.DeviceOpt = None,
+    max_train_samples: o.MaxTrainOpt = None,
+    data_dir: o.DataDirOpt = None,
+    teacher_checkpoint: o.TeacherCkptOpt = None,
+    teacher_init: o.TeacherInitOpt = None,
+    teacher_factory: o.TeacherFactoryOpt = None,
+    student: o.StudentOpt = None,
+    threads: b.ThreadsOpt = b.D["threads"],
+    batch: b.BatchOpt = b.D["batch"],
+    runs: b.RunsOpt = b.D["runs"],
+    warmup: b.WarmupOpt = b.D["warmup"],
+    repeats: b.RepeatsOpt = b.D["repeats"],
+    bench_device: Annotated[str, typer.Option("--bench-device", help="bench --device: CPU, GPU, NPU, AUTO or an OpenVINO device id.")] = "CPU",
+    max_latency_ms: b.MaxLatencyOpt = None,
+    max_accuracy_drop: b.MaxDropOpt = None,
+    min_speedup: b.MinSpeedupOpt = None,
+    as_json: o.JsonOpt = False,
+) -> None:
+    """Distill, export ONNX and OpenVINO at the deploy precision, benchmark and write the report, in one go.
+
+    Takes the overrides of `distill`; `--out DIR` is the run directory, where report.json, report.md and report.html are written. An artifact that misses its export gates is left out of the bench and listed in the report; after the report, a missed bench gate exits with code 11, and a missed export gate of a format the recipe plans for (budget.formats) with code 10.
+    """
+    if recipe_file is not None and recipe is not None and recipe_file != recipe:
+        raise UsageError(f"two recipes given ({recipe_file} and --recipe {recipe}); give one")
+    r = o.resolve_recipe(
+        recipe_file or recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
+        data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
+    )
+    resolve_targets(bench_device)  # an unavailable device fails now, not after training
+    with PipelineProgress() as progress:
+        progress.stage("distill")
+        result = distill(r, out=out_dir, progress=progress)
+        progress.stage("export")
+        try:
+            export_run(result.path, EXPORT_FORMATS, r.budget.precision, progress=progress.status)
+            export_failure = None
+        except GateFailed as exc:  # the passed artifacts are kept and benchmarked; the report lists the others
+            export_failure = exc
+        progress.stage("bench")
+        rep = bench(result.path, threads=threads, batch=batch, runs=runs, warmup=warmup, repeats=repeats, device=bench_device,
+                    max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, progress=progress.status)
+    b.show_report(rep, as_json)
+    check_gates(rep)
+    planned_failed = [a for a in rep["not_benchmarked"] if a["format"] in r.budget.formats]
+    if export_failure is not None and planned_failed:
+        raise export_failure
