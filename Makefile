@@ -8,7 +8,7 @@ setup:
 
 # Main job on the embedded default recipe (recipes/fashion-mnist.yaml).
 demo: setup
-	$(VENV)/bin/prokt-deploy distill
+	$(VENV)/bin/prokt-deploy run
 
 # The test suite (what CI runs).
 test: setup

@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BOTH = ["onnx", "openvino"]
 SETUPS = {
     "cnn": ("digits.yaml", [("20KB", ["onnx"]), ("40KB", BOTH), ("100KB", BOTH)]),
-    # the recipe's teacher (resnet-w24-d1) is ~244 kB at int8: budgets below it bind
-    "resnet": ("fashion-mnist.yaml", [("100KB", BOTH), ("160KB", BOTH), ("240KB", BOTH)]),
+    # budgets below the teacher's own int8 artifact bind (resnet-w16-d1: 147 kB; a budget above it picks a
+    # student of at most 25% of the teacher's parameters instead of the largest that fits)
+    "resnet": ("fashion-mnist.yaml", [("75KB", BOTH), ("100KB", BOTH), ("120KB", BOTH)]),
 }
 COMBOS = [(fmt, p) for fmt, precisions in exporters.PRECISIONS.items() for p in precisions]
 DEPLOY_COMBOS = [("onnx", "int8"), ("onnx", "fp32"), ("openvino", "int8")]
