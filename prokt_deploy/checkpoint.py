@@ -55,16 +55,22 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    state = load_state_dict(path)
-    result = model.load_state_dict(_strip_prefixes(state), strict=False)
-    mismatched = [k for k, v in _strip_prefixes(state).items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
-    if result.missing_keys or result.unexpected_keys or mismatched:
+    state = _strip_prefixes(load_state_dict(path))
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    if missing or unexpected or mismatched:
         detail = []
-        if result.missing_keys:
-            detail.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")
-        if result.unexpected_keys:
-            detail.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if mismatched:
+            k = mismatched[0]
+            detail.append(f"{len(mismatched)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
         raise ModelError(f"checkpoint {str(path)!r} does not match the architecture: " + ", ".join(detail) + "; check teacher.arch")
+    model.load_state_dict(state)
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -88,6 +88,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return macs
 
 
+def init_conv_weights(model: nn.Module) -> None:
+    """He (fan-out) initialisation of every conv, as ResNets are usually initialised."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 def classifier_head(model: nn.Module) -> nn.Linear:
     """The final linear layer: ``model.head`` if present, otherwise the last nn.Linear."""
     head = getattr(model, "head", None)

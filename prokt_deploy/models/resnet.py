@@ -12,7 +12,7 @@ import re
 import torch
 from torch import nn
 
-from prokt_deploy.models.registry import Family, register_family
+from prokt_deploy.models.registry import Family, init_conv_weights, register_family
 
 _NAME = re.compile(r"^resnet-w(\d+)-d(\d+)$")
 WIDTHS = (4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -49,9 +49,7 @@ class ResNet(nn.Module):
                 c_in = c_out
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
         features = self.blocks(self.stem(x))  # (B, 4w, H/4, W/4)
