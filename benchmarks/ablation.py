@@ -48,17 +48,19 @@ def main(argv: list[str] | None = None) -> None:
     out_default = str(quality.ROOT / "benchmarks" / "results" / "ablation.json")
     base = quality.parse_args([*argv, "--methods", "prokt"] + ([] if "--out" in argv else ["--out", out_default]))
     records = []
+    teachers: dict = {}  # one converged teacher per seed, shared by the variants
     for name in names:
         v = VARIANTS[name]
         args = quality.parse_args([*argv, "--methods", "prokt"])
         args.out = base.out
+        args.incremental = False  # ablation.py writes its own records (with the variant) at the end
         args.set = list(base.set) + v.get("set", [])
         args.prokt_teacher = v.get("prokt_teacher", base.prokt_teacher)
         if "lr_scale" in v:
             lr = quality.load_recipe(args.recipe).train.student_optimizer.lr
             args.set.append(f"train.student_optimizer.lr={lr * v['lr_scale']}")
         print(f"variant {name}", flush=True)
-        for rec in quality.run_grid(args, label="ablation"):
+        for rec in quality.run_grid(args, label="ablation", teachers=teachers):
             rec["variant"] = name
             records.append(rec)
     out = Path(base.out)

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prokt-teacher", choices=["scratch", "checkpoint-reset-head", "checkpoint"], default="scratch")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra recipe override, e.g. prokt.lam=0.5 (YAML value)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--teacher-dir", default=None, help="keep converged teachers here (teacher-seed<N>/) and reuse them across invocations")
+    ap.add_argument("--resume", action="store_true", help="keep the cells already in --out and run only the missing ones")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="JSON", help="only merge earlier outputs (e.g. one per method) into --out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
     return ap.parse_args(argv)
 
@@ -62,22 +65,41 @@ def int8_accuracy(run: Path) -> float | None:
     return records[0]["test_accuracy"] if records else None
 
 
-def run_grid(args: argparse.Namespace, label: str = "quality") -> list[dict]:
+def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | None = None) -> list[dict]:
+    """Run every (seed, budget, method) cell. ``teachers`` caches converged teachers across calls
+    (keyed by seed and the settings that shape them), so ablation variants share one per seed."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    teachers = {} if teachers is None else teachers
     base = load_recipe(args.recipe)
     common = {"train.epochs": args.epochs, "data.max_train_samples": args.max_train_samples, "budget.formats": ["onnx"], "budget.precision": "int8"}
     common.update(extra_overrides(args.set))
     records: list[dict] = []
+    # --resume: cells already in --out (same budget, method, seed and settings) are kept, not re-run;
+    # every finished cell is written at once, so a long grid can stop and continue.
+    done = json.loads(Path(args.out).read_text()) if getattr(args, "resume", False) and Path(args.out).is_file() else []
     work = Path(tempfile.mkdtemp(prefix=f"prokt-{label}-"))
     for seed in [int(s) for s in args.seeds.split(",")]:
         r_seed = apply_overrides(base, {**common, "seed": seed})
-        teacher_dir = work / f"teacher-seed{seed}"
-        t0 = time.perf_counter()
-        teacher = api.train_teacher(apply_overrides(r_seed, {"teacher.epochs": args.teacher_epochs or r_seed.train.epochs}), out=teacher_dir)
-        teacher_s = time.perf_counter() - t0
-        teacher_acc = teacher.manifest["metrics"]["teacher_test_accuracy"]
-        print(f"seed {seed}: converged teacher {r_seed.teacher.arch} test {teacher_acc:.4f} ({teacher_s:.0f}s)", flush=True)
+        r_teacher = apply_overrides(r_seed, {"teacher.epochs": args.teacher_epochs or r_seed.train.epochs})
+        key = (seed, r_teacher.teacher.arch, r_teacher.teacher.epochs, r_teacher.data.model_dump_json(), r_teacher.train.teacher_optimizer.model_dump_json())
+        kept = Path(args.teacher_dir) / f"teacher-seed{seed}" if getattr(args, "teacher_dir", None) else None
+        while kept is not None and not kept.exists() and any(kept.parent.glob(f".{kept.name}.partial-*")):
+            time.sleep(10)  # another invocation (e.g. another method's grid) is training this teacher
+        if key not in teachers and kept is not None and (kept / "manifest.json").is_file():
+            m = json.loads((kept / "manifest.json").read_text())
+            same = m["teacher"]["arch"] == r_teacher.teacher.arch and len(m["metrics"]["history"]) == r_teacher.teacher.epochs
+            if same:
+                teachers[key] = (kept, m["metrics"]["teacher_test_accuracy"], m["metrics"].get("teacher_val_accuracy"))
+                print(f"seed {seed}: reusing converged teacher {kept} (test {teachers[key][1]:.4f})", flush=True)
+        if key not in teachers:
+            teacher_dir = kept if kept is not None and not kept.exists() else work / f"teacher-seed{seed}"
+            t0 = time.perf_counter()
+            teacher = api.train_teacher(r_teacher, out=teacher_dir)
+            teacher_s = time.perf_counter() - t0
+            teachers[key] = (teacher_dir, teacher.manifest["metrics"]["teacher_test_accuracy"], teacher.manifest["metrics"].get("teacher_val_accuracy"))
+            print(f"seed {seed}: converged teacher {r_seed.teacher.arch} test {teachers[key][1]:.4f} ({teacher_s:.0f}s)", flush=True)
+        teacher_dir, teacher_acc, _ = teachers[key]
         for budget in args.budgets.split(","):
             for method in args.methods.split(","):
                 over = {"method": method, "budget.size": budget}
@@ -86,6 +108,13 @@ def run_grid(args: argparse.Namespace, label: str = "quality") -> list[dict]:
                 elif method == "prokt" and args.prokt_teacher != "scratch":
                     over.update({"teacher.init": args.prokt_teacher, "teacher.checkpoint": str(teacher_dir / "teacher.safetensors")})
                 recipe = apply_overrides(r_seed, over)
+                settings = {k: v for k, v in {**common, **over}.items() if v is not None}
+                previous = [r for r in done if (r["budget"], r["method"], r["seed"]) == (budget, method, seed)
+                            and {k: v for k, v in r["settings"].items() if k != "teacher.checkpoint"} == {k: v for k, v in settings.items() if k != "teacher.checkpoint"}]
+                if previous:
+                    records.append(previous[0])
+                    print(f"  {budget:>6} {method:<8} seed {seed}: kept from {args.out}", flush=True)
+                    continue
                 out = work / f"{method}-{budget}-seed{seed}"
                 t0 = time.perf_counter()
                 res = api.distill(recipe, out=out, runs_root=work / "runs")
@@ -106,11 +135,23 @@ def run_grid(args: argparse.Namespace, label: str = "quality") -> list[dict]:
                     "teacher_test_accuracy": teacher_acc if method != "prokt" else m["metrics"]["teacher_test_accuracy"],
                     "converged_teacher_test_accuracy": teacher_acc,
                     "seconds": round(seconds, 1),
-                    "settings": {k: v for k, v in {**common, **over}.items() if v is not None},
+                    "settings": settings,
+                    # per-epoch validation path: student/teacher accuracy and teacher-student KL
+                    "history": [{k: v for k, v in h.items() if k.startswith(("val_", "epoch", "train_", "beta"))}
+                                for h in m["metrics"]["history"].get("student", [])],
                 }
                 records.append(rec)
+                if getattr(args, "incremental", True):
+                    _write_records(Path(args.out), [r for r in done if r not in records] + records)
                 print(f"  {budget:>6} {method:<8} {rec['student']:<14} fp32 {rec['student_test_accuracy']:.4f} int8 {rec['int8_test_accuracy']:.4f} ({seconds:.0f}s)", flush=True)
     return records
+
+
+def _write_records(out: Path, records: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=2) + "\n")
+    tmp.replace(out)
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -140,7 +181,10 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    records = run_grid(args)
+    if args.combine:
+        records = [r for f in args.combine for r in json.loads(Path(f).read_text())]
+    else:
+        records = run_grid(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=2) + "\n")

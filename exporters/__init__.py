@@ -1,4 +1,4 @@
-"""Export image classifiers to deployable ONNX / OpenVINO artifacts, load them, and gate them.
+"""Export image and text classifiers to deployable ONNX / OpenVINO artifacts, load them, and gate them.
 
 Standalone: depends only on torch, numpy, onnx, onnxscript, onnxruntime, openvino and nncf, and
 imports the runtimes lazily (``import exporters`` stays cheap).
@@ -8,6 +8,27 @@ Typical use::
     art = exporters.export(model, "onnx", "int8", out_dir, example_input=x[:2], calibration=calib)
     pred = exporters.load(art, "onnx", threads=1)
     report = exporters.validate(pred, model, x_test, y_test, max_accuracy_drop=1.0)
+
+Inputs
+------
+Image classifier: ``forward(x)`` takes one float32 (B,C,H,W) tensor; the graph input is ``input``.
+
+Text classifier ("packed text input"): ``forward(x)`` takes ONE int64 tensor of shape (B, 2, L) with
+``x[:, 0]`` = input_ids and ``x[:, 1]`` = attention_mask (1 = real token, 0 = padding), and returns
+(B, num_classes) float logits. Text mode is detected from ``example_input`` (:func:`is_text_input`:
+an integer dtype, 3 dims, ``shape[1] == 2``). The exported graphs have two int64 inputs named
+``input_ids`` and ``attention_mask`` (:data:`TEXT_INPUT_NAMES`), each (batch, sequence) with both dims
+symbolic, and the output ``logits`` (batch, classes); every ONNX export is run at (batch, sequence)
+(1, 5) and (3, 37) before it is accepted (lengths capped at ``example_input``'s: pass an example as
+long as the longest input the model takes, e.g. padded to its max length).
+``calibration`` is then a packed (N,2,L) integer array of real samples, and the loaded predictors,
+:func:`validate` and :func:`measure_bytes` take packed (B,2,L) arrays (predictors detect a text model
+from its two inputs named ``input_ids``/``attention_mask``)::
+
+    x = np.stack([input_ids, attention_mask], axis=1)       # (N, 2, L) int64
+    art = exporters.export(model, "openvino", "int8", out_dir, example_input=torch.from_numpy(x[:2]),
+                           calibration=x[:300])
+    logits = exporters.load(art, "openvino").predict(x[:8])    # (8, num_classes) float32
 
 Registry
 --------
@@ -36,6 +57,9 @@ Precision choices: ONNX int8 is onnxruntime static QDQ, per-channel QInt8 weight
 int8 is NNCF post-training quantization with full bias correction. fp32 artifacts must match PyTorch to
 1e-4, fp16 to 5e-2 (weights rounded to fp16, error scales with the logits), int8 is judged by accuracy
 drop and top-1 agreement (see ``exporters/onnx.py``, ``exporters/openvino.py``, ``exporters/validate.py``).
+Text int8 differs: ONNX quantizes only MatMul/Gemm/Gather (the embedding table is stored as int8);
+OpenVINO uses NNCF's TRANSFORMER model type, symmetric activations with min/max ranges and 7-bit
+weights everywhere, then ``compress_weights``; both are measured and explained in those modules.
 """
 
 from __future__ import annotations
@@ -48,6 +72,7 @@ import numpy as np
 import torch
 
 from ._common import Artifact, BackendMissingError, ExportError, Predictor, artifact_bytes
+from ._text import TEXT_INPUT_NAMES, is_text_input
 from .registry import FORMATS, PRECISIONS, Exporter, get_exporter, register
 from .validate import Validation, default_tolerance, validate
 
@@ -59,6 +84,7 @@ from .size import measure_bytes  # noqa: E402
 __all__ = [
     "FORMATS",
     "PRECISIONS",
+    "TEXT_INPUT_NAMES",
     "Artifact",
     "BackendMissingError",
     "ExportError",
@@ -68,6 +94,7 @@ __all__ = [
     "artifact_bytes",
     "default_tolerance",
     "export",
+    "is_text_input",
     "load",
     "measure_bytes",
     "register",
@@ -82,6 +109,8 @@ def _check_precision(fmt: str, precision: str) -> None:
 
 
 def _check_calibration(calibration: np.ndarray, example_input: torch.Tensor) -> np.ndarray:
+    if is_text_input(example_input):
+        return _check_text_calibration(calibration)
     calib = np.ascontiguousarray(calibration, dtype=np.float32)
     if calib.ndim != 4 or len(calib) == 0:
         raise ExportError(f"calibration must be a non-empty (N,C,H,W) float32 array, got shape {calib.shape}")
@@ -92,6 +121,23 @@ def _check_calibration(calibration: np.ndarray, example_input: torch.Tensor) -> 
         )
     if not np.isfinite(calib).all():
         raise ExportError("calibration contains NaN/inf values")
+    return calib
+
+
+def _check_text_calibration(calibration: np.ndarray) -> np.ndarray:
+    """A non-empty packed (N,2,L) integer array with ids >= 0 and a 0/1 mask, as C-contiguous int64."""
+    calib = np.asarray(calibration)
+    if not is_text_input(calib) or len(calib) == 0 or calib.shape[2] == 0:
+        raise ExportError(
+            "the model is a text model (example_input is a packed (B,2,L) integer tensor), so calibration must "
+            "be a non-empty packed (N,2,L) integer array of real samples (row 0 input_ids, row 1 attention_mask), "
+            f"got a {calib.dtype} array of shape {calib.shape}"
+        )
+    calib = np.ascontiguousarray(calib, dtype=np.int64)
+    if calib[:, 0].min() < 0:
+        raise ExportError("calibration input_ids (row 0) contain negative token ids")
+    if not np.isin(calib[:, 1], (0, 1)).all():
+        raise ExportError("calibration attention_mask (row 1) must contain only 0 (padding) and 1 (real token)")
     return calib
 
 
@@ -106,25 +152,35 @@ def export(
     name: str = "model",
     opset: int = 18,
 ) -> Artifact:
-    """Export an image classifier (float32 (B,C,H,W) -> (B,num_classes) logits) into ``out_dir``.
+    """Export an image or text classifier into ``out_dir``.
 
+    Image: ``example_input`` float (B,C,H,W), ``model(x) -> (B,num_classes)`` logits. Text:
+    ``example_input`` a packed (B,2,L) integer tensor (row 0 input_ids, row 1 attention_mask; see the
+    module docstring); the graph gets int64 inputs ``input_ids`` and ``attention_mask``.
     ``fmt`` is a key of :data:`FORMATS` and ``precision`` one of ``PRECISIONS[fmt]``; anything else raises
     :class:`ExportError` listing the valid names. ``int8`` needs ``calibration``: real samples, an (N,C,H,W)
-    float32 array. Files are named after ``name`` (``name.onnx``; ``name.xml`` + ``name.bin``), so use a
-    distinct ``name`` or ``out_dir`` per precision. The batch dimension stays dynamic. The model is
-    exported in eval mode under ``torch.no_grad``; its train/eval mode is restored afterwards.
+    float32 array (image) or a packed (N,2,L) integer array (text, any L). Files are named after ``name``
+    (``name.onnx``; ``name.xml`` + ``name.bin``), so use a distinct ``name`` or ``out_dir`` per precision.
+    The batch dimension (text: batch and sequence) stays dynamic. The model is exported in eval mode
+    under ``torch.no_grad``; its train/eval mode is restored afterwards.
     """
     exporter = get_exporter(fmt)
     _check_precision(fmt, precision)
-    if not isinstance(example_input, torch.Tensor) or example_input.ndim != 4:
-        raise ExportError("example_input must be a float32 (B,C,H,W) torch.Tensor")
+    text = isinstance(example_input, torch.Tensor) and is_text_input(example_input)
+    if not isinstance(example_input, torch.Tensor) or not (text or example_input.ndim == 4):
+        raise ExportError(
+            "example_input must be a float32 (B,C,H,W) torch.Tensor (image model) or a packed (B,2,L) int64 "
+            "torch.Tensor of input_ids and attention_mask (text model)"
+        )
     calib: np.ndarray | None = None
     if precision == "int8":
         if calibration is None:
-            raise ExportError(
-                f"{fmt} int8 needs calibration data: pass calibration=<(N,C,H,W) float32 real samples, "
-                "e.g. a few hundred training images>"
+            what = (
+                "<(N,2,L) int64 packed input_ids/attention_mask of real samples, e.g. a few hundred training texts>"
+                if text
+                else "<(N,C,H,W) float32 real samples, e.g. a few hundred training images>"
             )
+            raise ExportError(f"{fmt} int8 needs calibration data: pass calibration={what}")
         calib = _check_calibration(calibration, example_input)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +192,7 @@ def export(
                 model,
                 precision,
                 out,
-                example_input=example_input.detach().to(torch.float32),
+                example_input=example_input.detach().to(torch.int64 if text else torch.float32),
                 calibration=calib,
                 name=name,
                 opset=opset,
@@ -157,7 +213,8 @@ def load(
     onnx: onnxruntime, CPUExecutionProvider (CUDA provider for ``device`` "cuda"/"GPU" when available),
     ``intra_op_num_threads=threads``, one inter-op thread. openvino: ``core.compile_model(xml, device)``
     with ``PERFORMANCE_HINT=LATENCY`` and ``INFERENCE_NUM_THREADS=threads`` when given.
-    The returned object has ``predict(x: float32 (B,C,H,W)) -> float32 logits`` and ``runtime``.
+    The returned object has ``predict(x) -> float32 logits`` and ``runtime``; ``x`` is a float32 (B,C,H,W)
+    batch, or for a text model (graph inputs ``input_ids`` + ``attention_mask``) a packed (B,2,L) int array.
     """
     exporter = get_exporter(fmt)
     if isinstance(artifact_or_files, Artifact):

@@ -27,6 +27,8 @@ __all__ = [
     "ExportError",
     "Predictor",
     "artifact_bytes",
+    "as_batch",
+    "as_text_batch",
     "move_into",
     "quiet",
     "require",
@@ -72,12 +74,13 @@ class Artifact:
 
 @runtime_checkable
 class Predictor(Protocol):
-    """A loaded artifact: ``predict`` maps float32 (B,C,H,W) images to float32 (B,num_classes) logits."""
+    """A loaded artifact: ``predict`` maps float32 (B,C,H,W) images, or for a text model packed (B,2,L)
+    integer token ids + attention masks, to float32 (B,num_classes) logits."""
 
     runtime: str
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Return float32 logits for the float32 batch ``x``."""
+        """Return float32 logits for the batch ``x``."""
         ...
 
 
@@ -113,8 +116,23 @@ def move_into(files: Iterable[Path], out_dir: Path) -> list[Path]:
 
 
 def as_batch(x: np.ndarray) -> np.ndarray:
-    """Validate/convert a predictor input to a C-contiguous float32 4-D array."""
+    """Validate/convert an image predictor input to a C-contiguous float32 (B,C,H,W) array."""
     arr = np.ascontiguousarray(x, dtype=np.float32)
     if arr.ndim != 4:
         raise ExportError(f"predict expects a (B,C,H,W) float32 array, got shape {arr.shape}")
     return arr
+
+
+def as_text_batch(x: np.ndarray) -> np.ndarray:
+    """Validate/convert a text predictor input to a C-contiguous int64 packed (B,2,L) array.
+
+    Row 0 of each sample holds the token ids, row 1 the attention mask (see ``exporters/_text.py``).
+    Floats are refused rather than cast: a float array here is an image batch or a bug, not token ids.
+    """
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.integer) or arr.ndim != 3 or arr.shape[1] != 2:
+        raise ExportError(
+            "this is a text model: predict expects a packed (B,2,L) integer array (row 0 input_ids, "
+            f"row 1 attention_mask), got a {arr.dtype} array of shape {arr.shape}"
+        )
+    return np.ascontiguousarray(arr, dtype=np.int64)

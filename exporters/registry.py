@@ -22,9 +22,11 @@ __all__ = ["FORMATS", "PRECISIONS", "Exporter", "get_exporter", "register"]
 class Exporter(ABC):
     """One deployment format. Subclasses set ``name``/``precisions`` and implement export and load.
 
-    ``export`` receives an eval-mode model, a validated precision, an existing ``out_dir``, a float32
-    ``example_input`` and, for int8, a validated float32 ``calibration`` array (N,C,H,W). It writes only
-    the final artifact files into ``out_dir`` (intermediates go to a temp dir).
+    ``export`` receives an eval-mode model, a validated precision, an existing ``out_dir``, an
+    ``example_input`` (float32 (B,C,H,W) image batch, or int64 packed (B,2,L) text batch, see
+    ``exporters/_text.py``) and, for int8, a validated ``calibration`` array of the same kind (float32
+    (N,C,H,W) or int64 (N,2,L)). It writes only the final artifact files into ``out_dir``
+    (intermediates go to a temp dir).
     """
 
     name: ClassVar[str]

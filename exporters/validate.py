@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ._common import ExportError, Predictor
+from ._text import is_text_input
 
 __all__ = ["TOLERANCES", "Validation", "default_tolerance", "validate"]
 
@@ -81,14 +82,22 @@ def validate(
 ) -> Validation:
     """Run ``predictor`` and ``reference`` on ``x`` in batches and check parity/accuracy.
 
+    ``x``: float32 (N,C,H,W) images, or for a text model packed (N,2,L) integer token ids + attention
+    masks (kept int64 for both the predictor and the reference).
+
     Always reports max |logit diff| and top-1 agreement; with ``y`` also both accuracies.
     Checks (all are reported, not just the first failure): outputs have the same shape and are finite;
     ``max_abs_diff <= tolerance`` if ``tolerance`` is given; ``reference_acc - artifact_acc <=
     max_accuracy_drop`` percentage points if both ``max_accuracy_drop`` and ``y`` are given.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 4 or len(x) == 0:
-        raise ExportError(f"validate expects a non-empty (N,C,H,W) array, got shape {x.shape}")
+    x = np.asarray(x)
+    text = is_text_input(x)
+    x = np.ascontiguousarray(x, dtype=np.int64 if text else np.float32)
+    if not (text or x.ndim == 4) or len(x) == 0:
+        raise ExportError(
+            f"validate expects a non-empty float (N,C,H,W) image array or packed (N,2,L) integer text array, "
+            f"got a {x.dtype} array of shape {x.shape}"
+        )
     if batch_size < 1:
         raise ExportError("batch_size must be >= 1")
     ref = _reference_logits(reference, x, batch_size)

@@ -70,17 +70,27 @@ def load_recipe_data(recipe: Recipe) -> DataBundle:
         max_train_samples=d.max_train_samples,
         image_size=d.image_size,
         channels=d.channels,
+        text=text_options(recipe),
     )
+
+
+def text_options(recipe: Recipe) -> dict | None:
+    """Tokenizer and columns for text data; the tokenizer defaults to the hf: teacher's own."""
+    d = recipe.data
+    if recipe.task != "text-classification":
+        return None
+    tokenizer = d.tokenizer or (recipe.teacher.arch[3:] if recipe.teacher.arch.startswith("hf:") else None)
+    return {"tokenizer": tokenizer, "max_length": d.max_length, "text_column": d.text_column, "label_column": d.label_column}
 
 
 def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module:
     """The teacher as the recipe asks: registered arch or factory; from scratch or a checkpoint."""
     t = recipe.teacher
-    in_channels, num_classes = data.input_shape[0], data.num_classes
+    num_classes = data.num_classes
     if t.factory:
-        teacher = build_from_factory(t.factory, num_classes=num_classes, in_channels=in_channels)
+        teacher = build_from_factory(t.factory, num_classes=num_classes, **data.model_kwargs)
     else:
-        teacher = create_model(t.arch, num_classes=num_classes, in_channels=in_channels)
+        teacher = create_model(t.arch, num_classes=num_classes, **data.model_kwargs)
     if t.init != "scratch":
         if not t.checkpoint:
             raise RecipeError(f"teacher.init is {t.init!r} but no teacher.checkpoint is set; pass --teacher-checkpoint PATH")
@@ -94,12 +104,20 @@ def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module:
 def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | None = None, *, exact: bool = False) -> Plan:
     """Plan the student for the recipe's budget (raises BudgetError when none fits)."""
     data = data or load_recipe_data(recipe)
+    from prokt_deploy.models import get_family
+
+    modality = get_family(recipe.student.family).modality
+    if modality != ("text" if data.is_text else "image"):
+        raise RecipeError(f"student.family {recipe.student.family!r} is a {modality} family but the data is "
+                          f"{'text' if data.is_text else 'images'}; use {'tfm or bilstm' if data.is_text else 'resnet or cnn'}")
     teacher = teacher if teacher is not None else build_teacher(recipe.model_copy(update={"method": "kd"}), data)
     return plan_student(
         parse_size(recipe.budget.size),
         family=recipe.student.family,
         input_shape=data.input_shape,
         num_classes=data.num_classes,
+        model_kwargs=data.model_kwargs,
+        example=data.example(2),
         teacher=teacher,
         teacher_arch=recipe.teacher.factory or recipe.teacher.arch,
         precision=recipe.budget.precision,
@@ -188,7 +206,13 @@ def distill(
     timings.setdefault("plan_s", time.perf_counter() - t)
     engine.set_seed(recipe.seed)  # the plan built models: reseed so training init depends only on the seed
     student_arch = ckpt["student_arch"] if ckpt else the_plan.chosen.arch
-    student = create_model(student_arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    student = create_model(student_arch, num_classes=data.num_classes, **data.model_kwargs)
+    if recipe.student.init_embeddings == "teacher-pca" and ckpt is None:
+        from prokt_deploy.models.text import init_embeddings_from_teacher
+
+        if not (data.is_text and init_embeddings_from_teacher(student, teacher, data.model_kwargs["vocab_size"])):
+            raise RecipeError(f"student.init_embeddings: teacher-pca needs text models whose token embeddings share the vocabulary "
+                              f"and a student no wider than the teacher ({student_arch} from {recipe.teacher.arch})")
     if recipe.method == "prokt" and recipe.prokt.zero_init_heads:
         zero_init_head(student)
     teacher.to(device)
@@ -247,6 +271,8 @@ def distill(
             manifest["resumed"] = True
         if main:
             save_weights(student, ws.path / "student.safetensors")
+            if data.is_text:
+                manifest["input"]["tokenizer_files"] = copy_tokenizer(data.input["tokenizer"], ws.path / "tokenizer")
             if teacher_used:
                 save_weights(teacher, ws.path / "teacher.safetensors")
             write_json_atomic(ws.path / MANIFEST, manifest)
@@ -308,6 +334,22 @@ def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teac
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "artifacts": [],
     }
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def copy_tokenizer(source: str | Path, dest: Path) -> list[str]:
+    """Copy the tokenizer files the device needs next to the run's models; returns their names."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, dest / name)
+            copied.append(f"tokenizer/{name}")
+    return copied
 
 
 def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress | None = None) -> RunResult:

@@ -46,7 +46,9 @@ def load_run_model(run: Path, which: str):  # noqa: ANN201 - torch.nn.Module (to
     spec = manifest[which]
     if not spec.get("weights"):
         raise RunError(f"{run} has no {which} weights (method {manifest.get('method')!r} does not keep a {which})")
-    kwargs = {"num_classes": len(manifest["classes"]), "in_channels": manifest["input"]["shape"][1]}
+    from prokt_deploy.data import model_kwargs
+
+    kwargs = {"num_classes": len(manifest["classes"]), **model_kwargs(manifest["input"])}
     model = build_from_factory(spec["factory"], **kwargs) if spec.get("factory") else create_model(spec["arch"], **kwargs)
     load_weights(model, run / spec["weights"])
     return model.eval()
@@ -222,7 +224,11 @@ def bench(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prokt-bench-") as tmp:
         test_npz = Path(tmp) / "test.npz"
-        np.savez(test_npz, x=x, y=y)
+        extra, seq_len = {}, None
+        if data.is_text:  # time at the median test length (a realistic sentence), not at max_length
+            seq_len = int(np.median(x[:, 1].sum(1)))
+            extra["x_time"] = x[:, :, :seq_len]
+        np.savez(test_npz, x=x, y=y, **extra)
         try:
             results = measure.measure([r["engine"] for r in rows], test_npz, progress=progress, **settings)
         except measure.MeasureError as exc:
@@ -233,6 +239,8 @@ def bench(
     relative_to_baseline(rows, BASELINE)
 
     fp = fingerprint()
+    if seq_len is not None:
+        settings["seq_len"] = seq_len  # text: tokens per timed sample
     settings.update({"device": device, "fallbacks": targets["fallbacks"], "baseline": BASELINE, "accuracy_split": "test",
                      "measure_s": round(time.perf_counter() - started, 2), "faster_threshold": int8_diagnosis.FASTER})
     progress("explaining int8 vs fp32")

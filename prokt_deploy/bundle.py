@@ -5,7 +5,9 @@
     bench_bundle.py        the measurement script: prokt_deploy/measure.py, copied (numpy + runtime only)
     fingerprint.py         prokt_deploy/fingerprint.py, copied (standard library only)
     bundle.json            input spec, classes, the artifacts and their host accuracy, default settings
-    samples.npz            x: the first N test samples, preprocessed float32 (N,C,H,W); y: their labels
+    samples.npz            x: the first N test samples, preprocessed float32 (N,C,H,W) or, for text, packed
+                           int64 (N,2,L) token ids and attention masks; y: their labels
+    tokenizer/             text runs: the tokenizer files (tokenizer.json, vocab.txt, ...)
     artifacts/<model>-<format>-<precision>/   the files of every passed artifact (+ the teacher's
                            ONNX fp32 baseline unless ``teacher=False``, for speed-ups on the device)
     README.txt             how to run it and merge the result
@@ -78,6 +80,7 @@ def write_bundle(
     y = data.test.y.numpy()[:samples]  # (N,)
 
     entries = [("student", a["format"], a["precision"], [run / f for f in a["files"]], a.get("test_accuracy")) for a in artifacts]
+    tokenizer = sorted((run / "tokenizer").iterdir()) if (run / "tokenizer").is_dir() else []
     if teacher and manifest["teacher"].get("weights"):
         files = ensure_fp32_export(run, "teacher", "onnx", x)
         entries.insert(0, ("teacher", "onnx", "fp32", files, manifest["metrics"].get("teacher_test_accuracy")))
@@ -93,13 +96,17 @@ def write_bundle(
             listed.append({"id": f"{model}/{fmt}/{precision}", "model": model, "format": fmt, "precision": precision,
                            "files": [str(folder / f.name) for f in files], "bytes": sum(f.stat().st_size for f in files),
                            "host_test_accuracy": accuracy})
+        if tokenizer:  # text: the device tokenizes with the teacher's tokenizer (bundle.json input spec)
+            (staging / "tokenizer").mkdir()
+            for f in tokenizer:
+                shutil.copy2(f, staging / "tokenizer" / f.name)
         np.savez(staging / measure.BUNDLE_SAMPLES, x=x, y=y)
         spec = {
             "schema_version": SCHEMA_VERSION,
             "kind": "bundle",
             "run": run.name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "input": manifest["input"],
+            "input": {k: v for k, v in manifest["input"].items() if k not in ("tokenizer", "source_file")},
             "classes": manifest["classes"],
             "samples": int(len(y)),
             "settings": {**measure.DEFAULTS, **(settings or {})},

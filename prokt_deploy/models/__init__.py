@@ -1,4 +1,4 @@
-"""In-house image classifiers behind one registry and one factory (no torchvision).
+"""In-house image and text classifiers behind one registry and one factory (no torchvision).
 
 >>> from prokt_deploy.models import create_model
 >>> model = create_model("resnet-w16-d1", num_classes=10, in_channels=1)
@@ -21,6 +21,7 @@ from prokt_deploy.models.registry import (
 )
 from prokt_deploy.models import cnn as _cnn  # noqa: F401  (registers the family)
 from prokt_deploy.models import resnet as _resnet  # noqa: F401
+from prokt_deploy.models import text as _text  # noqa: F401
 
 __all__ = [
     "Family",

@@ -50,7 +50,7 @@ def _parse(name: str) -> dict | None:
 register_family(
     Family(
         name="cnn",
-        build=lambda o, *, num_classes, in_channels: PlainCNN(o["width"], o["depth"], num_classes, in_channels),
+        build=lambda o, *, num_classes, in_channels, **_: PlainCNN(o["width"], o["depth"], num_classes, in_channels),
         parse=_parse,
         candidates=lambda: [f"cnn-w{w}-d{d}" for w in WIDTHS for d in DEPTHS],
         example="cnn-w8-d1",

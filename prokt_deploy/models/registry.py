@@ -25,6 +25,7 @@ class Family:
     parse: Callable[[str], dict | None]
     candidates: Callable[[], list[str]]
     example: str
+    modality: str = "image"  # "image": (B, C, H, W) float input; "text": packed (B, 2, L) token ids + mask
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -49,12 +50,16 @@ def get_family(name: str) -> Family:
         raise ModelError(f"unknown model family {name!r}; known families: {known}") from None
 
 
-def create_model(arch: str, *, num_classes: int, in_channels: int) -> nn.Module:
-    """Build a registered architecture by name, e.g. 'resnet-w16-d1'."""
+def create_model(arch: str, *, num_classes: int, in_channels: int | None = None, **input_kwargs: object) -> nn.Module:
+    """Build a registered architecture by name, e.g. 'resnet-w16-d1' or 'tfm-h128-l2'.
+
+    Image families use ``in_channels``; text families ``vocab_size`` and ``max_length`` (see
+    :meth:`prokt_deploy.data.DataBundle.model_kwargs`). Each family ignores what it does not use.
+    """
     for family in _FAMILIES.values():
         options = family.parse(arch)
         if options is not None:
-            return family.build(options, num_classes=num_classes, in_channels=in_channels)
+            return family.build(options, num_classes=num_classes, in_channels=in_channels, **input_kwargs)
     examples = ", ".join(f.example for f in _FAMILIES.values())
     raise ModelError(f"unknown architecture {arch!r}; names look like: {examples}")
 
@@ -63,8 +68,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass on one sample of ``input_shape`` (C, H, W)."""
+def count_macs(model: nn.Module, input_shape: tuple[int, ...], example: torch.Tensor | None = None) -> int:
+    """Multiply-accumulates of one forward pass on one sample of ``input_shape`` (C, H, W), or on
+    ``example`` (one sample with a batch dimension, e.g. a packed text input). Counts convolutions and
+    linear layers (for transformers: the projections and feed-forward layers, not attention scores;
+    LSTMs are not counted)."""
     macs = 0
 
     def hook(module: nn.Module, inputs, output) -> None:
@@ -73,14 +81,14 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             k = module.kernel_size[0] * module.kernel_size[1] * (module.in_channels // module.groups)
             macs += output.numel() // output.shape[0] * k
         elif isinstance(module, nn.Linear):
-            macs += module.in_features * module.out_features
+            macs += output.numel() // output.shape[-1] // output.shape[0] * module.in_features * module.out_features
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(example if example is not None else torch.zeros(1, *input_shape))
     finally:
         for h in handles:
             h.remove()

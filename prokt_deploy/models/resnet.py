@@ -66,7 +66,7 @@ def _parse(name: str) -> dict | None:
     return {"width": width, "depth": depth}
 
 
-def _build(options: dict, *, num_classes: int, in_channels: int) -> nn.Module:
+def _build(options: dict, *, num_classes: int, in_channels: int, **_: object) -> nn.Module:
     return ResNet(options["width"], options["depth"], num_classes, in_channels)
 
 
