@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (YAML value)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--bench-runs", type=int, default=100)
+    ap.add_argument("--prokt-run", default=None, help="use this finished 'prokt-deploy run' directory (same recipe and seed) as the prokt cell instead of training it again")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text_quality.json"))
     return ap.parse_args(argv)
 
@@ -55,6 +56,28 @@ def _overrides(pairs: list[str]) -> dict:
     import yaml
 
     return {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs)}
+
+
+def latency_from_report(rep: dict) -> dict:
+    """Batch-1 p50 of the teacher and of the student's artifacts from a bench report; the speed-up
+    target counts only artifacts that passed the export gates (within the budget): the fp32 reference
+    rows of an int8 plan are larger than the budget."""
+    rows = {r["id"]: r for r in rep["rows"]}
+    p50 = {k: v["latency_ms"]["p50"] for k, v in rows.items() if v.get("latency_ms")}
+    students = {k: v for k, v in rows.items() if k.startswith("student/") and v.get("kind") == "artifact" and k in p50}
+    reference = {k: p50[k] for k, v in rows.items() if k.startswith("student/") and v.get("kind") == "reference" and k in p50}
+    best_id = min(students, key=p50.get) if students else None
+    return {
+        "seq_len": rep["settings"].get("seq_len"),
+        "threads": rep["settings"]["threads"],
+        "teacher_onnx_fp32_p50_ms": p50.get("teacher/onnx/fp32"),
+        "teacher_pytorch_p50_ms": p50.get("teacher/pytorch/fp32"),
+        "students_p50_ms": {k: p50[k] for k in students},
+        "over_budget_reference_p50_ms": reference,
+        "students_accuracy": {k: v.get("test_accuracy") for k, v in students.items()},
+        "fastest_student": best_id,
+        "speedup_vs_teacher_onnx": round(p50["teacher/onnx/fp32"] / p50[best_id], 2) if best_id and p50.get("teacher/onnx/fp32") else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,9 +106,17 @@ def main(argv: list[str] | None = None) -> None:
             recipe = apply_overrides(r_seed, over)
             out = work / f"{method}-seed{seed}"
             t0 = time.perf_counter()
-            m = api.distill(recipe, out=out, runs_root=work / "runs").manifest
-            seconds = time.perf_counter() - t0
-            arts = {a["format"]: a for a in export_run(out, list(recipe.budget.formats), "int8", max_accuracy_drop=100.0)}
+            if method == "prokt" and args.prokt_run:
+                out = Path(args.prokt_run)
+                m = json.loads((out / "manifest.json").read_text())
+                if (m["method"], m["seed"], m["data"]["train"]) != ("prokt", seed, recipe.data.max_train_samples or m["data"]["train"]):
+                    raise SystemExit(f"--prokt-run {out} is not a prokt run of seed {seed} on the same data")
+                seconds = m["timings"]["total_s"]
+                arts = {a["format"]: a for a in m["artifacts"] if a["precision"] == "int8"}
+            else:
+                m = api.distill(recipe, out=out, runs_root=work / "runs").manifest
+                seconds = time.perf_counter() - t0
+                arts = {a["format"]: a for a in export_run(out, list(recipe.budget.formats), "int8", max_accuracy_drop=100.0)}
             rec = {
                 "budget": args.budget,
                 "budget_bytes": m["budget_bytes"],
@@ -110,23 +141,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {method:<8} {rec['student']:<14} fp32 {rec['student_test_accuracy']:.4f} int8 {rec['int8_test_accuracy']} "
                   f"teacher {rec['teacher_test_accuracy']} ({seconds:.0f}s)", flush=True)
             if method == "prokt" and latency is None:
-                rep = bench(out, runs=args.bench_runs, warmup=20, repeats=3, batch=8)
-                rows = {r["id"]: r for r in rep["rows"]}
-                p50 = {k: v["latency_ms"]["p50"] for k, v in rows.items() if v.get("latency_ms")}
-                students = {k: v for k, v in rows.items() if k.startswith("student/") and k in p50}
-                best_id = min(students, key=p50.get) if students else None
-                latency = {
-                    "seq_len": rep["settings"].get("seq_len"),
-                    "threads": rep["settings"]["threads"],
-                    "teacher_onnx_fp32_p50_ms": p50.get("teacher/onnx/fp32"),
-                    "teacher_pytorch_p50_ms": p50.get("teacher/pytorch/fp32"),
-                    "students_p50_ms": {k: p50[k] for k in students},
-                    "students_accuracy": {k: v.get("test_accuracy") for k, v in students.items()},
-                    "fastest_student": best_id,
-                    "speedup_vs_teacher_onnx": round(p50["teacher/onnx/fp32"] / p50[best_id], 2) if best_id and p50.get("teacher/onnx/fp32") else None,
-                }
+                report_file = out / "report.json"
+                rep = json.loads(report_file.read_text()) if args.prokt_run and report_file.is_file() else \
+                    bench(out, runs=args.bench_runs, warmup=20, repeats=3, batch=8)
+                latency = latency_from_report(rep)
+                best_id = latency["fastest_student"]
                 print(f"  latency at {latency['seq_len']} tokens: teacher ONNX fp32 {latency['teacher_onnx_fp32_p50_ms']} ms, "
-                      f"fastest student {best_id} {p50.get(best_id)} ms ({latency['speedup_vs_teacher_onnx']}x)", flush=True)
+                      f"fastest artifact {best_id} {latency['students_p50_ms'].get(best_id)} ms ({latency['speedup_vs_teacher_onnx']}x)", flush=True)
 
     prokt = [r for r in records if r["method"] == "prokt"]
     targets = {}
@@ -157,8 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     table = "\n".join(lines) + "\n"
     if latency:
         table += (f"\nBatch-1 p50 at {latency['seq_len']} tokens, {latency['threads']} thread(s): teacher ONNX fp32 "
-                  f"{latency['teacher_onnx_fp32_p50_ms']} ms; " + ", ".join(f"{k} {v} ms" for k, v in latency["students_p50_ms"].items())
-                  + f"; speed-up of the fastest student {latency['speedup_vs_teacher_onnx']}x\n")
+                  f"{latency['teacher_onnx_fp32_p50_ms']} ms; artifacts: " + ", ".join(f"{k} {v} ms" for k, v in latency["students_p50_ms"].items())
+                  + f"; speed-up of the fastest artifact {latency['speedup_vs_teacher_onnx']}x; over-budget fp32 references: "
+                  + ", ".join(f"{k} {v} ms" for k, v in latency["over_budget_reference_p50_ms"].items()) + "\n")
     out.with_suffix(".md").write_text(table)
     print(table)
     print(json.dumps(targets))

@@ -100,7 +100,10 @@ def write_bundle(
             (staging / "tokenizer").mkdir()
             for f in tokenizer:
                 shutil.copy2(f, staging / "tokenizer" / f.name)
-        np.savez(staging / measure.BUNDLE_SAMPLES, x=x, y=y)
+        extra = {}
+        if data.is_text:  # timed at the median test length, as on the host (report settings.seq_len)
+            extra["x_time"] = x[:, :, : int(np.median(data.test.x[:, 1].sum(1).numpy()))]
+        np.savez(staging / measure.BUNDLE_SAMPLES, x=x, y=y, **extra)
         spec = {
             "schema_version": SCHEMA_VERSION,
             "kind": "bundle",

@@ -11,6 +11,7 @@ from conftest import RECIPES
 from test_cli import assert_one_line_error, cli
 
 DIGITS = str(RECIPES / "digits.yaml")
+TEXT = "task: text-classification\nteacher: {arch: bert-h32-l1}\nstudent: {family: tfm}\n"
 
 
 def _write(tmp_path, name, data: bytes | str):
@@ -53,6 +54,16 @@ CASES = {
         lambda t: ["distill", "--recipe", _write(t, "i.yaml", "data: {source: image-folder}\n"), "--data-dir", _dirs(t, "a", "b"), "--out", str(t / "run")],
         4, "no images found"),
     "train-teacher-existing-out": (lambda t: ["train-teacher", "--recipe", DIGITS, "--out", _nonempty(t)], 7, "already exists"),
+    "text-unknown-tokenizer": (
+        lambda t: ["distill", "--recipe", _write(t, "x.yaml", TEXT + "data: {source: text-file, tokenizer: /no/such/tokenizer}\n"),
+                   "--data-dir", _write(t, "d.csv", "text,label\nhi,0\nbye,1\n"), "--out", str(t / "run")], 4, "tokenizer '/no/such/tokenizer' not found"),
+    "text-empty-file": (
+        lambda t: ["distill", "--recipe", _write(t, "x.yaml", TEXT + "data: {source: text-file, tokenizer: all-minilm-l6-v2}\n"),
+                   "--data-dir", _write(t, "d.csv", "text,label\n"), "--out", str(t / "run")], 4, "holds no examples"),
+    "text-label-column-missing": (
+        lambda t: ["distill", "--recipe", _write(t, "x.yaml", TEXT + "data: {source: text-file, tokenizer: all-minilm-l6-v2}\n"),
+                   "--data-dir", _write(t, "d.jsonl", '{"text": "hi", "y": 1}\n'), "--out", str(t / "run")], 4, "no 'label' field"),
+    "text-task-on-image-data": (lambda t: ["distill", "--recipe", _write(t, "x.yaml", TEXT + "data: {source: digits}\n"), "--out", str(t / "run")], 3, "needs a text data.source"),
 }
 
 
