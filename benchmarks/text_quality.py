@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (YAML value)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--bench-runs", type=int, default=100)
+    ap.add_argument("--bench-repeats", type=int, default=3)
     ap.add_argument("--prokt-run", default=None, help="use this finished 'prokt-deploy run' directory (same recipe and seed) as the prokt cell instead of training it again")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text_quality.json"))
     return ap.parse_args(argv)
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             if method == "prokt" and latency is None:
                 report_file = out / "report.json"
                 rep = json.loads(report_file.read_text()) if args.prokt_run and report_file.is_file() else \
-                    bench(out, runs=args.bench_runs, warmup=20, repeats=3, batch=8)
+                    bench(out, runs=args.bench_runs, warmup=20, repeats=args.bench_repeats, batch=8)
                 latency = latency_from_report(rep)
                 best_id = latency["fastest_student"]
                 print(f"  latency at {latency['seq_len']} tokens: teacher ONNX fp32 {latency['teacher_onnx_fp32_p50_ms']} ms, "

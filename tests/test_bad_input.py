@@ -57,12 +57,7 @@ CASES = {
     "text-unknown-tokenizer": (
         lambda t: ["distill", "--recipe", _write(t, "x.yaml", TEXT + "data: {source: text-file, tokenizer: /no/such/tokenizer}\n"),
                    "--data-dir", _write(t, "d.csv", "text,label\nhi,0\nbye,1\n"), "--out", str(t / "run")], 4, "tokenizer '/no/such/tokenizer' not found"),
-    "text-empty-file": (
-        lambda t: ["distill", "--recipe", _write(t, "x.yaml", TEXT + "data: {source: text-file, tokenizer: all-minilm-l6-v2}\n"),
-                   "--data-dir", _write(t, "d.csv", "text,label\n"), "--out", str(t / "run")], 4, "holds no examples"),
-    "text-label-column-missing": (
-        lambda t: ["distill", "--recipe", _write(t, "x.yaml", TEXT + "data: {source: text-file, tokenizer: all-minilm-l6-v2}\n"),
-                   "--data-dir", _write(t, "d.jsonl", '{"text": "hi", "y": 1}\n'), "--out", str(t / "run")], 4, "no 'label' field"),
+    # empty text files and a missing label column: tests/test_text.py::test_bad_text_input (in process)
     "text-task-on-image-data": (lambda t: ["distill", "--recipe", _write(t, "x.yaml", TEXT + "data: {source: digits}\n"), "--out", str(t / "run")], 3, "needs a text data.source"),
 }
 

@@ -49,11 +49,11 @@ def test_quality_and_ablation_tiny(tmp_path):
 def test_text_quality_tiny(tmp_path):
     """benchmarks/text_quality.py end to end on a random BERT teacher and 64 tweets (seconds, not the real run)."""
     out = tmp_path / "t.json"
-    bench("text_quality.py", "--budget", "1.3MB", "--max-train-samples", "64", "--epochs", "1", "--bench-runs", "5",
+    bench("text_quality.py", "--methods", "scratch,prokt", "--budget", "1.3MB", "--max-train-samples", "64", "--epochs", "1", "--bench-runs", "5", "--bench-repeats", "1",
           "--set", "teacher.arch=bert-h64-l1", "--set", "data.tokenizer=all-minilm-l6-v2", "--set", "data.max_length=24",
           "--set", "budget.formats=[onnx]", "--set", "student.init_embeddings=random", "--out", str(out), cwd=tmp_path)
     result = json.loads(out.read_text())
-    assert [r["method"] for r in result["records"]] == ["scratch", "kd", "prokt"]
+    assert [r["method"] for r in result["records"]] == ["scratch", "prokt"]  # kd's path is quality.py's (tested above)
     assert len({r["student"] for r in result["records"]}) == 1
     for r in result["records"]:
         assert r["int8_passed"] == {"onnx": True} and r["int8_bytes"]["onnx"] <= 1_300_000
