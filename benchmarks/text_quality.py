@@ -31,6 +31,7 @@ from prokt_deploy import api
 from prokt_deploy.benchmark import bench
 from prokt_deploy.deploy import export_run
 from prokt_deploy.recipe import apply_overrides, load_recipe
+from quality import extra_overrides  # noqa: E402  (benchmarks/, the script's own directory)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,12 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prokt-run", default=None, help="use this finished 'prokt-deploy run' directory (same recipe and seed) as the prokt cell instead of training it again")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text_quality.json"))
     return ap.parse_args(argv)
-
-
-def _overrides(pairs: list[str]) -> dict:
-    import yaml
-
-    return {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in pairs)}
 
 
 def latency_from_report(rep: dict) -> dict:
@@ -86,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = load_recipe(args.recipe)
-    common = {"train.epochs": args.epochs, "data.max_train_samples": args.max_train_samples, "budget.size": args.budget, **_overrides(args.set)}
+    common = {"train.epochs": args.epochs, "data.max_train_samples": args.max_train_samples, "budget.size": args.budget, **extra_overrides(args.set)}
     work = Path(tempfile.mkdtemp(prefix="prokt-text-quality-"))
     records: list[dict] = []
     latency: dict | None = None
