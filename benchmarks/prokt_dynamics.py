@@ -1,0 +1,190 @@
+"""Why does ProKT's student trail? Per-step validation paths of the student (and teacher) on one
+data subset, for methods that differ in one thing at a time:
+
+- ``scratch``: the student on labels (cross-entropy).
+- ``soft-targets``: the student on a frozen, converged teacher's temperature-1 probabilities only
+  (KD with alpha 1 and T 1: ProKT's student loss with a teacher that does not move). Needs
+  ``--teacher-checkpoint``.
+- ``prokt``: the engine's ProKT (PROKT.md), teacher as the recipe or ``--prokt-teacher`` says.
+- ``prokt-batch-stats``: the same, except that the teacher's targets for the student are computed
+  with batch-norm *batch* statistics (train-mode normalisation, running statistics untouched)
+  instead of the running statistics of eval mode. A probe of one detail, not a method we ship:
+  the reference's models use LayerNorm, where eval mode only turns dropout off.
+
+Every variant uses the engine's own step functions (``prokt_deploy.engine``); only the loop and the
+periodic validation are here. Validation accuracy is on the first ``--val-samples`` validation
+images, in eval mode, every ``--every`` steps. Prints a table and writes JSON.
+
+    python benchmarks/prokt_dynamics.py --teacher-checkpoint T/teacher.safetensors --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prokt_deploy import api, engine
+from prokt_deploy.models import create_model, zero_init_head
+from prokt_deploy.recipe import KDConfig, apply_overrides, load_recipe
+from quality import extra_overrides  # noqa: E402  (benchmarks/, the script's own directory)
+
+VARIANTS = ("scratch", "soft-targets", "prokt", "prokt-batch-stats")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", default="recipes/fashion-mnist.yaml")
+    p.add_argument("--student", default="resnet-w8-d1")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-train-samples", type=int, default=10000)
+    p.add_argument("--val-samples", type=int, default=2000)
+    p.add_argument("--every", type=int, default=26, help="validate every N steps")
+    p.add_argument("--teacher-checkpoint", default=None, help="converged teacher (safetensors) for soft-targets")
+    p.add_argument("--prokt-teacher", choices=["scratch", "checkpoint-reset-head", "checkpoint"], default="scratch")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, e.g. prokt.lam=0.3")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="benchmarks/results/prokt_dynamics.json")
+    return p.parse_args(argv)
+
+
+@contextlib.contextmanager
+def batch_stat_targets(teacher: nn.Module):
+    """While active, the engine's soft targets from ``teacher`` use batch statistics; running stats stay."""
+    original = engine._soft_targets
+
+    @torch.no_grad()
+    def targets(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if model is not teacher:
+            return original(model, x)
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+        for m in bns:
+            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+        model.train()
+        try:
+            return torch.softmax(model(x), dim=-1)
+        finally:
+            for m, (mom, n) in zip(bns, saved):
+                m.momentum = mom
+                m.num_batches_tracked.copy_(n)
+
+    engine._soft_targets = targets
+    try:
+        yield
+    finally:
+        engine._soft_targets = original
+
+
+@torch.no_grad()
+def val_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (engine.predict_logits(model, x, torch.device("cpu")).argmax(1) == y).float().mean().item()
+
+
+def run_variant(variant: str, recipe, data, args: argparse.Namespace, seed: int) -> dict:
+    engine.set_seed(seed)
+    student = create_model(args.student, num_classes=data.num_classes, **data.model_kwargs)
+    t = recipe.train
+    total = args.epochs * engine.steps_per_epoch(len(data.train), t.batch_size)
+    teacher = None
+    if variant == "scratch":
+        method = engine.scratch_method(student, t.student_optimizer, total, t.grad_clip)
+    elif variant == "soft-targets":
+        r = apply_overrides(recipe, {"method": "kd", "teacher.init": "checkpoint", "teacher.checkpoint": args.teacher_checkpoint})
+        teacher = api.build_teacher(r, data)
+        method = engine.kd_method(student, teacher, t.student_optimizer, KDConfig(alpha=1.0, temperature=1.0), total, t.grad_clip)
+    else:
+        over = {"method": "prokt", "teacher.init": args.prokt_teacher}
+        if args.prokt_teacher != "scratch":
+            over["teacher.checkpoint"] = args.teacher_checkpoint
+        r = apply_overrides(recipe, over)
+        teacher = api.build_teacher(r, data)
+        if r.prokt.zero_init_heads:
+            zero_init_head(student)
+        method = engine.prokt_method(student, teacher, t.teacher_optimizer, t.student_optimizer, r.prokt, total, t.grad_clip)
+    vx, vy = data.val.x[: args.val_samples], data.val.y[: args.val_samples]
+    gen = torch.Generator().manual_seed(seed)
+    path, step, t0 = [], 0, time.perf_counter()
+    guard = batch_stat_targets(teacher) if variant == "prokt-batch-stats" else contextlib.nullcontext()
+    with guard:
+        for _ in range(args.epochs):
+            order = torch.randperm(len(data.train), generator=gen)
+            for i in range(0, len(order) - t.batch_size + 1, t.batch_size):
+                idx = order[i : i + t.batch_size]
+                metrics = method.step(data.train.x[idx], data.train.y[idx])
+                step += 1
+                if step % args.every == 0 or step == total:
+                    point = {"step": step, "student_val": round(val_accuracy(student, vx, vy), 4)}
+                    if teacher is not None:
+                        point["teacher_val"] = round(val_accuracy(teacher, vx, vy), 4)
+                    if "kl_q_p" in metrics:
+                        point["kl_q_p"] = round(metrics["kl_q_p"], 4)
+                    path.append(point)
+    final = path[-1]
+    return {"variant": variant, "seed": seed, "student": args.student, "steps": step, "seconds": round(time.perf_counter() - t0, 1),
+            "student_val_accuracy": final["student_val"], "teacher_val_accuracy": final.get("teacher_val"), "path": path}
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    rows = []
+    for v in dict.fromkeys(r["variant"] for r in records):
+        rs = [r for r in records if r["variant"] == v]
+        def ms(key):
+            vals = [r[key] for r in rs if r[key] is not None]
+            if not vals:
+                return None
+            return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        half = [next(p["student_val"] for p in r["path"] if p["step"] >= r["steps"] // 2) for r in rs]
+        rows.append({"variant": v, "seeds": len(rs), "student_val": ms("student_val_accuracy"), "teacher_val": ms("teacher_val_accuracy"),
+                     "student_val_halfway": (statistics.mean(half), statistics.stdev(half) if len(half) > 1 else 0.0),
+                     "seconds": statistics.mean(r["seconds"] for r in rs)})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def pct(ms):
+        return "-" if ms is None else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
+    lines = ["| variant | seeds | student val % halfway | student val % at the end | teacher val % at the end | seconds |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['seeds']} | {pct(r['student_val_halfway'])} | {pct(r['student_val'])} | {pct(r['teacher_val'])} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    needs_ckpt = "soft-targets" in variants or args.prokt_teacher != "scratch"
+    if needs_ckpt and not args.teacher_checkpoint:
+        raise SystemExit("soft-targets and a warm ProKT teacher need --teacher-checkpoint")
+    recipe = apply_overrides(load_recipe(args.recipe), {"data.max_train_samples": args.max_train_samples, **extra_overrides(args.set)})
+    data = api.load_recipe_data(recipe)
+    records = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for v in variants:
+            rec = run_variant(v, recipe, data, args, seed)
+            records.append(rec)
+            print(f"seed {seed} {v:<18} student val {rec['student_val_accuracy']:.4f} teacher val {rec['teacher_val_accuracy']} ({rec['seconds']:.0f}s)", flush=True)
+    rows = summarise(records)
+    table = markdown(rows)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: getattr(args, k) for k in ("recipe", "student", "epochs", "max_train_samples", "val_samples", "every", "prokt_teacher", "set")}
+    out.write_text(json.dumps({"settings": settings, "records": records}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
