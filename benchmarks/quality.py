@@ -164,18 +164,47 @@ def summarise(records: list[dict]) -> list[dict]:
             vals = [r[key] for r in rs if r[key] is not None]
             return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else (None, None)
 
+        drops = [r["student_test_accuracy"] - r["int8_test_accuracy"] for r in rs if r["int8_test_accuracy"] is not None]
         rows.append({"budget": budget, "method": method, "student": rs[0]["student"], "n": len(rs),
-                     "fp32": ms("student_test_accuracy"), "int8": ms("int8_test_accuracy"), "teacher": ms("teacher_test_accuracy"), "seconds": ms("seconds")})
+                     "val": ms("student_val_accuracy"), "fp32": ms("student_test_accuracy"), "int8": ms("int8_test_accuracy"),
+                     "int8_drop": (statistics.mean(drops), statistics.stdev(drops) if len(drops) > 1 else 0.0) if drops else (None, None),
+                     "teacher": ms("teacher_test_accuracy"), "seconds": ms("seconds")})
     return rows
+
+
+def paired(records: list[dict], a: str, b: str) -> list[dict]:
+    """Per budget: method ``a`` minus method ``b`` in fp32 test accuracy, paired by seed (same data
+    split, same converged teacher), mean and std over the seeds both have."""
+    out = []
+    for budget_bytes, budget in sorted({(r["budget_bytes"], r["budget"]) for r in records}):
+        by = {m: {r["seed"]: r["student_test_accuracy"] for r in records if r["budget"] == budget and r["method"] == m} for m in (a, b)}
+        seeds = sorted(set(by[a]) & set(by[b]))
+        if seeds:
+            d = [by[a][s] - by[b][s] for s in seeds]
+            wins = sum(x > 0 for x in d)
+            out.append({"budget": budget, "a": a, "b": b, "seeds": len(seeds), "mean": statistics.mean(d), "std": statistics.stdev(d) if len(d) > 1 else 0.0, "wins": wins})
+    return out
 
 
 def markdown(rows: list[dict]) -> str:
     def pct(ms):
         return "-" if ms[0] is None else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
 
-    lines = ["| budget | method | student | seeds | student fp32 test % | int8 ONNX test % | teacher test % | seconds/run |", "|---|---|---|---|---|---|---|---|"]
+    def pts(ms):
+        return "-" if ms[0] is None else f"{100 * ms[0]:+.2f} ± {100 * ms[1]:.2f}"
+
+    lines = ["| budget | method | student | seeds | student val % | student fp32 test % | int8 ONNX test % | int8 drop (points) | teacher test % | seconds/run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['budget']} | {r['method']} | {r['student']} | {r['n']} | {pct(r['fp32'])} | {pct(r['int8'])} | {pct(r['teacher'])} | {r['seconds'][0]:.0f} |")
+        lines.append(f"| {r['budget']} | {r['method']} | {r['student']} | {r['n']} | {pct(r['val'])} | {pct(r['fp32'])} | {pct(r['int8'])} | {pts(r['int8_drop'])} "
+                     f"| {pct(r['teacher'])} | {r['seconds'][0]:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_paired(diffs: list[dict]) -> str:
+    lines = ["| budget | comparison | seeds | fp32 test difference (points, mean ± std) | seeds where the first is better |", "|---|---|---|---|---|"]
+    for d in diffs:
+        lines.append(f"| {d['budget']} | {d['a']} - {d['b']} | {d['seeds']} | {100 * d['mean']:+.2f} ± {100 * d['std']:.2f} | {d['wins']}/{d['seeds']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -189,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=2) + "\n")
     table = markdown(summarise(records))
+    diffs = [d for a, b in (("prokt", "kd"), ("prokt", "scratch"), ("kd", "scratch")) for d in paired(records, a, b)]
+    if diffs:
+        table += "\nPaired by seed:\n\n" + markdown_paired(diffs)
     out.with_suffix(".md").write_text(table)
     print(table)
     print(f"wrote {out} and {out.with_suffix('.md')}")

@@ -91,7 +91,7 @@ def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module:
         teacher = build_from_factory(t.factory, num_classes=num_classes, **data.model_kwargs)
     else:
         teacher = create_model(t.arch, num_classes=num_classes, **data.model_kwargs)
-    if t.init != "scratch":
+    if t.init in ("checkpoint", "checkpoint-reset-head"):
         if not t.checkpoint:
             raise RecipeError(f"teacher.init is {t.init!r} but no teacher.checkpoint is set; pass --teacher-checkpoint PATH")
         load_weights(teacher, t.checkpoint)
@@ -246,11 +246,16 @@ def distill(
 
         fit = dict(seed=recipe.seed, device=device, progress=progress, batch_size=recipe.train.batch_size)
         teacher_used = recipe.method != "scratch"
-        if recipe.method == "kd" and recipe.teacher.init != "checkpoint" and "teacher" not in history:
+        pretrain = (recipe.method == "kd" and recipe.teacher.init != "checkpoint") or (recipe.method == "prokt" and recipe.teacher.init == "pretrain")
+        if pretrain and "teacher" not in history:
             t = time.perf_counter()
             method = _teacher_method(recipe, distributed.wrap(teacher, device), data)
             history["teacher"] = engine.fit(method, data, epochs=_teacher_epochs(recipe), phase="teacher (CE)", save=saver({}), resume=_resume_point(ckpt, "teacher (CE)"), **fit)
             timings["teacher_train_s"] = timings.get("teacher_train_s", 0.0) + time.perf_counter() - t
+            if recipe.method == "prokt":
+                # the reference's start (PROKT.md): a trained backbone, the head reset to zero, fine-tuned jointly.
+                # Only here, right after pretraining: a resumed ProKT phase loads the teacher from its checkpoint.
+                zero_init_head(teacher)
         trained_teacher = distributed.wrap(teacher, device) if recipe.method == "prokt" else teacher  # kd's teacher is frozen
         method = _student_method(recipe, distributed.wrap(student, device), trained_teacher, data)
         t = time.perf_counter()

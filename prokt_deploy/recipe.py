@@ -41,9 +41,19 @@ class DataConfig(_Strict):
 class TeacherConfig(_Strict):
     arch: str = "resnet-w16-d1"
     factory: str | None = None  # 'module:function' returning an nn.Module (then arch is only a label)
-    init: Literal["scratch", "checkpoint", "checkpoint-reset-head"] = "scratch"
+    # scratch: random weights (ProKT trains it jointly from there; KD first trains it with CE in the run);
+    # checkpoint / checkpoint-reset-head: load teacher.checkpoint, keep its head or zero it (the reference);
+    # pretrain: train it with CE in this run first (teacher.epochs), then for ProKT zero its head and
+    # fine-tune it jointly: checkpoint-reset-head without a separate train-teacher run.
+    init: Literal["scratch", "checkpoint", "checkpoint-reset-head", "pretrain"] = "scratch"
     checkpoint: str | None = None
-    epochs: int | None = Field(None, ge=1)  # epochs when training a converged teacher (kd, train-teacher); default train.epochs
+    epochs: int | None = Field(None, ge=1)  # epochs when training a converged teacher (kd, pretrain, train-teacher); default train.epochs
+
+    @model_validator(mode="after")
+    def _checkpoint_matches_init(self) -> "TeacherConfig":
+        if self.checkpoint is not None and self.init in ("scratch", "pretrain"):
+            raise ValueError(f"teacher.checkpoint is set but teacher.init is {self.init!r}: use checkpoint or checkpoint-reset-head to load it")
+        return self
 
 
 class StudentConfig(_Strict):

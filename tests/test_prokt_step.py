@@ -147,3 +147,43 @@ def test_constrained_variant_dual_ascent():
     method2 = prokt_method(tiny(0), tiny(1), SGD, SGD, cfg2, 10, 1.0)
     method2.step(x, y)
     assert method2.state["beta"] == 0.0
+
+
+class Steps:
+    """A progress sink that records (phase, metrics) of every step."""
+
+    def __init__(self) -> None:
+        self.phase, self.seen = None, []
+
+    def start(self, phase, total_steps, completed=0):
+        self.phase = phase
+
+    def step(self, metrics):
+        self.seen.append((self.phase, dict(metrics)))
+
+    def epoch(self, record):
+        pass
+
+    def stop(self):
+        pass
+
+
+def test_pretrain_trains_the_teacher_then_resets_its_head(tmp_path):
+    """teacher.init: pretrain = CE on the labels first, then ProKT from the reference's start:
+    a trained backbone with a zero head, so the first ProKT step has teacher-student KL 0."""
+    from conftest import RECIPES
+    from prokt_deploy import apply_overrides, distill, load_recipe
+
+    torch.set_num_threads(1)
+    r = apply_overrides(load_recipe(RECIPES / "digits.yaml"),
+                        {"teacher.init": "pretrain", "teacher.epochs": 3, "train.epochs": 1, "data.max_train_samples": 400})
+    sink = Steps()
+    res = distill(r, out=tmp_path / "run", runs_root=tmp_path / "runs", progress=sink)
+    hist = res.manifest["metrics"]["history"]
+    assert len(hist["teacher"]) == 3 and len(hist["student"]) == 1
+    teacher_steps = [m for p, m in sink.seen if p == "teacher (CE)"]
+    prokt_steps = [m for p, m in sink.seen if p == "prokt"]
+    assert len(teacher_steps) == 3 * 7 and len(prokt_steps) == 7
+    assert teacher_steps[-1]["acc"] > 0.5  # the teacher learned from labels first
+    assert abs(prokt_steps[0]["kl_q_p"]) < 1e-6  # both heads zero at the first ProKT step
+    assert max(m["teacher_acc"] for m in prokt_steps[1:4]) > 0.5  # ... yet its backbone is trained: a few steps of its head separate the classes

@@ -38,6 +38,7 @@ def test_typo_fails_with_its_location(tmp_path):
         ("budget: {size: 5XB}\n", "budget.size"),
         ("train: {epochs: 0}\n", "train.epochs"),
         ("prokt: {lam: 1.5}\n", "prokt.lam"),
+        ("teacher: {init: pretrain, checkpoint: t.safetensors}\n", "teacher: teacher.checkpoint is set but teacher.init is 'pretrain'"),
         ("!!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
     ],
 )

@@ -19,7 +19,7 @@ DeviceOpt = Annotated[Optional[str], typer.Option(help="Training device: cpu, cu
 MaxTrainOpt = Annotated[Optional[int], typer.Option("--max-train-samples", help="Use only the first N (seeded) training samples: a quick run.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Dataset location (Fashion-MNIST IDX files, image folder, .npz, or a .csv/.tsv/.jsonl text file).")]
 TeacherCkptOpt = Annotated[Optional[Path], typer.Option("--teacher-checkpoint", help="Teacher weights (.safetensors or a state_dict).")]
-TeacherInitOpt = Annotated[Optional[str], typer.Option("--teacher-init", help="scratch | checkpoint | checkpoint-reset-head.")]
+TeacherInitOpt = Annotated[Optional[str], typer.Option("--teacher-init", help="scratch | checkpoint | checkpoint-reset-head | pretrain (CE first in this run, then ProKT with the head reset).")]
 TeacherFactoryOpt = Annotated[Optional[str], typer.Option("--teacher-factory", help="'module:function' returning the teacher nn.Module.")]
 StudentOpt = Annotated[Optional[str], typer.Option("--student", help="Pin the student architecture instead of planning it, e.g. resnet-w8-d1.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
@@ -45,7 +45,7 @@ def resolve_recipe(
         parse_size(budget)  # a malformed budget is a usage error (exit 2), not a recipe error
     base = load_recipe(recipe)
     init = teacher_init
-    if teacher_checkpoint is not None and init is None and base.teacher.init == "scratch":
+    if teacher_checkpoint is not None and init is None and base.teacher.init in ("scratch", "pretrain"):
         init = "checkpoint"  # a given checkpoint is used as it is unless --teacher-init says otherwise
     return apply_overrides(
         base,
