@@ -6,10 +6,10 @@ data subset, for methods that differ in one thing at a time:
   (KD with alpha 1 and T 1: ProKT's student loss with a teacher that does not move). Needs
   ``--teacher-checkpoint``.
 - ``prokt``: the engine's ProKT (PROKT.md), teacher as the recipe or ``--prokt-teacher`` says.
-- ``prokt-batch-stats``: the same, except that the teacher's targets for the student are computed
-  with batch-norm *batch* statistics (train-mode normalisation, running statistics untouched)
-  instead of the running statistics of eval mode. A probe of one detail, not a method we ship:
-  the reference's models use LayerNorm, where eval mode only turns dropout off.
+- ``prokt-batch-stats``: the same with ``prokt.teacher_targets: batch-stats``: the teacher's targets
+  for the student use batch-norm *batch* statistics (running statistics untouched) instead of the
+  running statistics of eval mode. A named variant, not PROKT.md's method: the reference's models
+  use LayerNorm, where eval mode only turns dropout off.
 
 Every variant uses the engine's own step functions (``prokt_deploy.engine``); only the loop and the
 periodic validation are here. Validation accuracy is on the first ``--val-samples`` validation
@@ -21,7 +21,6 @@ images, in eval mode, every ``--every`` steps. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
@@ -56,34 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@contextlib.contextmanager
-def batch_stat_targets(teacher: nn.Module):
-    """While active, the engine's soft targets from ``teacher`` use batch statistics; running stats stay."""
-    original = engine._soft_targets
-
-    @torch.no_grad()
-    def targets(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if model is not teacher:
-            return original(model, x)
-        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
-        for m in bns:
-            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
-        model.train()
-        try:
-            return torch.softmax(model(x), dim=-1)
-        finally:
-            for m, (mom, n) in zip(bns, saved):
-                m.momentum = mom
-                m.num_batches_tracked.copy_(n)
-
-    engine._soft_targets = targets
-    try:
-        yield
-    finally:
-        engine._soft_targets = original
-
-
 @torch.no_grad()
 def val_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (engine.predict_logits(model, x, torch.device("cpu")).argmax(1) == y).float().mean().item()
@@ -102,7 +73,8 @@ def run_variant(variant: str, recipe, data, args: argparse.Namespace, seed: int)
         teacher = api.build_teacher(r, data)
         method = engine.kd_method(student, teacher, t.student_optimizer, KDConfig(alpha=1.0, temperature=1.0), total, t.grad_clip)
     else:
-        over = {"method": "prokt", "teacher.init": args.prokt_teacher}
+        over = {"method": "prokt", "teacher.init": args.prokt_teacher,
+                "prokt.teacher_targets": "batch-stats" if variant == "prokt-batch-stats" else "eval"}
         if args.prokt_teacher != "scratch":
             over["teacher.checkpoint"] = args.teacher_checkpoint
         r = apply_overrides(recipe, over)
@@ -113,21 +85,19 @@ def run_variant(variant: str, recipe, data, args: argparse.Namespace, seed: int)
     vx, vy = data.val.x[: args.val_samples], data.val.y[: args.val_samples]
     gen = torch.Generator().manual_seed(seed)
     path, step, t0 = [], 0, time.perf_counter()
-    guard = batch_stat_targets(teacher) if variant == "prokt-batch-stats" else contextlib.nullcontext()
-    with guard:
-        for _ in range(args.epochs):
-            order = torch.randperm(len(data.train), generator=gen)
-            for i in range(0, len(order) - t.batch_size + 1, t.batch_size):
-                idx = order[i : i + t.batch_size]
-                metrics = method.step(data.train.x[idx], data.train.y[idx])
-                step += 1
-                if step % args.every == 0 or step == total:
-                    point = {"step": step, "student_val": round(val_accuracy(student, vx, vy), 4)}
-                    if teacher is not None:
-                        point["teacher_val"] = round(val_accuracy(teacher, vx, vy), 4)
-                    if "kl_q_p" in metrics:
-                        point["kl_q_p"] = round(metrics["kl_q_p"], 4)
-                    path.append(point)
+    for _ in range(args.epochs):
+        order = torch.randperm(len(data.train), generator=gen)
+        for i in range(0, len(order) - t.batch_size + 1, t.batch_size):
+            idx = order[i : i + t.batch_size]
+            metrics = method.step(data.train.x[idx], data.train.y[idx])
+            step += 1
+            if step % args.every == 0 or step == total:
+                point = {"step": step, "student_val": round(val_accuracy(student, vx, vy), 4)}
+                if teacher is not None:
+                    point["teacher_val"] = round(val_accuracy(teacher, vx, vy), 4)
+                if "kl_q_p" in metrics:
+                    point["kl_q_p"] = round(metrics["kl_q_p"], 4)
+                path.append(point)
     final = path[-1]
     return {"variant": variant, "seed": seed, "student": args.student, "steps": step, "seconds": round(time.perf_counter() - t0, 1),
             "student_val_accuracy": final["student_val"], "teacher_val_accuracy": final.get("teacher_val"), "path": path}

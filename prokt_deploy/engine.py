@@ -142,10 +142,25 @@ def _clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, sched, loss: to
 
 
 @torch.no_grad()
-def _soft_targets(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Eval-mode (dropout off, BN running stats), detached probabilities."""
+def _soft_targets(model: nn.Module, x: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
+    """Eval-mode (dropout off, BN running stats), detached probabilities.
+
+    ``batch_stats``: batch-norm layers normalise with this batch's statistics instead (train-mode
+    normalisation, momentum 0 so the running statistics do not move); dropout stays off.
+    """
     model.eval()
-    return F.softmax(model(x), dim=-1)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batch_stats else []
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.train()
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        return F.softmax(model(x), dim=-1)
+    finally:
+        for m, (momentum, n) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(n)
+            m.eval()
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
@@ -249,7 +264,7 @@ def prokt_method(
             state["beta"] = max(0.0, state["beta"] + cfg.eta_beta * (kl.item() - cfg.eps))
 
         # (b) student step: project the UPDATED teacher theta_{t+1} onto the student family.
-        p = _soft_targets(teacher, x)  # (B, K)
+        p = _soft_targets(teacher, x, batch_stats=cfg.teacher_targets == "batch-stats")  # (B, K)
         student.train()
         s_logits = student(x)
         loss_s = prokt_student_loss(s_logits, p)  # no label term, temperature 1

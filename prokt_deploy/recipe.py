@@ -104,6 +104,12 @@ class ProktConfig(_Strict):
     eps: float = Field(1.0, ge=0)
     eta_beta: float = Field(1e-3, ge=0)
     beta0: float = Field(1.0, ge=0)
+    # How the teacher's targets p' for the student normalise batch-norm layers. "eval": eval mode,
+    # running statistics (PROKT.md: the method). "batch-stats": a named variant, not the reference:
+    # the batch's own statistics, running statistics left untouched, dropout still off; for BN teachers
+    # whose running statistics lag their own fast-moving weights (benchmarks/prokt_dynamics.py). The
+    # student's q for the teacher step stays in eval mode. No effect on models without batch norm.
+    teacher_targets: Literal["eval", "batch-stats"] = "eval"
 
 
 class KDConfig(_Strict):

@@ -77,33 +77,3 @@ def test_prokt_dynamics_tiny(tmp_path):
         assert [p["step"] for p in r["path"]] == list(range(1, r["steps"] + 1)) and r["steps"] == 3  # 200 - 20% test - 10% val -> 3 batches of 64
     assert records[0]["teacher_val_accuracy"] is None and records[2]["path"][0]["kl_q_p"] == 0.0  # zero heads: ProKT starts at KL 0
     assert "| prokt-batch-stats | 1 |" in out.with_suffix(".md").read_text()
-
-
-def test_batch_stat_targets_leave_running_stats():
-    """The probe's teacher targets use batch statistics, change no buffer, and the engine is restored after."""
-    import torch
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from prokt_dynamics import batch_stat_targets
-
-    from prokt_deploy import engine
-    from prokt_deploy.models import create_model
-
-    torch.manual_seed(0)
-    teacher, other = create_model("resnet-w4-d1", num_classes=10, in_channels=1), create_model("resnet-w4-d1", num_classes=10, in_channels=1)
-    x = torch.randn(16, 1, 28, 28) * 3 + 1  # far from the initial running stats (0, 1)
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    original = engine._soft_targets
-    with batch_stat_targets(teacher):
-        p = engine._soft_targets(teacher, x)
-        q = engine._soft_targets(other, x)
-    assert engine._soft_targets is original
-    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
-    teacher.eval()
-    assert not torch.allclose(p, torch.softmax(teacher(x), -1), atol=1e-4)  # not the running-stats output
-    teacher.train()
-    for m in teacher.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = 0.0
-    assert torch.allclose(p, torch.softmax(teacher(x), -1), atol=1e-6)  # the batch-stats output
-    assert torch.allclose(q, original(other, x))

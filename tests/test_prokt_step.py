@@ -187,3 +187,33 @@ def test_pretrain_trains_the_teacher_then_resets_its_head(tmp_path):
     assert teacher_steps[-1]["acc"] > 0.5  # the teacher learned from labels first
     assert abs(prokt_steps[0]["kl_q_p"]) < 1e-6  # both heads zero at the first ProKT step
     assert max(m["teacher_acc"] for m in prokt_steps[1:4]) > 0.5  # ... yet its backbone is trained: a few steps of its head separate the classes
+
+
+def test_batch_stats_teacher_targets_leave_running_stats():
+    """prokt.teacher_targets: batch-stats normalises the teacher's targets with the batch's statistics,
+    changes no buffer, leaves the model in eval mode and only touches the teacher's targets."""
+    from prokt_deploy.engine import _soft_targets
+
+    teacher = tiny(1, dropout=0.5)
+    x = torch.randn(16, 6) * 3 + 1  # far from the initial running stats (0, 1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    p = _soft_targets(teacher, x, batch_stats=True)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert not teacher.training and not any(m.training for m in teacher.modules())
+    assert not torch.allclose(p, F.softmax(teacher(x), -1), atol=1e-4)  # not the running-stats output
+    bn, dropout = teacher[1], teacher[3]
+    bn.train()
+    bn.momentum = 0.0
+    assert torch.allclose(p, F.softmax(teacher(x), -1), atol=1e-6)  # batch statistics, dropout off
+    assert not dropout.training
+
+    # in a ProKT step only the teacher's targets change: same teacher update, different student update
+    x, y = batch()
+    runs = []
+    for targets in ("eval", "batch-stats"):
+        student, teacher = tiny(0), tiny(1)
+        method = prokt_method(student, teacher, SGD, SGD, ProktConfig(lam=0.3, zero_init_heads=False, teacher_targets=targets), 10, 1.0)
+        method.step(x, y)
+        runs.append((student, teacher))
+    assert_same_params(runs[0][1], runs[1][1])
+    assert max((a - b).abs().max().item() for a, b in zip(runs[0][0].parameters(), runs[1][0].parameters())) > 1e-5
