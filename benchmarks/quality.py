@@ -107,6 +107,8 @@ def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | 
                     over.update({"teacher.init": "checkpoint", "teacher.checkpoint": str(teacher_dir / "teacher.safetensors")})
                 elif method == "prokt" and args.prokt_teacher != "scratch":
                     over.update({"teacher.init": args.prokt_teacher, "teacher.checkpoint": str(teacher_dir / "teacher.safetensors")})
+                elif method == "prokt":
+                    over["teacher.init"] = "scratch"  # jointly from scratch, whatever the recipe's default
                 recipe = apply_overrides(r_seed, over)
                 settings = {k: v for k, v in {**common, **over}.items() if v is not None}
                 previous = [r for r in done if (r["budget"], r["method"], r["seed"]) == (budget, method, seed)
