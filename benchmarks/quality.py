@@ -156,12 +156,22 @@ def _write_records(out: Path, records: list[dict]) -> None:
     tmp.replace(out)
 
 
+ORDER = ["scratch", "kd", "prokt", "prokt+batch-stats"]
+
+
+def label(r: dict) -> str:
+    """The method, plus a named ProKT variant when the record used one (so it gets its own row)."""
+    if r["method"] == "prokt" and r.get("settings", {}).get("prokt.teacher_targets") == "batch-stats":
+        return "prokt+batch-stats"
+    return r["method"]
+
+
 def summarise(records: list[dict]) -> list[dict]:
     cells: dict[tuple, list[dict]] = {}
     for r in records:
-        cells.setdefault((r["budget_bytes"], r["budget"], r["method"]), []).append(r)
+        cells.setdefault((r["budget_bytes"], r["budget"], label(r)), []).append(r)
     rows = []
-    for (_, budget, method), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], ["scratch", "kd", "prokt"].index(kv[0][2]) if kv[0][2] in ("scratch", "kd", "prokt") else 9)):
+    for (_, budget, method), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][2]) if kv[0][2] in ORDER else 9)):
         def ms(key):
             vals = [r[key] for r in rs if r[key] is not None]
             return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else (None, None)
@@ -179,7 +189,7 @@ def paired(records: list[dict], a: str, b: str) -> list[dict]:
     split, same converged teacher), mean and std over the seeds both have."""
     out = []
     for budget_bytes, budget in sorted({(r["budget_bytes"], r["budget"]) for r in records}):
-        by = {m: {r["seed"]: r["student_test_accuracy"] for r in records if r["budget"] == budget and r["method"] == m} for m in (a, b)}
+        by = {m: {r["seed"]: r["student_test_accuracy"] for r in records if r["budget"] == budget and label(r) == m} for m in (a, b)}
         seeds = sorted(set(by[a]) & set(by[b]))
         if seeds:
             d = [by[a][s] - by[b][s] for s in seeds]
@@ -220,7 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=2) + "\n")
     table = markdown(summarise(records))
-    diffs = [d for a, b in (("prokt", "kd"), ("prokt", "scratch"), ("kd", "scratch")) for d in paired(records, a, b)]
+    pairs = [("prokt", "kd"), ("prokt", "scratch"), ("kd", "scratch"),
+             ("prokt+batch-stats", "prokt"), ("prokt+batch-stats", "kd"), ("prokt+batch-stats", "scratch")]
+    diffs = [d for a, b in pairs for d in paired(records, a, b)]
     if diffs:
         table += "\nPaired by seed:\n\n" + markdown_paired(diffs)
     out.with_suffix(".md").write_text(table)

@@ -57,7 +57,8 @@ class RichProgress:
     def epoch(self, record: dict) -> None:
         if self.quiet:
             return
-        parts = [f"{self._phase} epoch {record['epoch']}", f"{record['seconds']:.1f}s", f"val student {record['val_student_accuracy']:.4f}"]
+        trained = "teacher" if self._phase.startswith("teacher") else "student"  # the CE phase trains the teacher
+        parts = [f"{self._phase} epoch {record['epoch']}", f"{record['seconds']:.1f}s", f"val {trained} {record['val_student_accuracy']:.4f}"]
         if "val_teacher_accuracy" in record:
             parts.append(f"val teacher {record['val_teacher_accuracy']:.4f}")
         if "val_kl_teacher_student" in record:
