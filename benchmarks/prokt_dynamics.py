@@ -32,7 +32,7 @@ from torch import nn
 from prokt_deploy import api, engine
 from prokt_deploy.models import create_model, zero_init_head
 from prokt_deploy.recipe import KDConfig, apply_overrides, load_recipe
-from quality import extra_overrides  # noqa: E402  (benchmarks/, the script's own directory)
+from quality import extra_overrides, mean_std  # noqa: E402  (benchmarks/, the script's own directory)
 
 VARIANTS = ("scratch", "soft-targets", "prokt", "prokt-batch-stats")
 
@@ -55,7 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-@torch.no_grad()
 def val_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (engine.predict_logits(model, x, torch.device("cpu")).argmax(1) == y).float().mean().item()
 
@@ -107,21 +106,18 @@ def summarise(records: list[dict]) -> list[dict]:
     rows = []
     for v in dict.fromkeys(r["variant"] for r in records):
         rs = [r for r in records if r["variant"] == v]
-        def ms(key):
-            vals = [r[key] for r in rs if r[key] is not None]
-            if not vals:
-                return None
-            return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
         half = [next(p["student_val"] for p in r["path"] if p["step"] >= r["steps"] // 2) for r in rs]
-        rows.append({"variant": v, "seeds": len(rs), "student_val": ms("student_val_accuracy"), "teacher_val": ms("teacher_val_accuracy"),
-                     "student_val_halfway": (statistics.mean(half), statistics.stdev(half) if len(half) > 1 else 0.0),
+        rows.append({"variant": v, "seeds": len(rs),
+                     "student_val": mean_std([r["student_val_accuracy"] for r in rs]),
+                     "teacher_val": mean_std([r["teacher_val_accuracy"] for r in rs if r["teacher_val_accuracy"] is not None]),
+                     "student_val_halfway": mean_std(half),
                      "seconds": statistics.mean(r["seconds"] for r in rs)})
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     def pct(ms):
-        return "-" if ms is None else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
+        return "-" if ms[0] is None else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
     lines = ["| variant | seeds | student val % halfway | student val % at the end | teacher val % at the end | seconds |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['seeds']} | {pct(r['student_val_halfway'])} | {pct(r['student_val'])} | {pct(r['teacher_val'])} | {r['seconds']:.0f} |")

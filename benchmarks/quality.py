@@ -149,6 +149,13 @@ def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | 
     return records
 
 
+def mean_std(vals: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value; None, None for none)."""
+    if not vals:
+        return (None, None)
+    return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
 def _write_records(out: Path, records: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
@@ -173,13 +180,12 @@ def summarise(records: list[dict]) -> list[dict]:
     rows = []
     for (_, budget, method), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][2]) if kv[0][2] in ORDER else 9)):
         def ms(key):
-            vals = [r[key] for r in rs if r[key] is not None]
-            return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else (None, None)
+            return mean_std([r[key] for r in rs if r[key] is not None])
 
         drops = [r["student_test_accuracy"] - r["int8_test_accuracy"] for r in rs if r["int8_test_accuracy"] is not None]
         rows.append({"budget": budget, "method": method, "student": rs[0]["student"], "n": len(rs),
                      "val": ms("student_val_accuracy"), "fp32": ms("student_test_accuracy"), "int8": ms("int8_test_accuracy"),
-                     "int8_drop": (statistics.mean(drops), statistics.stdev(drops) if len(drops) > 1 else 0.0) if drops else (None, None),
+                     "int8_drop": mean_std(drops),
                      "teacher": ms("teacher_test_accuracy"), "seconds": ms("seconds")})
     return rows
 
@@ -193,8 +199,8 @@ def paired(records: list[dict], a: str, b: str) -> list[dict]:
         seeds = sorted(set(by[a]) & set(by[b]))
         if seeds:
             d = [by[a][s] - by[b][s] for s in seeds]
-            wins = sum(x > 0 for x in d)
-            out.append({"budget": budget, "a": a, "b": b, "seeds": len(seeds), "mean": statistics.mean(d), "std": statistics.stdev(d) if len(d) > 1 else 0.0, "wins": wins})
+            mean, std = mean_std(d)
+            out.append({"budget": budget, "a": a, "b": b, "seeds": len(seeds), "mean": mean, "std": std, "wins": sum(x > 0 for x in d)})
     return out
 
 
