@@ -23,10 +23,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AugmentConfig(_Strict):
+    """On-the-fly training-split augmentation for images (prokt_deploy/augment.py); all off by default."""
+
+    crop_padding: int = Field(0, ge=0, le=64)  # pad by p pixels of background, crop back at a random offset
+    hflip: bool = False  # mirror left-right with probability 1/2 (off for digits and text)
+    resized_crop: float | None = Field(None, gt=0, le=1)  # random crop of at least this area fraction, resized back
+
+
 class DataConfig(_Strict):
     source: Literal["digits", "fashion-mnist", "image-folder", "npz", "tweets", "text-file"] = "digits"
     path: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    # The seed of the train/val(/test) split; None: the recipe's seed. Fix it to compare seeds on one
+    # split (the shipped Fashion-MNIST teacher was trained on split 0's training part only).
+    split_seed: int | None = None
     test_fraction: float = Field(0.2, gt=0, lt=1)
     max_train_samples: int | None = Field(None, ge=1)
     image_size: tuple[int, int] | None = None
@@ -36,6 +47,7 @@ class DataConfig(_Strict):
     max_length: int = Field(64, ge=2, le=4096)  # tokens: padded on the right and truncated to this
     text_column: str = "text"
     label_column: str = "label"
+    augment: AugmentConfig = AugmentConfig()
 
 
 class TeacherConfig(_Strict):
@@ -62,6 +74,10 @@ class StudentConfig(_Strict):
     # text: start the student's token embeddings from the teacher's, projected onto their top
     # principal components (same for every method; not part of ProKT itself)
     init_embeddings: Literal["random", "teacher-pca"] = "random"
+    # Zero the student's classification head before training. None: ProKT's prokt.zero_init_heads for
+    # prokt, the family's default init for kd and scratch. true/false: the same for every method (a level
+    # comparison gives every method the same student start).
+    zero_init_head: bool | None = None
 
 
 class BudgetConfig(_Strict):
@@ -95,6 +111,9 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
     teacher_optimizer: OptimizerConfig = OptimizerConfig(lr=1e-3)
     student_optimizer: OptimizerConfig = OptimizerConfig(lr=3e-3)
+    # Keep the weights of the epoch with the best validation accuracy (the authors report the best
+    # validation checkpoint); the manifest records it as best_epoch. false: keep the last epoch.
+    keep_best: bool = True
 
 
 class ProktConfig(_Strict):
@@ -110,6 +129,9 @@ class ProktConfig(_Strict):
     # whose running statistics lag their own fast-moving weights (benchmarks/prokt_dynamics.py). The
     # student's q for the teacher step stays in eval mode. No effect on models without batch norm.
     teacher_targets: Literal["eval", "batch-stats"] = "eval"
+    # A named variant, not the reference: w > 0 adds a label term to the student's loss,
+    # L_S = (1 - w) * KL(p' || q_phi) + w * CE(y, q_phi). 0 is PROKT.md's method (no label term).
+    student_label_weight: float = Field(0.0, ge=0, le=1)
 
 
 class KDConfig(_Strict):
