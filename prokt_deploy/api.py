@@ -186,6 +186,7 @@ def distill(
     runs_root: str | Path = DEFAULT_RUNS_ROOT,
     progress: engine.Progress | None = None,
     resume: str | Path | None = None,
+    latest: bool = True,
 ) -> RunResult:
     """Plan a student for the budget, train it with the recipe's method, write a run directory.
 
@@ -194,7 +195,7 @@ def distill(
     checkpoint after every epoch (and at the current step on Ctrl-C), renamed to NAME when
     complete. ``resume`` continues an unfinished run from its checkpoint, with the recipe it was
     started with (pass ``recipe=None``); the result equals an uninterrupted run on the same
-    machine.
+    machine. ``latest=False`` leaves ``runs/latest`` where it is.
     """
     if recipe is None and resume is None:
         raise ValueError("distill needs a recipe, or resume= to continue an unfinished run")
@@ -322,7 +323,8 @@ def distill(
         handler.close()
     if main:
         ws.commit()
-        mark_latest(Path(runs_root), final)
+        if latest:  # compare's baseline runs live inside a run and do not move runs/latest
+            mark_latest(Path(runs_root), final)
     if not distributed.all_ok(True):  # wait until rank 0 has moved the run into place
         raise RunError("a rank failed at the end of the run")
     return RunResult(final, manifest)
