@@ -170,7 +170,7 @@ class Grid:
         r_seed = apply_overrides(self.base, {**self.common, "seed": seed})
         method, variant = method_settings(name)
         over = {"method": method, "budget.size": budget, **variant, **tuned}
-        ckpt, teacher_acc = self.teacher(seed) if method != "scratch" else (None, None)
+        ckpt, teacher_acc = self.teacher(seed)  # scratch records carry it too: the accuracy to keep
         prokt_init = args.prokt_teacher
         if prokt_init == "scratch" and getattr(args, "teacher_checkpoint", None):
             prokt_init = "checkpoint-reset-head"  # a shared converged teacher: the reference's start
