@@ -82,6 +82,9 @@ class BudgetConfig(_Strict):
     precision: Literal["fp32", "fp16", "int8"] = "int8"
     formats: list[Literal["onnx", "openvino"]] = ["onnx", "openvino"]
     max_teacher_fraction: float = Field(0.25, gt=0, le=1)
+    # int8 export: keep the fewest layers in fp32 that meet the accuracy gate (exporters/accuracy_aware.py);
+    # auto = only when plain int8 misses --max-accuracy-drop
+    accuracy_aware: Literal["auto", "on", "off"] = "auto"
 
     @field_validator("size")
     @classmethod
