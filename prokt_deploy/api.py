@@ -21,6 +21,7 @@ from prokt_deploy.checkpoint import build_from_factory, load_weights, save_weigh
 from prokt_deploy.data import DataBundle, load_data
 from prokt_deploy.errors import InterruptedRun, RecipeError, RunError, TrainingError
 from prokt_deploy.models import count_params, create_model, zero_init_head
+from prokt_deploy.models.external import check_teacher_output, is_external
 from prokt_deploy.planner import Plan, plan_student
 from prokt_deploy.recipe import Recipe, dump_recipe, load_recipe
 from prokt_deploy.runs import (
@@ -91,6 +92,8 @@ def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module:
         teacher = build_from_factory(t.factory, num_classes=num_classes, **data.model_kwargs)
     else:
         teacher = create_model(t.arch, num_classes=num_classes, **data.model_kwargs)
+        if not data.is_text and is_external(t.arch):
+            check_teacher_output(teacher, data.example(2), num_classes, t.arch)
     if t.init in ("checkpoint", "checkpoint-reset-head"):
         if not t.checkpoint:
             raise RecipeError(f"teacher.init is {t.init!r} but no teacher.checkpoint is set; pass --teacher-checkpoint PATH")

@@ -74,7 +74,12 @@ class Plan:
 
 def weight_elements(model: nn.Module) -> int:
     """Elements of conv, linear and embedding weights: what any artifact must store at least once."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)))
+    return sum(m.weight.numel() for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)) or getattr(m, "original_name", None) in _SCRIPTED_WEIGHTED)
+
+
+#: the same layers inside a TorchScript teacher (RecursiveScriptModule keeps the class name)
+_SCRIPTED_WEIGHTED = frozenset({"Conv2d", "Linear", "Embedding"})
 
 
 class SizeCache:

@@ -6,6 +6,7 @@ permitted``). Command-line flags override fields through :func:`apply_overrides`
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -15,8 +16,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from prokt_deploy.budget import parse_size
 from prokt_deploy.errors import RecipeError, UsageError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# The recipes ship inside the package (package data), so a wheel installed anywhere has them; the
+# top-level recipes/ of a clone is a symlink to this directory (one source of truth).
+RECIPES_DIR = Path(str(files("prokt_deploy") / "recipes"))
 DEFAULT_RECIPE = RECIPES_DIR / "fashion-mnist.yaml"
+
+
+def shipped_recipe(name: str) -> Path | None:
+    """The shipped recipe called ``name`` (``digits`` or ``digits.yaml``), so that a user of an
+    installed wheel can name one without knowing where site-packages is; None when there is none."""
+    if not name or "/" in name or "\\" in name:
+        return None
+    stem = name.removesuffix(".yaml")
+    candidate = RECIPES_DIR / f"{stem}.yaml"
+    return candidate if candidate.is_file() else None
 
 
 class _Strict(BaseModel):
@@ -85,6 +98,9 @@ class BudgetConfig(_Strict):
     precision: Literal["fp32", "fp16", "int8"] = "int8"
     formats: list[Literal["onnx", "openvino"]] = ["onnx", "openvino"]
     max_teacher_fraction: float = Field(0.25, gt=0, le=1)
+    # int8 export: keep the fewest layers in fp32 that meet the accuracy gate (exporters/accuracy_aware.py);
+    # auto = only when plain int8 misses --max-accuracy-drop
+    accuracy_aware: Literal["auto", "on", "off"] = "auto"
 
     @field_validator("size")
     @classmethod
@@ -176,10 +192,13 @@ def _format_errors(err: ValidationError, source: str) -> str:
 def load_recipe(path: str | Path | None = None) -> Recipe:
     """Read and validate a recipe; None means the default recipe."""
     path = Path(path) if path is not None else DEFAULT_RECIPE
+    if not path.exists() and (shipped := shipped_recipe(str(path))) is not None:
+        path = shipped
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise RecipeError(f"recipe {str(path)!r} not found; shipped recipes are in {RECIPES_DIR}") from None
+        shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        raise RecipeError(f"recipe {str(path)!r} not found; shipped recipes (by name): {shipped}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"cannot read recipe {str(path)!r}: {e}") from None
     try:
