@@ -22,12 +22,7 @@ from prokt_deploy.models import create_model
 from prokt_deploy.recipe import OptimizerConfig, Recipe
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- best-on-validation weights ----------------------------------------------------------------
