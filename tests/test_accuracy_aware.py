@@ -85,3 +85,18 @@ def test_openvino_accuracy_control_passes(broken_run: Path, tmp_path: Path) -> N
     assert aware["plain_drop"] > 10 and aware["met"]
     assert record["passed"] and record["accuracy_drop"] <= 1.0
     assert aware["kept_fp32"] and all(k["op_type"] in ("Convolution", "MatMul") for k in aware["kept_fp32"])
+
+
+def test_cli_flag(broken_run: Path, tmp_path: Path) -> None:
+    """`export --accuracy-aware` through the real CLI: passes and names what stayed fp32."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run = Path(shutil.copytree(broken_run, tmp_path / "run"))
+    p = subprocess.run([sys.executable, "-m", "prokt_deploy", "export", str(run), "-f", "onnx", "--accuracy-aware"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "COLUMNS": "400"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "accuracy-aware" in p.stdout and "kept in fp32 node_Conv" in p.stdout, p.stdout

