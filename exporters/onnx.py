@@ -26,12 +26,13 @@ DequantizeLinear (the logits) left. Measured on resnet-w8-d1 (onnxruntime 1.32, 
 * ``x.mean(dim=(2, 3))`` exports as ``ReduceMean``, which onnxruntime has no quantized kernel for: it ran
   in float between a DequantizeLinear and a QuantizeLinear. ``GlobalAveragePool`` + ``Flatten`` computes the
   same (max difference 1.5e-8 in fp32) and fuses to QLinearGlobalAveragePool.
-* Latency (1 thread, AMD EPYC Zen 2, AVX2 only, no VNNI; p50 of 5 interleaved rounds): resnet-w8-d1 int8
-  was 0.56x its fp32 speed before, 0.72x (batch 1) / 0.75x (batch 32) after; cnn-w8-d1 (already all
-  QLinearConv with S8S8) 0.54x -> 0.56x / 0.47x -> 0.48x. Without int8 dot products (VNNI) int8
-  convolutions cost about as much as fp32 FMAs plus the requantization, so int8 is still slower
-  here; the bench then recommends fp32 (``prokt_deploy/benchmark.py``). Accuracy: identical to S8S8
-  on the tests' digits CNN.
+* Latency (1 thread, 1x28x28, AMD EPYC Zen 2, AVX2 only, no VNNI; median of 5 interleaved rounds,
+  two runs on a shared 2-core machine): resnet-w8-d1 int8 went from 0.54-0.56x its fp32 speed to
+  0.72-0.73x at batch 1 and from 0.50-0.56x to 0.62-0.75x at batch 32; cnn-w8-d1 (already all
+  QLinearConv with S8S8; only the pooling changed) stayed at ~0.5x / ~0.4x, cnn-w32-d2 at 0.98x / 0.99x.
+  Without int8 dot products (VNNI) an int8 convolution costs about as much as fp32 FMAs plus the
+  requantization, so int8 is still slower here; the bench then recommends the fp32 file
+  (``prokt_deploy/benchmark.py``). Accuracy: identical to S8S8 on the tests' digits CNN.
 
 * ``reduce_range=True`` is required on CPUs without VNNI (AVX2 only, like this one): onnxruntime's
   u8*s8 kernels use ``vpmaddubsw``, which saturates the int16 sum of two products when per-channel
