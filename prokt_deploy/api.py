@@ -101,8 +101,10 @@ def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module:
     return teacher
 
 
-def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | None = None, *, exact: bool = False) -> Plan:
-    """Plan the student for the recipe's budget (raises BudgetError when none fits)."""
+def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | None = None, *, exact: bool = False,
+         target: str | None = None, latency_budget_ms: float | None = None) -> Plan:
+    """Plan the student for the recipe's budget (raises BudgetError when none fits); ``target`` /
+    ``latency_budget_ms``: also time the fitting candidates (see :mod:`prokt_deploy.planner`)."""
     data = data or load_recipe_data(recipe)
     from prokt_deploy.models import get_family
 
@@ -125,6 +127,8 @@ def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | No
         max_teacher_fraction=recipe.budget.max_teacher_fraction,
         student_arch=recipe.student.arch,
         exact=exact,
+        target=target,
+        latency_budget_ms=latency_budget_ms,
     )
 
 

@@ -217,12 +217,12 @@ def test_int8_onnx_runs_in_int8_in_onnxruntime(arch: str, digits_arrays, single_
     Weights need not be trained for the graph to be right, but must not be special (a zero BN bias is
     dropped): the generic copy the size measurement uses.
     """
-    from exporters.size import _generic_copy
+    from exporters.size import generic_copy
     from prokt_deploy.int8_diagnosis import onnxruntime_executed_graph
 
     x_train = digits_arrays[0]
     model = _PooledTeacher() if arch == "pooled-teacher" else create_model(arch, num_classes=10, in_channels=1)
-    model = _generic_copy(model.eval(), 0).eval()
+    model = generic_copy(model.eval(), 0).eval()
     art = exporters.export(model, "onnx", "int8", tmp_path, example_input=x_train[:2], calibration=x_train[:64].numpy())
     graph = onnxruntime_executed_graph(art.files[0], providers=["CPUExecutionProvider"], threads=1)
     compute = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
