@@ -22,6 +22,7 @@ from prokt_deploy.models.registry import (
 from prokt_deploy.models import cnn as _cnn  # noqa: F401  (registers the family)
 from prokt_deploy.models import resnet as _resnet  # noqa: F401
 from prokt_deploy.models import text as _text  # noqa: F401
+from prokt_deploy.models import wide as _wide  # noqa: F401
 
 __all__ = [
     "Family",
