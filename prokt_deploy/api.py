@@ -111,7 +111,7 @@ def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | No
     modality = get_family(recipe.student.family).modality
     if modality != ("text" if data.is_text else "image"):
         raise RecipeError(f"student.family {recipe.student.family!r} is a {modality} family but the data is "
-                          f"{'text' if data.is_text else 'images'}; use {'tfm or bilstm' if data.is_text else 'resnet or cnn'}")
+                          f"{'text' if data.is_text else 'images'}; use {'tfm or bilstm' if data.is_text else 'resnet, cnn or wide'}")
     teacher = teacher if teacher is not None else build_teacher(recipe.model_copy(update={"method": "kd"}), data)
     return plan_student(
         parse_size(recipe.budget.size),
