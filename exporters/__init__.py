@@ -52,8 +52,9 @@ Adding a format
 3. ``tests/test_exporters.py`` parametrizes over ``PRECISIONS``, so the new format is exported and
    validated there automatically; add format-specific checks (file layout, batch) as needed.
 
-Precision choices: ONNX int8 is onnxruntime static QDQ, per-channel QInt8 weights, QInt8 activations
-(S8S8) with 7-bit weights (``reduce_range``: no int16 saturation on AVX2 CPUs without VNNI); OpenVINO
+Precision choices: ONNX int8 is onnxruntime static QDQ, per-channel QInt8 weights, QUInt8 activations
+(U8S8: the type onnxruntime fuses into QLinearConv everywhere; global average pooling exported as
+GlobalAveragePool so it runs as QLinearGlobalAveragePool) with 7-bit weights (``reduce_range``: no int16 saturation on AVX2 CPUs without VNNI); OpenVINO
 int8 is NNCF post-training quantization with full bias correction. fp32 artifacts must match PyTorch to
 1e-4, fp16 to 5e-2 (weights rounded to fp16, error scales with the logits), int8 is judged by accuracy
 drop and top-1 agreement (see ``exporters/onnx.py``, ``exporters/openvino.py``, ``exporters/validate.py``).

@@ -9,15 +9,38 @@ traces with absolute paths); it is stripped before saving, which makes the file 
 across machines/checkouts and free of local paths.
 
 int8: onnxruntime ``quant_pre_process`` then ``quantize_static`` in QDQ format, per-channel QInt8
-weights with ``reduce_range=True`` (7-bit weights) and QInt8 activations (S8S8), MinMax calibration.
+weights with ``reduce_range=True`` (7-bit weights) and, for image models, QUInt8 activations (U8S8),
+MinMax calibration; a spatial ``ReduceMean`` (global average pooling) is rewritten to
+``GlobalAveragePool`` first (:func:`_pool_as_global_average`).
+
+The goal is an int8 file that *runs* in int8: every Conv/Gemm of onnxruntime's optimized graph
+(``SessionOptions.optimized_model_filepath``, ``ORT_ENABLE_ALL``) a QLinearConv/QGemm, the residual Adds
+QLinearAdd, the pooling QLinearGlobalAveragePool, and only one QuantizeLinear (the input) and one
+DequantizeLinear (the logits) left. Measured on resnet-w8-d1 (onnxruntime 1.32, 1x28x28 input):
+
+* S8S8 activations: 6 of 9 Conv stayed float Conv and 2 of 3 residual Adds float Add between
+  DequantizeLinear/QuantizeLinear (18 DequantizeLinear, 10 QuantizeLinear, 6 Transpose executed): onnxruntime
+  fuses an s8 QDQ Conv only when its input QuantizeLinear has one consumer, and in a residual net the
+  block input feeds both the conv and the shortcut. ``DedicatedQDQPair`` changes nothing;
+  ``ActivationSymmetric`` fuses one more conv. U8S8: all 9 Conv QLinearConv, all 3 Adds QLinearAdd.
+* ``x.mean(dim=(2, 3))`` exports as ``ReduceMean``, which onnxruntime has no quantized kernel for: it ran
+  in float between a DequantizeLinear and a QuantizeLinear. ``GlobalAveragePool`` + ``Flatten`` computes the
+  same (max difference 1.5e-8 in fp32) and fuses to QLinearGlobalAveragePool.
+* Latency (1 thread, 1x28x28, AMD EPYC Zen 2, AVX2 only, no VNNI; median of 5 interleaved rounds,
+  two runs on a shared 2-core machine): resnet-w8-d1 int8 went from 0.54-0.56x its fp32 speed to
+  0.72-0.73x at batch 1 and from 0.50-0.56x to 0.62-0.75x at batch 32; cnn-w8-d1 (already all
+  QLinearConv with S8S8; only the pooling changed) stayed at ~0.5x / ~0.4x, cnn-w32-d2 at 0.98x / 0.99x.
+  Without int8 dot products (VNNI) an int8 convolution costs about as much as fp32 FMAs plus the
+  requantization, so int8 is still slower here; the bench then recommends the fp32 file
+  (``prokt_deploy/benchmark.py``). Accuracy: identical to S8S8 on the tests' digits CNN.
 
 * ``reduce_range=True`` is required on CPUs without VNNI (AVX2 only, like this one): onnxruntime's
   u8*s8 kernels use ``vpmaddubsw``, which saturates the int16 sum of two products when per-channel
   weights span the full 8-bit range. Measured on the tiny digits CNN: full-range per-channel weights gave
   91.75% top-1 agreement with PyTorch and a 6.5-point accuracy drop in onnxruntime (the same QDQ file
   gave 99% in OpenVINO); with 7-bit weights 98.75% agreement and no accuracy drop.
-* S8S8 vs U8S8 activations: identical accuracy and latency here (onnxruntime shifts s8 activations to u8
-  internally on x86); S8S8 is onnxruntime's recommended default for QDQ, so it is used.
+* S8S8 vs U8S8 activations: identical accuracy here, but only U8S8 fuses every conv of a residual
+  net (above). Text models keep S8S8 (measured there, below; their MatMuls are not affected).
 * QOperator and dynamic quantization are several times slower than fp32 on this CPU: not offered.
 
 Text models (packed (B,2,L) int64 example input, see ``exporters/_text.py``) export through
@@ -75,6 +98,7 @@ from .registry import Exporter, register
 
 __all__ = [
     "ACTIVATION_TYPE",
+    "TEXT_ACTIVATION_TYPE",
     "CALIBRATION_BATCH",
     "REDUCE_RANGE",
     "TEXT_OP_TYPES",
@@ -86,8 +110,12 @@ __all__ = [
     "export_onnx_fp32",
 ]
 
-#: Activation type of the int8 QDQ model ("QInt8" = S8S8 or "QUInt8" = U8S8); see the module docstring.
-ACTIVATION_TYPE = "QInt8"
+#: Activation type of an image model's int8 QDQ file ("QInt8" = S8S8 or "QUInt8" = U8S8): U8S8 is what
+#: onnxruntime fuses into QLinearConv everywhere, residual blocks included (see the module docstring).
+ACTIVATION_TYPE = "QUInt8"
+
+#: Text models keep S8S8 activations (their accuracy was measured with it, see the module docstring).
+TEXT_ACTIVATION_TYPE = "QInt8"
 
 #: 7-bit weights: avoids int16 saturation in u8s8 kernels on non-VNNI x86 CPUs (see module docstring).
 REDUCE_RANGE = True
@@ -405,6 +433,64 @@ def _pre_process(quant_pre_process, src: Path, dst: Path, text: bool) -> None:  
         quant_pre_process(str(src), str(dst))
 
 
+def _spatial_reduce_mean(node, inits: dict, ranks: dict) -> bool | None:  # noqa: ANN001 - onnx.NodeProto
+    """``keepdims`` of a ``ReduceMean`` over axes (2, 3) of a 4-D tensor, or ``None`` for any other node."""
+    helper = require("onnx.helper", "onnx")
+    numpy_helper = require("onnx.numpy_helper", "onnx")
+    if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or ranks.get(node.input[0]) != 4:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axes = attrs.get("axes")  # opset < 18: an attribute; opset >= 18: the second input
+    if axes is None and len(node.input) > 1 and node.input[1] in inits:
+        axes = numpy_helper.to_array(inits[node.input[1]]).tolist()
+    if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3] or attrs.get("noop_with_empty_axes", 0):
+        return None
+    return bool(attrs.get("keepdims", 1))
+
+
+def _pool_as_global_average(path: Path) -> int:
+    """Rewrite, in place, every ``ReduceMean`` over the spatial axes of a 4-D tensor as ``GlobalAveragePool``
+    (followed by ``Flatten`` when the mean dropped the dims); return how many were rewritten.
+
+    ``x.mean(dim=(2, 3))`` (and ``AdaptiveAvgPool2d(1)`` in some exports) becomes a ``ReduceMean``, for which
+    onnxruntime has no quantized kernel: in the QDQ file it ran in float between DequantizeLinear and
+    QuantizeLinear. ``GlobalAveragePool`` is the same computation and fuses to QLinearGlobalAveragePool;
+    ``Flatten(axis=1)`` of its (B,C,1,1) output is the (B,C) of ``keepdims=0`` and needs no QDQ of its own
+    (onnxruntime drops the QDQ pair around shape-only ops). Needs the shapes ``quant_pre_process`` infers.
+    """
+    onnx = _onnx()
+    helper = require("onnx.helper", "onnx")
+    model = onnx.load(str(path))
+    graph = model.graph
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in (*graph.value_info, *graph.input, *graph.output)
+        if v.type.tensor_type.HasField("shape")
+    }
+    inits = {t.name: t for t in graph.initializer}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        keepdims = _spatial_reduce_mean(node, inits, ranks)
+        if keepdims is None:
+            nodes.append(node)
+            continue
+        rewritten += 1
+        pooled = node.output[0] if keepdims else f"{node.output[0]}_pooled"
+        nodes.append(helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=node.name))
+        if not keepdims:
+            nodes.append(helper.make_node("Flatten", [pooled], [node.output[0]], name=f"{node.name}_flatten", axis=1))
+    if not rewritten:
+        return 0
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]  # the ReduceMean axes are no longer used
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    return rewritten
+
+
 def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp: Path,
                    nodes_to_exclude: list[str] | None = None) -> None:
     """Static QDQ int8 of ``fp32_path``; ``nodes_to_exclude`` (names in ``tmp/preprocessed.onnx``) stay
@@ -418,7 +504,9 @@ def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp
     text = is_text_names(input_names)
     reader = _calibration_reader(calibration, input_names)
     options: dict[str, object] = {"per_channel": True, "reduce_range": REDUCE_RANGE}
+    activation = ACTIVATION_TYPE
     if text:
+        activation = TEXT_ACTIVATION_TYPE
         options = {
             "per_channel": TEXT_PER_CHANNEL,
             "reduce_range": TEXT_REDUCE_RANGE,
@@ -427,13 +515,15 @@ def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp
     try:
         with quiet():
             _pre_process(quant_pre_process, fp32_path, pre, text)
+            if not text:
+                _pool_as_global_average(pre)
             q.quantize_static(
                 str(pre),
                 str(out_path),
                 reader,
                 quant_format=q.QuantFormat.QDQ,
                 weight_type=q.QuantType.QInt8,
-                activation_type=getattr(q.QuantType, ACTIVATION_TYPE),
+                activation_type=getattr(q.QuantType, activation),
                 calibrate_method=q.CalibrationMethod.MinMax,
                 use_external_data_format=False,
                 nodes_to_exclude=list(nodes_to_exclude or []),

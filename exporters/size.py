@@ -12,10 +12,10 @@ import torch
 
 from ._text import is_text_input, random_text_batch
 
-__all__ = ["measure_bytes"]
+__all__ = ["generic_copy", "measure_bytes"]
 
 
-def _generic_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+def generic_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """A copy of ``model`` whose float parameters and buffers hold generic values: no zeros, no repeats.
 
     Exporters drop and share special values, so an untrained model exports to a *smaller* file than the
@@ -42,11 +42,11 @@ def _generic_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def measure_bytes(model: torch.nn.Module, fmt: str, precision: str, *, example_input: torch.Tensor,
                   calibration_samples: int = 100, seed: int = 0, calibration: np.ndarray | None = None,
-                  vocab_size: int | None = None) -> int:
+                  vocab_size: int | None = None, keep_dir: Path | None = None) -> int:
     """Bytes of the artifact ``export(model, fmt, precision)`` would produce (all files counted).
 
     The model may be untrained: the size depends on the architecture, not on the weight values, as long
-    as no value is special, so a copy with generic values is exported (see :func:`_generic_copy`; the
+    as no value is special, so a copy with generic values is exported (see :func:`generic_copy`; the
     model itself is not changed). int8 is calibrated on ``calibration`` when given, else on
     ``calibration_samples`` random samples: normal samples of ``example_input``'s shape for an image
     model; for a text model (``example_input`` a packed (B,2,L) integer tensor) token ids uniform in
@@ -55,7 +55,8 @@ def measure_bytes(model: torch.nn.Module, fmt: str, precision: str, *, example_i
     The OpenVINO int8 IR records the sample count as text, so it counts by its number of digits: the
     default 100 has as many as ``prokt-deploy export``'s default of 300 (same bytes) and calibrates in
     about a third of the time (each digit more or less is one byte more or less). The model's train/eval
-    mode is left as it was.
+    mode is left as it was. ``keep_dir``: export there and keep the files (a planner that also times the
+    artifact reuses them) instead of into a temporary directory.
     """
     from . import export  # late import: exporters/__init__ imports this module
 
@@ -68,7 +69,12 @@ def measure_bytes(model: torch.nn.Module, fmt: str, precision: str, *, example_i
     elif calibration is None:
         shape = (calibration_samples, *tuple(example_input.shape[1:]))
         calibration = rng.standard_normal(shape).astype(np.float32)
-    generic = _generic_copy(model, seed)
+    generic = generic_copy(model, seed)
+    if keep_dir is not None:
+        return export(generic, fmt, precision, Path(keep_dir), example_input=example_input, calibration=calibration).bytes
     with tempfile.TemporaryDirectory(prefix="exporters-size-") as tmp:
         artifact = export(generic, fmt, precision, Path(tmp), example_input=example_input, calibration=calibration)
         return artifact.bytes
+
+
+_generic_copy = generic_copy  # the former private name

@@ -104,15 +104,17 @@ def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module:
     return teacher
 
 
-def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | None = None, *, exact: bool = False) -> Plan:
-    """Plan the student for the recipe's budget (raises BudgetError when none fits)."""
+def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | None = None, *, exact: bool = False,
+         target: str | None = None, latency_budget_ms: float | None = None) -> Plan:
+    """Plan the student for the recipe's budget (raises BudgetError when none fits); ``target`` /
+    ``latency_budget_ms``: also time the fitting candidates (see :mod:`prokt_deploy.planner`)."""
     data = data or load_recipe_data(recipe)
     from prokt_deploy.models import get_family
 
     modality = get_family(recipe.student.family).modality
     if modality != ("text" if data.is_text else "image"):
         raise RecipeError(f"student.family {recipe.student.family!r} is a {modality} family but the data is "
-                          f"{'text' if data.is_text else 'images'}; use {'tfm or bilstm' if data.is_text else 'resnet or cnn'}")
+                          f"{'text' if data.is_text else 'images'}; use {'tfm or bilstm' if data.is_text else 'resnet, cnn or wide'}")
     teacher = teacher if teacher is not None else build_teacher(recipe.model_copy(update={"method": "kd"}), data)
     return plan_student(
         parse_size(recipe.budget.size),
@@ -128,6 +130,8 @@ def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | No
         max_teacher_fraction=recipe.budget.max_teacher_fraction,
         student_arch=recipe.student.arch,
         exact=exact,
+        target=target,
+        latency_budget_ms=latency_budget_ms,
     )
 
 

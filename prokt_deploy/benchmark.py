@@ -5,10 +5,26 @@ Rows (ids are ``model/format/precision``):
 - ``teacher/pytorch/fp32`` and ``teacher/onnx/fp32``: the teacher as trained, and exported to ONNX on
   the fly into ``<run>/artifacts/teacher-onnx-fp32/`` -- the fair baseline, since it runs in the same
   kind of runtime as the artifacts (``speedup_vs_teacher`` is relative to it);
+- ``teacher/<format>/int8``: the teacher's own int8 artifacts (the first thing a user tries instead of
+  distilling), for every format the student has an artifact in, exported on the fly into
+  ``<run>/artifacts/teacher-<format>-int8/`` with the student's quantizers, calibration samples and
+  accuracy gate (:func:`ensure_int8_export`; its gate record is ``gate.json`` there), each marked whether
+  it fits the run's byte budget. One that misses its gate is listed under ``not_benchmarked``;
 - ``student/pytorch/fp32``;
-- ``student/<format>/fp32`` references, exported on the fly into ``<run>/artifacts/student-<format>-fp32/``
+- ``student/<format>/fp32``, exported on the fly into ``<run>/artifacts/student-<format>-fp32/``
   for every format that has an int8 artifact but no fp32 one, so "is int8 faster?" can be answered;
 - every artifact of the manifest that passed its export gates.
+
+The recommendation (:func:`recommend`) is the fastest *student* file that runs in a runtime, fits the
+byte budget and is within the accuracy gate: the passed artifacts and the student fp32 files the bench
+exported (on a CPU without int8 dot products the fp32 file is often the fastest; it is deployable, its
+parity with PyTorch is exact and its accuracy is measured here). The report then says whether that
+student beats the teacher's fastest artifact (its own int8 included) on speed and on size
+(:func:`versus_teacher`).
+
+Accuracy is a property of an artifact, not of a timing round: it is measured once per artifact and,
+where the manifest already records it on the same test split (the export gates, the PyTorch models'
+test accuracy after training, the teacher int8 gate), reused instead of measured again.
 
 Each row is measured in its own worker process (see :mod:`prokt_deploy.measure` for how), the int8
 rows are compared with their fp32 counterparts (:mod:`prokt_deploy.int8_diagnosis`), the fastest
@@ -19,6 +35,9 @@ report is written to ``report.json``, ``report.md`` and ``report.html`` in the r
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -71,13 +90,90 @@ def ensure_fp32_export(run: Path, which: str, fmt: str, example: np.ndarray) -> 
     return list(artifact.files)
 
 
+GATE_RECORD = "gate.json"
+DEFAULT_CALIBRATION_SAMPLES = 300  # as prokt_deploy.deploy (not imported: it imports torch at module level)
+DEFAULT_MAX_ACCURACY_DROP = 1.0
+
+
+def int8_settings(manifest: dict) -> tuple[int, float]:
+    """Calibration samples and accuracy gate (points) of the student's int8 export, else the export defaults:
+    the teacher's int8 is made exactly as the student's was."""
+    records = [a for a in manifest.get("artifacts", []) if a.get("precision") == "int8"]
+    calibration = next((int(a["calibration_samples"]) for a in records if a.get("calibration_samples")), DEFAULT_CALIBRATION_SAMPLES)
+    drop = next((float(a["max_accuracy_drop"]) for a in records if a.get("max_accuracy_drop") is not None), DEFAULT_MAX_ACCURACY_DROP)
+    return calibration, drop
+
+
+def ensure_int8_export(run: Path, which: str, fmt: str, data, *, calibration_samples: int, max_accuracy_drop: float,  # noqa: ANN001 - DataBundle
+                       budget_bytes: int | None, progress: Progress) -> dict:
+    """``<run>/artifacts/<which>-<fmt>-int8/``: the model exported to int8 with the exporters the student
+    uses, calibrated on the first ``calibration_samples`` training samples, and gated like the student's
+    int8 (accuracy drop against the same model in PyTorch on the test split <= ``max_accuracy_drop``).
+
+    Returns the gate record (also written to ``gate.json`` in that directory, and reused by later benches
+    and bundles while the settings are the same): ``files`` (relative to the run; empty when it failed),
+    ``bytes``, ``test_accuracy``, ``reference_accuracy``, ``accuracy_drop``, ``test_samples``,
+    ``within_budget``, ``budget_bytes``, ``passed``, ``failures``. An export error is a failed record, not
+    an exception: a baseline that cannot be made must not stop the benchmark.
+    """
+    out = run / "artifacts" / f"{which}-{fmt}-int8"
+    wanted = {"calibration_samples": calibration_samples, "max_accuracy_drop": max_accuracy_drop, "test_samples": len(data.test)}
+    try:
+        record = json.loads((out / GATE_RECORD).read_text())
+        if {k: record.get(k) for k in wanted} == wanted and all((run / f).is_file() for f in record["files"]):
+            return {**record, "budget_bytes": budget_bytes, "within_budget": None if budget_bytes is None else record["bytes"] <= budget_bytes}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    import exporters
+
+    progress(f"exporting the {which} to {fmt} int8 (calibrating on {calibration_samples} training samples, gate {max_accuracy_drop:g} points)")
+    model = load_run_model(run, which)
+    root = run / "artifacts"
+    root.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{out.name}.partial-"))
+    os.chmod(staging, 0o755)
+    record = {**wanted, "format": fmt, "precision": "int8", "files": [], "bytes": None, "test_accuracy": None, "reference_accuracy": None,
+              "accuracy_drop": None, "passed": False, "failures": []}
+    try:
+        try:
+            artifact = exporters.export(model, fmt, "int8", staging, example_input=data.train.x[:2],
+                                        calibration=data.train.x[:calibration_samples].numpy())
+            report = exporters.validate(exporters.load(artifact, fmt), model, data.test.x.numpy(), data.test.y.numpy(),
+                                        tolerance=None, max_accuracy_drop=max_accuracy_drop)
+            record.update(bytes=artifact.bytes, test_accuracy=round(report.test_accuracy, 6), reference_accuracy=round(report.reference_accuracy, 6),
+                          accuracy_drop=round(report.accuracy_drop, 4), passed=report.passed, failures=list(report.failures),
+                          files=[str((out / f.name).relative_to(run)) for f in artifact.files] if report.passed else [])
+        except exporters.ExportError as exc:
+            record["failures"] = [f"export failed: {exc}"]
+        if not record["passed"]:
+            for f in list(staging.iterdir()):
+                f.unlink()
+        (staging / GATE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**record, "budget_bytes": budget_bytes, "within_budget": None if budget_bytes is None or record["bytes"] is None else record["bytes"] <= budget_bytes}
+
+
 def _main_file(files: list[Path]) -> Path:
     return next(f for f in files if f.suffix in (".onnx", ".xml"))
 
 
-def _rows_to_measure(run: Path, manifest: dict, x: np.ndarray, targets: dict, progress: Progress) -> list[dict]:
-    """The rows of the report, each with the worker spec (``engine``) that measures it."""
+def _rows_to_measure(run: Path, manifest: dict, data, targets: dict, progress: Progress) -> tuple[list[dict], list[dict]]:  # noqa: ANN001
+    """The rows of the report, each with the worker spec (``engine``) that measures it, and the teacher
+    int8 artifacts that missed their gate (``not_benchmarked`` entries)."""
     rows: list[dict] = []
+    failed: list[dict] = []
+    x = data.test.x.numpy()
+    n_test = len(data.test)
+    budget = manifest.get("budget_bytes")
+    metrics = manifest.get("metrics") or {}
+
+    def known(accuracy: float | None) -> dict:
+        """An accuracy already measured on this test split: the worker does not measure it again."""
+        return {} if accuracy is None else {"accuracy": {"accuracy": float(accuracy), "samples": n_test}}
 
     def add(model: str, fmt: str, precision: str, kind: str, files: list[Path], engine: dict, **extra: object) -> None:
         row_id = f"{model}/{fmt}/{precision}"
@@ -89,22 +185,41 @@ def _rows_to_measure(run: Path, manifest: dict, x: np.ndarray, targets: dict, pr
     missing = [f for a in artifacts for f in a["files"] if not (run / f).is_file()]
     if missing:
         raise RunError(f"artifact file {missing[0]!r} listed in {run / 'manifest.json'} is missing; export again")
+    def fits(files: list[Path]) -> dict:
+        size = sum(f.stat().st_size for f in files)
+        return {"within_budget": None if budget is None else size <= budget, "budget_bytes": budget}
+
     if manifest["teacher"].get("weights"):
-        add("teacher", "pytorch", "fp32", "reference", [run / manifest["teacher"]["weights"]], {"runtime": "torch", "run": str(run), "model": "teacher"})
+        add("teacher", "pytorch", "fp32", "reference", [run / manifest["teacher"]["weights"]],
+            {"runtime": "torch", "run": str(run), "model": "teacher", **known(metrics.get("teacher_test_accuracy"))})
         progress("exporting the teacher to ONNX fp32 (the baseline)")
         files = ensure_fp32_export(run, "teacher", "onnx", x)
-        add("teacher", "onnx", "fp32", "reference", files, measure.artifact_engine("onnx", _main_file(files), targets))
-    add("student", "pytorch", "fp32", "reference", [run / manifest["student"]["weights"]], {"runtime": "torch", "run": str(run), "model": "student"})
+        add("teacher", "onnx", "fp32", "reference", files, measure.artifact_engine("onnx", _main_file(files), targets), **fits(files))
+        calibration, max_drop = int8_settings(manifest)
+        for fmt in sorted({a["format"] for a in artifacts} & set(INT8_FORMATS)):
+            gate = ensure_int8_export(run, "teacher", fmt, data, calibration_samples=calibration, max_accuracy_drop=max_drop,
+                                      budget_bytes=budget, progress=progress)
+            if not gate["passed"]:
+                failed.append({"id": f"teacher/{fmt}/int8", "format": fmt, "precision": "int8", "failures": gate["failures"]})
+                continue
+            files = [run / f for f in gate["files"]]
+            add("teacher", fmt, "int8", "reference", files,
+                {**measure.artifact_engine(fmt, _main_file(files), targets), **known(gate["test_accuracy"])},
+                within_budget=gate["within_budget"], budget_bytes=budget)
+    add("student", "pytorch", "fp32", "reference", [run / manifest["student"]["weights"]],
+        {"runtime": "torch", "run": str(run), "model": "student", **known(metrics.get("student_test_accuracy"))})
     have_fp32 = {a["format"] for a in artifacts if a["precision"] == "fp32"}
     for fmt in sorted({a["format"] for a in artifacts if a["precision"] == "int8"} - have_fp32):
         progress(f"exporting the student to {fmt} fp32 (the int8 counterpart)")
         files = ensure_fp32_export(run, "student", fmt, x)
-        add("student", fmt, "fp32", "reference", files, measure.artifact_engine(fmt, _main_file(files), targets))
+        add("student", fmt, "fp32", "reference", files, measure.artifact_engine(fmt, _main_file(files), targets), **fits(files))
     for a in artifacts:
         files = [run / f for f in a["files"]]
-        add("student", a["format"], a["precision"], "artifact", files, measure.artifact_engine(a["format"], _main_file(files), targets),
+        reuse = known(a.get("test_accuracy")) if a.get("test_samples") == n_test else {}
+        add("student", a["format"], a["precision"], "artifact", files,
+            {**measure.artifact_engine(a["format"], _main_file(files), targets), **reuse},
             passed=True, within_budget=a.get("within_budget"), budget_bytes=a.get("budget_bytes"))
-    return rows
+    return rows, failed
 
 
 def relative_to_baseline(rows: list[dict], baseline_id: str) -> None:
@@ -118,18 +233,65 @@ def relative_to_baseline(rows: list[dict], baseline_id: str) -> None:
         r["speedup_vs_teacher_pytorch"] = round(pytorch["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3) if pytorch else None
 
 
-def recommend(rows: list[dict], max_accuracy_drop: float | None) -> dict | None:
-    """The fastest (batch-1 p50) host artifact that passed export and is within ``max_accuracy_drop``."""
-    artifacts = [r for r in rows if r["kind"] == "artifact"]
-    ok = [r for r in artifacts if max_accuracy_drop is None or (r["accuracy_drop_vs_teacher"] is not None and r["accuracy_drop_vs_teacher"] <= max_accuracy_drop)]
+#: Formats that have an int8 precision (the teacher's own int8 baselines are made in these).
+INT8_FORMATS = ("onnx", "openvino")
+
+
+def deployable(row: dict) -> bool:
+    """A student file a device can run: a passed artifact, or a student fp32 file the bench exported."""
+    return row["model"] == "student" and (row["kind"] == "artifact" or (row["kind"] == "reference" and row["format"] in INT8_FORMATS))
+
+
+def recommend(rows: list[dict], max_accuracy_drop: float | None, int8: list[dict] | None = None) -> dict | None:
+    """The fastest (batch-1 p50) deployable student file (:func:`deployable`) that fits the byte budget
+    and is within ``max_accuracy_drop``; the reason names a faster file left out for its size, and, when
+    an fp32 file wins, how fast the int8 file of its format was (``int8``: the int8 findings)."""
+    candidates = [r for r in rows if deployable(r)]
+    accurate = [r for r in candidates if max_accuracy_drop is None or (r["accuracy_drop_vs_teacher"] is not None and r["accuracy_drop_vs_teacher"] <= max_accuracy_drop)]
+    ok = [r for r in accurate if r.get("within_budget") is not False]
     if not ok:
         return None
     best = min(ok, key=lambda r: r["latency_ms"]["p50"])
     gate = f"within {max_accuracy_drop:g} points of the teacher" if max_accuracy_drop is not None else "that passed the export gates"
-    reason = f"fastest at batch 1 (p50 {best['latency_ms']['p50']:.4f} ms) of the {len(ok)} artifact(s) {gate}"
+    reason = f"fastest at batch 1 (p50 {best['latency_ms']['p50']:.4f} ms) of the {len(ok)} student file(s) within the size budget and {gate}"
     if best.get("speedup_vs_teacher") is not None:
         reason += f"; {best['speedup_vs_teacher']:.2f}x the teacher ONNX speed"
+    finding = next((f for f in int8 or [] if f["counterpart"] == best["id"]), None)
+    if best["precision"] == "fp32" and finding is not None and not finding["faster"]:
+        reason += f"; fp32, not int8: the int8 file runs at {finding['speedup']:.2f}x its speed here (see 'int8 vs fp32' for why)"
+    over = [r for r in accurate if r.get("within_budget") is False and r["latency_ms"]["p50"] < best["latency_ms"]["p50"]]
+    if over:
+        fastest = min(over, key=lambda r: r["latency_ms"]["p50"])
+        reason += f"; {fastest['id']} is faster (p50 {fastest['latency_ms']['p50']:.4f} ms) but over the budget of {fastest['budget_bytes']:,} B"
     return {"id": best["id"], "reason": reason}
+
+
+def versus_teacher(rows: list[dict], recommendation: dict | None) -> dict | None:
+    """Does the recommended student beat the teacher's fastest artifact (ONNX fp32 or its own int8)?
+
+    Returns ``teacher_artifact`` (the fastest teacher row in a runtime), ``student_artifact``, ``speedup``
+    and ``batch_speedup`` (teacher p50 / student p50), ``size_ratio`` (teacher bytes / student bytes),
+    ``beats_on_speed`` (speed-up >= 1), ``beats_on_size``, ``teacher_int8`` (id, bytes, within_budget of
+    each teacher int8 row) and a one-sentence ``verdict``; ``None`` without a teacher or a recommendation.
+    """
+    teacher = [r for r in rows if r["model"] == "teacher" and r["kind"] == "reference" and r["format"] != "pytorch"]
+    student = next((r for r in rows if recommendation and r["id"] == recommendation["id"]), None)
+    if not teacher or student is None:
+        return None
+    fastest = min(teacher, key=lambda r: r["latency_ms"]["p50"])
+    speedup = fastest["latency_ms"]["p50"] / student["latency_ms"]["p50"]
+    batch_speedup = fastest["batch_latency_ms"]["p50"] / student["batch_latency_ms"]["p50"]
+    size_ratio = fastest["bytes"] / student["bytes"]
+    int8_rows = [{"id": r["id"], "bytes": r["bytes"], "within_budget": r.get("within_budget")} for r in teacher if r["precision"] == "int8"]
+    speed = f"{'faster' if speedup >= 1 else 'slower'} ({speedup:.2f}x its speed at batch 1, {batch_speedup:.2f}x at batch {student['batch']})"
+    size = f"{size_ratio:.1f}x smaller" if size_ratio >= 1 else f"{1 / size_ratio:.1f}x larger"
+    verdict = f"{student['id']} is {speed} than the teacher's fastest artifact {fastest['id']}, and {size}"
+    fitting = [r["id"] for r in int8_rows if r["within_budget"]]
+    if int8_rows:
+        verdict += "; the teacher's own int8 " + (f"fits the budget ({', '.join(fitting)})" if fitting else "does not fit the budget")
+    return {"teacher_artifact": fastest["id"], "student_artifact": student["id"], "speedup": round(speedup, 3), "batch_speedup": round(batch_speedup, 3),
+            "size_ratio": round(size_ratio, 3), "beats_on_speed": speedup >= 1.0, "beats_on_size": size_ratio > 1.0, "teacher_int8": int8_rows,
+            "verdict": verdict}
 
 
 def evaluate_gates(rows: list[dict], recommendation: dict | None, *, max_latency_ms: float | None = None,
@@ -220,7 +382,7 @@ def bench(
     progress("loading the test split")
     data = load_recipe_data(load_recipe(run / "recipe.yaml"))
     x, y = data.test.x.numpy(), data.test.y.numpy()
-    rows = _rows_to_measure(run, manifest, x, targets, progress)
+    rows, teacher_failed = _rows_to_measure(run, manifest, data, targets, progress)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prokt-bench-") as tmp:
         test_npz = Path(tmp) / "test.npz"
@@ -245,12 +407,13 @@ def bench(
                      "measure_s": round(time.perf_counter() - started, 2), "faster_threshold": int8_diagnosis.FASTER})
     progress("explaining int8 vs fp32")
     findings = _int8_findings(run, rows, manifest, fp, settings, targets)
-    recommendation = recommend(rows, max_accuracy_drop)
+    recommendation = recommend(rows, max_accuracy_drop, findings)
     gates = evaluate_gates(rows, recommendation, max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup)
     not_benchmarked = [{"id": f"student/{a['format']}/{a['precision']}", "format": a["format"], "precision": a["precision"], "failures": a.get("failures", [])}
-                       for a in manifest.get("artifacts", []) if not a.get("passed")]
+                       for a in manifest.get("artifacts", []) if not a.get("passed")] + teacher_failed
     rep = report.new_report(run, manifest, fingerprint=fp, settings=settings, rows=rows, int8=findings, recommendation=recommendation,
                             gates=gates, not_benchmarked=not_benchmarked)
+    rep["versus_teacher"] = versus_teacher(rows, recommendation)
     report.write_reports(run, rep)
     return rep
 

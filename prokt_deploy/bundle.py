@@ -8,8 +8,11 @@
     samples.npz            x: the first N test samples, preprocessed float32 (N,C,H,W) or, for text, packed
                            int64 (N,2,L) token ids and attention masks; y: their labels
     tokenizer/             text runs: the tokenizer files (tokenizer.json, vocab.txt, ...)
-    artifacts/<model>-<format>-<precision>/   the files of every passed artifact (+ the teacher's
-                           ONNX fp32 baseline unless ``teacher=False``, for speed-ups on the device)
+    artifacts/<model>-<format>-<precision>/   the files of every passed artifact, the student's fp32
+                           file of each format that has only int8 (without VNNI-class int8 dot products
+                           the fp32 file can be the fastest on the board), and unless ``teacher=False``
+                           the teacher's ONNX fp32 baseline and its own int8 artifacts that passed their
+                           gate (what the student must beat; see prokt_deploy.benchmark)
     README.txt             how to run it and merge the result
 
 On the board: ``python bench_bundle.py`` writes ``device-results.json``; back on the host:
@@ -62,7 +65,7 @@ def write_bundle(
     bundle's default measurement settings (keys of :data:`prokt_deploy.measure.DEFAULTS`).
     """
     from prokt_deploy.api import load_recipe_data
-    from prokt_deploy.benchmark import ensure_fp32_export
+    from prokt_deploy.benchmark import INT8_FORMATS, ensure_fp32_export, ensure_int8_export, int8_settings
     from prokt_deploy.recipe import load_recipe
 
     if samples < 1:
@@ -81,7 +84,16 @@ def write_bundle(
 
     entries = [("student", a["format"], a["precision"], [run / f for f in a["files"]], a.get("test_accuracy")) for a in artifacts]
     tokenizer = sorted((run / "tokenizer").iterdir()) if (run / "tokenizer").is_dir() else []
+    have_fp32 = {a["format"] for a in artifacts if a["precision"] == "fp32"}
+    for fmt in sorted({a["format"] for a in artifacts if a["precision"] == "int8"} - have_fp32):
+        entries.append(("student", fmt, "fp32", ensure_fp32_export(run, "student", fmt, x), None))
     if teacher and manifest["teacher"].get("weights"):
+        calibration, max_drop = int8_settings(manifest)
+        for fmt in sorted({a["format"] for a in artifacts} & set(INT8_FORMATS), reverse=True):
+            gate = ensure_int8_export(run, "teacher", fmt, data, calibration_samples=calibration, max_accuracy_drop=max_drop,
+                                      budget_bytes=manifest.get("budget_bytes"), progress=lambda text: None)
+            if gate["passed"]:
+                entries.insert(0, ("teacher", fmt, "int8", [run / f for f in gate["files"]], gate["test_accuracy"]))
         files = ensure_fp32_export(run, "teacher", "onnx", x)
         entries.insert(0, ("teacher", "onnx", "fp32", files, manifest["metrics"].get("teacher_test_accuracy")))
 

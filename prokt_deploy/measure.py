@@ -18,9 +18,15 @@ How the numbers are made to hold on a small, noisy machine (TOOLCHAIN.md):
   ``set_input_tensor``) and a timed call is one inference, as in OpenVINO's benchmark_app;
 - the workers import their runtimes together, then load one at a time (a load is never slowed by
   another), and only one worker runs at any moment after that;
+- accuracy is measured once per engine, all workers at once after every load and before any timing
+  (nothing is timed while they run), or not at all where the caller passes the value already measured
+  on the same samples (engine spec ``accuracy``);
 - ``repeats`` rounds, round-robin over the engines with the order rotated every round; in a round an
   engine warms up ``warmup`` calls, then times ``runs`` calls with ``perf_counter_ns`` (garbage
-  collection off). Each statistic is the median over rounds of its per-round value (the median of
+  collection off). A slow engine (a large PyTorch teacher) gets fewer calls: warm-up stops after
+  :data:`ROUND_SECONDS` / 4 (at least :data:`MIN_WARMUP` calls) and the timed calls are capped to what
+  fits in :data:`ROUND_SECONDS` at the warm-up's pace (at least :data:`MIN_RUNS`); fast engines are not
+  affected, and each row records its ``timed_runs``. Each statistic is the median over rounds of its per-round value (the median of
   medians for p50): a slow spell of the machine then lands on one round of every engine instead of on
   all rounds of one engine, so the ratios between engines hold.
 """
@@ -56,6 +62,12 @@ __all__ = [
 
 #: Default measurement settings (small enough that a digits run benches in seconds).
 DEFAULTS = {"threads": 1, "batch": 32, "runs": 200, "warmup": 50, "repeats": 3}
+
+#: Time one engine may spend on the timed calls of one batch size in one round; a slower engine gets
+#: fewer calls (never below MIN_RUNS). 200 calls of a 0.1-10 ms artifact fit; a 60 ms teacher gets ~33.
+ROUND_SECONDS = 2.0
+MIN_RUNS = 30
+MIN_WARMUP = 5
 
 #: Latency statistics of every row, in milliseconds.
 STATS = ("p50", "p90", "p99", "mean", "std")
@@ -368,13 +380,22 @@ class _Served:
             correct += int((np.asarray(logits).argmax(axis=1) == self.y[i : i + batch]).sum())
         return {"accuracy": correct / len(self.y), "samples": len(self.y)}
 
-    def time(self, batch: int, warmup: int, runs: int) -> dict:
+    def time(self, batch: int, warmup: int, runs: int, max_seconds: float | None = None) -> dict:
         if batch not in self.inputs:  # the first `batch` test samples, repeated if there are fewer
             self.inputs[batch] = np.ascontiguousarray(np.resize(self.x_time, (batch, *self.x_time.shape[1:])))
         self.engine.bind(self.inputs[batch])
         infer = self.engine.infer
-        for _ in range(warmup):
+        t0, done = time.perf_counter_ns(), 0
+        for done in range(1, warmup + 1):
             infer()
+            if max_seconds is not None and done >= MIN_WARMUP and time.perf_counter_ns() - t0 > max_seconds / 4 * 1e9:
+                break
+        if max_seconds is not None:  # a slow engine: as many calls as fit in max_seconds at the warm-up's pace
+            if done == 0:
+                infer()
+                done = 1
+            per_call = (time.perf_counter_ns() - t0) / done / 1e9
+            runs = max(min(runs, MIN_RUNS), min(runs, int(max_seconds / max(per_call, 1e-9))))
         runtime_timer = getattr(self.engine, "runtime_latency_ns", None)
         ns, runtime_ns = [0] * runs, [0] * runs
         gc.disable()
@@ -387,7 +408,7 @@ class _Served:
                     runtime_ns[i] = runtime_timer()
         finally:
             gc.enable()
-        return {"ns": ns, "runtime_ns": runtime_ns if runtime_timer is not None else None}
+        return {"ns": ns, "runtime_ns": runtime_ns if runtime_timer is not None else None, "runs": runs}
 
     def memory(self) -> dict:
         return {"peak_mem_mb": round(max(0, _peak_rss() - self.rss_before) / 2**20, 2)}
@@ -488,11 +509,16 @@ def measure(
     ``accuracy_samples``, ``latency_ms`` (batch 1, wall clock around the Python call),
     ``runtime_latency_ms`` (batch 1 by the runtime's own timer, as benchmark_app reports it: OpenVINO
     only, else None), ``batch``, ``batch_latency_ms``, ``throughput`` (samples/s at ``batch``, from
-    its p50), ``rounds_p50_ms`` and ``peak_mem_mb`` (peak RSS over the
-    load and all runs, minus the RSS before the load). ``progress(text)`` is called once per step;
-    :func:`measure_steps` gives their number.
+    its p50), ``rounds_p50_ms``, ``timed_runs`` (the fewest timed calls of a round, see
+    :data:`ROUND_SECONDS`), ``accuracy_measured`` (False where the spec's ``accuracy`` was reused) and
+    ``peak_mem_mb`` (peak RSS over the load and all runs, minus the RSS before the load).
+
+    ``progress(text)`` is called once per step (:func:`measure_steps` gives their number); a callback
+    with a ``step(engine_id, done, total)`` method also gets, per engine, how many of its own steps
+    (load, each round) are done, to draw one progress bar per engine.
     """
     progress = progress or (lambda text: None)
+    step = getattr(progress, "step", None)
     batches = (1,) if batch == 1 else (1, batch)
     workers = [_Worker(e["id"], threads) for e in engines]
     try:
@@ -503,22 +529,35 @@ def measure(
         results = []
         for w, e in zip(workers, engines):  # ... models load one at a time
             progress(f"loading {e['id']}")
-            spec = {k: v for k, v in e.items() if k != "id"}
-            loaded = w.call("load", engine=spec, threads=threads, data=str(data))
-            acc = w.call("accuracy", batch=batch)
-            results.append({**loaded, "test_accuracy": round(acc["accuracy"], 6), "accuracy_samples": acc["samples"]})
+            spec = {k: v for k, v in e.items() if k not in ("id", "accuracy")}
+            results.append(w.call("load", engine=spec, threads=threads, data=str(data)))
+        pending = [i for i, e in enumerate(engines) if e.get("accuracy") is None]
+        if pending:
+            progress(f"accuracy of {len(pending)} engine(s) on the test samples")
+        for i in pending:  # all at once: nothing is being timed now
+            workers[i].send("accuracy", batch=batch)
+        for i, (res, e) in enumerate(zip(results, engines)):
+            acc = workers[i].receive() if i in pending else e["accuracy"]
+            res.update({"test_accuracy": round(acc["accuracy"], 6), "accuracy_samples": acc["samples"], "accuracy_measured": i in pending})
+            if step:
+                step(e["id"], 1, 1 + repeats)
         rounds: list[dict[int, list[dict]]] = [{b: [] for b in batches} for _ in engines]
         runtime_rounds: list[list[dict]] = [[] for _ in engines]  # the runtime's own timer, batch 1
+        timed_runs = [runs] * len(engines)
         for r in range(repeats):
             for k in range(len(engines)):
                 i = (k + r) % len(engines)  # rotate the order every round
                 progress(f"round {r + 1}/{repeats}: {engines[i]['id']}")
                 for b in batches:
-                    timed = workers[i].call("time", batch=b, warmup=warmup, runs=runs)
+                    timed = workers[i].call("time", batch=b, warmup=warmup, runs=runs, max_seconds=ROUND_SECONDS)
+                    timed_runs[i] = min(timed_runs[i], timed["runs"])
                     rounds[i][b].append(summarize(timed["ns"]))
                     if b == 1 and timed["runtime_ns"]:
                         runtime_rounds[i].append(summarize(timed["runtime_ns"]))
-        for w, res, rs, rt in zip(workers, results, rounds, runtime_rounds):
+                if step:
+                    step(engines[i]["id"], 2 + r, 1 + repeats)
+        for w, res, rs, rt, n in zip(workers, results, rounds, runtime_rounds, timed_runs):
+            res["timed_runs"] = n
             res["latency_ms"] = combine_rounds(rs[1])
             res["runtime_latency_ms"] = combine_rounds(rt) if rt else None
             res["batch"] = batch
@@ -532,9 +571,9 @@ def measure(
             w.close()
 
 
-def measure_steps(n_engines: int, repeats: int) -> int:
-    """How many times :func:`measure` calls its ``progress``."""
-    return n_engines * (1 + repeats)
+def measure_steps(n_engines: int, repeats: int, *, accuracy: bool = True) -> int:
+    """How many times :func:`measure` calls its ``progress`` (``accuracy``: some engine measures it)."""
+    return n_engines * (1 + repeats) + int(accuracy)
 
 
 # --- on a board: python bench_bundle.py ---------------------------------------------------------------

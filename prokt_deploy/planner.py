@@ -10,6 +10,22 @@ input shape, classes, format, precision and exporter library versions.
 To stay fast, a candidate is only exported when its lower bound (weight elements times bytes
 per element) fits; the walk goes from the most capable candidate down and stops at the first
 that fits. ``exact=True`` measures every candidate (for ``plan --exact``).
+
+Latency (``target`` given, e.g. ``onnx`` or ``openvino:CPU``; implied as ``onnx`` by a latency budget):
+a smaller student is not always a faster one (a ResNet with 10 small convs, adds and pooling can be
+slower at batch 1 than a teacher made of a few big convs), so the planner also times, in the target
+runtime, the artifact of every candidate that fits the size budget at the deploy precision (an
+untrained copy with generic weights has the real graph) and the teacher's fp32 and int8 artifacts.
+The harness is ``bench``'s (:func:`prokt_deploy.measure.measure`: one worker process per engine, 1
+thread, warm-up, interleaved rounds, median of per-round p50s at batch 1); p50s are cached per machine
+fingerprint, candidate, input shape, target, precision and library versions
+(``artifact-latency.json`` next to the size cache). The choice rule (:func:`choose_by_latency`):
+
+1. with ``latency_budget_ms``: the most capable candidate that fits the size budget and whose p50 is
+   within the latency budget; none: :class:`~prokt_deploy.errors.BudgetError` naming the fastest;
+2. without one: the most capable fitting candidate that is faster than the teacher's fastest
+   artifact (its own int8 included); when no fitting candidate is, the most capable fitting one,
+   and the plan's note says plainly that no student beats the teacher on speed here.
 """
 
 from __future__ import annotations
@@ -24,7 +40,7 @@ import torch
 from torch import nn
 
 from prokt_deploy.budget import format_size
-from prokt_deploy.errors import BudgetError, ExportFailed
+from prokt_deploy.errors import BudgetError, ExportFailed, UsageError
 from prokt_deploy.models import count_macs, count_params, create_model, families, get_family
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
@@ -44,6 +60,7 @@ class Candidate:
     bytes: dict[str, int] = field(default_factory=dict)  # format -> measured artifact bytes
     fits: bool | None = None  # None: not decided (not measured, not needed)
     chosen: bool = False
+    latency_ms: float | None = None  # p50 at batch 1 in the plan's target runtime, when timed
 
     @property
     def estimated_bytes(self) -> int | None:
@@ -63,6 +80,9 @@ class Plan:
     teacher_bytes: int
     binding: bool
     note: str
+    target: str | None = None  # runtime[:device] the latencies were measured in
+    latency_budget_ms: float | None = None
+    teacher_latency_ms: dict[str, float] = field(default_factory=dict)  # "fp32"/"int8" -> p50 in the target
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -122,7 +142,7 @@ def _versions_key() -> str:
 
 def measure_artifact_bytes(
     model: nn.Module, label: str, fmt: str, precision: str, input_shape: tuple[int, ...], num_classes: int, cache: SizeCache | None = None,
-    example: torch.Tensor | None = None, vocab_size: int | None = None,
+    example: torch.Tensor | None = None, vocab_size: int | None = None, keep_dir: Path | None = None,
 ) -> int:
     """Exact bytes of ``model`` exported to ``fmt`` at ``precision`` (cached by ``label``).
 
@@ -140,14 +160,149 @@ def measure_artifact_bytes(
     try:
         extra = {"vocab_size": vocab_size} if vocab_size else {}
         ex = example if example is not None else torch.zeros(1, *input_shape)
-        size = exporters.measure_bytes(model, fmt, precision, example_input=ex, **extra)
+        size = exporters.measure_bytes(model, fmt, precision, example_input=ex, keep_dir=keep_dir, **extra)
     except exporters.ExportError as e:
         raise ExportFailed(f"cannot measure the {fmt} {precision} artifact of {label}: {e}") from None
     cache.put(key, size)
     return size
 
 
-def plan_student(
+#: Part of the latency-cache key (bump when the timing changes).
+LATENCY_VERSION = 1
+#: Timing settings of a planner latency: bench's harness, batch 1 only, fewer calls than bench.
+LATENCY_SETTINGS = {"threads": 1, "batch": 1, "runs": 100, "warmup": 20, "repeats": 3}
+TARGET_FORMATS = {"onnx": "onnx", "openvino": "openvino"}
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """``onnx``, ``onnx:CPU``, ``openvino`` or ``openvino:GPU`` -> (format, device)."""
+    fmt, _, device = target.partition(":")
+    fmt = fmt.strip().lower()
+    if fmt not in TARGET_FORMATS:
+        raise UsageError(f"unknown --target {target!r}; use onnx or openvino, optionally with :DEVICE (e.g. openvino:CPU)")
+    return fmt, (device.strip() or "CPU")
+
+
+def parse_latency(text: str | float) -> float:
+    """``0.2ms``, ``200us``, ``0.0002s`` or a bare number of milliseconds -> milliseconds (> 0)."""
+    raw = str(text).strip().lower()
+    for suffix, scale in (("ms", 1.0), ("us", 1e-3), ("µs", 1e-3), ("s", 1e3), ("", 1.0)):
+        if raw.endswith(suffix):
+            try:
+                value = float(raw[: len(raw) - len(suffix)] if suffix else raw) * scale
+            except ValueError:
+                break
+            if value > 0 and value != float("inf"):
+                return value
+            break
+    raise UsageError(f"--latency-budget {text!r} is not a positive latency; use e.g. 0.2ms, 200us or 0.2 (ms)")
+
+
+class LatencyCache(SizeCache):
+    """A JSON file of measured p50 latencies (ms), keyed with the machine's fingerprint id; safe to delete."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        root = Path(os.environ.get("PROKT_DEPLOY_CACHE", Path.home() / ".cache" / "prokt-deploy"))
+        super().__init__(path or root / "artifact-latency.json")
+
+
+def measure_latencies(models: dict[str, tuple[nn.Module, str]], target: str, *, example: torch.Tensor,
+                      cache: LatencyCache | None = None, key_extra: str = "", exported: dict[str, Path] | None = None) -> dict[str, float]:
+    """Batch-1 p50 (ms) of each labelled ``(model, precision)``'s artifact in ``target``, measured together
+    (interleaved rounds, so the ratios between them hold on a noisy machine).
+
+    Each model is exported as a copy with generic weights (:func:`exporters.size.generic_copy`: the real
+    graph, nothing special folded away; int8 calibrated on normal samples of ``example``'s shape, or for
+    text on ``example`` itself) and timed with :func:`prokt_deploy.measure.measure`, all candidates in
+    one interleaved measurement. Cached per machine fingerprint. ``exported``: label -> a directory that
+    already holds that artifact (the planner's size measurement), used instead of exporting again.
+    """
+    import numpy as np
+
+    import exporters
+    from exporters.size import generic_copy
+    from prokt_deploy import measure
+    from prokt_deploy.fingerprint import fingerprint
+
+    fmt, device = parse_target(target)
+    cache = cache if cache is not None else LatencyCache()
+    machine = fingerprint(runtimes=False)["id"]
+    shape = tuple(example.shape[1:])
+    keys = {label: f"v{LATENCY_VERSION}|{machine}|{label}|{shape}{key_extra}|{fmt}:{device}|{precision}|{LATENCY_SETTINGS}|{_versions_key()}"
+            for label, (_, precision) in models.items()}
+    result = {label: cache.get(k) for label, k in keys.items()}
+    todo = [label for label, v in result.items() if v is None]
+    if not todo:
+        return result  # type: ignore[return-value]
+    try:
+        targets = measure.resolve_device(device)
+    except measure.DeviceUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    text = not example.is_floating_point()
+    rng = np.random.default_rng(0)
+    x = example.numpy()
+    calibration = np.resize(x, (100, *shape)) if text else rng.standard_normal((100, *shape)).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="prokt-plan-latency-") as tmp:
+        engines = []
+        for i, label in enumerate(todo):
+            model, precision = models[label]
+            done = (exported or {}).get(label)
+            files = sorted(done.iterdir()) if done is not None and done.is_dir() else []
+            if not any(f.suffix in (".onnx", ".xml") for f in files):
+                try:
+                    files = exporters.export(generic_copy(model, 0).eval(), fmt, precision, Path(tmp) / str(i), example_input=example,
+                                             calibration=calibration if precision == "int8" else None).files
+                except exporters.ExportError as exc:
+                    raise ExportFailed(f"cannot export {label} to {fmt} {precision} to time it: {exc}") from None
+            main = next(f for f in files if f.suffix in (".onnx", ".xml"))
+            engines.append({"id": label, **measure.artifact_engine(fmt, main, targets), "accuracy": {"accuracy": 0.0, "samples": 0}})
+        data = Path(tmp) / "x.npz"
+        np.savez(data, x=np.resize(x, (8, *shape)), y=np.zeros(8, dtype=np.int64))
+        try:
+            rows = measure.measure(engines, data, **LATENCY_SETTINGS)
+        except measure.MeasureError as exc:
+            raise ExportFailed(f"cannot time the candidates in {target}: {exc}") from None
+    for label, row in zip(todo, rows):
+        result[label] = row["latency_ms"]["p50"]
+        cache.put(keys[label], result[label])
+    return result  # type: ignore[return-value]
+
+
+def choose_by_latency(fitting: list[Candidate], *, teacher_fastest_ms: float | None, latency_budget_ms: float | None) -> tuple[Candidate, str]:
+    """The latency rule of the module docstring over ``fitting`` (most capable first, each timed).
+
+    Returns the choice and a note; raises BudgetError when a latency budget leaves nothing.
+    """
+    if latency_budget_ms is not None:
+        within = [c for c in fitting if c.latency_ms is not None and c.latency_ms <= latency_budget_ms]
+        if not within:
+            fastest = min(fitting, key=lambda c: c.latency_ms if c.latency_ms is not None else float("inf"))
+            raise BudgetError(f"no student that fits the size budget runs within {latency_budget_ms:g} ms: the fastest, {fastest.arch}, "
+                              f"takes {fastest.latency_ms:.4f} ms (p50, batch 1); raise --latency-budget or the size budget")
+        return within[0], f"the most capable student within {latency_budget_ms:g} ms (p50 {within[0].latency_ms:.4f} ms)"
+    if teacher_fastest_ms is None:
+        return fitting[0], "the most capable student that fits"
+    faster = [c for c in fitting if c.latency_ms is not None and c.latency_ms < teacher_fastest_ms]
+    if faster:
+        c = faster[0]
+        skipped = fitting.index(c)
+        return c, (f"the most capable fitting student faster than the teacher's fastest artifact ({teacher_fastest_ms:.4f} ms): "
+                   f"p50 {c.latency_ms:.4f} ms" + (f"; {skipped} more capable one(s) were slower than the teacher" if skipped else ""))
+    return fitting[0], (f"NO student that fits is faster than the teacher's fastest artifact ({teacher_fastest_ms:.4f} ms; the fastest "
+                        f"fitting student takes {min(c.latency_ms for c in fitting if c.latency_ms is not None):.4f} ms): "
+                        "chose the most capable that fits; distilling buys size here, not speed")
+
+
+def plan_student(budget_bytes: int, **kwargs) -> Plan:  # noqa: ANN003 - the keywords of _plan_student
+    """Choose the student; raise BudgetError when none fits (see :func:`_plan_student` for the keywords).
+    When timing, the artifacts the size measurement exports are kept in a temporary directory and timed."""
+    if kwargs.get("target") is None and kwargs.get("latency_budget_ms") is None:
+        return _plan_student(budget_bytes, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="prokt-plan-") as tmp:
+        return _plan_student(budget_bytes, keep_root=Path(tmp), **kwargs)
+
+
+def _plan_student(
     budget_bytes: int,
     *,
     family: str,
@@ -163,6 +318,11 @@ def plan_student(
     student_arch: str | None = None,
     exact: bool = False,
     cache: SizeCache | None = None,
+    target: str | None = None,
+    latency_budget_ms: float | None = None,
+    candidates: list[str] | None = None,
+    latency_cache: LatencyCache | None = None,
+    keep_root: Path | None = None,
 ) -> Plan:
     """Choose the student; raise BudgetError when none fits.
 
@@ -170,11 +330,21 @@ def plan_student(
     smaller than the teacher. When the budget is at least the teacher's own artifact, the budget
     does not bind and the student is the most capable one with at most ``max_teacher_fraction``
     of the teacher's parameters.
+
+    ``target`` / ``latency_budget_ms``: time the fitting candidates and choose by the latency rule of
+    the module docstring (a latency budget without a target times in onnx). ``candidates`` replaces
+    the family's candidate list (names of any registered family).
     """
     formats = list(formats)
     cache = cache if cache is not None else SizeCache()
+    if latency_budget_ms is not None and not latency_budget_ms > 0:
+        raise UsageError(f"--latency-budget must be a positive number of milliseconds, got {latency_budget_ms}")
+    if latency_budget_ms is not None and target is None:
+        target = "onnx"
+    if target is not None:
+        parse_target(target)
     fam = get_family(family)
-    names = [student_arch] if student_arch else fam.candidates()
+    names = [student_arch] if student_arch else (list(candidates) if candidates else fam.candidates())
     model_kwargs = model_kwargs if model_kwargs is not None else {"in_channels": input_shape[0]}
     vocab_size = model_kwargs.get("vocab_size")
     cands = []
@@ -187,8 +357,12 @@ def plan_student(
     # but no depth), then MACs.
     cands.sort(key=lambda mc: (_capacity(mc[0]), mc[1].macs), reverse=True)
 
+    def kept(label: str, fmt: str) -> Path | None:
+        return keep_root / label.replace("/", "_").replace(":", "_") / f"{fmt}-{precision}" if keep_root is not None else None
+
     def measure(model: nn.Module, label: str) -> dict[str, int]:
-        return {f: measure_artifact_bytes(model, label, f, precision, input_shape, num_classes, cache, example, vocab_size) for f in formats}
+        return {f: measure_artifact_bytes(model, label, f, precision, input_shape, num_classes, cache, example, vocab_size, kept(label, f))
+                for f in formats}
 
     teacher_params = count_params(teacher)
     teacher_label = teacher_arch if _is_registered(teacher_arch) else f"custom:{teacher_arch}:{teacher_params}"
@@ -207,8 +381,9 @@ def plan_student(
     limit = teacher_capacity * (1.0 if binding else max_teacher_fraction)
 
     chosen = None
+    timing = target is not None and student_arch is None
     for model, c in cands:
-        if exact or chosen is None:
+        if exact or chosen is None or timing:
             if c.lower_bound_bytes <= budget_bytes or exact:
                 c.bytes = measure(model, c.arch)
             if chosen is None:
@@ -235,6 +410,33 @@ def plan_student(
             f"{format_size(need)} ({need} B); use --budget {need}B or larger"
         )
 
+    latency_note, teacher_latency = "", {}
+    if timing:
+        # every candidate that fits is timed (the walk above measured all sizes); the size rule's choice is
+        # the most capable of them, the latency rule may pick a less capable but faster one
+        small = [(m, c) for m, c in cands if c.bytes and c.estimated_bytes <= budget_bytes and (_capacity(m) < limit or c is chosen)]
+        if chosen is not None and small:
+            small = small[[c for _, c in small].index(chosen):]  # the size rule's choice and everything less capable
+            models = {c.arch: (m, precision) for m, c in small}
+            for p_name in ("fp32", "int8"):  # the teacher's own artifacts: what the student must beat
+                models[f"teacher:{teacher_label}:{p_name}"] = (teacher, p_name)
+            key_extra = f"|{num_classes}" + (f"|vocab{vocab_size}" if vocab_size else "")
+            ex = example[:1] if example is not None else torch.zeros(1, *input_shape)
+            fmt = parse_target(target)[0]
+            exported = {c.arch: d for _, c in small if (d := kept(c.arch, fmt)) is not None}
+            lat = measure_latencies(models, target, example=ex, cache=latency_cache, key_extra=key_extra, exported=exported)
+            teacher_latency = {p_name: round(lat[f"teacher:{teacher_label}:{p_name}"], 6) for p_name in ("fp32", "int8")}
+            for _, c in small:
+                c.latency_ms = round(lat[c.arch], 6)
+            for c in (c for _, c in cands):
+                c.chosen = False
+            pick, latency_note = choose_by_latency([c for _, c in small], teacher_fastest_ms=min(teacher_latency.values()),
+                                                   latency_budget_ms=latency_budget_ms)
+            pick.chosen = True
+            chosen = pick
+            for _, c in small:
+                if latency_budget_ms is not None and c.latency_ms > latency_budget_ms:
+                    c.fits = False
     if binding and not teacher_exact:
         note = (f"budget {format_size(budget_bytes)} binds (the teacher's {precision} weights alone are "
                 f"{format_size(teacher_bytes)}): chose the most capable student that fits")
@@ -246,7 +448,10 @@ def plan_student(
             f"{format_size(teacher_bytes)}): chose the most capable student with at most "
             f"{max_teacher_fraction:.0%} of the teacher's parameters"
         )
-    return Plan(budget_bytes, precision, formats, [c for _, c in cands], chosen, teacher_arch, teacher_params, teacher_bytes, binding, note)
+    if latency_note:
+        note += f"; latency in {target}: {latency_note}"
+    return Plan(budget_bytes, precision, formats, [c for _, c in cands], chosen, teacher_arch, teacher_params, teacher_bytes, binding, note,
+                target=target, latency_budget_ms=latency_budget_ms, teacher_latency_ms=teacher_latency)
 
 
 def _capacity(model: nn.Module) -> int:

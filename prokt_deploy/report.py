@@ -17,30 +17,38 @@ report.json, schema_version 1
 
   - ``id`` ("model/format/precision", device rows end in "@<fingerprint id>"), ``model`` ("teacher" |
     "student"), ``format`` ("pytorch" | "onnx" | "openvino"), ``precision`` ("fp32" | "fp16" | "int8"),
-    ``kind`` ("reference": PyTorch and the fp32 exports the bench made; "artifact": a passed artifact
-    of the run; "device": measured on another machine and merged);
+    ``kind`` ("reference": PyTorch, the fp32 exports and the teacher's int8 artifacts the bench made;
+    "artifact": a passed artifact of the run; "device": measured on another machine and merged);
   - ``runtime`` (name and version), ``device`` (OpenVINO device / onnxruntime provider / "cpu"),
     ``engine_config`` (thread and stream settings as the runtime reports them);
   - ``files`` (relative to the run, or to the bundle for device rows), ``bytes`` (all files);
-  - ``test_accuracy`` (0..1), ``accuracy_samples``, ``accuracy_drop_vs_teacher`` (percentage points
-    below the baseline row; ``null`` without a teacher);
+  - ``test_accuracy`` (0..1), ``accuracy_samples``, ``accuracy_measured`` (false: the value recorded
+    on the same test split by export or training was reused), ``accuracy_drop_vs_teacher`` (percentage
+    points below the baseline row; ``null`` without a teacher);
   - ``latency_ms`` at batch 1 and ``batch_latency_ms`` at ``batch``: ``p50``, ``p90``, ``p99``,
     ``mean``, ``std`` in milliseconds of wall-clock time around one inference call made from Python,
     each the median over rounds of the per-round statistic; ``runtime_latency_ms``: the same at
     batch 1 by the runtime's own timer (OpenVINO's ``InferRequest.latency``, what its benchmark_app
     reports; ``null`` for other runtimes);
-    ``rounds_p50_ms`` (each round's batch-1 p50); ``throughput`` (samples/s at ``batch``, from its p50);
+    ``rounds_p50_ms`` (each round's batch-1 p50); ``timed_runs`` (fewest timed calls in a round: a slow
+    engine gets fewer); ``throughput`` (samples/s at ``batch``, from its p50);
   - ``load_s`` (session creation / model compilation), ``peak_mem_mb`` (peak RSS of the worker over
     load and runs minus its RSS before the load);
   - ``speedup_vs_teacher`` and ``batch_speedup_vs_teacher`` (baseline p50 / row p50), and
     ``speedup_vs_teacher_pytorch``;
-  - artifact rows: ``passed``, ``within_budget``, ``budget_bytes``; device rows: ``fingerprint_id``.
+  - artifact rows and the bench's exports (teacher ONNX fp32, teacher int8, student fp32):
+    ``within_budget``, ``budget_bytes``; artifact rows: ``passed``; device rows: ``fingerprint_id``.
 - ``not_benchmarked``: artifacts of the manifest that failed their export gates (``id``, ``format``,
   ``precision``, ``failures``); they have no files and no row.
 - ``int8``: per int8 artifact, ``artifact``, ``counterpart`` (the fp32 row of its format),
   ``speedup``, ``batch_speedup``, ``faster``, ``verdict``, ``causes`` (list of sentences, filled when
   int8 is not faster) and ``executed_graph`` (int8 / float compute layers, conversion nodes).
-- ``recommendation``: ``{"id", "reason"}`` of the fastest artifact that passes the accuracy gate, or null.
+- ``recommendation``: ``{"id", "reason"}`` of the fastest student file (a passed artifact or a student
+  fp32 export) within the size budget and the accuracy gate, or null.
+- ``versus_teacher``: does the recommended student beat the teacher's fastest artifact (ONNX fp32 or
+  its own int8)? ``teacher_artifact``, ``student_artifact``, ``speedup``, ``batch_speedup``,
+  ``size_ratio``, ``beats_on_speed``, ``beats_on_size``, ``teacher_int8`` (``id``, ``bytes``,
+  ``within_budget``), ``verdict``; null without a teacher or a recommendation.
 - ``gates``: per gate that was set, ``name``, ``limit``, ``value``, ``artifact``, ``passed``, ``message``.
 - ``devices``: per merged device fingerprint id: ``fingerprint``, ``settings``, ``created``, ``skipped``.
 """
@@ -138,7 +146,8 @@ def _num(value: float | None, fmt: str = ".4f", suffix: str = "") -> str:
 def table_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the results table (used by the Markdown report and the terminal)."""
     batch = rep["settings"]["batch"]
-    header = ["row", "runtime", "accuracy", "p50 ms", "p90 ms", "p99 ms", f"b{batch} p50 ms", "samples/s", "size", "load s", "peak MB", "vs teacher"]
+    header = ["row", "runtime", "accuracy", "p50 ms", "p90 ms", "p99 ms", f"b{batch} p50 ms", "samples/s", "size", "fits", "load s", "peak MB",
+              "vs teacher"]
     cells = []
     for r in rep["rows"]:
         lat, blat = r["latency_ms"], r["batch_latency_ms"]
@@ -146,10 +155,18 @@ def table_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
         cells.append([
             r["id"] + mark, r["runtime"] + ("" if r["device"] in CPU_DEVICES else f" ({r['device']})"), _num(r["test_accuracy"]),
             _num(lat["p50"]), _num(lat["p90"]), _num(lat["p99"]), _num(blat["p50"]), _num(r.get("throughput"), ".0f"),
-            format_size(r["bytes"]) if r.get("bytes") is not None else "-", _num(r.get("load_s"), ".3f"), _num(r.get("peak_mem_mb"), ".1f"),
+            format_size(r["bytes"]) if r.get("bytes") is not None else "-", {True: "yes", False: "no"}.get(r.get("within_budget"), "-"),
+            _num(r.get("load_s"), ".3f"), _num(r.get("peak_mem_mb"), ".1f"),
             _num(r.get("speedup_vs_teacher"), ".2f", "x"),
         ])
     return header, cells
+
+
+def versus_line(v: dict) -> str:
+    """One sentence: does the student beat the teacher's fastest artifact on speed, on size, on both?"""
+    wins = [w for w, ok in (("speed", v["beats_on_speed"]), ("size", v["beats_on_size"])) if ok]
+    head = f"the student beats the teacher on {' and '.join(wins)}" if wins else "the student does NOT beat the teacher on speed or size"
+    return f"{head}: {v['verdict']}"
 
 
 def _machine_line(fp: dict) -> str:
@@ -206,6 +223,9 @@ def render_markdown(rep: dict) -> str:
     rec = rep.get("recommendation")
     out.append(f"**Recommended artifact: `{rec['id']}`** -- {rec['reason']}." if rec else "**No artifact to recommend**: the run has no passed artifact within the accuracy gate.")
     out.append("")
+    if rep.get("versus_teacher"):
+        out.append(f"**Versus the teacher's own artifacts**: {versus_line(rep['versus_teacher'])}.")
+        out.append("")
     out.append(f"## Results (latency at batch 1, throughput at batch {s['batch']}; {s['threads']} thread(s), device {s['device']})")
     out.append("")
     header, cells = table_rows(rep)
@@ -214,7 +234,8 @@ def render_markdown(rep: dict) -> str:
     out += ["| " + " | ".join(c) + " |" for c in cells]
     out.append("")
     out.append(f"`*` recommended. Speed-ups are relative to `{s['baseline']}`. Each latency statistic is the median over "
-               f"{s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls; every engine ran in its own process.")
+               f"{s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls (fewer for an engine slower than "
+               f"{measure.ROUND_SECONDS:g} s per round: its `timed_runs` in report.json); every engine ran in its own process.")
     for note in s.get("fallbacks", []):
         out.append(f"Note: {note}.")
     for a in rep.get("not_benchmarked", []):
@@ -376,6 +397,8 @@ def render_html(rep: dict) -> str:
             f"Written {esc(rep['created'])}.</p>",
             f"<p><b>Recommended artifact: <code>{esc(rec['id'])}</code></b> &mdash; {esc(rec['reason'])}.</p>" if rec
             else "<p><b>No artifact to recommend</b>: the run has no passed artifact within the accuracy gate.</p>"]
+    if rep.get("versus_teacher"):
+        body.append(f"<p><b>Versus the teacher's own artifacts</b>: {esc(versus_line(rep['versus_teacher']))}.</p>")
     body.append('<div class="plots">')
     body.append(svg_scatter(rows))
     body.append(svg_bars(rows, [r["latency_ms"]["p50"] for r in rows], base["latency_ms"]["p50"] if base else None,

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import RECIPES
 from prokt_deploy import int8_diagnosis, measure
-from prokt_deploy.benchmark import BASELINE, evaluate_gates, recommend, relative_to_baseline
+from prokt_deploy.benchmark import BASELINE, evaluate_gates, recommend, relative_to_baseline, versus_teacher
 
 DIGITS = str(RECIPES / "digits.yaml")
 FAST = ["--runs", "20", "--warmup", "3", "--repeats", "2", "--batch", "8"]
@@ -62,7 +62,8 @@ def test_run_end_to_end_on_digits(run_dir):
     assert passed == {("onnx", "int8"), ("openvino", "int8")}
     report = json.loads((out / "report.json").read_text())
     assert all(g["passed"] for g in report["gates"]) and len(report["gates"]) == 2
-    assert report["recommendation"]["id"] in {"student/onnx/int8", "student/openvino/int8"}
+    # a passed artifact or the student's fp32 file of its format (the fastest wins; without VNNI that can be fp32)
+    assert report["recommendation"]["id"] in {f"student/{f}/{p}" for f in ("onnx", "openvino") for p in ("int8", "fp32")}
     # results on stdout (the table), the one progress display on stderr
     assert "student/onnx/int8" in proc.stdout and "teacher/onnx/fp32" in proc.stdout
     assert "run" in proc.stderr and "prokt" in proc.stderr
@@ -76,8 +77,8 @@ def test_report_schema_rows_and_percentiles(run_dir):
     ids = [r["id"] for r in report["rows"]]
     # every engine: teacher in PyTorch and as the ONNX baseline, the student in PyTorch, the fp32
     # counterparts the bench exports for the int8 comparison, and every passed artifact
-    assert ids == ["teacher/pytorch/fp32", "teacher/onnx/fp32", "student/pytorch/fp32", "student/onnx/fp32",
-                   "student/openvino/fp32", "student/onnx/int8", "student/openvino/int8"]
+    assert ids == ["teacher/pytorch/fp32", "teacher/onnx/fp32", "teacher/onnx/int8", "teacher/openvino/int8", "student/pytorch/fp32",
+                   "student/onnx/fp32", "student/openvino/fp32", "student/onnx/int8", "student/openvino/int8"]
     runtimes = {r["id"]: r["runtime"].split()[0] for r in report["rows"]}
     assert runtimes["teacher/pytorch/fp32"] == "torch" and runtimes["student/openvino/int8"] == "openvino"
     for row in report["rows"]:
@@ -97,10 +98,47 @@ def test_report_schema_rows_and_percentiles(run_dir):
     fp = report["fingerprint"]
     assert fp["cpu"]["logical_cores"] >= 1 and isinstance(fp["cpu"]["flags"], list) and fp["versions"]["onnxruntime"]
     assert {f["artifact"] for f in report["int8"]} == {"student/onnx/int8", "student/openvino/int8"}
+    # accuracy is measured once per artifact: what export and training recorded on the test split is reused
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_id = {r["id"]: r for r in report["rows"]}
+    for a in manifest["artifacts"]:
+        row = by_id[f"student/{a['format']}/{a['precision']}"]
+        assert row["accuracy_measured"] is False and row["test_accuracy"] == pytest.approx(a["test_accuracy"])
+    assert by_id["teacher/pytorch/fp32"]["accuracy_measured"] is False
+    assert by_id["student/onnx/fp32"]["accuracy_measured"] is True
+    assert all(1 <= r["timed_runs"] <= 20 for r in report["rows"])
     for f in report["int8"]:
         assert f["counterpart"] == f["artifact"].replace("int8", "fp32")
         assert f["faster"] or f["causes"], f  # not faster -> the report says why
         assert f["executed_graph"]["int8_layers"] > 0
+
+
+def test_teacher_int8_rows_and_the_verdict_against_them(run_dir):
+    """The teacher's own int8 (ONNX and OpenVINO, the student's quantizers and gate) is benchmarked, marked
+    whether it fits the budget, and the report says whether the student beats the teacher's fastest artifact."""
+    out, _ = run_dir
+    report = json.loads((out / "report.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    teacher_int8 = [r for r in report["rows"] if r["model"] == "teacher" and r["precision"] == "int8"]
+    assert {r["format"] for r in teacher_int8} == {"onnx", "openvino"}
+    teacher_fp32 = next(r for r in report["rows"] if r["id"] == "teacher/onnx/fp32")
+    for row in teacher_int8:
+        assert row["kind"] == "reference" and row["budget_bytes"] == manifest["budget_bytes"]
+        assert row["within_budget"] is (row["bytes"] <= manifest["budget_bytes"])
+        assert row["bytes"] < teacher_fp32["bytes"]  # really int8
+        gate = json.loads((out / "artifacts" / f"teacher-{row['format']}-int8" / "gate.json").read_text())
+        assert gate["passed"] and gate["accuracy_drop"] <= gate["max_accuracy_drop"] == 1.0
+        assert row["test_accuracy"] == pytest.approx(gate["test_accuracy"]) and row["accuracy_measured"] is False
+    assert report["recommendation"]["id"].startswith("student/")  # the teacher is the baseline, never the recommendation
+    v = report["versus_teacher"]
+    teacher_rows = [r for r in report["rows"] if r["model"] == "teacher" and r["format"] != "pytorch"]
+    assert v["teacher_artifact"] == min(teacher_rows, key=lambda r: r["latency_ms"]["p50"])["id"]
+    assert v["student_artifact"] == report["recommendation"]["id"]
+    assert v["beats_on_speed"] == (v["speedup"] >= 1.0) and v["beats_on_size"] == (v["size_ratio"] > 1.0)
+    assert {t["id"] for t in v["teacher_int8"]} == {r["id"] for r in teacher_int8}
+    md = (out / "report.md").read_text()
+    assert "Versus the teacher's own artifacts" in md and v["teacher_artifact"] in md
+    assert "| fits |" in md
 
 
 def test_html_report_is_self_contained(run_dir):
@@ -150,7 +188,8 @@ def test_bundle_benchmarks_without_torch_and_merges_back(run_dir, tmp_path):
     assert spec["samples"] == 200 and len(spec["classes"]) == 10 and spec["input"]["shape"] == [None, 1, 8, 8]
     with np.load(bundle / "samples.npz") as f:
         assert f["x"].shape == (200, 1, 8, 8) and f["x"].dtype == np.float32 and f["y"].shape == (200,)
-    assert {a["id"] for a in spec["artifacts"]} == {"teacher/onnx/fp32", "student/onnx/int8", "student/openvino/int8"}
+    assert {a["id"] for a in spec["artifacts"]} == {"teacher/onnx/fp32", "teacher/onnx/int8", "teacher/openvino/int8", "student/onnx/fp32",
+                                                    "student/openvino/fp32", "student/onnx/int8", "student/openvino/int8"}
 
     shim = tmp_path / "shim"
     shim.mkdir()
@@ -195,7 +234,7 @@ def _row(row_id: str, kind: str, p50: float, acc: float, *, batch_p50: float | N
     stats = {"p50": p50, "p90": p50, "p99": p50, "mean": p50, "std": 0.0}
     batch_stats = {**stats, "p50": batch_p50 if batch_p50 is not None else p50 * batch}
     return {"id": row_id, "model": model, "format": fmt, "precision": precision, "kind": kind, "latency_ms": stats,
-            "batch_latency_ms": batch_stats, "batch": batch, "test_accuracy": acc}
+            "batch_latency_ms": batch_stats, "batch": batch, "test_accuracy": acc, "bytes": 1000}
 
 
 def _with_relative(rows: list[dict]) -> list[dict]:
@@ -212,11 +251,22 @@ def test_summary_statistics_are_ordered_medians_over_rounds():
 
 
 def test_recommendation_and_gates():
-    rows = _with_relative([_row("teacher/onnx/fp32", "reference", 1.0, 0.90), _row("student/onnx/fp32", "reference", 0.1, 0.85),
+    rows = _with_relative([_row("teacher/onnx/fp32", "reference", 1.0, 0.90), _row("teacher/onnx/int8", "reference", 0.05, 0.90),
+                           _row("student/pytorch/fp32", "reference", 0.01, 0.90), _row("student/onnx/fp32", "reference", 0.1, 0.85),
                            _row("student/onnx/int8", "artifact", 0.2, 0.80), _row("student/openvino/int8", "artifact", 0.4, 0.89)])
-    assert recommend(rows, None)["id"] == "student/onnx/int8"  # references are never recommended
+    rows[3].update(within_budget=False, budget_bytes=1000)
+    rec = recommend(rows, None)
+    assert rec["id"] == "student/onnx/int8"  # never a teacher or PyTorch row; the faster fp32 file is over the budget
+    assert "student/onnx/fp32 is faster" in rec["reason"] and "over the budget of 1,000 B" in rec["reason"]
     assert recommend(rows, 5.0)["id"] == "student/openvino/int8"  # the fastest within the accuracy gate
     assert recommend(rows, 0.5) is None
+    rows[3]["within_budget"] = True  # a student fp32 file within the budget, faster than int8: recommended, and why
+    int8 = [{"artifact": "student/onnx/int8", "counterpart": "student/onnx/fp32", "speedup": 0.5, "faster": False}]
+    rec = recommend(rows, None, int8)
+    assert rec["id"] == "student/onnx/fp32" and "the int8 file runs at 0.50x its speed" in rec["reason"]
+    v = versus_teacher(rows, rec)
+    assert v["teacher_artifact"] == "teacher/onnx/int8" and not v["beats_on_speed"] and v["speedup"] == pytest.approx(0.5)
+    rows[3]["within_budget"] = False
 
     gates = evaluate_gates(rows, recommend(rows, 5.0), max_latency_ms=0.3, max_accuracy_drop=5.0, min_speedup=3.0)
     assert {g["name"]: g["passed"] for g in gates} == {"max_accuracy_drop": True, "max_latency_ms": False, "min_speedup": False}

@@ -191,6 +191,48 @@ def test_every_family_exports_every_format_and_precision(family: str, digits_arr
             assert report.passed, (arch, fmt, precision, report.failures)
 
 
+
+class _PooledTeacher(torch.nn.Module):
+    """A user-style teacher: conv stack, ``AdaptiveAvgPool2d(1)`` + ``Flatten``, linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        )
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("arch", [*sorted(fam.candidates()[0] for fam in families().values() if fam.modality == "image"),
+                                  "pooled-teacher"])
+def test_int8_onnx_runs_in_int8_in_onnxruntime(arch: str, digits_arrays, single_thread, tmp_path: Path) -> None:
+    """Every Conv/Gemm/MatMul of the int8 ONNX file runs as an int8 kernel in onnxruntime's optimized graph,
+    and nothing (residual Add, pooling) runs in float between DequantizeLinear and QuantizeLinear.
+
+    Weights need not be trained for the graph to be right, but must not be special (a zero BN bias is
+    dropped): the generic copy the size measurement uses.
+    """
+    from exporters.size import generic_copy
+    from prokt_deploy.int8_diagnosis import onnxruntime_executed_graph
+
+    x_train = digits_arrays[0]
+    model = _PooledTeacher() if arch == "pooled-teacher" else create_model(arch, num_classes=10, in_channels=1)
+    model = generic_copy(model.eval(), 0).eval()
+    art = exporters.export(model, "onnx", "int8", tmp_path, example_input=x_train[:2], calibration=x_train[:64].numpy())
+    graph = onnxruntime_executed_graph(art.files[0], providers=["CPUExecutionProvider"], threads=1)
+    compute = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+    assert graph["float_layers"] == [], graph
+    assert graph["float_ops_between_qdq"] == [], graph
+    assert graph["int8_layers"] == compute, graph
+    # one QuantizeLinear for the input, one DequantizeLinear for the logits: no float islands in between
+    assert graph["conversions"].get("QuantizeLinear") == 1 and graph["conversions"].get("DequantizeLinear") == 1, graph
+
+
 # --- the real CLI in a subprocess -------------------------------------------------------------------
 
 

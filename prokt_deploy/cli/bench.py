@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from prokt_deploy import measure
@@ -16,7 +17,7 @@ from prokt_deploy.bundle import DEFAULT_SAMPLES, write_bundle
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json
 from prokt_deploy.errors import UsageError
-from prokt_deploy.report import REPORT_HTML, REPORT_JSON, REPORT_MD, table_rows
+from prokt_deploy.report import REPORT_HTML, REPORT_JSON, REPORT_MD, table_rows, versus_line
 
 D = measure.DEFAULTS
 RunArg = Annotated[Optional[Path], typer.Argument(help="Run directory (default: the latest run, runs/latest).", show_default=False)]
@@ -29,6 +30,22 @@ TargetOpt = Annotated[str, typer.Option("--device", help="CPU, GPU, NPU, AUTO or
 MaxLatencyOpt = Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: the recommended artifact's batch-1 p50 latency, ms.")]
 MaxDropOpt = Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: test accuracy below the teacher, percentage points.")]
 MinSpeedupOpt = Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: batch-1 speed-up of the recommended artifact over the teacher's ONNX fp32.")]
+
+
+class EngineBars:
+    """bench's ``progress``: status text to ``status``, and one bar per engine in ``display`` (its load and
+    accuracy, then each timing round; see :func:`prokt_deploy.measure.measure`)."""
+
+    def __init__(self, display: Progress, status) -> None:  # noqa: ANN001 - Callable[[str], None]
+        self._display, self._status, self._bars = display, status, {}
+
+    def __call__(self, text: str) -> None:
+        self._status(text)
+
+    def step(self, engine_id: str, done: int, total: int) -> None:
+        if engine_id not in self._bars:
+            self._bars[engine_id] = self._display.add_task(engine_id, total=total, stats="")
+        self._display.update(self._bars[engine_id], completed=done)
 
 
 def bench(
@@ -54,9 +71,13 @@ def bench(
             raise UsageError("--merge only adds device rows to the existing report; gates are checked when measuring (run bench without --merge)")
         show_report(merge_device_results(run, merge), as_json)
         return
-    with err.status("bench", spinner="dots") as status:  # transient: nothing is left on a non-terminal stderr
+    display = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                       console=err, transient=True)  # transient: nothing is left on a non-terminal stderr
+    with display:
+        line = display.add_task("bench", total=None, stats="")
+        bars = EngineBars(display, lambda text: display.update(line, stats=text))
         rep = run_bench(run, threads=threads, batch=batch, runs=runs, warmup=warmup, repeats=repeats, device=device,
-                        max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, progress=status.update)
+                        max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, progress=bars)
     show_report(rep, as_json)
     check_gates(rep)
 
@@ -77,6 +98,8 @@ def show_report(rep: dict, as_json: bool) -> None:
     # piped or redirected: Rich would squeeze the table into 80 columns; print it at its natural width
     (out if out.is_terminal else Console(file=out.file, width=200)).print(table)
     out.print(f"speed-ups vs {s['baseline']}; * = recommended" + (f": {rec['id']} ({rec['reason']})" if rec else ": none (no passed artifact within the accuracy gate)"))
+    if rep.get("versus_teacher"):
+        out.print(f"versus the teacher's own artifacts: {versus_line(rep['versus_teacher'])}")
     for a in rep.get("not_benchmarked", []):
         out.print(f"not benchmarked: {a['id']} failed its export gates ({'; '.join(a['failures'])})")
     for f in rep["int8"]:

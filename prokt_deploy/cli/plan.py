@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from prokt_deploy.api import plan as run_plan
 from prokt_deploy.budget import format_size
+from prokt_deploy.planner import parse_latency, parse_target
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import out, print_json
 
@@ -21,23 +22,30 @@ def plan(
     teacher_factory: o.TeacherFactoryOpt = None,
     student: o.StudentOpt = None,
     exact: Annotated[bool, typer.Option("--exact", help="Measure every candidate's artifact, not only those needed to decide.")] = False,
+    latency_budget: Annotated[Optional[str], typer.Option("--latency-budget", help="Keep only students whose batch-1 p50 in --target is within it, e.g. 0.2ms (times every fitting candidate).")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="Time the fitting candidates and the teacher in this runtime: onnx or openvino[:DEVICE] (default with --latency-budget: onnx).")] = None,
     as_json: o.JsonOpt = False,
 ) -> None:
-    """Show the student candidates (params, MACs, artifact bytes) and mark the one that fits."""
+    """Show the student candidates (params, MACs, artifact bytes, latency with --target) and mark the chosen one."""
+    latency_ms = parse_latency(latency_budget) if latency_budget is not None else None
+    if target is not None:
+        parse_target(target)
     r = o.resolve_recipe(recipe, budget=budget, data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_factory=teacher_factory, student=student)
-    p = run_plan(r, exact=exact)
+    p = run_plan(r, exact=exact, target=target, latency_budget_ms=latency_ms)
     if as_json:
         print_json(p.to_dict())
         return
     table = Table(title=f"students of '{r.student.family}' for {format_size(p.budget_bytes)} at {p.precision} ({', '.join(p.formats)})")
-    for col in ("", "arch", "params", "MACs", *[f"{f} bytes" for f in p.formats], "fits"):
+    for col in ("", "arch", "params", "MACs", *[f"{f} bytes" for f in p.formats], *(["p50 ms"] if p.target else []), "fits"):
         table.add_column(col, justify="right" if col not in ("", "arch") else "left", no_wrap=True)
     for c in p.candidates:
         fits = {True: "yes", False: "no", None: "-"}[c.fits]
         if not c.bytes and c.lower_bound_bytes > p.budget_bytes:
             fits = "no (weights)"
         sizes = [format_size(c.bytes[f]) if f in c.bytes else "-" for f in p.formats]
-        table.add_row("->" if c.chosen else "", c.arch, f"{c.params:,}", f"{c.macs:,}", *sizes, fits, style="bold green" if c.chosen else None)
+        latency = ([f"{c.latency_ms:.4f}" if c.latency_ms is not None else "-"] if p.target else [])
+        table.add_row("->" if c.chosen else "", c.arch, f"{c.params:,}", f"{c.macs:,}", *sizes, *latency, fits, style="bold green" if c.chosen else None)
     out.print(table)
-    out.print(f"teacher {p.teacher_arch}: {p.teacher_params:,} params, {format_size(p.teacher_bytes)} at {p.precision}")
+    out.print(f"teacher {p.teacher_arch}: {p.teacher_params:,} params, {format_size(p.teacher_bytes)} at {p.precision}"
+              + (f"; p50 in {p.target}: " + ", ".join(f"{k} {v:.4f} ms" for k, v in p.teacher_latency_ms.items()) if p.teacher_latency_ms else ""))
     out.print(p.note)

@@ -53,6 +53,11 @@ class PipelineProgress(RichProgress):
         self._display.update(self._stages, completed=index, description=f"run {index + 1}/{len(STAGES)}", stats=name)
         self._clear_status()
 
+    @property
+    def display(self) -> Progress:
+        """The shared display (bench adds one bar per engine to it)."""
+        return self._display
+
     def status(self, text: str) -> None:
         """The library's ``progress(text)`` callback (export, bench): one status line under the stages."""
         if self._status is None:
@@ -122,7 +127,8 @@ def run(
             export_failure = exc
         progress.stage("bench")
         rep = bench(result.path, threads=threads, batch=batch, runs=runs, warmup=warmup, repeats=repeats, device=bench_device,
-                    max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, progress=progress.status)
+                    max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup,
+                    progress=b.EngineBars(progress.display, progress.status))
     b.show_report(rep, as_json)
     check_gates(rep)
     planned_failed = [a for a in rep["not_benchmarked"] if a["format"] in r.budget.formats]

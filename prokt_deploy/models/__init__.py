@@ -24,6 +24,7 @@ from prokt_deploy.models import resnet as _resnet  # noqa: F401
 from prokt_deploy.models import text as _text  # noqa: F401
 from prokt_deploy.models import vgg as _vgg  # noqa: F401
 from prokt_deploy.models import external as _external  # noqa: F401
+from prokt_deploy.models import wide as _wide  # noqa: F401
 
 __all__ = [
     "Family",

@@ -1,0 +1,61 @@
+"""Latency in the planner: fitting candidates timed in the target runtime with bench's harness, the
+latency budget, the never-slower-than-the-teacher rule, the per-machine cache. Ratios only, never times."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from prokt_deploy.errors import BudgetError, UsageError
+from prokt_deploy.models import create_model
+from prokt_deploy.planner import Candidate, LatencyCache, SizeCache, choose_by_latency, parse_latency, parse_target, plan_student
+
+BIG, SMALL = "cnn-w24-d1", "cnn-w4-d1"  # ~52k vs ~1.6k parameters: ~30x the MACs at 28x28
+
+
+def test_latency_budget_excludes_the_candidate_measured_above_it(tmp_path: Path) -> None:
+    # a budget below the teacher's int8 weights (~175 kB): it binds without exporting the teacher to size it
+    teacher = create_model("resnet-w24-d1", num_classes=10, in_channels=1)
+    kwargs = dict(family="cnn", input_shape=(1, 28, 28), num_classes=10, teacher=teacher, teacher_arch="resnet-w24-d1", formats=["onnx"],
+                  candidates=[BIG, SMALL], target="onnx",
+                  cache=SizeCache(tmp_path / "sizes.json"), latency_cache=LatencyCache(tmp_path / "latency.json"))
+    timed = plan_student(100_000, **kwargs)
+    lat = {c.arch: c.latency_ms for c in timed.candidates}
+    assert lat[BIG] > lat[SMALL] > 0  # the ordering, measured side by side
+    assert set(timed.teacher_latency_ms) == {"fp32", "int8"} and timed.target == "onnx"
+    assert [c["latency_ms"] for c in timed.to_dict()["candidates"]] == [lat[BIG], lat[SMALL]]  # plan --json
+    assert len(LatencyCache(tmp_path / "latency.json").data) == 4  # 2 candidates + the teacher's fp32 and int8, cached
+
+    between = math.sqrt(lat[BIG] * lat[SMALL])
+    within = plan_student(100_000, **kwargs, latency_budget_ms=between)  # the cached numbers: same ordering
+    assert within.chosen.arch == SMALL and within.latency_budget_ms == between
+    assert next(c for c in within.candidates if c.arch == BIG).fits is False
+    with pytest.raises(BudgetError, match=f"fastest, {SMALL}"):
+        plan_student(100_000, **kwargs, latency_budget_ms=lat[SMALL] / 2)
+
+
+def _timed(arch: str, ms: float) -> Candidate:
+    return Candidate(arch, 0, 0, 0, latency_ms=ms)
+
+
+def test_never_slower_than_the_teacher_when_a_faster_student_fits() -> None:
+    fitting = [_timed("big", 0.5), _timed("mid", 0.2), _timed("small", 0.1)]  # most capable first
+    chosen, note = choose_by_latency(fitting, teacher_fastest_ms=0.3, latency_budget_ms=None)
+    assert chosen.arch == "mid" and "1 more capable one(s) were slower than the teacher" in note
+    chosen, note = choose_by_latency(fitting, teacher_fastest_ms=0.05, latency_budget_ms=None)
+    assert chosen.arch == "big" and note.startswith("NO student that fits is faster")  # said plainly
+    assert choose_by_latency(fitting, teacher_fastest_ms=1.0, latency_budget_ms=None)[0].arch == "big"
+    assert choose_by_latency(fitting, teacher_fastest_ms=0.05, latency_budget_ms=0.15)[0].arch == "small"
+
+
+def test_latency_and_target_parsing() -> None:
+    assert parse_latency("0.2ms") == pytest.approx(0.2) and parse_latency("200us") == pytest.approx(0.2)
+    assert parse_latency("0.0002s") == pytest.approx(0.2) and parse_latency("0.2") == pytest.approx(0.2)
+    for bad in ("fast", "-1ms", "0", "inf"):
+        with pytest.raises(UsageError):
+            parse_latency(bad)
+    assert parse_target("onnx") == ("onnx", "CPU") and parse_target("openvino:GPU") == ("openvino", "GPU")
+    with pytest.raises(UsageError, match="unknown --target"):
+        parse_target("tflite")
