@@ -49,7 +49,7 @@ from prokt_deploy.data import DataBundle
 from prokt_deploy.errors import DataError, ExportFailed, GateFailed, RecipeError, RunError, UsageError
 from prokt_deploy.models import create_model
 from prokt_deploy.recipe import load_recipe
-from prokt_deploy.runs import MANIFEST, read_manifest, resolve_run, write_json_atomic
+from prokt_deploy.runs import MANIFEST, filesystem_cause, read_manifest, resolve_run, update_manifest
 
 ARTIFACTS_DIR = "artifacts"
 DEFAULT_CALIBRATION_SAMPLES = 300
@@ -190,10 +190,16 @@ def _move_into_place(staging: Path, final: Path) -> None:
 
 
 def _record_artifact(manifest: dict, run: Path, record: dict) -> None:
+    """Replace the entry of the record's format+precision in the manifest as it is on disk now (re-read
+    under the run's lock: another export may have recorded its artifact since this one started)."""
     key = (record["format"], record["precision"])
-    kept = [a for a in manifest["artifacts"] if not (isinstance(a, dict) and (a.get("format"), a.get("precision")) == key)]
-    manifest["artifacts"] = [*kept, record]
-    write_json_atomic(run / MANIFEST, manifest)
+
+    def change(current: dict) -> None:
+        artifacts = current.get("artifacts")
+        kept = [a for a in (artifacts if isinstance(artifacts, list) else []) if not (isinstance(a, dict) and (a.get("format"), a.get("precision")) == key)]
+        current["artifacts"] = [*kept, record]
+
+    manifest.update(update_manifest(run, change))
 
 
 def _export_one(
@@ -213,64 +219,81 @@ def _export_one(
 ) -> dict:
     """Export, validate and size one artifact; move it into place if it passed. Returns its record."""
     root = run / ARTIFACTS_DIR
+    created_root = not root.exists()
     root.mkdir(exist_ok=True)
     final = root / f"{fmt}-{precision}"
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.partial-"))
     os.chmod(staging, 0o755)  # mkdtemp makes 0700 directories
     try:
-        say(f"{fmt} {precision}: exporting" + (f" (calibrating on {len(calibration)} training samples)" if calibration is not None else ""))
-        artifact = exporters.export(student, fmt, precision, staging, example_input=data.train.x[:2], calibration=calibration)
-        size = artifact.bytes
-        say(f"{fmt} {precision}: validating in {artifact.runtime} on {len(data.test)} test samples")
-        predictor = exporters.load(artifact, fmt, device=device)
-        tol = tolerance if tolerance is not None else exporters.default_tolerance(precision)
-        report = exporters.validate(
-            predictor,
-            student,
-            data.test.x.numpy(),
-            data.test.y.numpy(),
-            tolerance=tol,
-            max_accuracy_drop=max_accuracy_drop if precision == "int8" else None,
-        )
-        failures = list(report.failures)
-        within = size <= budget
-        if budget_gated and not within:
-            failures.append(
-                f"artifact is {size:,} B ({format_size(size)}), over the budget of {budget:,} B ({format_size(budget)}) by {size - budget:,} B"
-            )
-        passed = not failures
-        files = [final / f.name for f in artifact.files]
-        record = {
-            "format": fmt,
-            "precision": precision,
-            "files": [str(f.relative_to(run)) for f in files] if passed else [],
-            "bytes": size,
-            "runtime": artifact.runtime,
-            "max_abs_diff": _finite(report.max_abs_diff),
-            "top1_agreement": round(report.top1_agreement, 6),
-            "test_accuracy": round(report.test_accuracy, 6) if report.test_accuracy is not None else None,
-            "reference_accuracy": round(report.reference_accuracy, 6) if report.reference_accuracy is not None else None,
-            "accuracy_drop": round(report.accuracy_drop, 4) if report.accuracy_drop is not None else None,
-            "tolerance": tol,
-            "max_accuracy_drop": max_accuracy_drop if precision == "int8" else None,
-            "calibration_samples": len(calibration) if calibration is not None else None,
-            "test_samples": len(data.test),
-            "budget_bytes": budget,
-            "within_budget": within,
-            "budget_gated": budget_gated,
-            "passed": passed,
-            "failures": failures,
-        }
-        if passed and data.is_text:
-            record["tokenizer_files"] = _store_tokenizer(run, staging, final)
-            record["tokenizer_bytes"] = sum(f.stat().st_size for f in (staging / "tokenizer").iterdir()) if record["tokenizer_files"] else 0
-        if passed:
-            _move_into_place(staging, final)
-        else:
-            _remove_dir(final)  # the failed export replaces the earlier one (module docstring)
-        return record
+        return _export_staged(run=run, fmt=fmt, precision=precision, student=student, data=data, calibration=calibration, budget=budget,
+                              budget_gated=budget_gated, tolerance=tolerance, max_accuracy_drop=max_accuracy_drop, device=device, say=say,
+                              final=final, staging=staging)
+    except (exporters.ExportError, RuntimeError, OSError) as exc:
+        cause = filesystem_cause(exc, staging)  # a full disk is exit 13 with the OS message, not an export failure
+        if cause is not None and cause is not exc:
+            raise cause from None
+        raise
     finally:
         _remove_dir(staging)
+        if created_root and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # a failed first export leaves the run as it was
+
+
+def _export_staged(*, run: Path, fmt: str, precision: str, student: torch.nn.Module, data: DataBundle, calibration: np.ndarray | None,
+                   budget: int, budget_gated: bool, tolerance: float | None, max_accuracy_drop: float, device: str, say: ProgressFn,
+                   final: Path, staging: Path) -> dict:
+    """The body of :func:`_export_one`: export into ``staging``, validate, size, move into place."""
+    say(f"{fmt} {precision}: exporting" + (f" (calibrating on {len(calibration)} training samples)" if calibration is not None else ""))
+    artifact = exporters.export(student, fmt, precision, staging, example_input=data.train.x[:2], calibration=calibration)
+    size = artifact.bytes
+    say(f"{fmt} {precision}: validating in {artifact.runtime} on {len(data.test)} test samples")
+    predictor = exporters.load(artifact, fmt, device=device)
+    tol = tolerance if tolerance is not None else exporters.default_tolerance(precision)
+    report = exporters.validate(
+        predictor,
+        student,
+        data.test.x.numpy(),
+        data.test.y.numpy(),
+        tolerance=tol,
+        max_accuracy_drop=max_accuracy_drop if precision == "int8" else None,
+    )
+    failures = list(report.failures)
+    within = size <= budget
+    if budget_gated and not within:
+        failures.append(
+            f"artifact is {size:,} B ({format_size(size)}), over the budget of {budget:,} B ({format_size(budget)}) by {size - budget:,} B"
+        )
+    passed = not failures
+    files = [final / f.name for f in artifact.files]
+    record = {
+        "format": fmt,
+        "precision": precision,
+        "files": [str(f.relative_to(run)) for f in files] if passed else [],
+        "bytes": size,
+        "runtime": artifact.runtime,
+        "max_abs_diff": _finite(report.max_abs_diff),
+        "top1_agreement": round(report.top1_agreement, 6),
+        "test_accuracy": round(report.test_accuracy, 6) if report.test_accuracy is not None else None,
+        "reference_accuracy": round(report.reference_accuracy, 6) if report.reference_accuracy is not None else None,
+        "accuracy_drop": round(report.accuracy_drop, 4) if report.accuracy_drop is not None else None,
+        "tolerance": tol,
+        "max_accuracy_drop": max_accuracy_drop if precision == "int8" else None,
+        "calibration_samples": len(calibration) if calibration is not None else None,
+        "test_samples": len(data.test),
+        "budget_bytes": budget,
+        "within_budget": within,
+        "budget_gated": budget_gated,
+        "passed": passed,
+        "failures": failures,
+    }
+    if passed and data.is_text:
+        record["tokenizer_files"] = _store_tokenizer(run, staging, final)
+        record["tokenizer_bytes"] = sum(f.stat().st_size for f in (staging / "tokenizer").iterdir()) if record["tokenizer_files"] else 0
+    if passed:
+        _move_into_place(staging, final)
+    else:
+        _remove_dir(final)  # the failed export replaces the earlier one (module docstring)
+    return record
 
 
 def _store_tokenizer(run: Path, staging: Path, final: Path) -> list[str]:
@@ -349,7 +372,12 @@ def export_run(
             errors.append(f"{fmt} {precision} export failed: {e}")
             results.append({"format": fmt, "precision": precision, "error": errors[-1]})
             continue
-        _record_artifact(manifest, path, record)
+        try:
+            _record_artifact(manifest, path, record)
+        except OSError:  # e.g. the disk filled up: an artifact on disk that the manifest does not list is removed
+            if record["passed"]:
+                _remove_dir(path / ARTIFACTS_DIR / f"{fmt}-{precision}")
+            raise
         results.append(record)
         verdict = "passed" if record["passed"] else "FAILED: " + "; ".join(record["failures"])
         say(f"{fmt} {precision}: {record['bytes']:,} B, {verdict}")

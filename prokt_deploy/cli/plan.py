@@ -21,10 +21,12 @@ def plan(
     teacher_factory: o.TeacherFactoryOpt = None,
     student: o.StudentOpt = None,
     exact: Annotated[bool, typer.Option("--exact", help="Measure every candidate's artifact, not only those needed to decide.")] = False,
+    trust_recipe_code: o.TrustCodeOpt = False,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Show the student candidates (params, MACs, artifact bytes) and mark the one that fits."""
-    r = o.resolve_recipe(recipe, budget=budget, data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_factory=teacher_factory, student=student)
+    r = o.resolve_recipe(recipe, budget=budget, data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_factory=teacher_factory, student=student,
+                         trust_recipe_code=trust_recipe_code)
     p = run_plan(r, exact=exact)
     if as_json:
         print_json(p.to_dict())
