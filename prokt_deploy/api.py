@@ -294,6 +294,12 @@ def distill(
         kept = ws.abandon() if main else False
         where = f"; the last good checkpoint is kept in {ws.path}" if kept else ""
         raise TrainingError(f"{e}{where}") from None
+    except OSError as e:  # disk full, file too large, ...: exit 13; a checkpoint already written stays resumable
+        kept = ws.abandon() if main else False
+        if not kept:
+            raise
+        raise OSError(e.errno, f"{e.strerror or e}; the last checkpoint is kept in {ws.path}: free space, then "
+                               f"'prokt-deploy distill --resume {final}'", e.filename) from None
     except BaseException:
         kept = ws.abandon() if main else False
         if kept:

@@ -447,3 +447,25 @@ def test_concurrent_exports_are_both_recorded(run, tmp_path):
     assert [p.returncode for p in procs] == [0, 0]
     assert not [p.name for p in (mine / "artifacts").iterdir() if p.name.startswith(".")]
 
+
+
+def test_disk_full_after_a_checkpoint_keeps_the_run_resumable(tmp_path, monkeypatch):
+    """The disk fills up when the weights are written at the end: the last checkpoint is kept and
+    named in the error, nothing finished-looking is left, and --resume completes once there is room."""
+    import errno
+
+    import prokt_deploy.api as api
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        def full(model, path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        m.setattr(api, "save_weights", full)
+        with pytest.raises(OSError, match="No space left on device; the last checkpoint is kept") as info:
+            distill(tiny_recipe(), out=out, runs_root=tmp_path / "runs")
+    assert info.value.errno == errno.ENOSPC and f"--resume {out}" in str(info.value)
+    assert not out.exists() and (partial_path(out) / CHECKPOINT).is_file()
+    assert not (partial_path(out) / "manifest.json").exists() and not (partial_path(out) / "student.safetensors").exists()
+    resumed = distill(None, resume=out, runs_root=tmp_path / "runs")
+    assert resumed.path == out and (out / "student.safetensors").is_file()
