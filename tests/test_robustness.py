@@ -421,7 +421,7 @@ def test_concurrent_exports_are_both_recorded(run, tmp_path):
     mine = copy_of(run, tmp_path / "run")
     sync = tmp_path / "sync"
     sync.mkdir()
-    rounds = 3
+    rounds = 2
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", RACER, str(mine), fmt, str(sync), str(rounds)], env=env, stderr=subprocess.PIPE, text=True)
              for fmt in ("onnx", "openvino")]
