@@ -39,6 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--teacher-epochs", type=int, default=None, help="epochs of the converged KD teacher (default: --epochs)")
     ap.add_argument("--max-train-samples", type=int, default=None)
     ap.add_argument("--prokt-teacher", choices=["scratch", "checkpoint-reset-head", "checkpoint"], default="scratch")
+    ap.add_argument("--teacher-checkpoint", default=None, metavar="PATH|shipped:NAME",
+                    help="one converged teacher for every seed (e.g. the recipe's shipped one): KD uses it as it is, ProKT as --prokt-teacher says "
+                         "(checkpoint-reset-head when --prokt-teacher is scratch); no per-seed teacher is trained")
+    ap.add_argument("--tune", action="store_true",
+                    help="first choose each method's settings on validation (seed --tune-seed, first budget, the same number of runs per "
+                         "method: TUNING), then run the grid with the chosen settings; tuning runs are kept as phase 'tune' records")
+    ap.add_argument("--tune-seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra recipe override, e.g. prokt.lam=0.5 (YAML value)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--teacher-dir", default=None, help="keep converged teachers here (teacher-seed<N>/) and reuse them across invocations")
@@ -65,88 +72,182 @@ def int8_accuracy(run: Path) -> float | None:
     return records[0]["test_accuracy"] if records else None
 
 
+#: The tuning budget, the same for every method: 3 runs on validation. Stage 1 runs the method's
+#: default setting with the student's head zeroed and with the family's default head (PROKT.md zeroes
+#: both heads for ProKT; here every method gets both starts); stage 2 runs one alternative of the
+#: method's own main knob with the head start stage 1 preferred. The best of the 3 is kept.
+TUNING: dict[str, dict] = {
+    "scratch": {"alternative": {"train.student_optimizer.lr": 0.01}},
+    "kd": {"alternative": {"kd.alpha": 0.5, "kd.temperature": 2.0}},
+    "prokt": {"alternative": {"train.teacher_optimizer.lr": 0.0001}},
+    "prokt+label": {"alternative": {"prokt.student_label_weight": 0.5}},
+}
+#: Named variants: a method name in --methods that is a base method plus fixed settings.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "prokt+label": ("prokt", {"prokt.student_label_weight": 0.3}),
+    "prokt+batch-stats": ("prokt", {"prokt.teacher_targets": "batch-stats"}),
+}
+
+
+def method_settings(name: str) -> tuple[str, dict]:
+    """'prokt+label' -> ('prokt', {'prokt.student_label_weight': 0.3}); a plain method has no extra settings."""
+    return VARIANTS.get(name, (name, {}))
+
+
 def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | None = None) -> list[dict]:
     """Run every (seed, budget, method) cell. ``teachers`` caches converged teachers across calls
-    (keyed by seed and the settings that shape them), so ablation variants share one per seed."""
+    (keyed by seed and the settings that shape them), so ablation variants share one per seed.
+    With --tune, each method's settings are first chosen on validation (TUNING) and then used in every cell."""
     if args.threads:
         torch.set_num_threads(args.threads)
     teachers = {} if teachers is None else teachers
     base = load_recipe(args.recipe)
     common = {"train.epochs": args.epochs, "data.max_train_samples": args.max_train_samples, "budget.formats": ["onnx"], "budget.precision": "int8"}
     common.update(extra_overrides(args.set))
-    records: list[dict] = []
-    # --resume: cells already in --out (same budget, method, seed and settings) are kept, not re-run;
+    # --resume: cells already in --out (same budget, method, seed, phase and settings) are kept, not re-run;
     # every finished cell is written at once, so a long grid can stop and continue.
     done = json.loads(Path(args.out).read_text()) if getattr(args, "resume", False) and Path(args.out).is_file() else []
-    work = Path(tempfile.mkdtemp(prefix=f"prokt-{label}-"))
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        r_seed = apply_overrides(base, {**common, "seed": seed})
+    grid = Grid(args, label, base, common, teachers, done)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    chosen: dict[str, dict] = {}
+    if getattr(args, "tune", False):
+        budget = args.budgets.split(",")[0]
+        for name in methods:
+            method = method_settings(name)[0]
+            stage1 = [grid.cell(args.tune_seed, budget, name, {"student.zero_init_head": zero}, "tune") for zero in (True, False)]
+            best1 = max(stage1, key=lambda r: r["student_val_accuracy"])
+            alternative = {**best1["tuned"], **TUNING.get(name, TUNING.get(method, {})).get("alternative", {})}
+            stage2 = grid.cell(args.tune_seed, budget, name, alternative, "tune")
+            best = max([*stage1, stage2], key=lambda r: r["student_val_accuracy"])  # ties: the earlier (default) run
+            chosen[name] = best["tuned"]
+            print(f"  tuned {name}: {chosen[name]} (val {best['student_val_accuracy']:.4f})", flush=True)
+    for seed in seeds:
+        for budget in args.budgets.split(","):
+            for name in methods:
+                grid.cell(seed, budget, name, chosen.get(name, {}), "grid")
+    return grid.records
+
+
+class Grid:
+    """The cells of one quality grid: the converged teacher per seed, one distill + int8 export per cell."""
+
+    def __init__(self, args, label, base, common, teachers, done) -> None:  # noqa: ANN001
+        self.args, self.base, self.common, self.teachers, self.done = args, base, common, teachers, done
+        self.records: list[dict] = []
+        self.work = Path(tempfile.mkdtemp(prefix=f"prokt-{label}-"))
+
+    def teacher(self, seed: int) -> tuple[str, float]:
+        """(checkpoint reference, its test accuracy) of the converged teacher seed ``seed`` uses."""
+        args = self.args
+        r_seed = apply_overrides(self.base, {**self.common, "seed": seed})
         r_teacher = apply_overrides(r_seed, {"teacher.epochs": args.teacher_epochs or r_seed.train.epochs})
+        shared = getattr(args, "teacher_checkpoint", None)
+        if shared:
+            key = ("shared", shared)
+            if key not in self.teachers:
+                self.teachers[key] = (shared, _teacher_accuracy(r_teacher, shared))
+            return self.teachers[key]
         key = (seed, r_teacher.teacher.arch, r_teacher.teacher.epochs, r_teacher.data.model_dump_json(), r_teacher.train.teacher_optimizer.model_dump_json())
         kept = Path(args.teacher_dir) / f"teacher-seed{seed}" if getattr(args, "teacher_dir", None) else None
         while kept is not None and not kept.exists() and any(kept.parent.glob(f".{kept.name}.partial-*")):
             time.sleep(10)  # another invocation (e.g. another method's grid) is training this teacher
-        if key not in teachers and kept is not None and (kept / "manifest.json").is_file():
+        if key not in self.teachers and kept is not None and (kept / "manifest.json").is_file():
             m = json.loads((kept / "manifest.json").read_text())
-            same = m["teacher"]["arch"] == r_teacher.teacher.arch and len(m["metrics"]["history"]) == r_teacher.teacher.epochs
-            if same:
-                teachers[key] = (kept, m["metrics"]["teacher_test_accuracy"], m["metrics"].get("teacher_val_accuracy"))
-                print(f"seed {seed}: reusing converged teacher {kept} (test {teachers[key][1]:.4f})", flush=True)
-        if key not in teachers:
-            teacher_dir = kept if kept is not None and not kept.exists() else work / f"teacher-seed{seed}"
+            if m["teacher"]["arch"] == r_teacher.teacher.arch and len(m["metrics"]["history"]) == r_teacher.teacher.epochs:
+                self.teachers[key] = (str(kept / "teacher.safetensors"), m["metrics"]["teacher_test_accuracy"])
+                print(f"seed {seed}: reusing converged teacher {kept} (test {self.teachers[key][1]:.4f})", flush=True)
+        if key not in self.teachers:
+            teacher_dir = kept if kept is not None and not kept.exists() else self.work / f"teacher-seed{seed}"
             t0 = time.perf_counter()
             teacher = api.train_teacher(r_teacher, out=teacher_dir)
-            teacher_s = time.perf_counter() - t0
-            teachers[key] = (teacher_dir, teacher.manifest["metrics"]["teacher_test_accuracy"], teacher.manifest["metrics"].get("teacher_val_accuracy"))
-            print(f"seed {seed}: converged teacher {r_seed.teacher.arch} test {teachers[key][1]:.4f} ({teacher_s:.0f}s)", flush=True)
-        teacher_dir, teacher_acc, _ = teachers[key]
-        for budget in args.budgets.split(","):
-            for method in args.methods.split(","):
-                over = {"method": method, "budget.size": budget}
-                if method == "kd":
-                    over.update({"teacher.init": "checkpoint", "teacher.checkpoint": str(teacher_dir / "teacher.safetensors")})
-                elif method == "prokt" and args.prokt_teacher != "scratch":
-                    over.update({"teacher.init": args.prokt_teacher, "teacher.checkpoint": str(teacher_dir / "teacher.safetensors")})
-                elif method == "prokt":
-                    over["teacher.init"] = "scratch"  # jointly from scratch, whatever the recipe's default
-                recipe = apply_overrides(r_seed, over)
-                settings = {k: v for k, v in {**common, **over}.items() if v is not None}
-                previous = [r for r in done if (r["budget"], r["method"], r["seed"]) == (budget, method, seed)
-                            and {k: v for k, v in r["settings"].items() if k != "teacher.checkpoint"} == {k: v for k, v in settings.items() if k != "teacher.checkpoint"}]
-                if previous:
-                    records.append(previous[0])
-                    print(f"  {budget:>6} {method:<8} seed {seed}: kept from {args.out}", flush=True)
-                    continue
-                out = work / f"{method}-{budget}-seed{seed}"
-                t0 = time.perf_counter()
-                res = api.distill(recipe, out=out, runs_root=work / "runs")
-                seconds = time.perf_counter() - t0
-                m = res.manifest
-                rec = {
-                    "budget": budget,
-                    "budget_bytes": parse_size(budget),
-                    "method": method,
-                    "seed": seed,
-                    "student": m["student"]["arch"],
-                    "student_params": m["student"]["params"],
-                    "teacher": m["teacher"]["arch"],
-                    "epochs": recipe.train.epochs,
-                    "student_test_accuracy": m["metrics"]["student_test_accuracy"],
-                    "student_val_accuracy": m["metrics"]["student_val_accuracy"],
-                    "int8_test_accuracy": int8_accuracy(out),
-                    "teacher_test_accuracy": teacher_acc if method != "prokt" else m["metrics"]["teacher_test_accuracy"],
-                    "converged_teacher_test_accuracy": teacher_acc,
-                    "seconds": round(seconds, 1),
-                    "settings": settings,
-                    # per-epoch validation path: student/teacher accuracy and teacher-student KL
-                    "history": [{k: v for k, v in h.items() if k.startswith(("val_", "epoch", "train_", "beta"))}
-                                for h in m["metrics"]["history"].get("student", [])],
-                }
-                records.append(rec)
-                if getattr(args, "incremental", True):
-                    _write_records(Path(args.out), [r for r in done if r not in records] + records)
-                print(f"  {budget:>6} {method:<8} {rec['student']:<14} fp32 {rec['student_test_accuracy']:.4f} int8 {rec['int8_test_accuracy']:.4f} ({seconds:.0f}s)", flush=True)
-    return records
+            self.teachers[key] = (str(teacher_dir / "teacher.safetensors"), teacher.manifest["metrics"]["teacher_test_accuracy"])
+            print(f"seed {seed}: converged teacher {r_seed.teacher.arch} test {self.teachers[key][1]:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        return self.teachers[key]
+
+    def cell(self, seed: int, budget: str, name: str, tuned: dict, phase: str) -> dict:
+        args = self.args
+        r_seed = apply_overrides(self.base, {**self.common, "seed": seed})
+        method, variant = method_settings(name)
+        over = {"method": method, "budget.size": budget, **variant, **tuned}
+        ckpt, teacher_acc = self.teacher(seed)  # scratch records carry it too: the accuracy to keep
+        prokt_init = args.prokt_teacher
+        if prokt_init == "scratch" and getattr(args, "teacher_checkpoint", None):
+            prokt_init = "checkpoint-reset-head"  # a shared converged teacher: the reference's start
+        if method == "kd":
+            over.update({"teacher.init": "checkpoint", "teacher.checkpoint": ckpt})
+        elif method == "prokt" and prokt_init != "scratch":
+            over.update({"teacher.init": prokt_init, "teacher.checkpoint": ckpt})
+        elif method == "prokt":
+            over["teacher.init"] = "scratch"  # jointly from scratch, whatever the recipe's default
+        recipe = apply_overrides(r_seed, over)
+        settings = {k: v for k, v in {**self.common, **over}.items() if v is not None}
+
+        def same(r: dict) -> bool:
+            strip = lambda d: {k: v for k, v in d.items() if k != "teacher.checkpoint"}  # noqa: E731
+            return ((r["budget"], label(r), r["seed"], r.get("phase", "grid")) == (budget, name, seed, phase)
+                    and strip(r["settings"]) == strip(settings))
+
+        previous = [r for r in self.done + self.records if same(r)]
+        if not previous and phase == "grid":  # the tuning run with the chosen settings is this cell: the same run, not run twice
+            tuned_run = [r for r in self.done + self.records if r.get("phase") == "tune" and same({**r, "phase": "grid"})]
+            if tuned_run:
+                previous = [{**tuned_run[0], "phase": "grid"}]
+                self.records.append(previous[0])
+                _write_records(Path(args.out), [r for r in self.done if r not in self.records] + self.records)
+        if previous:
+            if previous[0] not in self.records:
+                self.records.append(previous[0])
+            print(f"  {budget:>6} {name:<12} seed {seed} ({phase}): kept from {args.out}", flush=True)
+            return previous[0]
+        out = self.work / f"{name}-{budget}-seed{seed}-{phase}-{len(self.records)}"
+        t0 = time.perf_counter()
+        res = api.distill(recipe, out=out, runs_root=self.work / "runs", latest=False)
+        seconds = time.perf_counter() - t0
+        m = res.manifest
+        int8 = int8_accuracy(out)
+        rec = {
+            "phase": phase,
+            "budget": budget,
+            "budget_bytes": parse_size(budget),
+            "method": name,
+            "seed": seed,
+            "student": m["student"]["arch"],
+            "student_params": m["student"]["params"],
+            "teacher": m["teacher"]["arch"],
+            "teacher_params": m["teacher"]["params"],
+            "epochs": recipe.train.epochs,
+            "best_epoch": m["metrics"].get("best_epoch"),
+            "student_test_accuracy": m["metrics"]["student_test_accuracy"],
+            "student_val_accuracy": m["metrics"]["student_val_accuracy"],
+            "int8_test_accuracy": int8,
+            "student_int8_test_accuracy": int8,
+            # the teacher a user brings (converged); ProKT's own jointly fine-tuned teacher is recorded apart
+            "teacher_test_accuracy": teacher_acc if method != "prokt" or teacher_acc is not None else m["metrics"]["teacher_test_accuracy"],
+            "prokt_teacher_test_accuracy": m["metrics"]["teacher_test_accuracy"] if method == "prokt" else None,
+            "converged_teacher_test_accuracy": teacher_acc,
+            "tuned": tuned,
+            "seconds": round(seconds, 1),
+            "settings": settings,
+            # per-epoch validation path: student/teacher accuracy and teacher-student KL
+            "history": [{k: v for k, v in h.items() if k.startswith(("val_", "epoch", "train_", "beta"))}
+                        for h in m["metrics"]["history"].get("student", [])],
+        }
+        self.records.append(rec)
+        if getattr(args, "incremental", True):
+            _write_records(Path(args.out), [r for r in self.done if r not in self.records] + self.records)
+        print(f"  {budget:>6} {name:<12} {rec['student']:<14} ({phase}) val {rec['student_val_accuracy']:.4f} fp32 {rec['student_test_accuracy']:.4f} "
+              f"int8 {rec['int8_test_accuracy']:.4f} best epoch {rec['best_epoch']} ({seconds:.0f}s)", flush=True)
+        return rec
+
+
+def _teacher_accuracy(recipe, checkpoint: str) -> float:  # noqa: ANN001
+    """Test accuracy of a given converged teacher on the recipe's data."""
+    r = apply_overrides(recipe, {"method": "kd", "teacher.init": "checkpoint", "teacher.checkpoint": checkpoint})
+    data = api.load_recipe_data(r)
+    from prokt_deploy.engine import accuracy
+
+    return accuracy(api.build_teacher(r, data), data.test, torch.device("cpu"))
 
 
 def mean_std(vals: list[float]) -> tuple[float | None, float | None]:
@@ -163,7 +264,7 @@ def _write_records(out: Path, records: list[dict]) -> None:
     tmp.replace(out)
 
 
-ORDER = ["scratch", "kd", "prokt", "prokt+batch-stats"]
+ORDER = ["scratch", "kd", "prokt", "prokt+label", "prokt+batch-stats"]
 
 
 def label(r: dict) -> str:
@@ -171,6 +272,11 @@ def label(r: dict) -> str:
     if r["method"] == "prokt" and r.get("settings", {}).get("prokt.teacher_targets") == "batch-stats":
         return "prokt+batch-stats"
     return r["method"]
+
+
+def grid_records(records: list[dict]) -> list[dict]:
+    """The records of the grid itself (tuning runs are kept in the file but not summarised)."""
+    return [r for r in records if r.get("phase", "grid") == "grid"]
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -235,10 +341,16 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=2) + "\n")
-    table = markdown(summarise(records))
+    table = markdown(summarise(grid_records(records)))
     pairs = [("prokt", "kd"), ("prokt", "scratch"), ("kd", "scratch"),
+             ("prokt+label", "prokt"), ("prokt+label", "kd"), ("prokt+label", "scratch"),
              ("prokt+batch-stats", "prokt"), ("prokt+batch-stats", "kd"), ("prokt+batch-stats", "scratch")]
-    diffs = [d for a, b in pairs for d in paired(records, a, b)]
+    diffs = [d for a, b in pairs for d in paired(grid_records(records), a, b)]
+    tuned = [r for r in records if r.get("phase") == "tune"]
+    if tuned:
+        table += "\nTuning runs (validation, seed " + str(tuned[0]["seed"]) + ", " + tuned[0]["budget"] + "; 3 per method):\n\n"
+        table += "| method | settings tried | student val % |\n|---|---|---|\n"
+        table += "".join(f"| {r['method']} | {json.dumps(r['tuned'])} | {100 * r['student_val_accuracy']:.2f} |\n" for r in tuned)
     if diffs:
         table += "\nPaired by seed:\n\n" + markdown_paired(diffs)
     out.with_suffix(".md").write_text(table)

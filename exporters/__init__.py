@@ -80,8 +80,10 @@ from .validate import Validation, default_tolerance, validate
 from . import onnx as _onnx_format  # noqa: E402,F401
 from . import openvino as _openvino_format  # noqa: E402,F401
 from .size import measure_bytes  # noqa: E402
+from .accuracy_aware import AccuracyAwareResult, export_accuracy_aware  # noqa: E402
 
 __all__ = [
+    "AccuracyAwareResult",
     "FORMATS",
     "PRECISIONS",
     "TEXT_INPUT_NAMES",
@@ -94,6 +96,7 @@ __all__ = [
     "artifact_bytes",
     "default_tolerance",
     "export",
+    "export_accuracy_aware",
     "is_text_input",
     "load",
     "measure_bytes",

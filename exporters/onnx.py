@@ -405,7 +405,10 @@ def _pre_process(quant_pre_process, src: Path, dst: Path, text: bool) -> None:  
         quant_pre_process(str(src), str(dst))
 
 
-def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp: Path) -> None:
+def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp: Path,
+                   nodes_to_exclude: list[str] | None = None) -> None:
+    """Static QDQ int8 of ``fp32_path``; ``nodes_to_exclude`` (names in ``tmp/preprocessed.onnx``) stay
+    fp32 (the accuracy-aware search of ``exporters/accuracy_aware.py``)."""
     q = require("onnxruntime.quantization", "onnxruntime")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -433,6 +436,7 @@ def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp
                 activation_type=getattr(q.QuantType, ACTIVATION_TYPE),
                 calibrate_method=q.CalibrationMethod.MinMax,
                 use_external_data_format=False,
+                nodes_to_exclude=list(nodes_to_exclude or []),
                 **options,
             )
     except Exception as exc:

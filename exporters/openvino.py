@@ -90,7 +90,9 @@ def ov_runtime() -> str:
     return f"openvino {_ov().__version__.split('-')[0]}"
 
 
-def _nncf_quantize(ov_model, calibration: np.ndarray, text: bool = False):  # noqa: ANN001, ANN202 - openvino.Model
+def _nncf_options(calibration: np.ndarray, text: bool) -> tuple[list, dict[str, object]]:
+    """The calibration samples (one per batch) and ``nncf.quantize`` options of this module's int8
+    (also used by the accuracy-aware search in ``exporters/accuracy_aware.py``)."""
     nncf = require("nncf")
     nncf.set_log_level(logging.ERROR)
     options: dict[str, object] = {}
@@ -109,6 +111,12 @@ def _nncf_quantize(ov_model, calibration: np.ndarray, text: bool = False):  # no
         }
     else:
         samples = [calibration[i : i + 1] for i in range(len(calibration))]
+    return samples, options
+
+
+def _nncf_quantize(ov_model, calibration: np.ndarray, text: bool = False):  # noqa: ANN001, ANN202 - openvino.Model
+    nncf = require("nncf")
+    samples, options = _nncf_options(calibration, text)
     try:
         with quiet():
             quantized = nncf.quantize(

@@ -19,8 +19,9 @@ from prokt_deploy.api import distill, plan, train_teacher  # noqa: E402
 from prokt_deploy.benchmark import bench  # noqa: E402
 from prokt_deploy.budget import format_size, parse_size  # noqa: E402
 from prokt_deploy.bundle import write_bundle  # noqa: E402
+from prokt_deploy.compare import compare  # noqa: E402
 from prokt_deploy.deploy import export_run  # noqa: E402
 from prokt_deploy.errors import ProktError  # noqa: E402
 from prokt_deploy.recipe import apply_overrides, load_recipe  # noqa: E402
 
-__all__ = ["__version__", "apply_overrides", "bench", "distill", "export_run", "format_size", "load_recipe", "parse_size", "plan", "train_teacher", "write_bundle", "ProktError"]
+__all__ = ["__version__", "apply_overrides", "bench", "compare", "distill", "export_run", "format_size", "load_recipe", "parse_size", "plan", "train_teacher", "write_bundle", "ProktError"]

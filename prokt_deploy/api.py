@@ -21,6 +21,7 @@ from prokt_deploy.checkpoint import build_from_factory, load_weights, save_weigh
 from prokt_deploy.data import DataBundle, load_data
 from prokt_deploy.errors import InterruptedRun, RecipeError, RunError, TrainingError
 from prokt_deploy.models import count_params, create_model, zero_init_head
+from prokt_deploy.models.external import check_teacher_output, is_external
 from prokt_deploy.planner import Plan, plan_student
 from prokt_deploy.recipe import Recipe, dump_recipe, load_recipe
 from prokt_deploy.runs import (
@@ -65,7 +66,7 @@ def load_recipe_data(recipe: Recipe) -> DataBundle:
     return load_data(
         d.source,
         path=d.path,
-        seed=recipe.seed,
+        seed=recipe.seed if d.split_seed is None else d.split_seed,
         val_fraction=d.val_fraction,
         test_fraction=d.test_fraction,
         max_train_samples=d.max_train_samples,
@@ -92,6 +93,8 @@ def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module:
         teacher = build_from_factory(t.factory, num_classes=num_classes, **data.model_kwargs)
     else:
         teacher = create_model(t.arch, num_classes=num_classes, **data.model_kwargs)
+        if not data.is_text and is_external(t.arch):
+            check_teacher_output(teacher, data.example(2), num_classes, t.arch)
     if t.init in ("checkpoint", "checkpoint-reset-head"):
         if not t.checkpoint:
             raise RecipeError(f"teacher.init is {t.init!r} but no teacher.checkpoint is set; pass --teacher-checkpoint PATH")
@@ -162,7 +165,22 @@ def _resume_point(ckpt: dict | None, phase: str) -> engine.Resume | None:
     if not ckpt or ckpt["current"]["phase"] != phase:
         return None
     cur = ckpt["current"]
-    return engine.Resume(cur["epoch"], cur["step"], cur["sums"], cur["count"], cur["history"], cur["method"], cur["torch_rng"])
+    return engine.Resume(cur["epoch"], cur["step"], cur["sums"], cur["count"], cur["history"], cur["method"], cur["torch_rng"], cur.get("best"))
+
+
+def _fit_options(recipe: Recipe, data: DataBundle) -> dict:
+    """What every training phase of a run shares: augmentation of the training split, best-epoch keeping."""
+    from prokt_deploy.augment import from_recipe
+
+    augment = None if data.is_text else from_recipe(recipe.data.augment, data.input)
+    return {"augment": augment, "keep_best": recipe.train.keep_best}
+
+
+def student_zero_head(recipe: Recipe) -> bool:
+    """Whether the student's head starts at zero: student.zero_init_head, else ProKT's zero_init_heads for prokt."""
+    if recipe.student.zero_init_head is not None:
+        return recipe.student.zero_init_head
+    return recipe.method == "prokt" and recipe.prokt.zero_init_heads
 
 
 def distill(
@@ -172,6 +190,7 @@ def distill(
     runs_root: str | Path = DEFAULT_RUNS_ROOT,
     progress: engine.Progress | None = None,
     resume: str | Path | None = None,
+    latest: bool = True,
 ) -> RunResult:
     """Plan a student for the budget, train it with the recipe's method, write a run directory.
 
@@ -180,7 +199,7 @@ def distill(
     checkpoint after every epoch (and at the current step on Ctrl-C), renamed to NAME when
     complete. ``resume`` continues an unfinished run from its checkpoint, with the recipe it was
     started with (pass ``recipe=None``); the result equals an uninterrupted run on the same
-    machine.
+    machine. ``latest=False`` leaves ``runs/latest`` where it is.
     """
     if recipe is None and resume is None:
         raise ValueError("distill needs a recipe, or resume= to continue an unfinished run")
@@ -215,7 +234,7 @@ def distill(
         if not (data.is_text and init_embeddings_from_teacher(student, teacher, data.model_kwargs["vocab_size"])):
             raise RecipeError(f"student.init_embeddings: teacher-pca needs text models whose token embeddings share the vocabulary "
                               f"and a student no wider than the teacher ({student_arch} from {recipe.teacher.arch})")
-    if recipe.method == "prokt" and recipe.prokt.zero_init_heads:
+    if student_zero_head(recipe):
         zero_init_head(student)
     teacher.to(device)
     student.to(device)
@@ -242,19 +261,22 @@ def distill(
         elif main and ckpt is not None:
             log.info("resuming %s phase at epoch %d step %d", ckpt["current"]["phase"], ckpt["current"]["epoch"] + 1, ckpt["current"]["step"])
 
-        def saver(done: dict[str, list[dict]]):
+        def saver(done: dict[str, list[dict]], best_done: dict | None = None):
             def save(state: dict) -> None:
-                save_checkpoint(ws.checkpoint, {"student_arch": student_arch, "completed": done, "current": state, "timings": timings})
+                save_checkpoint(ws.checkpoint, {"student_arch": student_arch, "completed": done, "current": state, "timings": timings,
+                                                "best_epochs": dict(best_done or {})})
 
             return save
 
-        fit = dict(seed=recipe.seed, device=device, progress=progress, batch_size=recipe.train.batch_size)
+        fit = dict(seed=recipe.seed, device=device, progress=progress, batch_size=recipe.train.batch_size, **_fit_options(recipe, data))
+        best_epochs: dict[str, int | None] = dict(ckpt.get("best_epochs", {})) if ckpt else {}
         teacher_used = recipe.method != "scratch"
         pretrain = (recipe.method == "kd" and recipe.teacher.init != "checkpoint") or (recipe.method == "prokt" and recipe.teacher.init == "pretrain")
         if pretrain and "teacher" not in history:
             t = time.perf_counter()
             method = _teacher_method(recipe, distributed.wrap(teacher, device), data)
             history["teacher"] = engine.fit(method, data, epochs=_teacher_epochs(recipe), phase="teacher (CE)", save=saver({}), resume=_resume_point(ckpt, "teacher (CE)"), **fit)
+            best_epochs["teacher"] = method.best_epoch
             timings["teacher_train_s"] = timings.get("teacher_train_s", 0.0) + time.perf_counter() - t
             if recipe.method == "prokt":
                 # the reference's start (PROKT.md): a trained backbone, the head reset to zero, fine-tuned jointly.
@@ -263,7 +285,8 @@ def distill(
         trained_teacher = distributed.wrap(teacher, device) if recipe.method == "prokt" else teacher  # kd's teacher is frozen
         method = _student_method(recipe, distributed.wrap(student, device), trained_teacher, data)
         t = time.perf_counter()
-        history["student"] = engine.fit(method, data, epochs=recipe.train.epochs, phase=recipe.method, save=saver(dict(history)), resume=_resume_point(ckpt, recipe.method), **fit)
+        history["student"] = engine.fit(method, data, epochs=recipe.train.epochs, phase=recipe.method, save=saver(dict(history), best_epochs), resume=_resume_point(ckpt, recipe.method), **fit)
+        best_epochs["student"] = method.best_epoch
         timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - t
 
         metrics = {
@@ -272,6 +295,9 @@ def distill(
             "teacher_test_accuracy": engine.accuracy(teacher, data.test, device) if teacher_used else None,
             "teacher_val_accuracy": engine.accuracy(teacher, data.val, device) if teacher_used else None,
             "history": history,
+            "best_epoch": best_epochs.get("student"),
+            "teacher_best_epoch": best_epochs.get("teacher"),
+            "epochs": recipe.train.epochs,
         }
         timings["total_s"] = timings.get("total_s", 0.0) + time.perf_counter() - t0
         manifest = _manifest(recipe, the_plan, student_arch, data, student, teacher, teacher_used, metrics, device, timings, final)
@@ -310,7 +336,8 @@ def distill(
         handler.close()
     if main:
         ws.commit()
-        mark_latest(Path(runs_root), final)
+        if latest:  # compare's baseline runs live inside a run and do not move runs/latest
+            mark_latest(Path(runs_root), final)
     if not distributed.all_ok(True):  # wait until rank 0 has moved the run into place
         raise RunError("a rank failed at the end of the run")
     return RunResult(final, manifest)
@@ -377,7 +404,9 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
     teacher = build_teacher(recipe.model_copy(update={"method": "kd"}), data).to(device)
     with staged_run_dir(final) as run_dir:
         t = time.perf_counter()
-        history = engine.fit(_teacher_method(recipe, teacher, data), data, epochs=_teacher_epochs(recipe), batch_size=recipe.train.batch_size, seed=recipe.seed, device=device, progress=progress, phase="teacher (CE)")
+        method = _teacher_method(recipe, teacher, data)
+        history = engine.fit(method, data, epochs=_teacher_epochs(recipe), batch_size=recipe.train.batch_size, seed=recipe.seed, device=device,
+                             progress=progress, phase="teacher (CE)", **_fit_options(recipe, data))
         save_weights(teacher, run_dir / "teacher.safetensors")
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
         manifest = {
@@ -391,6 +420,7 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
             "metrics": {
                 "teacher_test_accuracy": round(engine.accuracy(teacher, data.test, device), 6),
                 "teacher_val_accuracy": round(engine.accuracy(teacher, data.val, device), 6),
+                "best_epoch": method.best_epoch,
                 "history": history,
             },
             "versions": library_versions(),

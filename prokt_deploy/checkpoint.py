@@ -53,7 +53,28 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+SHIPPED_PREFIX = "shipped:"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint path, or ``shipped:NAME`` for a teacher shipped inside the package
+    (``prokt_deploy/teachers/NAME.safetensors``, found with importlib.resources so a wheel install has it)."""
+    text = str(path)
+    if not text.startswith(SHIPPED_PREFIX):
+        return Path(path)
+    from importlib.resources import files
+
+    name = text[len(SHIPPED_PREFIX) :]
+    folder = files("prokt_deploy") / "teachers"
+    candidate = folder / f"{name}.safetensors"
+    if not candidate.is_file():
+        known = sorted(p.name.removesuffix(".safetensors") for p in folder.iterdir() if p.name.endswith(".safetensors")) if folder.is_dir() else []
+        raise ModelError(f"no shipped teacher {name!r}; shipped: {', '.join(known) or 'none'}")
+    return Path(str(candidate))
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
+    path = resolve_checkpoint(path)
     state = _strip_prefixes(load_state_dict(path))
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]

@@ -24,6 +24,13 @@ Choices:
   measured and recorded (``within_budget``) but does not fail the export: nothing was planned for it.
 - ``formats=["all"]`` means every registered format that supports the precision; a format without it
   (ONNX has no fp16) is skipped with a note. Naming such a format explicitly is a usage error.
+- Accuracy-aware int8 (``accuracy_aware``, default: the run recipe's ``budget.accuracy_aware``, itself
+  ``auto``): ``on`` exports int8 with :func:`exporters.export_accuracy_aware` (the fewest layers kept
+  in fp32 so that the drop on the *validation* split meets ``max_accuracy_drop``); ``auto`` does so only
+  after the plain int8 artifact missed the accuracy gate (and nothing else). The record then has
+  ``accuracy_aware``: the layers kept in fp32 with their fp32 weight bytes, the exact extra bytes over
+  plain int8, the validation accuracies and, under auto, the plain attempt's drop and size. The test
+  split still gates the result, and so does the budget.
 - Re-exporting a format+precision replaces the earlier artifact and its manifest entry, whatever the
   outcome: a failed re-export also removes the earlier directory, so the directory on disk is always
   the one the manifest describes as passed.
@@ -216,6 +223,7 @@ def _export_one(
     max_accuracy_drop: float,
     device: str,
     say: ProgressFn,
+    accuracy_aware: bool = False,
 ) -> dict:
     """Export, validate and size one artifact; move it into place if it passed. Returns its record."""
     root = run / ARTIFACTS_DIR
@@ -225,9 +233,71 @@ def _export_one(
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.partial-"))
     os.chmod(staging, 0o755)  # mkdtemp makes 0700 directories
     try:
-        return _export_staged(run=run, fmt=fmt, precision=precision, student=student, data=data, calibration=calibration, budget=budget,
-                              budget_gated=budget_gated, tolerance=tolerance, max_accuracy_drop=max_accuracy_drop, device=device, say=say,
-                              final=final, staging=staging)
+        say(f"{fmt} {precision}: exporting" + (f" (calibrating on {len(calibration)} training samples)" if calibration is not None else ""))
+        aware = None
+        if accuracy_aware:
+            say(f"{fmt} {precision}: accuracy-aware search on {len(data.val)} validation samples")
+            aware = exporters.export_accuracy_aware(
+                student, fmt, staging, example_input=data.train.x[:2], calibration=calibration,
+                validation_x=data.val.x.numpy(), validation_y=data.val.y.numpy(), max_accuracy_drop=max_accuracy_drop,
+            )
+            artifact = aware.artifact
+        else:
+            artifact = exporters.export(student, fmt, precision, staging, example_input=data.train.x[:2], calibration=calibration)
+        size = artifact.bytes
+        say(f"{fmt} {precision}: validating in {artifact.runtime} on {len(data.test)} test samples")
+        predictor = exporters.load(artifact, fmt, device=device)
+        tol = tolerance if tolerance is not None else exporters.default_tolerance(precision)
+        report = exporters.validate(
+            predictor,
+            student,
+            data.test.x.numpy(),
+            data.test.y.numpy(),
+            tolerance=tol,
+            max_accuracy_drop=max_accuracy_drop if precision == "int8" else None,
+        )
+        failures = list(report.failures)
+        if aware is not None and not aware.met:
+            failures.append(f"accuracy-aware int8 found no layers to keep in fp32 that meet a {max_accuracy_drop:.2f} point drop "
+                            f"on the validation split (plain int8 lost {aware.to_dict()['plain_drop']:.2f} points there)")
+        within = size <= budget
+        if budget_gated and not within:
+            failures.append(
+                f"artifact is {size:,} B ({format_size(size)}), over the budget of {budget:,} B ({format_size(budget)}) by {size - budget:,} B"
+            )
+        passed = not failures
+        files = [final / f.name for f in artifact.files]
+        record = {
+            "format": fmt,
+            "precision": precision,
+            "files": [str(f.relative_to(run)) for f in files] if passed else [],
+            "bytes": size,
+            "runtime": artifact.runtime,
+            "max_abs_diff": _finite(report.max_abs_diff),
+            "top1_agreement": round(report.top1_agreement, 6),
+            "test_accuracy": round(report.test_accuracy, 6) if report.test_accuracy is not None else None,
+            "reference_accuracy": round(report.reference_accuracy, 6) if report.reference_accuracy is not None else None,
+            "accuracy_drop": round(report.accuracy_drop, 4) if report.accuracy_drop is not None else None,
+            "tolerance": tol,
+            "max_accuracy_drop": max_accuracy_drop if precision == "int8" else None,
+            "calibration_samples": len(calibration) if calibration is not None else None,
+            "test_samples": len(data.test),
+            "budget_bytes": budget,
+            "within_budget": within,
+            "budget_gated": budget_gated,
+            "passed": passed,
+            "failures": failures,
+        }
+        if aware is not None:
+            record["accuracy_aware"] = aware.to_dict()
+        if passed and data.is_text:
+            record["tokenizer_files"] = _store_tokenizer(run, staging, final)
+            record["tokenizer_bytes"] = sum(f.stat().st_size for f in (staging / "tokenizer").iterdir()) if record["tokenizer_files"] else 0
+        if passed:
+            _move_into_place(staging, final)
+        else:
+            _remove_dir(final)  # the failed export replaces the earlier one (module docstring)
+        return record
     except (exporters.ExportError, RuntimeError, OSError) as exc:
         cause = filesystem_cause(exc, staging)  # a full disk is exit 13 with the OS message, not an export failure
         if cause is not None and cause is not exc:
@@ -239,61 +309,19 @@ def _export_one(
             root.rmdir()  # a failed first export leaves the run as it was
 
 
-def _export_staged(*, run: Path, fmt: str, precision: str, student: torch.nn.Module, data: DataBundle, calibration: np.ndarray | None,
-                   budget: int, budget_gated: bool, tolerance: float | None, max_accuracy_drop: float, device: str, say: ProgressFn,
-                   final: Path, staging: Path) -> dict:
-    """The body of :func:`_export_one`: export into ``staging``, validate, size, move into place."""
-    say(f"{fmt} {precision}: exporting" + (f" (calibrating on {len(calibration)} training samples)" if calibration is not None else ""))
-    artifact = exporters.export(student, fmt, precision, staging, example_input=data.train.x[:2], calibration=calibration)
-    size = artifact.bytes
-    say(f"{fmt} {precision}: validating in {artifact.runtime} on {len(data.test)} test samples")
-    predictor = exporters.load(artifact, fmt, device=device)
-    tol = tolerance if tolerance is not None else exporters.default_tolerance(precision)
-    report = exporters.validate(
-        predictor,
-        student,
-        data.test.x.numpy(),
-        data.test.y.numpy(),
-        tolerance=tol,
-        max_accuracy_drop=max_accuracy_drop if precision == "int8" else None,
-    )
-    failures = list(report.failures)
-    within = size <= budget
-    if budget_gated and not within:
-        failures.append(
-            f"artifact is {size:,} B ({format_size(size)}), over the budget of {budget:,} B ({format_size(budget)}) by {size - budget:,} B"
-        )
-    passed = not failures
-    files = [final / f.name for f in artifact.files]
-    record = {
-        "format": fmt,
-        "precision": precision,
-        "files": [str(f.relative_to(run)) for f in files] if passed else [],
-        "bytes": size,
-        "runtime": artifact.runtime,
-        "max_abs_diff": _finite(report.max_abs_diff),
-        "top1_agreement": round(report.top1_agreement, 6),
-        "test_accuracy": round(report.test_accuracy, 6) if report.test_accuracy is not None else None,
-        "reference_accuracy": round(report.reference_accuracy, 6) if report.reference_accuracy is not None else None,
-        "accuracy_drop": round(report.accuracy_drop, 4) if report.accuracy_drop is not None else None,
-        "tolerance": tol,
-        "max_accuracy_drop": max_accuracy_drop if precision == "int8" else None,
-        "calibration_samples": len(calibration) if calibration is not None else None,
-        "test_samples": len(data.test),
-        "budget_bytes": budget,
-        "within_budget": within,
-        "budget_gated": budget_gated,
-        "passed": passed,
-        "failures": failures,
-    }
-    if passed and data.is_text:
-        record["tokenizer_files"] = _store_tokenizer(run, staging, final)
-        record["tokenizer_bytes"] = sum(f.stat().st_size for f in (staging / "tokenizer").iterdir()) if record["tokenizer_files"] else 0
-    if passed:
-        _move_into_place(staging, final)
-    else:
-        _remove_dir(final)  # the failed export replaces the earlier one (module docstring)
-    return record
+def _only_accuracy_missed(record: dict) -> bool:
+    """The int8 record failed on its accuracy drop alone (within budget, parity unchecked for int8)."""
+    drop, limit = record.get("accuracy_drop"), record.get("max_accuracy_drop")
+    fits = record["within_budget"] or not record["budget_gated"]
+    return not record["passed"] and drop is not None and limit is not None and drop > limit and fits and len(record["failures"]) == 1
+
+
+def _recipe_accuracy_aware(run: Path) -> str:
+    """``budget.accuracy_aware`` of the run's recipe (auto for runs written before the key existed)."""
+    try:
+        return load_recipe(run / "recipe.yaml").budget.accuracy_aware
+    except RecipeError:
+        return "auto"
 
 
 def _store_tokenizer(run: Path, staging: Path, final: Path) -> list[str]:
@@ -317,6 +345,7 @@ def export_run(
     tolerance: float | None = None,
     device: str = "CPU",
     progress: ProgressFn | None = None,
+    accuracy_aware: str | None = None,
 ) -> list[dict]:
     """Export the run's student to each of ``formats`` at ``precision`` and gate every artifact.
 
@@ -325,7 +354,8 @@ def export_run(
     ``calibration_samples`` training samples (the training split is already a seeded shuffle).
     ``tolerance`` overrides the default max |logit diff| of the precision (fp32 1e-4, fp16 5e-2, int8 none);
     ``max_accuracy_drop`` (percentage points) gates int8. ``device`` is the runtime device used for
-    validation ("CPU"). ``progress`` receives one-line status messages.
+    validation ("CPU"). ``progress`` receives one-line status messages. ``accuracy_aware`` is auto, on
+    or off (None: the run recipe's ``budget.accuracy_aware``); see the module docstring.
 
     Returns one record per requested format: the manifest entry (see the module docstring), or for a
     skipped format ``{"format", "precision", "skipped": reason}``. Raises UsageError (bad names or
@@ -341,6 +371,8 @@ def export_run(
         raise UsageError(f"--max-accuracy-drop must be a finite number of points, got {max_accuracy_drop}")
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance must be a non-negative number, got {tolerance}")
+    if accuracy_aware not in (None, "auto", "on", "off"):
+        raise UsageError(f"accuracy-aware must be auto, on or off, got {accuracy_aware!r}")
 
     path = resolve_run(run)
     manifest, arch, weights, budget, planned_precision = _read_run(path)
@@ -350,6 +382,7 @@ def export_run(
     load_weights(student, weights)
     student.eval()
     calibration = data.train.x[:calibration_samples].numpy() if precision == "int8" else None
+    aware_mode = accuracy_aware or _recipe_accuracy_aware(path)
 
     results: list[dict] = []
     errors: list[str] = []
@@ -359,11 +392,17 @@ def export_run(
         if fmt not in targets:
             continue
         try:
-            record = _export_one(
+            one = dict(
                 run=path, fmt=fmt, precision=precision, student=student, data=data, calibration=calibration,
                 budget=budget, budget_gated=precision == planned_precision, tolerance=tolerance,
                 max_accuracy_drop=max_accuracy_drop, device=device, say=say,
             )
+            record = _export_one(**one, accuracy_aware=precision == "int8" and aware_mode == "on")
+            if precision == "int8" and aware_mode == "auto" and _only_accuracy_missed(record):
+                say(f"{fmt} int8 missed the accuracy gate by {record['accuracy_drop'] - max_accuracy_drop:.2f} points: retrying accuracy-aware")
+                plain = record
+                record = _export_one(**one, accuracy_aware=True)
+                record["accuracy_aware"]["plain_int8"] = {k: plain[k] for k in ("bytes", "test_accuracy", "accuracy_drop", "failures")}
         except exporters.BackendMissingError as e:
             errors.append(f"{fmt} {precision} needs a runtime that is not installed ({e})")
             results.append({"format": fmt, "precision": precision, "error": errors[-1]})

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prokt_deploy.augment import step_generator
 from prokt_deploy.data import DataBundle, Split, trim_padding
 from prokt_deploy.distributed import all_ok, is_main, shard, sum_metrics, unwrap
 from prokt_deploy.errors import TrainingError
@@ -177,6 +178,7 @@ class Method:
     state: dict = field(default_factory=dict)  # e.g. the dual variable beta of constrained ProKT
     optimizers: dict[str, tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]] = field(default_factory=dict)
     trains_teacher: bool = False
+    best_epoch: int | None = None  # set by fit: the epoch whose weights the models hold at the end
 
     def state_dict(self) -> dict:
         """Everything needed to continue: models, optimizers, schedulers, method state."""
@@ -267,7 +269,7 @@ def prokt_method(
         p = _soft_targets(teacher, x, batch_stats=cfg.teacher_targets == "batch-stats")  # (B, K)
         student.train()
         s_logits = student(x)
-        loss_s = prokt_student_loss(s_logits, p)  # no label term, temperature 1
+        loss_s = prokt_student_loss(s_logits, p, y, cfg.student_label_weight)  # temperature 1; no label term at w = 0
         _check_finite(loss_s, "ProKT student")
         _clip_and_step(student, opt_s, sched_s, loss_s, grad_clip)
         return {
@@ -330,6 +332,7 @@ class Resume:
     history: list[dict]
     method_state: dict
     torch_rng: torch.Tensor
+    best: dict | None = None  # the best-on-validation weights so far (keep_best)
 
 
 SaveFn = Callable[[dict], None]
@@ -347,13 +350,19 @@ def fit(
     phase: str = "train",
     save: SaveFn | None = None,
     resume: Resume | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    keep_best: bool = False,
 ) -> list[dict]:
     """Run ``method`` for ``epochs`` over the training split; validate after each epoch.
 
     The data order depends only on ``seed`` and the epoch, so every method sees the same batches
     and a resumed run continues on exactly the batches it would have seen. ``save(state)`` is
     called at the end of every epoch and, after Ctrl-C, at the next step boundary (then
-    :class:`Interrupted` is raised). Returns the per-epoch history.
+    :class:`Interrupted` is raised). ``augment(x, gen)`` transforms each training batch with a
+    generator that depends only on (seed, epoch, step). ``keep_best``: at the end the models hold
+    the weights of the epoch with the best validation accuracy of ``method.student`` (ties keep the
+    earlier epoch), and ``method.best_epoch`` says which; otherwise the last epoch's. Returns the
+    per-epoch history.
     """
     progress = progress or SilentProgress()
     train = data.train
@@ -361,6 +370,7 @@ def fit(
     per_epoch = steps_per_epoch(n, batch_size)
     history: list[dict] = list(resume.history) if resume else []
     first_epoch = resume.epoch if resume else 0
+    best: dict | None = resume.best if resume else None
     if resume:
         method.load_state_dict(resume.method_state)
         torch.set_rng_state(resume.torch_rng)
@@ -371,7 +381,7 @@ def fit(
         sums, count = sum_metrics(sums, count)
         if save is not None and is_main():
             save({"phase": phase, "epoch": epoch, "step": step, "sums": dict(sums), "count": count, "history": list(history),
-                  "method": method.state_dict(), "torch_rng": torch.get_rng_state()})
+                  "method": method.state_dict(), "torch_rng": torch.get_rng_state(), "best": best})
 
     with _sigint_flag() as stop:
         progress.start(phase, epochs * per_epoch, completed=first_epoch * per_epoch + (resume.step if resume else 0))
@@ -395,6 +405,8 @@ def fit(
                     idx = shard(order[step * batch_size : (step + 1) * batch_size])  # this rank's part
                     x = trim_padding(train.x[idx]).to(device, non_blocking=True)  # (B, C, H, W) or text (B, 2, L)
                     y = train.y[idx].to(device, non_blocking=True)  # (B,)
+                    if augment is not None:
+                        x = augment(x, step_generator(seed, epoch, step))
                     metrics = method.step(x, y)
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + v * len(idx)
@@ -404,13 +416,31 @@ def fit(
                 record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - start, 3), "train_samples": total_count}
                 record.update({f"train_{k}": round(v / total_count, 6) for k, v in total_sums.items()})
                 record.update(validate(method, data, device))
+                if keep_best and (best is None or record["val_student_accuracy"] > best["val"]):
+                    best = {"epoch": epoch + 1, "val": record["val_student_accuracy"], "state": _model_weights(method)}
                 history.append(record)
                 checkpoint(epoch + 1, 0, {}, 0)  # an epoch boundary: nothing to carry over
                 log.info("%s epoch %d: %s", phase, epoch + 1, record)
                 progress.epoch(record)
         finally:
             progress.stop()
+    method.best_epoch = len(history)
+    if keep_best and best is not None:
+        method.best_epoch = best["epoch"]
+        if best["epoch"] != len(history):
+            unwrap(method.student).load_state_dict(best["state"]["student"])
+            if "teacher" in best["state"]:
+                unwrap(method.teacher).load_state_dict(best["state"]["teacher"])
+            log.info("%s: keeping epoch %d (best validation accuracy %.4f) of %d", phase, best["epoch"], best["val"], len(history))
     return history
+
+
+def _model_weights(method: Method) -> dict:
+    """A detached copy of the weights ``keep_best`` restores: the student, and a teacher it trains."""
+    out = {"student": {k: v.detach().clone() for k, v in unwrap(method.student).state_dict().items()}}
+    if method.trains_teacher and method.teacher is not None:
+        out["teacher"] = {k: v.detach().clone() for k, v in unwrap(method.teacher).state_dict().items()}
+    return out
 
 
 def validate(method: Method, data: DataBundle, device: torch.device) -> dict[str, float]:

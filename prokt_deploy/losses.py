@@ -36,9 +36,21 @@ def prokt_constrained_teacher_loss(
     return F.cross_entropy(teacher_logits, labels) + beta * (kl - eps), kl.detach()
 
 
-def prokt_student_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-    """ProKT step (b): L_S = KL(p' || q_phi), p' from the UPDATED teacher; no label term, temperature 1."""
-    return kl_to_target(teacher_probs, student_logits)
+def prokt_student_loss(
+    student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: torch.Tensor | None = None, label_weight: float = 0.0
+) -> torch.Tensor:
+    """ProKT step (b): L_S = KL(p' || q_phi), p' from the UPDATED teacher; no label term, temperature 1.
+
+    ``label_weight`` w > 0 is a named variant (prokt.student_label_weight), not the reference:
+    L_S = (1 - w) * KL(p' || q_phi) + w * CE(y, q_phi). At w = 0 the KL alone is computed, so the
+    step is bit-identical to the reference form.
+    """
+    kl = kl_to_target(teacher_probs, student_logits)
+    if label_weight == 0.0:
+        return kl
+    if labels is None:
+        raise ValueError("prokt_student_loss: label_weight > 0 needs the labels")
+    return (1.0 - label_weight) * kl + label_weight * F.cross_entropy(student_logits, labels)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float) -> torch.Tensor:

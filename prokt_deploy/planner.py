@@ -74,7 +74,12 @@ class Plan:
 
 def weight_elements(model: nn.Module) -> int:
     """Elements of conv, linear and embedding weights: what any artifact must store at least once."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)))
+    return sum(m.weight.numel() for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)) or getattr(m, "original_name", None) in _SCRIPTED_WEIGHTED)
+
+
+#: the same layers inside a TorchScript teacher (RecursiveScriptModule keeps the class name)
+_SCRIPTED_WEIGHTED = frozenset({"Conv2d", "Linear", "Embedding"})
 
 
 class SizeCache:
@@ -188,9 +193,10 @@ def plan_student(
     teacher_params = count_params(teacher)
     teacher_label = teacher_arch if _is_registered(teacher_arch) else f"custom:{teacher_arch}:{teacher_params}"
     teacher_lower_bound = weight_elements(teacher) * BYTES_PER_ELEMENT[precision]
-    if budget_bytes < teacher_lower_bound:
+    if budget_bytes < teacher_lower_bound or teacher_arch.startswith("torchscript:"):
         # The budget binds whatever the teacher's exact size: skip exporting it (a 90 MB transformer
-        # takes minutes to export and quantize); its weights alone are a lower bound.
+        # takes minutes to export and quantize); its weights alone are a lower bound. A TorchScript
+        # teacher cannot be exported by torch.onnx at all: its weights are the size used.
         teacher_bytes, teacher_exact = teacher_lower_bound, False
     else:
         teacher_bytes, teacher_exact = max(measure(teacher, teacher_label).values()), True

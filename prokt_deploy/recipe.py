@@ -6,6 +6,7 @@ permitted``). Command-line flags override fields through :func:`apply_overrides`
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -15,18 +16,41 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from prokt_deploy.budget import parse_size
 from prokt_deploy.errors import RecipeError, UsageError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# The recipes ship inside the package (package data), so a wheel installed anywhere has them; the
+# top-level recipes/ of a clone is a symlink to this directory (one source of truth).
+RECIPES_DIR = Path(str(files("prokt_deploy") / "recipes"))
 DEFAULT_RECIPE = RECIPES_DIR / "fashion-mnist.yaml"
+
+
+def shipped_recipe(name: str) -> Path | None:
+    """The shipped recipe called ``name`` (``digits`` or ``digits.yaml``), so that a user of an
+    installed wheel can name one without knowing where site-packages is; None when there is none."""
+    if not name or "/" in name or "\\" in name:
+        return None
+    stem = name.removesuffix(".yaml")
+    candidate = RECIPES_DIR / f"{stem}.yaml"
+    return candidate if candidate.is_file() else None
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AugmentConfig(_Strict):
+    """On-the-fly training-split augmentation for images (prokt_deploy/augment.py); all off by default."""
+
+    crop_padding: int = Field(0, ge=0, le=64)  # pad by p pixels of background, crop back at a random offset
+    hflip: bool = False  # mirror left-right with probability 1/2 (off for digits and text)
+    resized_crop: float | None = Field(None, gt=0, le=1)  # random crop of at least this area fraction, resized back
+
+
 class DataConfig(_Strict):
     source: Literal["digits", "fashion-mnist", "image-folder", "npz", "tweets", "text-file"] = "digits"
     path: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    # The seed of the train/val(/test) split; None: the recipe's seed. Fix it to compare seeds on one
+    # split (the shipped Fashion-MNIST teacher was trained on split 0's training part only).
+    split_seed: int | None = None
     test_fraction: float = Field(0.2, gt=0, lt=1)
     max_train_samples: int | None = Field(None, ge=1)
     image_size: tuple[int, int] | None = None
@@ -36,6 +60,7 @@ class DataConfig(_Strict):
     max_length: int = Field(64, ge=2, le=4096)  # tokens: padded on the right and truncated to this
     text_column: str = "text"
     label_column: str = "label"
+    augment: AugmentConfig = AugmentConfig()
 
 
 class TeacherConfig(_Strict):
@@ -62,6 +87,10 @@ class StudentConfig(_Strict):
     # text: start the student's token embeddings from the teacher's, projected onto their top
     # principal components (same for every method; not part of ProKT itself)
     init_embeddings: Literal["random", "teacher-pca"] = "random"
+    # Zero the student's classification head before training. None: ProKT's prokt.zero_init_heads for
+    # prokt, the family's default init for kd and scratch. true/false: the same for every method (a level
+    # comparison gives every method the same student start).
+    zero_init_head: bool | None = None
 
 
 class BudgetConfig(_Strict):
@@ -69,6 +98,9 @@ class BudgetConfig(_Strict):
     precision: Literal["fp32", "fp16", "int8"] = "int8"
     formats: list[Literal["onnx", "openvino"]] = ["onnx", "openvino"]
     max_teacher_fraction: float = Field(0.25, gt=0, le=1)
+    # int8 export: keep the fewest layers in fp32 that meet the accuracy gate (exporters/accuracy_aware.py);
+    # auto = only when plain int8 misses --max-accuracy-drop
+    accuracy_aware: Literal["auto", "on", "off"] = "auto"
 
     @field_validator("size")
     @classmethod
@@ -95,6 +127,9 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
     teacher_optimizer: OptimizerConfig = OptimizerConfig(lr=1e-3)
     student_optimizer: OptimizerConfig = OptimizerConfig(lr=3e-3)
+    # Keep the weights of the epoch with the best validation accuracy (the authors report the best
+    # validation checkpoint); the manifest records it as best_epoch. false: keep the last epoch.
+    keep_best: bool = True
 
 
 class ProktConfig(_Strict):
@@ -110,6 +145,9 @@ class ProktConfig(_Strict):
     # whose running statistics lag their own fast-moving weights (benchmarks/prokt_dynamics.py). The
     # student's q for the teacher step stays in eval mode. No effect on models without batch norm.
     teacher_targets: Literal["eval", "batch-stats"] = "eval"
+    # A named variant, not the reference: w > 0 adds a label term to the student's loss,
+    # L_S = (1 - w) * KL(p' || q_phi) + w * CE(y, q_phi). 0 is PROKT.md's method (no label term).
+    student_label_weight: float = Field(0.0, ge=0, le=1)
 
 
 class KDConfig(_Strict):
@@ -154,10 +192,13 @@ def _format_errors(err: ValidationError, source: str) -> str:
 def load_recipe(path: str | Path | None = None) -> Recipe:
     """Read and validate a recipe; None means the default recipe."""
     path = Path(path) if path is not None else DEFAULT_RECIPE
+    if not path.exists() and (shipped := shipped_recipe(str(path))) is not None:
+        path = shipped
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise RecipeError(f"recipe {str(path)!r} not found; shipped recipes are in {RECIPES_DIR}") from None
+        shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        raise RecipeError(f"recipe {str(path)!r} not found; shipped recipes (by name): {shipped}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"cannot read recipe {str(path)!r}: {e}") from None
     try:

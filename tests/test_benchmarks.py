@@ -29,11 +29,19 @@ def test_distill_throughput(tmp_path):
 def test_quality_and_ablation_tiny(tmp_path):
     out = tmp_path / "q.json"
     bench("quality.py", "--recipe", DIGITS, "--budgets", "20KB", "--seeds", "0", "--epochs", "1", "--teacher-epochs", "1",
-          "--max-train-samples", "300", "--out", str(out), cwd=tmp_path)
-    records = json.loads(out.read_text())
+          "--max-train-samples", "300", "--methods", "scratch,kd,prokt", "--tune", "--out", str(out), cwd=tmp_path)
+    everything = json.loads(out.read_text())
+    tuning = [r for r in everything if r["phase"] == "tune"]
+    records = [r for r in everything if r["phase"] == "grid"]
     assert {r["method"] for r in records} == {"scratch", "kd", "prokt"}
+    for method in ("scratch", "kd", "prokt"):  # the same tuning budget for every method, chosen on validation
+        tried = [r for r in tuning if r["method"] == method]
+        assert len(tried) == 3 and {r["tuned"].get("student.zero_init_head") for r in tried} == {True, False}
+        best = max(tried, key=lambda r: r["student_val_accuracy"])
+        assert next(r for r in records if r["method"] == method)["tuned"] == best["tuned"]
     for r in records:
-        for key in ("budget_bytes", "method", "seed", "student_test_accuracy", "int8_test_accuracy", "teacher_test_accuracy", "seconds"):
+        for key in ("budget_bytes", "method", "seed", "student_test_accuracy", "int8_test_accuracy", "student_int8_test_accuracy",
+                    "teacher_test_accuracy", "teacher_params", "student_params", "best_epoch", "epochs", "seconds"):
             assert r[key] is not None, key
     assert len({r["student"] for r in records}) == 1  # same student for every method
     assert "| 20KB | prokt |" in out.with_suffix(".md").read_text()

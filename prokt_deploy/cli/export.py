@@ -28,6 +28,9 @@ def export(
     max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="int8 gate: most test accuracy lost vs PyTorch, in percentage points.")] = deploy.DEFAULT_MAX_ACCURACY_DROP,
     tolerance: Annotated[Optional[float], typer.Option(help="Max |logit diff| vs PyTorch (default: fp32 1e-4, fp16 5e-2, int8 unchecked).")] = None,
     device: Annotated[str, typer.Option(help="Runtime device for validation (OpenVINO device name; onnxruntime: CPU or cuda).")] = "CPU",
+    accuracy_aware: Annotated[Optional[bool], typer.Option(
+        "--accuracy-aware/--no-accuracy-aware",
+        help="int8: keep the fewest layers in fp32 that meet --max-accuracy-drop (default: the recipe's budget.accuracy_aware, auto = only when plain int8 misses it).")] = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Export, validate in each artifact's own runtime, check the size budget; keep only what passes."""
@@ -48,6 +51,7 @@ def export(
                 tolerance=tolerance,
                 device=device,
                 progress=status.update,
+                accuracy_aware=None if accuracy_aware is None else ("on" if accuracy_aware else "off"),
             )
         except (GateFailed, ExportFailed) as e:
             failure = e
@@ -68,6 +72,16 @@ def _fmt_float(value: float | None, spec: str) -> str:
 
 def _pct(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def _accuracy_aware_note(name: str, aware: dict) -> str:
+    plain = aware.get("plain_int8")
+    head = f"{name}: accuracy-aware" + (f" (plain int8 lost {plain['accuracy_drop']:.2f} points on test, {plain['bytes']:,} B)" if plain else "")
+    if not aware["kept_fp32"]:
+        return f"{head}: nothing kept in fp32 (validation drop {aware['drop']:+.2f} points)"
+    layers = ", ".join(f"{k['name']} ({k['op_type']}, {k['fp32_weight_bytes']:,} B fp32 weights)" for k in aware["kept_fp32"])
+    return (f"{head}: kept in fp32 {layers}; +{aware['extra_bytes']:,} B over plain int8; validation drop "
+            f"{aware['plain_drop']:+.2f} -> {aware['drop']:+.2f} points")
 
 
 def print_results(run: Path, results: list[dict]) -> None:
@@ -100,6 +114,8 @@ def print_results(run: Path, results: list[dict]) -> None:
             notes.append(f"{name}: {', '.join(r['files'])} ({format_size(r['bytes'])}, {r['runtime']})")
         else:
             notes.extend(f"{name}: {f}" for f in r["failures"])
+        if aware := r.get("accuracy_aware"):
+            notes.append(_accuracy_aware_note(name, aware))
         if not r["budget_gated"]:
             notes.append(f"* {name}: the budget is only a gate at the precision the run was planned for")
     out.print(table)

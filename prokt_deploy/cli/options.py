@@ -11,7 +11,7 @@ from prokt_deploy.budget import parse_size
 from prokt_deploy.errors import RecipeError
 from prokt_deploy.recipe import DEFAULT_RECIPE, Recipe, apply_overrides, load_recipe
 
-RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Recipe YAML (default: recipes/fashion-mnist.yaml).")]
+RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Recipe YAML, or a shipped recipe by name (digits, fashion-mnist, tweets-minilm; default: fashion-mnist).")]
 BudgetOpt = Annotated[Optional[str], typer.Option(help="Size budget of the deployed artifact, e.g. 5MB, 200KB, 1.5MiB (kB/MB = 1000, KiB/MiB = 1024).")]
 MethodOpt = Annotated[Optional[str], typer.Option(help="prokt | kd | scratch.")]
 EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs.")]

@@ -14,11 +14,12 @@ from prokt_deploy.cli import bench as b
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, err
 from prokt_deploy.cli.train import OutOpt
+from prokt_deploy.compare import compare, parse_methods
 from prokt_deploy.deploy import export_run
 from prokt_deploy.errors import GateFailed, UsageError
 from prokt_deploy.runs import check_out_dir
 
-STAGES = ("distill", "export", "bench")
+STAGES = ("distill", "compare", "export", "bench")
 EXPORT_FORMATS = ("onnx", "openvino")
 
 
@@ -94,6 +95,7 @@ def run(
     max_accuracy_drop: b.MaxDropOpt = None,
     min_speedup: b.MinSpeedupOpt = None,
     trust_recipe_code: o.TrustCodeOpt = False,
+    compare_methods: Annotated[Optional[str], typer.Option("--compare", help="Also train these baselines on the same split, student and epochs, e.g. scratch,kd; the report compares them.")] = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Distill, export ONNX and OpenVINO at the deploy precision, benchmark and write the report, in one go.
@@ -111,9 +113,13 @@ def run(
     b.check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
     if out_dir is not None:
         check_out_dir(out_dir)  # before the data is loaded
+    baselines = parse_methods(compare_methods) if compare_methods else []  # a bad list fails now too
     with PipelineProgress() as progress:
         progress.stage("distill")
         result = distill(r, out=out_dir, progress=progress)
+        progress.stage("compare")
+        if baselines:
+            compare(result.path, baselines, progress=progress, status=progress.status)
         progress.stage("export")
         try:
             export_run(result.path, EXPORT_FORMATS, r.budget.precision, progress=progress.status)

@@ -22,6 +22,8 @@ from prokt_deploy.models.registry import (
 from prokt_deploy.models import cnn as _cnn  # noqa: F401  (registers the family)
 from prokt_deploy.models import resnet as _resnet  # noqa: F401
 from prokt_deploy.models import text as _text  # noqa: F401
+from prokt_deploy.models import vgg as _vgg  # noqa: F401
+from prokt_deploy.models import external as _external  # noqa: F401
 
 __all__ = [
     "Family",

@@ -108,7 +108,8 @@ def classifier_head(model: nn.Module) -> nn.Linear:
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear):
         return head
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    # a TorchScript submodule is a RecursiveScriptModule that remembers its class as original_name
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) or getattr(m, "original_name", None) == "Linear"]
     if not linears:
         raise ModelError("model has no nn.Linear classification head to initialise")
     return linears[-1]

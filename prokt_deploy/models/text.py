@@ -249,7 +249,16 @@ register_family(Family("tfm", _build_tfm, _parse(_TFM, ("hidden", "layers")),
 register_family(Family("bilstm", _build_lstm, _parse(_LSTM, ("embed", "hidden")),
                        lambda: [f"bilstm-e{e}-h{h}" for e, h in LSTM_SIZES], "bilstm-e128-h128", "text"))
 register_family(Family("bert", _build_bert, _parse(_BERT, ("hidden", "layers")), lambda: [], "bert-h64-l2", "text"))
-register_family(Family("hf", lambda o, *, num_classes, **_: build_hf(o["ref"], num_classes), _parse_hf, lambda: [], "hf:all-minilm-l6-v2", "text"))
+def _build_hf_any(o: dict, *, num_classes: int, vocab_size: int | None = None, in_channels: int | None = None, **_: object) -> nn.Module:
+    """``hf:`` on text data is an encoder teacher; on image data an image classifier (models/external.py)."""
+    if vocab_size is None and in_channels is not None:
+        from prokt_deploy.models.external import build_hf_image
+
+        return build_hf_image(o["ref"], num_classes, in_channels)
+    return build_hf(o["ref"], num_classes)
+
+
+register_family(Family("hf", _build_hf_any, _parse_hf, lambda: [], "hf:all-minilm-l6-v2", "text"))
 
 
 def token_embedding(model: nn.Module, vocab_size: int) -> nn.Embedding | None:

@@ -1,0 +1,139 @@
+"""Baselines inside the product: ``run --compare scratch,kd`` and :func:`compare`.
+
+Did distillation help on *this* data? For a finished run, each named baseline method is trained
+on the same split, the same student architecture, the same seed, epochs, schedule and
+augmentation, into ``RUN/compare/<method>/`` (a run directory of its own), and exported at the
+run's deploy precision in its first planned format, so each method's deployed accuracy is
+measured in its runtime, as the run's own student is. The run's manifest then lists, per method:
+fp32 and deployed test accuracy, best epoch, and the gain over scratch in points with its paired
+standard error over the test samples. A gain smaller than twice that standard error is flagged as
+within noise (a different seed moves a small student by more than that: see docs/results.md).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+from prokt_deploy.errors import ExportFailed, GateFailed, UsageError
+from prokt_deploy.runs import MANIFEST, read_manifest, update_manifest
+
+METHODS = ("scratch", "kd", "prokt")
+COMPARE_DIR = "compare"
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """'scratch,kd' -> ['scratch', 'kd']; unknown or repeated names are a usage error."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    bad = [n for n in names if n not in METHODS]
+    if bad or not names:
+        raise UsageError(f"--compare takes methods from {', '.join(METHODS)} separated by commas; got {text!r}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--compare names a method twice: {text!r}")
+    return names
+
+
+def baseline_recipe(recipe, method: str, student_arch: str):  # noqa: ANN001, ANN201 - recipe.Recipe
+    """The run's recipe with another method, the same student pinned and the same student start.
+
+    KD needs a converged, frozen teacher: a teacher checkpoint is used as it is (``checkpoint``);
+    without one, KD's run trains the teacher with cross-entropy first, as ``distill --method kd`` does.
+    The student's head starts as the run's student did (student.zero_init_head resolved), so the
+    methods differ only in their loss.
+    """
+    from prokt_deploy.api import student_zero_head
+
+    teacher = recipe.teacher
+    if method == "kd":
+        teacher = teacher.model_copy(update={"init": "checkpoint" if teacher.checkpoint else "pretrain"})
+    student = recipe.student.model_copy(update={"arch": student_arch, "zero_init_head": student_zero_head(recipe)})
+    return recipe.model_copy(update={"method": method, "student": student, "teacher": teacher})
+
+
+def compare(run: str | Path, methods: str | Sequence[str], *, progress=None, status: Callable[[str], None] | None = None) -> list[dict]:  # noqa: ANN001
+    """Train and export each baseline of ``methods`` beside the run; record the comparison in its manifest."""
+    from prokt_deploy.api import distill
+    from prokt_deploy.deploy import export_run
+    from prokt_deploy.recipe import load_recipe
+
+    run = Path(run)
+    names = parse_methods(methods)
+    manifest = read_manifest(run)
+    recipe = load_recipe(run / "recipe.yaml")
+    student_arch = manifest["student"]["arch"]
+    say = status or (lambda message: None)
+    fmt = manifest["formats"][0]
+    rows = [_row(manifest["method"], ".", manifest, _deployed_accuracy(manifest, fmt))]
+    for name in names:
+        if name == manifest["method"]:
+            continue  # the run itself
+        sub = run / COMPARE_DIR / name
+        if not (sub / MANIFEST).is_file():
+            say(f"compare: training {name}")
+            distill(baseline_recipe(recipe, name, student_arch), out=sub, progress=progress, latest=False)
+            say(f"compare: exporting {name} ({fmt} {manifest['precision']})")
+            try:
+                export_run(sub, [fmt], manifest["precision"])
+            except (GateFailed, ExportFailed):
+                pass  # recorded in the sub-run's manifest; the row shows the deployed accuracy if measured
+        sub_manifest = read_manifest(sub)
+        rows.append(_row(name, f"{COMPARE_DIR}/{name}", sub_manifest, _deployed_accuracy(sub_manifest, fmt)))
+    _add_gains(run, rows)
+    update_manifest(run, lambda m: m.update(compare={"format": fmt, "precision": m["precision"], "rows": rows}))  # under the run's lock
+    return rows
+
+
+def with_own_deployed(manifest: dict) -> dict | None:
+    """The manifest's comparison with the run's own deployed accuracy filled in (the run is exported after compare)."""
+    comp = manifest.get("compare")
+    if not comp:
+        return None
+    rows = [dict(r) for r in comp["rows"]]
+    for r in rows:
+        if r["run"] == "." and r.get("deployed_test_accuracy") is None:
+            r["deployed_test_accuracy"] = _deployed_accuracy(manifest, comp["format"])
+    return {**comp, "rows": rows}
+
+
+def _deployed_accuracy(manifest: dict, fmt: str) -> float | None:
+    for a in manifest.get("artifacts", []):
+        if a.get("format") == fmt and a.get("precision") == manifest.get("precision"):
+            return a.get("test_accuracy")
+    return None
+
+
+def _row(method: str, path: str, manifest: dict, deployed: float | None) -> dict:
+    m = manifest["metrics"]
+    return {"method": method, "run": path, "student_arch": manifest["student"]["arch"],
+            "student_test_accuracy": m["student_test_accuracy"], "student_val_accuracy": m.get("student_val_accuracy"),
+            "deployed_test_accuracy": deployed, "best_epoch": m.get("best_epoch"), "epochs": m.get("epochs")}
+
+
+def _add_gains(run: Path, rows: list[dict]) -> None:
+    """Gain over scratch in points, with the paired standard error over the test samples."""
+    import torch
+
+    from prokt_deploy.api import load_recipe_data
+    from prokt_deploy.benchmark import load_run_model
+    from prokt_deploy.engine import predict_logits
+    from prokt_deploy.recipe import load_recipe
+
+    scratch = next((r for r in rows if r["method"] == "scratch"), None)
+    if scratch is None:
+        return
+    data = load_recipe_data(load_recipe(run / "recipe.yaml"))
+    correct = {}
+    for r in rows:
+        model = load_run_model(run / r["run"] if r["run"] != "." else run, "student")
+        correct[r["method"]] = (predict_logits(model, data.test.x, torch.device("cpu")).argmax(1) == data.test.y).double()
+    base = correct["scratch"]
+    for r in rows:
+        if r["method"] == "scratch":
+            continue
+        diff = correct[r["method"]] - base  # (N,) in {-1, 0, 1}
+        se = diff.std(unbiased=True).item() / math.sqrt(len(diff)) * 100
+        gain = (r["student_test_accuracy"] - scratch["student_test_accuracy"]) * 100
+        r["gain_over_scratch_points"] = round(gain, 2)
+        r["gain_standard_error_points"] = round(se, 2)
+        r["within_noise"] = abs(gain) < 2 * se
