@@ -38,6 +38,7 @@ from prokt_deploy.runs import (
     save_checkpoint,
     staged_run_dir,
     write_json_atomic,
+    write_text_atomic,
 )
 
 log = logging.getLogger("prokt_deploy")
@@ -212,7 +213,8 @@ def distill(
         partial = find_resumable(resume)
         final = final_path(partial)
         recipe = load_recipe(partial / "recipe.yaml")
-        ckpt = load_checkpoint(partial / CHECKPOINT)
+        # killed before its first checkpoint: start again from step 0 with the saved recipe
+        ckpt = load_checkpoint(partial / CHECKPOINT) if (partial / CHECKPOINT).is_file() else None
     else:
         final = Path(out) if out is not None else default_run_path(Path(runs_root), recipe.name, recipe.method)
         check_out_dir(final)
@@ -245,7 +247,7 @@ def distill(
     opened = True
     if main:
         try:
-            ws.open(resume=ckpt is not None)
+            ws.open(resume=resume is not None)
         except BaseException:
             opened = False
             if not distributed.active():
@@ -256,9 +258,11 @@ def distill(
     history: dict[str, list[dict]] = dict(ckpt["completed"]) if ckpt else {}
     try:
         if main and ckpt is None:
-            (ws.path / "recipe.yaml").write_text(dump_recipe(recipe))
+            write_text_atomic(ws.path / "recipe.yaml", dump_recipe(recipe))  # whole or absent: --resume reads it
             log.info("plan: %s -> %s (%s bytes)", the_plan.note, student_arch, the_plan.chosen.estimated_bytes)
-        elif main:
+        if main and ckpt is None and resume is not None:
+            log.info("resumed a run stopped before its first checkpoint: starting again from step 0")
+        elif main and ckpt is not None:
             log.info("resuming %s phase at epoch %d step %d", ckpt["current"]["phase"], ckpt["current"]["epoch"] + 1, ckpt["current"]["step"])
 
         def saver(done: dict[str, list[dict]], best_done: dict | None = None):
@@ -320,6 +324,12 @@ def distill(
         kept = ws.abandon() if main else False
         where = f"; the last good checkpoint is kept in {ws.path}" if kept else ""
         raise TrainingError(f"{e}{where}") from None
+    except OSError as e:  # disk full, file too large, ...: exit 13; a checkpoint already written stays resumable
+        kept = ws.abandon() if main else False
+        if not kept:
+            raise
+        raise OSError(e.errno, f"{e.strerror or e}; the last checkpoint is kept in {ws.path}: free space, then "
+                               f"'prokt-deploy distill --resume {final}'", e.filename) from None
     except BaseException:
         kept = ws.abandon() if main else False
         if kept:
@@ -390,11 +400,12 @@ def copy_tokenizer(source: str | Path, dest: Path) -> list[str]:
 
 def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress | None = None) -> RunResult:
     """Train a converged teacher with cross-entropy and save it (for ``kd`` or as a ProKT warm start)."""
+    final = Path(out)
+    check_out_dir(final)  # before the data is loaded and the teacher built: nothing wasted on a refusal
     engine.set_seed(recipe.seed)
     device = engine.resolve_device(recipe.device)
     data = load_recipe_data(recipe)
     teacher = build_teacher(recipe.model_copy(update={"method": "kd"}), data).to(device)
-    final = Path(out)
     with staged_run_dir(final) as run_dir:
         t = time.perf_counter()
         method = _teacher_method(recipe, teacher, data)

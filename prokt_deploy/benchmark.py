@@ -48,7 +48,7 @@ import numpy as np
 from prokt_deploy import int8_diagnosis, measure, report
 from prokt_deploy.errors import BenchError, BenchGateFailed, ExportFailed, RunError, UsageError
 from prokt_deploy.fingerprint import fingerprint
-from prokt_deploy.runs import read_manifest, resolve_run
+from prokt_deploy.runs import filesystem_cause, read_manifest, resolve_run, run_lock
 
 BASELINE = "teacher/onnx/fp32"
 BASELINE_PYTORCH = "teacher/pytorch/fp32"
@@ -83,11 +83,26 @@ def ensure_fp32_export(run: Path, which: str, fmt: str, example: np.ndarray) -> 
 
     import exporters
 
+    model = load_run_model(run, which)
+    out.parent.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))  # never a half-written export in place
     try:
-        artifact = exporters.export(load_run_model(run, which), fmt, "fp32", out, example_input=torch.from_numpy(example[:2]))
-    except exporters.ExportError as exc:
-        raise ExportFailed(f"could not export the {which} to {fmt} fp32 for the benchmark: {exc}") from None
-    return list(artifact.files)
+        try:
+            artifact = exporters.export(model, fmt, "fp32", staging, example_input=torch.from_numpy(example[:2]))
+        except (exporters.ExportError, RuntimeError, OSError) as exc:
+            cause = filesystem_cause(exc, staging)
+            if cause is not None:
+                raise cause from None
+            raise ExportFailed(f"could not export the {which} to {fmt} fp32 for the benchmark: {exc}") from None
+        os.chmod(staging, 0o755)
+        if out.exists():  # an incomplete earlier export (or one written since by another bench)
+            if all(f.is_file() for f in expected):
+                return expected
+            shutil.rmtree(out)
+        os.rename(staging, out)
+        return [out / f.name for f in artifact.files]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 GATE_RECORD = "gate.json"
@@ -414,7 +429,8 @@ def bench(
     rep = report.new_report(run, manifest, fingerprint=fp, settings=settings, rows=rows, int8=findings, recommendation=recommendation,
                             gates=gates, not_benchmarked=not_benchmarked)
     rep["versus_teacher"] = versus_teacher(rows, recommendation)
-    report.write_reports(run, rep)
+    with run_lock(run):  # not in the middle of a --merge's read-modify-write
+        report.write_reports(run, rep)
     return rep
 
 
@@ -438,13 +454,15 @@ def merge_device_results(run: str | Path | None, files: list[Path]) -> dict:
     """Add the rows of ``bench_bundle.py`` result files to the run's report (replacing earlier rows of
     the same device) and rewrite the reports. The host rows are not measured again."""
     run = resolve_run(run)
-    rep = report.read_report(run)
-    for f in files:
-        data = report.read_device_results(f)
-        fp_id = data["fingerprint"]["id"]
-        rows = [{**row, "id": f"{row['id']}@{fp_id}", "kind": "device", "fingerprint_id": fp_id} for row in data["rows"]]
-        relative_to_baseline(rows, f"{BASELINE}@{fp_id}")  # speed-ups against the teacher measured on that device
-        rep["rows"] = [r for r in rep["rows"] if r.get("fingerprint_id") != fp_id] + rows
-        rep["devices"][fp_id] = {k: data.get(k) for k in ("fingerprint", "settings", "created", "skipped")}
-    report.write_reports(run, rep)
+    report.read_report(run)  # no report: refused before the result files are read
+    results = [report.read_device_results(f) for f in files]  # every file checked before anything is written
+    with run_lock(run):  # read-modify-write: another merge or bench must not be lost
+        rep = report.read_report(run)
+        for data in results:
+            fp_id = data["fingerprint"]["id"]
+            rows = [{**row, "id": f"{row['id']}@{fp_id}", "kind": "device", "fingerprint_id": fp_id} for row in data["rows"]]
+            relative_to_baseline(rows, f"{BASELINE}@{fp_id}")  # speed-ups against the teacher measured on that device
+            rep["rows"] = [r for r in rep["rows"] if r.get("fingerprint_id") != fp_id] + rows
+            rep["devices"][fp_id] = {k: data.get(k) for k in ("fingerprint", "settings", "created", "skipped")}
+        report.write_reports(run, rep)
     return rep

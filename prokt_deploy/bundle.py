@@ -30,7 +30,7 @@ import numpy as np
 
 from prokt_deploy import fingerprint, measure
 from prokt_deploy.errors import RunError, UsageError
-from prokt_deploy.runs import read_manifest, resolve_run, staged_run_dir
+from prokt_deploy.runs import check_out_dir, read_manifest, resolve_run, staged_run_dir
 
 SCHEMA_VERSION = 1
 DEFAULT_SAMPLES = 500
@@ -73,11 +73,16 @@ def write_bundle(
     unknown = set(settings or {}) - set(measure.DEFAULTS)
     if unknown:
         raise UsageError(f"unknown bundle settings {sorted(unknown)}; known: {', '.join(measure.DEFAULTS)}")
+    out = Path(out)
+    check_out_dir(out)  # every refusal comes before the teacher's export is written into the run
     run = resolve_run(run)
     manifest = read_manifest(run)
     artifacts = [a for a in manifest.get("artifacts", []) if a.get("passed")]
     if not artifacts:
         raise RunError(f"{run} has no passed artifacts to bundle; run 'prokt-deploy export {run}' first")
+    missing = [f for a in artifacts for f in a.get("files", []) if not (run / f).is_file()]
+    if missing:
+        raise RunError(f"artifact file {missing[0]!r} listed in {run / 'manifest.json'} is missing; export again")
     data = load_recipe_data(load_recipe(run / "recipe.yaml"))
     x = data.test.x.numpy()[:samples]  # (N, C, H, W) float32, preprocessed as in training
     y = data.test.y.numpy()[:samples]  # (N,)
@@ -97,7 +102,6 @@ def write_bundle(
         files = ensure_fp32_export(run, "teacher", "onnx", x)
         entries.insert(0, ("teacher", "onnx", "fp32", files, manifest["metrics"].get("teacher_test_accuracy")))
 
-    out = Path(out)
     with staged_run_dir(out) as staging:
         listed = []
         for model, fmt, precision, files, accuracy in entries:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 from torch import nn
 
 from prokt_deploy.errors import ModelError
+from prokt_deploy.runs import write_bytes_atomic
 
 SAFE_FORMATS = "a .safetensors file, or a plain state_dict saved with torch.save (read with weights_only=True)"
 
@@ -111,20 +110,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Write a safetensors file atomically (temporary name, then rename)."""
-    from safetensors.torch import save_file
+    """Write a safetensors file atomically (temporary name, fsync, rename).
 
-    path = Path(path)
+    Serialised in memory and written with Python's file I/O: safetensors' own writer reports a full
+    disk as a SafetensorError, this way it is the file system's OSError (exit 13)."""
+    from safetensors.torch import save
+
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(Path(path), save(state))
 
 
 def build_from_factory(spec: str, *, num_classes: int, **input_kwargs: object) -> nn.Module:

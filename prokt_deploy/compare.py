@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from prokt_deploy.errors import ExportFailed, GateFailed, UsageError
-from prokt_deploy.runs import MANIFEST, read_manifest, write_json_atomic
+from prokt_deploy.runs import MANIFEST, read_manifest, update_manifest
 
 METHODS = ("scratch", "kd", "prokt")
 COMPARE_DIR = "compare"
@@ -80,9 +80,7 @@ def compare(run: str | Path, methods: str | Sequence[str], *, progress=None, sta
         sub_manifest = read_manifest(sub)
         rows.append(_row(name, f"{COMPARE_DIR}/{name}", sub_manifest, _deployed_accuracy(sub_manifest, fmt)))
     _add_gains(run, rows)
-    manifest = read_manifest(run)
-    manifest["compare"] = {"format": fmt, "precision": manifest["precision"], "rows": rows}
-    write_json_atomic(run / MANIFEST, manifest)
+    update_manifest(run, lambda m: m.update(compare={"format": fmt, "precision": m["precision"], "rows": rows}))  # under the run's lock
     return rows
 
 

@@ -139,6 +139,7 @@ def load_data(
         train_idx = train_idx[:max_train_samples]  # already a seeded permutation
     if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
         raise DataError(f"dataset {source!r} is too small to split into train/val/test ({len(raw_y)} samples)")
+    check_labels(f"dataset {source!r}", raw_y, list(classes), {"train": train_idx, "validation": val_idx, "test": test_idx}, _FIX)
 
     x = raw_x.astype(np.float32) / scale  # (N, C, H, W) in [0, 1]
     mean = x[train_idx].mean(axis=(0, 2, 3))
@@ -257,16 +258,18 @@ def _image_folder(root: Path, image_size: tuple[int, int] | None, channels: int 
     if channels is not None and mode is None:
         raise DataError(f"data.channels must be 1 or 3; got {channels}")
     images, labels = [], []
+    first: tuple[Path, str, tuple[int, int]] | None = None  # the first image's file, mode and (H, W)
     for label, name in enumerate(classes):
         for file in sorted((root / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
                 with Image.open(file) as img:
-                    mode = mode or ("L" if img.mode in ("L", "1", "I;16") else "RGB")
-                    img = img.convert(mode)
-                    size = image_size or (img.height, img.width)
-                    image_size = size
+                    own = ("L" if img.mode in ("L", "1", "I;16") else "RGB", (img.height, img.width))
+                    first = first or (file, *own)
+                    _check_same_image_kind(first, file, own, mode, image_size)
+                    img = img.convert(mode or first[1])
+                    size = image_size or first[2]
                     img = img.resize((size[1], size[0]))
                     arr = np.asarray(img, dtype=np.uint8)
             except (UnidentifiedImageError, OSError) as e:
@@ -276,6 +279,47 @@ def _image_folder(root: Path, image_size: tuple[int, int] | None, channels: int 
     if not images:
         raise DataError(f"no images found under {root} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
     return np.stack(images), np.asarray(labels, dtype=np.int64), classes, 255.0
+
+
+def _check_same_image_kind(first: tuple[Path, str, tuple[int, int]], file: Path, own: tuple[str, tuple[int, int]],
+                           mode: str | None, image_size: tuple[int, int] | None) -> None:
+    """Images of one folder must share channels and size unless the recipe says what to convert them
+    to: resizing or converting them all to the first file's kind would be a silent, arbitrary choice."""
+    channels = {"L": "1 channel", "RGB": "3 channels"}
+    if mode is None and own[0] != first[1]:
+        raise DataError(f"images of different channels: {first[0]} has {channels[first[1]]}, {file} has {channels[own[0]]}; "
+                        "set data.channels: 1 or 3 to convert them all")
+    if image_size is None and own[1] != first[2]:
+        (h0, w0), (h, w) = first[2], own[1]
+        raise DataError(f"images of different sizes: {first[0]} is {h0}x{w0}, {file} is {h}x{w} (HxW); set data.image_size: [H, W] to resize them all")
+
+
+def check_labels(name: str, y: np.ndarray, classes: list[str], splits: dict[str, np.ndarray], fix: dict[str, str]) -> None:
+    """Refuse a dataset a classifier cannot honestly be trained and scored on (DataError, exit 4).
+
+    At least two classes; every class 0..K-1 has samples (integer labels with a gap are not 0..K-1);
+    and every class is in every split: a class missing from validation or test would make its
+    accuracy a number about fewer classes than the model predicts. ``fix`` says, per split, which
+    setting makes that split larger.
+    """
+    if len(classes) < 2:
+        found = f"a single class ({classes[0]!r})" if classes else "no class"
+        raise DataError(f"{name}: found {found}; a classifier needs at least 2")
+    counts = np.bincount(y, minlength=len(classes))
+    empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
+    if empty:
+        raise DataError(f"{name}: class {empty[0]!r} has no samples ({len(empty)} of {len(classes)} classes empty); "
+                        f"labels must be 0..K-1 integers or class names, each class with samples")
+    for split, idx in splits.items():
+        present = np.bincount(y[idx], minlength=len(classes)) > 0
+        if not present.all():
+            missing = classes[int(np.flatnonzero(~present)[0])]
+            raise DataError(f"{name}: class {missing!r} has no samples in the {split} split ({len(idx)} samples for {len(classes)} classes); "
+                            f"the split is too small: {fix[split]}")
+
+
+_FIX = {"train": "use more training samples (--max-train-samples) or add data", "validation": "raise data.val_fraction or add data",
+        "test": "raise data.test_fraction or add data"}
 
 
 # --------------------------------------------------------------------------------------- text
@@ -364,7 +408,7 @@ def load_tokenizer(ref: str):  # noqa: ANN201 - transformers.PreTrainedTokenizer
     except ImportError:
         raise DataError("text data needs the 'text' extra: pip install 'prokt-deploy[text]' (transformers, tokenizers)") from None
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)  # no code from the directory
     except Exception as e:  # noqa: BLE001 - many error types for a bad directory
         raise DataError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0][:300]}") from None
     tok.padding_side = "right"  # the models rely on right padding (see BiLSTMClassifier)
@@ -416,6 +460,7 @@ def _load_text(source: str, path, seed: int, val_fraction: float, test_fraction:
         train_idx = train_idx[:max_train_samples]
     if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
         raise DataError(f"dataset {source!r} is too small to split into train/val/test ({len(y)} examples)")
+    check_labels(f"dataset {source!r}", y, classes, {"train": train_idx, "validation": val_idx, "test": test_idx}, _FIX)
     lengths = x[:, 1].sum(1).numpy()
 
     def split(idx: np.ndarray) -> Split:

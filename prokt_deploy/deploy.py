@@ -56,7 +56,7 @@ from prokt_deploy.data import DataBundle
 from prokt_deploy.errors import DataError, ExportFailed, GateFailed, RecipeError, RunError, UsageError
 from prokt_deploy.models import create_model
 from prokt_deploy.recipe import load_recipe
-from prokt_deploy.runs import MANIFEST, read_manifest, resolve_run, write_json_atomic
+from prokt_deploy.runs import MANIFEST, filesystem_cause, read_manifest, resolve_run, update_manifest
 
 ARTIFACTS_DIR = "artifacts"
 DEFAULT_CALIBRATION_SAMPLES = 300
@@ -197,10 +197,16 @@ def _move_into_place(staging: Path, final: Path) -> None:
 
 
 def _record_artifact(manifest: dict, run: Path, record: dict) -> None:
+    """Replace the entry of the record's format+precision in the manifest as it is on disk now (re-read
+    under the run's lock: another export may have recorded its artifact since this one started)."""
     key = (record["format"], record["precision"])
-    kept = [a for a in manifest["artifacts"] if not (isinstance(a, dict) and (a.get("format"), a.get("precision")) == key)]
-    manifest["artifacts"] = [*kept, record]
-    write_json_atomic(run / MANIFEST, manifest)
+
+    def change(current: dict) -> None:
+        artifacts = current.get("artifacts")
+        kept = [a for a in (artifacts if isinstance(artifacts, list) else []) if not (isinstance(a, dict) and (a.get("format"), a.get("precision")) == key)]
+        current["artifacts"] = [*kept, record]
+
+    manifest.update(update_manifest(run, change))
 
 
 def _export_one(
@@ -221,6 +227,7 @@ def _export_one(
 ) -> dict:
     """Export, validate and size one artifact; move it into place if it passed. Returns its record."""
     root = run / ARTIFACTS_DIR
+    created_root = not root.exists()
     root.mkdir(exist_ok=True)
     final = root / f"{fmt}-{precision}"
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.partial-"))
@@ -291,8 +298,15 @@ def _export_one(
         else:
             _remove_dir(final)  # the failed export replaces the earlier one (module docstring)
         return record
+    except (exporters.ExportError, RuntimeError, OSError) as exc:
+        cause = filesystem_cause(exc, staging)  # a full disk is exit 13 with the OS message, not an export failure
+        if cause is not None and cause is not exc:
+            raise cause from None
+        raise
     finally:
         _remove_dir(staging)
+        if created_root and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # a failed first export leaves the run as it was
 
 
 def _only_accuracy_missed(record: dict) -> bool:
@@ -397,7 +411,12 @@ def export_run(
             errors.append(f"{fmt} {precision} export failed: {e}")
             results.append({"format": fmt, "precision": precision, "error": errors[-1]})
             continue
-        _record_artifact(manifest, path, record)
+        try:
+            _record_artifact(manifest, path, record)
+        except OSError:  # e.g. the disk filled up: an artifact on disk that the manifest does not list is removed
+            if record["passed"]:
+                _remove_dir(path / ARTIFACTS_DIR / f"{fmt}-{precision}")
+            raise
         results.append(record)
         verdict = "passed" if record["passed"] else "FAILED: " + "; ".join(record["failures"])
         say(f"{fmt} {precision}: {record['bytes']:,} B, {verdict}")

@@ -7,6 +7,8 @@ a symlink to the most recent completed run.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import shutil
@@ -14,7 +16,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from prokt_deploy.errors import RunError
 
@@ -22,17 +24,30 @@ MANIFEST = "manifest.json"
 DEFAULT_RUNS_ROOT = Path("runs")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it over
+    ``path``: a crash or a full disk at any point leaves the previous file whole. The bytes go through
+    Python's own file I/O, so a write that fails raises the file system's OSError (ENOSPC, EFBIG, ...)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # name the file that could not be written in the one-line error
+            e.filename = str(path)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -100,6 +115,38 @@ def resolve_run(run: str | Path | None, runs_root: Path = DEFAULT_RUNS_ROOT) -> 
     return path
 
 
+@contextmanager
+def run_lock(run: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the run directory itself while a command updates its files.
+
+    Every read-modify-write of ``manifest.json`` or ``report.json`` happens inside it, so two
+    commands on one run (two exports, a bench and a merge) never lose each other's update. The lock
+    is taken on the directory, not on a lock file, so nothing is added to a finished run; it waits
+    for the other command (the critical sections are short) and is released if a process dies.
+    """
+    import fcntl
+
+    fd = os.open(run, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:  # a file system without flock (some network mounts): go on unlocked
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
+                raise
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def update_manifest(run: Path, change: Callable[[dict], None]) -> dict:
+    """Re-read ``manifest.json`` under the run's lock, apply ``change`` to it, write it atomically."""
+    with run_lock(run):
+        manifest = read_manifest(run)
+        change(manifest)
+        write_json_atomic(run / MANIFEST, manifest)
+    return manifest
+
+
 def read_manifest(run: Path) -> dict:
     try:
         return json.loads((run / MANIFEST).read_text())
@@ -123,15 +170,22 @@ def final_path(partial: Path) -> Path:
 
 
 def find_resumable(run: str | Path) -> Path:
-    """The unfinished run directory for ``run`` (its final path or the hidden partial one)."""
+    """The unfinished run directory for ``run`` (its final path or the hidden partial one).
+
+    A partial directory with a checkpoint resumes from it. One killed before its first checkpoint
+    still holds the resolved ``recipe.yaml``: it is returned too, and ``distill`` restarts it from
+    step 0 with that recipe. Anything else is a RunError that says what is there.
+    """
     run = Path(run)
-    candidates = [run] if run.name.endswith(".partial") else [partial_path(run)]
-    for c in candidates:
-        if (c / CHECKPOINT).is_file():
-            return c
+    partial = run if run.name.endswith(".partial") else partial_path(run)
+    if (partial / CHECKPOINT).is_file() or (partial / "recipe.yaml").is_file():
+        return partial
     if (run / MANIFEST).is_file():
         raise RunError(f"run {str(run)!r} already finished; nothing to resume")
-    raise RunError(f"no unfinished run with a checkpoint at {str(run)!r}; pass the --out directory of the interrupted run")
+    if partial.is_dir():
+        raise RunError(f"the unfinished run {str(partial)!r} was stopped before it saved its recipe or a checkpoint; "
+                       f"nothing to resume: delete it and start the run again")
+    raise RunError(f"no unfinished run at {str(run)!r} (no {partial.name}/ beside it); pass the --out directory of the interrupted run")
 
 
 class RunWorkspace:
@@ -187,6 +241,8 @@ class RunWorkspace:
     def commit(self) -> Path:
         self.checkpoint.unlink(missing_ok=True)
         (self.path / ".lock").unlink(missing_ok=True)
+        for stale in self.path.glob(".*.tmp"):  # a write cut short by a kill (the file it replaced is whole)
+            stale.unlink(missing_ok=True)
         self._unlock()
         check_out_dir(self.final)
         if self.final.exists():
@@ -204,18 +260,14 @@ class RunWorkspace:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary name, then rename: a crash mid-write keeps the previous one."""
+    """Serialise with torch.save in memory, then write atomically (:func:`write_bytes_atomic`): a
+    crash mid-write keeps the previous checkpoint. Not torch.save to the file: its zip writer turns
+    a full disk into ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``."""
     import torch
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes_atomic(path, buf.getbuffer())
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -225,3 +277,46 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise RunError(f"checkpoint {str(path)!r} is unreadable ({type(e).__name__}); the run cannot be resumed") from None
+
+
+# What a failed native write (torch's zip writer, OpenVINO's serializer) says instead of an OSError.
+_NATIVE_WRITE_FAILURES = ("inline_container.cc", "unexpected pos", "iostream error", "basic_ios", "No space left", "File too large",
+                          "Disk quota exceeded", "Read-only file system")
+
+
+def filesystem_cause(exc: BaseException, directory: Path | None = None) -> OSError | None:
+    """The file-system error behind ``exc``, or None if it is not one.
+
+    An OSError in the exception's chain is returned as it is. Native writers (torch's zip writer,
+    OpenVINO's serializer) report a full disk as a RuntimeError without the OS message. When
+    ``directory`` (where the failed write went) is given, a 1 MiB probe file written there and
+    deleted recovers the message ("No space left on device", "File too large"); without it, a native
+    write failure becomes an EIO that quotes the native message.
+    """
+    seen, e, native = set(), exc, False
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        native = native or any(m in str(e) for m in _NATIVE_WRITE_FAILURES)
+        e = e.__cause__ or e.__context__
+    if directory is None or not directory.is_dir():
+        return OSError(errno.EIO, f"a write failed ({_first_line(exc)}); the disk may be full") if native else None
+    probe_dir = directory
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir) as f:
+            for _ in range(16):
+                f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as probe:
+        probe.filename = probe.filename or str(probe_dir)
+        return probe
+    if native:
+        return OSError(errno.EIO, f"a write failed ({_first_line(exc)}); the disk may be full", str(probe_dir))
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__

@@ -73,12 +73,12 @@ def test_image_folder(tmp_path):
     rng = np.random.default_rng(0)
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
-        for i in range(15):
+        for i in range(20):  # 15 per class left the seeded 10% validation split (3 images) with one class
             Image.fromarray(rng.integers(0, 255, (10, 10), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
     (tmp_path / "cat" / "notes.txt").write_text("ignored")
     d = load_data("image-folder", path=tmp_path, seed=0, image_size=(8, 8))
     assert d.classes == ["cat", "dog"] and d.input_shape == (1, 8, 8)
-    assert len(d.train) + len(d.val) + len(d.test) == 30
+    assert len(d.train) + len(d.val) + len(d.test) == 40
 
 
 def test_image_folder_bad_image(tmp_path):

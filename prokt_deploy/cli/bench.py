@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +19,7 @@ from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json
 from prokt_deploy.errors import UsageError
 from prokt_deploy.report import REPORT_HTML, REPORT_JSON, REPORT_MD, table_rows, versus_line
+from prokt_deploy.runs import check_out_dir, read_manifest, resolve_run
 
 D = measure.DEFAULTS
 RunArg = Annotated[Optional[Path], typer.Argument(help="Run directory (default: the latest run, runs/latest).", show_default=False)]
@@ -60,6 +62,7 @@ def bench(
     max_accuracy_drop: MaxDropOpt = None,
     min_speedup: MinSpeedupOpt = None,
     merge: Annotated[Optional[list[Path]], typer.Option("--merge", help="Add a bench_bundle.py result file to the run's report (no new measurement); repeatable.")] = None,
+    trust_recipe_code: o.TrustCodeOpt = False,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Measure teacher, student and every passed artifact: accuracy, latency p50/p90/p99, throughput, size.
@@ -71,6 +74,8 @@ def bench(
             raise UsageError("--merge only adds device rows to the existing report; gates are checked when measuring (run bench without --merge)")
         show_report(merge_device_results(run, merge), as_json)
         return
+    check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
+    check_run_code(run, trust_recipe_code)
     display = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                        console=err, transient=True)  # transient: nothing is left on a non-terminal stderr
     with display:
@@ -80,6 +85,25 @@ def bench(
                         max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, progress=bars)
     show_report(rep, as_json)
     check_gates(rep)
+
+
+def check_gate_values(max_latency_ms: float | None, max_accuracy_drop: float | None, min_speedup: float | None) -> None:
+    """Gate limits that no measurement could meet or miss (NaN, inf, a latency of 0) are usage errors,
+    raised before anything is exported, trained or measured."""
+    for flag, value in (("--max-latency-ms", max_latency_ms), ("--max-accuracy-drop", max_accuracy_drop), ("--min-speedup", min_speedup)):
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value}")
+    for flag, value in (("--max-latency-ms", max_latency_ms), ("--min-speedup", min_speedup)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be positive, got {value:g}")
+
+
+def check_run_code(run: Path | None, trusted: bool, *, teacher: bool = True) -> None:
+    """A run whose teacher was built by a factory ('module:function') imports and calls it to load the
+    teacher again: refused without --trust-recipe-code (a run directory may come from someone else)."""
+    spec = read_manifest(resolve_run(run)).get("teacher") or {}
+    if teacher and isinstance(spec, dict) and spec.get("factory") and spec.get("weights"):
+        o.require_code_consent(o.code_hooks(spec["factory"]), trusted, f"the run {str(resolve_run(run))!r}")
 
 
 def show_report(rep: dict, as_json: bool) -> None:
@@ -122,12 +146,15 @@ def bundle(
     runs: RunsOpt = D["runs"],
     warmup: WarmupOpt = D["warmup"],
     repeats: RepeatsOpt = D["repeats"],
+    trust_recipe_code: o.TrustCodeOpt = False,
 ) -> None:
     """Write an on-device bundle: passed artifacts, test samples, input spec and bench_bundle.py (numpy + runtime only).
 
     On the board: `python bench_bundle.py` writes device-results.json; then `prokt-deploy bench RUN --merge device-results.json`.
     """
     settings = {"threads": threads, "batch": batch, "runs": runs, "warmup": warmup, "repeats": repeats}
+    check_out_dir(out_dir)  # before the run is resolved or its teacher exported
+    check_run_code(run, trust_recipe_code, teacher=not no_teacher)
     with err.status("writing the bundle", spinner="dots"):
         path = write_bundle(run, out_dir, samples=samples, teacher=not no_teacher, settings=settings)
     out.print(f"bundle written to {path}; on the device: python bench_bundle.py, then: prokt-deploy bench RUN --merge device-results.json")

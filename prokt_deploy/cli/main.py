@@ -16,6 +16,7 @@ from prokt_deploy.cli import recipe as recipe_cmd
 from prokt_deploy.cli import run as run_cmd
 from prokt_deploy.cli import train as train_cmd
 from prokt_deploy.errors import EXIT_FILESYSTEM, EXIT_INTERRUPTED, ProktError
+from prokt_deploy.runs import filesystem_cause
 
 app = typer.Typer(
     name="prokt-deploy",
@@ -83,5 +84,8 @@ def main(argv: list[str] | None = None) -> None:
             _fail(e.format_message() + hint, e.exit_code)
         if _debug:
             raise
+        cause = filesystem_cause(e)  # torch's zip writer and OpenVINO report a full disk as a RuntimeError
+        if cause is not None:
+            _fail(f"file system error: {cause.strerror or cause}", EXIT_FILESYSTEM)
         _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -24,13 +24,15 @@ def plan(
     exact: Annotated[bool, typer.Option("--exact", help="Measure every candidate's artifact, not only those needed to decide.")] = False,
     latency_budget: Annotated[Optional[str], typer.Option("--latency-budget", help="Keep only students whose batch-1 p50 in --target is within it, e.g. 0.2ms (times every fitting candidate).")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="Time the fitting candidates and the teacher in this runtime: onnx or openvino[:DEVICE] (default with --latency-budget: onnx).")] = None,
+    trust_recipe_code: o.TrustCodeOpt = False,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Show the student candidates (params, MACs, artifact bytes, latency with --target) and mark the chosen one."""
     latency_ms = parse_latency(latency_budget) if latency_budget is not None else None
     if target is not None:
         parse_target(target)
-    r = o.resolve_recipe(recipe, budget=budget, data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_factory=teacher_factory, student=student)
+    r = o.resolve_recipe(recipe, budget=budget, data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_factory=teacher_factory, student=student,
+                         trust_recipe_code=trust_recipe_code)
     p = run_plan(r, exact=exact, target=target, latency_budget_ms=latency_ms)
     if as_json:
         print_json(p.to_dict())

@@ -17,6 +17,7 @@ from prokt_deploy.cli.train import OutOpt
 from prokt_deploy.compare import compare, parse_methods
 from prokt_deploy.deploy import export_run
 from prokt_deploy.errors import GateFailed, UsageError
+from prokt_deploy.runs import check_out_dir
 
 STAGES = ("distill", "compare", "export", "bench")
 EXPORT_FORMATS = ("onnx", "openvino")
@@ -98,6 +99,7 @@ def run(
     max_latency_ms: b.MaxLatencyOpt = None,
     max_accuracy_drop: b.MaxDropOpt = None,
     min_speedup: b.MinSpeedupOpt = None,
+    trust_recipe_code: o.TrustCodeOpt = False,
     compare_methods: Annotated[Optional[str], typer.Option("--compare", help="Also train these baselines on the same split, student and epochs, e.g. scratch,kd; the report compares them.")] = None,
     as_json: o.JsonOpt = False,
 ) -> None:
@@ -110,8 +112,12 @@ def run(
     r = o.resolve_recipe(
         recipe_file or recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
         data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
+        trust_recipe_code=trust_recipe_code,
     )
     resolve_targets(bench_device)  # an unavailable device fails now, not after training
+    b.check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
+    if out_dir is not None:
+        check_out_dir(out_dir)  # before the data is loaded
     baselines = parse_methods(compare_methods) if compare_methods else []  # a bad list fails now too
     with PipelineProgress() as progress:
         progress.stage("distill")

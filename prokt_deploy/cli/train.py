@@ -18,8 +18,9 @@ from prokt_deploy.api import train_teacher as run_train_teacher
 from prokt_deploy.budget import format_size
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, out, print_json
-from prokt_deploy.errors import TrainingError
-from prokt_deploy.runs import check_out_dir
+from prokt_deploy.errors import TrainingError, UsageError
+from prokt_deploy.recipe import load_recipe
+from prokt_deploy.runs import check_out_dir, final_path, find_resumable
 
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create (default: runs/<time>-<recipe>-<method>).")]
 
@@ -38,8 +39,9 @@ def distill(
     teacher_init: o.TeacherInitOpt = None,
     teacher_factory: o.TeacherFactoryOpt = None,
     student: o.StudentOpt = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run (its --out directory) from its checkpoint.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run (its --out directory) from its checkpoint, with the recipe it was started with.")] = None,
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Train with DistributedDataParallel on N local processes (torchrun).")] = 1,
+    trust_recipe_code: o.TrustCodeOpt = False,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Plan the student that fits the budget and distill the teacher into it (ProKT by default)."""
@@ -48,7 +50,13 @@ def distill(
         r = o.resolve_recipe(
             recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
             data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
+            trust_recipe_code=trust_recipe_code,
         )
+    else:
+        given = {"--recipe": recipe, "--budget": budget, "--method": method, "--epochs": epochs, "--seed": seed, "--out": out_dir, "--device": device,
+                 "--max-train-samples": max_train_samples, "--data-dir": data_dir, "--teacher-checkpoint": teacher_checkpoint,
+                 "--teacher-init": teacher_init, "--teacher-factory": teacher_factory, "--student": student}
+        check_resume(resume, [k for k, v in given.items() if v is not None], trust_recipe_code)
     if nproc_per_node > 1 and not distributed.launched_by_torchrun():
         _launch_distributed(r, nproc_per_node, out_dir)
         return
@@ -56,6 +64,23 @@ def distill(
     result = run_distill(r, out=out_dir, resume=resume, progress=RichProgress(quiet=not main))
     if main:
         _print(distill_summary(result.path, result.manifest), as_json)
+
+
+def check_resume(resume: Path, overrides: list[str], trusted: bool) -> None:
+    """Refuse a resume that would not continue the same run, before anything is loaded or written.
+
+    A resumed run is the run it was started as (its saved recipe, its optimiser schedules over the
+    planned number of steps): flags that change the recipe, ``--epochs`` included, are usage errors
+    rather than silently ignored or half applied. To train longer, start a new run.
+    """
+    partial = find_resumable(resume)
+    saved = load_recipe(partial / "recipe.yaml")
+    if overrides:
+        what = ", ".join(overrides)
+        hint = f" (the run trains {saved.train.epochs} epochs; for more, start a new run with --epochs)" if "--epochs" in overrides else ""
+        raise UsageError(f"--resume continues {final_path(partial)} with the recipe it was started with; {what} cannot change it{hint}: "
+                         f"drop {what}, or start a new run")
+    o.require_code_consent(o.code_hooks(saved.teacher.factory), trusted, f"the run's recipe {str(partial / 'recipe.yaml')!r}")
 
 
 def _launch_distributed(r, nproc: int, out_dir: Path | None) -> None:
@@ -132,10 +157,11 @@ def train_teacher(
     device: o.DeviceOpt = None,
     max_train_samples: o.MaxTrainOpt = None,
     data_dir: o.DataDirOpt = None,
+    trust_recipe_code: o.TrustCodeOpt = False,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Train a converged teacher with cross-entropy (for `--method kd` or a ProKT warm start)."""
-    r = o.resolve_recipe(recipe, seed=seed, device=device, max_train_samples=max_train_samples, data_dir=data_dir)
+    r = o.resolve_recipe(recipe, seed=seed, device=device, max_train_samples=max_train_samples, data_dir=data_dir, trust_recipe_code=trust_recipe_code)
     if epochs is not None:
         r = r.model_copy(update={"teacher": r.teacher.model_copy(update={"epochs": epochs})})
     result = run_train_teacher(r, out=out_dir, progress=RichProgress())

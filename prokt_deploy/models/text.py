@@ -196,7 +196,8 @@ def build_hf(ref: str, num_classes: int) -> HFClassifier:
     transformers = _transformers()
     path = resolve_hf_path(ref)
     try:
-        encoder = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)
+        # never code from the model directory; weights from safetensors or torch.load(weights_only=True)
+        encoder = transformers.AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False, weights_only=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad directory
         raise ModelError(f"cannot load a Hugging Face model from {path}: {str(e).splitlines()[0][:300]}") from None
     return HFClassifier(encoder, num_classes)
