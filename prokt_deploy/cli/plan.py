@@ -17,6 +17,7 @@ def plan(
     recipe: o.RecipeOpt = None,
     budget: o.BudgetOpt = None,
     data_dir: o.DataDirOpt = None,
+    data_source: o.DataSourceOpt = None,
     teacher_checkpoint: o.TeacherCkptOpt = None,
     teacher_factory: o.TeacherFactoryOpt = None,
     student: o.StudentOpt = None,
@@ -24,7 +25,7 @@ def plan(
     as_json: o.JsonOpt = False,
 ) -> None:
     """Show the student candidates (params, MACs, artifact bytes) and mark the one that fits."""
-    r = o.resolve_recipe(recipe, budget=budget, data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_factory=teacher_factory, student=student)
+    r = o.resolve_recipe(recipe, budget=budget, data_dir=data_dir, data_source=data_source, teacher_checkpoint=teacher_checkpoint, teacher_factory=teacher_factory, student=student)
     p = run_plan(r, exact=exact)
     if as_json:
         print_json(p.to_dict())
