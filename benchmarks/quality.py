@@ -102,7 +102,8 @@ def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | 
         torch.set_num_threads(args.threads)
     teachers = {} if teachers is None else teachers
     base = load_recipe(args.recipe)
-    common = {"train.epochs": args.epochs, "data.max_train_samples": args.max_train_samples, "budget.formats": ["onnx"], "budget.precision": "int8"}
+    common = {"train.epochs": args.epochs, "data.max_train_samples": args.max_train_samples, "budget.formats": ["onnx"], "budget.precision": "int8",
+              "train.min_steps": 0}  # --epochs is the schedule compared; --set train.min_steps=N brings the floor back
     common.update(extra_overrides(args.set))
     # --resume: cells already in --out (same budget, method, seed, phase and settings) are kept, not re-run;
     # every finished cell is written at once, so a long grid can stop and continue.

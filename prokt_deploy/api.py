@@ -148,15 +148,28 @@ def _teacher_epochs(recipe: Recipe) -> int:
     return recipe.teacher.epochs or recipe.train.epochs
 
 
+def _teacher_schedule(recipe: Recipe, data: DataBundle) -> dict:
+    return engine.schedule(_teacher_epochs(recipe), len(data.train), recipe.train.batch_size, recipe.train.min_steps)
+
+
+def _student_schedule(recipe: Recipe, data: DataBundle) -> dict:
+    return engine.schedule(recipe.train.epochs, len(data.train), recipe.train.batch_size, recipe.train.min_steps)
+
+
+def _log_schedule(phase: str, sched: dict) -> None:
+    if "reason" in sched:
+        log.info("%s schedule: %s", phase, sched["reason"])
+
+
 def _teacher_method(recipe: Recipe, teacher: nn.Module, data: DataBundle) -> engine.Method:
-    total = _teacher_epochs(recipe) * engine.steps_per_epoch(len(data.train), recipe.train.batch_size)
+    total = _teacher_schedule(recipe, data)["steps"]
     method = engine.scratch_method(teacher, recipe.train.teacher_optimizer, total, recipe.train.grad_clip)
     method.name = "teacher"
     return method
 
 
 def _student_method(recipe: Recipe, student: nn.Module, teacher: nn.Module, data: DataBundle) -> engine.Method:
-    total = recipe.train.epochs * engine.steps_per_epoch(len(data.train), recipe.train.batch_size)
+    total = _student_schedule(recipe, data)["steps"]
     t = recipe.train
     if recipe.method == "prokt":
         return engine.prokt_method(student, teacher, t.teacher_optimizer, t.student_optimizer, recipe.prokt, total, t.grad_clip)
@@ -276,10 +289,15 @@ def distill(
         best_epochs: dict[str, int | None] = dict(ckpt.get("best_epochs", {})) if ckpt else {}
         teacher_used = recipe.method != "scratch"
         pretrain = (recipe.method == "kd" and recipe.teacher.init != "checkpoint") or (recipe.method == "prokt" and recipe.teacher.init == "pretrain")
+        schedules = {"teacher": _teacher_schedule(recipe, data)} if pretrain else {}
+        schedules["student"] = _student_schedule(recipe, data)
+        if main:
+            for phase, sched in schedules.items():
+                _log_schedule(phase, sched)
         if pretrain and "teacher" not in history:
             t = time.perf_counter()
             method = _teacher_method(recipe, distributed.wrap(teacher, device), data)
-            history["teacher"] = engine.fit(method, data, epochs=_teacher_epochs(recipe), phase="teacher (CE)", save=saver({}), resume=_resume_point(ckpt, "teacher (CE)"), **fit)
+            history["teacher"] = engine.fit(method, data, epochs=schedules["teacher"]["epochs"], phase="teacher (CE)", save=saver({}), resume=_resume_point(ckpt, "teacher (CE)"), **fit)
             best_epochs["teacher"] = method.best_epoch
             timings["teacher_train_s"] = timings.get("teacher_train_s", 0.0) + time.perf_counter() - t
             if recipe.method == "prokt":
@@ -289,7 +307,7 @@ def distill(
         trained_teacher = distributed.wrap(teacher, device) if recipe.method == "prokt" else teacher  # kd's teacher is frozen
         method = _student_method(recipe, distributed.wrap(student, device), trained_teacher, data)
         t = time.perf_counter()
-        history["student"] = engine.fit(method, data, epochs=recipe.train.epochs, phase=recipe.method, save=saver(dict(history), best_epochs), resume=_resume_point(ckpt, recipe.method), **fit)
+        history["student"] = engine.fit(method, data, epochs=schedules["student"]["epochs"], phase=recipe.method, save=saver(dict(history), best_epochs), resume=_resume_point(ckpt, recipe.method), **fit)
         best_epochs["student"] = method.best_epoch
         timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - t
 
@@ -301,7 +319,8 @@ def distill(
             "history": history,
             "best_epoch": best_epochs.get("student"),
             "teacher_best_epoch": best_epochs.get("teacher"),
-            "epochs": recipe.train.epochs,
+            "epochs": schedules["student"]["epochs"],  # run, after train.min_steps (see schedule)
+            "schedule": schedules,
         }
         timings["total_s"] = timings.get("total_s", 0.0) + time.perf_counter() - t0
         manifest = _manifest(recipe, the_plan, student_arch, data, student, teacher, teacher_used, metrics, device, timings, final)
@@ -409,7 +428,9 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
     with staged_run_dir(final) as run_dir:
         t = time.perf_counter()
         method = _teacher_method(recipe, teacher, data)
-        history = engine.fit(method, data, epochs=_teacher_epochs(recipe), batch_size=recipe.train.batch_size, seed=recipe.seed, device=device,
+        sched = _teacher_schedule(recipe, data)
+        _log_schedule("teacher", sched)
+        history = engine.fit(method, data, epochs=sched["epochs"], batch_size=recipe.train.batch_size, seed=recipe.seed, device=device,
                              progress=progress, phase="teacher (CE)", **_fit_options(recipe, data))
         save_weights(teacher, run_dir / "teacher.safetensors")
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
@@ -425,6 +446,8 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
                 "teacher_test_accuracy": round(engine.accuracy(teacher, data.test, device), 6),
                 "teacher_val_accuracy": round(engine.accuracy(teacher, data.val, device), 6),
                 "best_epoch": method.best_epoch,
+                "epochs": sched["epochs"],
+                "schedule": {"teacher": sched},
                 "history": history,
             },
             "versions": library_versions(),

@@ -62,7 +62,9 @@ def _padded_crop(x: torch.Tensor, pad: int, background: tuple[float, ...], gen: 
     cols = ox[:, None] + torch.arange(w)  # (B, W)
     batch = torch.arange(b)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()
+    # A fresh NCHW buffer: with C == 1, .contiguous() keeps the permuted strides (a size-1 dim does not
+    # count), and conv backward on such a batch aborted natively here (resnet-w4-d1, 8x8 inputs).
+    return torch.empty(b, c, h, w, dtype=x.dtype).copy_(out.permute(0, 3, 1, 2))
 
 
 def _random_resized_crop(x: torch.Tensor, min_area: float, gen: torch.Generator) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Sources (recipe ``data.source``):
 - ``digits``: scikit-learn's 1,797 8x8 digits (ships with the package).
 - ``fashion-mnist``: the IDX files of Debian's ``dataset-fashion-mnist`` package
-  (``/usr/share/datasets/fashion-mnist``) or ``data.path``/``--data-dir``. The official
+  (``/usr/share/datasets/fashion-mnist``) or ``data.path``/``--data``. The official
   10k test set is the test split; validation is carved from the 60k training set.
 - ``image-folder``: ``path/<class>/<image>``, one sub-folder per class, read with Pillow.
 - ``npz``: a file with ``x`` (N,H,W), (N,C,H,W) or (N,H,W,C) and integer ``y`` (N,).
@@ -162,6 +162,43 @@ def load_data(
     return DataBundle(source, list(classes), split(train_idx), split(val_idx), split(test_idx), spec)
 
 
+FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
+PATH_KINDS = "a .npz file, a .csv/.tsv/.jsonl text file, a folder of class folders of images, or a folder holding the Fashion-MNIST IDX .gz files"
+
+
+def infer_source(path: str | Path) -> str:
+    """The data source a path holds, from what it is (``--data PATH`` without ``--data-source``).
+
+    Why from the path: a user with an ``.npz`` or a folder of class folders should not have to write
+    a recipe to change one field. Only the path's kind is looked at (suffix, folder layout); the
+    loader checks the contents. A path that matches no kind is a DataError saying what was found.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data path {str(p)!r} does not exist; expected {PATH_KINDS}")
+    if p.is_file():
+        suffix = p.suffix.lower()
+        if suffix == ".npz":
+            return "npz"
+        if suffix in TEXT_SUFFIXES:
+            return "text-file"
+        found = f"a {suffix} file" if suffix else "a file without a suffix"
+        raise DataError(f"cannot tell the data source of {str(p)!r}: found {found}; expected {PATH_KINDS} (or force one with --data-source)")
+    try:
+        entries = [e for e in p.iterdir() if not e.name.startswith(".")]
+    except OSError as e:
+        raise DataError(f"cannot read the folder {str(p)!r}: {e.strerror or e}") from None
+    names = {e.name for e in entries}
+    if any(n in names for n in FASHION_FILES):  # the loader names a missing one
+        return "fashion-mnist"
+    if any(e.is_dir() for e in entries):
+        return "image-folder"  # the loader checks the classes and their images
+    files = sorted(e.name for e in entries)
+    found = "an empty folder" if not files else f"a folder of {len(files)} file(s) and no sub-folders (e.g. {files[0]})"
+    raise DataError(f"cannot tell the data source of {str(p)!r}: found {found}; expected {PATH_KINDS} (or force one with --data-source)")
+
+
 def _seeded_split(n: int, seed: int, val_fraction: float, test_fraction: float) -> tuple[np.ndarray, ...]:
     order = np.random.default_rng(seed).permutation(n)
     n_test = int(round(n * test_fraction))
@@ -171,7 +208,7 @@ def _seeded_split(n: int, seed: int, val_fraction: float, test_fraction: float) 
 
 def _require_path(source: str, path: str | Path | None) -> Path:
     if path is None:
-        raise DataError(f"data source {source!r} needs a path: set data.path in the recipe or pass --data-dir")
+        raise DataError(f"data source {source!r} needs a path: set data.path in the recipe or pass --data PATH")
     p = Path(path)
     if not p.exists():
         raise DataError(f"data path {str(p)!r} does not exist")
@@ -203,7 +240,7 @@ def _fashion_mnist(root: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.
     if missing:
         raise DataError(
             f"Fashion-MNIST not found in {root} (missing {missing[0]}); install it with "
-            "'sudo apt-get install dataset-fashion-mnist' or pass --data-dir DIR holding the four IDX .gz files"
+            "'sudo apt-get install dataset-fashion-mnist' or pass --data DIR holding the four IDX .gz files"
         )
     out = []
     for images_name, labels_name in names.values():

@@ -130,6 +130,10 @@ class TrainConfig(_Strict):
     # Keep the weights of the epoch with the best validation accuracy (the authors report the best
     # validation checkpoint); the manifest records it as best_epoch. false: keep the last epoch.
     keep_best: bool = True
+    # A floor on optimizer steps per training phase (the student's, and a teacher CE phase): when
+    # epochs x steps per epoch is below it, the phase runs ceil(min_steps / steps per epoch) epochs
+    # instead, so a recipe tuned on a large dataset still converges on a small one. 0: off.
+    min_steps: int = Field(0, ge=0)
 
 
 class ProktConfig(_Strict):

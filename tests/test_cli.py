@@ -151,7 +151,7 @@ def test_bad_input(tmp_path, case, code, match):
         args += ["--budget", "1KB"]
     elif case == "missing-data":
         args[2] = _bad_recipe(tmp_path, "data: {source: fashion-mnist}\n")
-        args += ["--data-dir", str(tmp_path)]
+        args += ["--data-dir", str(tmp_path), "--data-source", "fashion-mnist"]  # forced: the folder holds no IDX file
     elif case == "unreadable-checkpoint":
         (tmp_path / "t.pt").write_bytes(b"\x00garbage" * 10)
         args += ["--teacher-checkpoint", str(tmp_path / "t.pt")]

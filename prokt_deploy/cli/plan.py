@@ -18,6 +18,7 @@ def plan(
     recipe: o.RecipeOpt = None,
     budget: o.BudgetOpt = None,
     data_dir: o.DataDirOpt = None,
+    data_source: o.DataSourceOpt = None,
     teacher_checkpoint: o.TeacherCkptOpt = None,
     teacher_factory: o.TeacherFactoryOpt = None,
     student: o.StudentOpt = None,
@@ -31,7 +32,7 @@ def plan(
     latency_ms = parse_latency(latency_budget) if latency_budget is not None else None
     if target is not None:
         parse_target(target)
-    r = o.resolve_recipe(recipe, budget=budget, data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_factory=teacher_factory, student=student,
+    r = o.resolve_recipe(recipe, budget=budget, data_dir=data_dir, data_source=data_source, teacher_checkpoint=teacher_checkpoint, teacher_factory=teacher_factory, student=student,
                          trust_recipe_code=trust_recipe_code)
     p = run_plan(r, exact=exact, target=target, latency_budget_ms=latency_ms)
     if as_json:

@@ -1,4 +1,4 @@
-"""`recipe check`: validate recipe files."""
+"""`recipe check`: validate recipe files; `recipe new`: write one for your data."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from prokt_deploy.budget import parse_size
+from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out
 from prokt_deploy.cli.options import code_hooks
 from prokt_deploy.recipe import load_recipe
@@ -23,3 +25,26 @@ def check(files: Annotated[list[Path], typer.Argument(help="Recipe YAML files to
         hooks = code_hooks(r.teacher.factory)
         if hooks:  # valid, but the commands that use it refuse it without consent
             err.print(f"warning: {f} names code to import and run ({', '.join(hooks)}); using it needs --trust-recipe-code", highlight=False)
+
+
+@app.command("new")
+def new(
+    data: Annotated[Path, typer.Option("--data", help="Your dataset: a .npz file, a folder of class folders, a folder with the Fashion-MNIST IDX files, or a .csv/.tsv/.jsonl file.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="The recipe file to write (never overwritten).")],
+    data_source: o.DataSourceOpt = None,
+    teacher_checkpoint: o.TeacherCkptOpt = None,
+    teacher_factory: o.TeacherFactoryOpt = None,
+    budget: o.BudgetOpt = None,
+) -> None:
+    """Write a commented recipe for your data: the default recipe's settings with the data's source, path, shape, classes and split sizes filled in."""
+    from prokt_deploy.recipe_writer import check_new_path, new_recipe, write_new
+
+    if budget is not None:
+        parse_size(budget)  # usage errors before the data is read
+    check_new_path(out_file)
+    r, d, text = new_recipe(data, source=data_source, teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
+                            teacher_factory=teacher_factory, budget=budget)
+    write_new(out_file, text)
+    out.print(f"{out_file}: {r.data.source}, input {'x'.join(map(str, d.input_shape))}, {d.num_classes} classes, "
+              f"train/val/test {len(d.train)}/{len(d.val)}/{len(d.test)}; teacher {r.teacher.arch} ({r.teacher.init}); "
+              f"run it with: prokt-deploy run {out_file}", highlight=False)

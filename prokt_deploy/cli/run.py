@@ -86,6 +86,8 @@ def run(
     device: o.DeviceOpt = None,
     max_train_samples: o.MaxTrainOpt = None,
     data_dir: o.DataDirOpt = None,
+    data_source: o.DataSourceOpt = None,
+    min_steps: o.MinStepsOpt = None,
     teacher_checkpoint: o.TeacherCkptOpt = None,
     teacher_init: o.TeacherInitOpt = None,
     teacher_factory: o.TeacherFactoryOpt = None,
@@ -111,7 +113,7 @@ def run(
         raise UsageError(f"two recipes given ({recipe_file} and --recipe {recipe}); give one")
     r = o.resolve_recipe(
         recipe_file or recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
-        data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
+        data_dir=data_dir, data_source=data_source, min_steps=min_steps, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
         trust_recipe_code=trust_recipe_code,
     )
     resolve_targets(bench_device)  # an unavailable device fails now, not after training

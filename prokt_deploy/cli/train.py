@@ -35,6 +35,8 @@ def distill(
     device: o.DeviceOpt = None,
     max_train_samples: o.MaxTrainOpt = None,
     data_dir: o.DataDirOpt = None,
+    data_source: o.DataSourceOpt = None,
+    min_steps: o.MinStepsOpt = None,
     teacher_checkpoint: o.TeacherCkptOpt = None,
     teacher_init: o.TeacherInitOpt = None,
     teacher_factory: o.TeacherFactoryOpt = None,
@@ -49,7 +51,7 @@ def distill(
     if resume is None:
         r = o.resolve_recipe(
             recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
-            data_dir=data_dir, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
+            data_dir=data_dir, data_source=data_source, min_steps=min_steps, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
             trust_recipe_code=trust_recipe_code,
         )
     else:
@@ -129,6 +131,8 @@ def distill_summary(path: Path, m: dict) -> dict:
         "student_test_accuracy": met["student_test_accuracy"],
         "teacher_test_accuracy": met["teacher_test_accuracy"],
         "seconds": m["timings"]["total_s"],
+        "epochs": met.get("epochs"),
+        "schedule": met.get("schedule"),
     }
 
 
@@ -144,6 +148,9 @@ def print_summary(s: dict) -> None:
     table.add_row("student test acc", f"{s['student_test_accuracy']:.4f}")
     if s["teacher_test_accuracy"] is not None:
         table.add_row("teacher test acc", f"{s['teacher_test_accuracy']:.4f}")
+    for phase, sched in (s.get("schedule") or {}).items():
+        if "reason" in sched:  # train.min_steps raised the epochs
+            table.add_row(f"{phase} epochs", f"{sched['epochs']} ({sched['reason']})")
     table.add_row("time", f"{s['seconds']:.1f} s")
     table.add_row("plan", s["plan_note"])
     out.print(table)
@@ -158,10 +165,13 @@ def train_teacher(
     max_train_samples: o.MaxTrainOpt = None,
     data_dir: o.DataDirOpt = None,
     trust_recipe_code: o.TrustCodeOpt = False,
+    data_source: o.DataSourceOpt = None,
+    min_steps: o.MinStepsOpt = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Train a converged teacher with cross-entropy (for `--method kd` or a ProKT warm start)."""
-    r = o.resolve_recipe(recipe, seed=seed, device=device, max_train_samples=max_train_samples, data_dir=data_dir, trust_recipe_code=trust_recipe_code)
+    r = o.resolve_recipe(recipe, seed=seed, device=device, max_train_samples=max_train_samples, data_dir=data_dir, data_source=data_source, min_steps=min_steps,
+                         trust_recipe_code=trust_recipe_code)
     if epochs is not None:
         r = r.model_copy(update={"teacher": r.teacher.model_copy(update={"epochs": epochs})})
     result = run_train_teacher(r, out=out_dir, progress=RichProgress())
