@@ -185,7 +185,8 @@ class Grid:
         settings = {k: v for k, v in {**self.common, **over}.items() if v is not None}
 
         def same(r: dict) -> bool:
-            strip = lambda d: {k: v for k, v in d.items() if k != "teacher.checkpoint"}  # noqa: E731
+            # the checkpoint's path may differ between machines; min_steps 0 is the same as none (records made before it existed)
+            strip = lambda d: {k: v for k, v in d.items() if k != "teacher.checkpoint" and (k, v) != ("train.min_steps", 0)}  # noqa: E731
             return ((r["budget"], label(r), r["seed"], r.get("phase", "grid")) == (budget, name, seed, phase)
                     and strip(r["settings"]) == strip(settings))
 
