@@ -11,5 +11,9 @@ demo: setup
 	$(VENV)/bin/prokt-deploy run
 
 # The test suite (what CI runs).
+# test_resume.py runs in a process of its own: its in-process Ctrl-C test (SIGINT to itself mid-epoch)
+# crashed natively (SIGSEGV) after the rest of the suite had run in the same process (2026-12-02, AMD EPYC;
+# alone it passed 7 of 7 times). Not yet understood: see the note in tests/test_resume.py.
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --ignore=tests/test_resume.py
+	$(VENV)/bin/python -m pytest -q tests/test_resume.py
