@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import RECIPES, ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -62,12 +62,15 @@ def test_wheel_ships_recipes_and_is_what_gets_imported(installed):
     p = _run([str(venv / "bin" / "python"), "-c",
               "import prokt_deploy, exporters; from prokt_deploy.recipe import RECIPES_DIR, DEFAULT_RECIPE;"
               "print(prokt_deploy.__file__); print(exporters.__file__); print(DEFAULT_RECIPE.is_file());"
-              "print(sorted(p.name for p in RECIPES_DIR.glob('*.yaml')))"], cwd=work, env=env)
-    pkg_file, exp_file, default_exists, names = p.stdout.strip().splitlines()
+              "print(sorted(p.name for p in RECIPES_DIR.glob('*.yaml')));"
+              "from prokt_deploy.checkpoint import resolve_checkpoint; print(resolve_checkpoint('shipped:fashion-mnist-vgg-w32').is_file())"],
+             cwd=work, env=env)
+    pkg_file, exp_file, default_exists, names, teacher_shipped = p.stdout.strip().splitlines()
+    assert teacher_shipped == "True"  # the default recipe's teacher travels in the wheel
     assert Path(pkg_file).is_relative_to(venv), pkg_file
     assert Path(exp_file).is_relative_to(venv), exp_file
     assert default_exists == "True"
-    assert names == "['digits.yaml', 'fashion-mnist.yaml', 'tweets-minilm.yaml']"
+    assert names == str(sorted(p.name for p in RECIPES.glob('*.yaml')))  # every shipped recipe, the teacher's included
 
 
 def test_installed_cli_checks_and_plans_from_another_directory(installed):
@@ -84,4 +87,4 @@ def test_installed_cli_checks_and_plans_from_another_directory(installed):
     assert plan["chosen"]["arch"].startswith("cnn-") and plan["budget_bytes"] == 20_000, plan["chosen"]
     assert not (work / "recipes").exists()
     p = subprocess.run([cli, "recipe", "check", "no-such-recipe"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 3 and "digits, fashion-mnist, tweets-minilm" in p.stderr, p.stderr
+    assert p.returncode == 3 and ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml"))) in p.stderr, p.stderr
