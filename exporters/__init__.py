@@ -72,7 +72,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import Artifact, BackendMissingError, ExportError, Predictor, artifact_bytes
+from ._common import Artifact, BackendMissingError, ExportError, Predictor, artifact_bytes, frozen_eval
 from ._text import TEXT_INPUT_NAMES, is_text_input
 from .registry import FORMATS, PRECISIONS, Exporter, get_exporter, register
 from .validate import Validation, default_tolerance, validate
@@ -188,21 +188,16 @@ def export(
         calib = _check_calibration(calibration, example_input)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return exporter.export(
-                model,
-                precision,
-                out,
-                example_input=example_input.detach().to(torch.int64 if text else torch.float32),
-                calibration=calib,
-                name=name,
-                opset=opset,
-            )
-    finally:
-        model.train(was_training)
+    with frozen_eval(model):
+        return exporter.export(
+            model,
+            precision,
+            out,
+            example_input=example_input.detach().to(torch.int64 if text else torch.float32),
+            calibration=calib,
+            name=name,
+            opset=opset,
+        )
 
 
 def load(

@@ -136,3 +136,17 @@ def as_text_batch(x: np.ndarray) -> np.ndarray:
             f"row 1 attention_mask), got a {arr.dtype} array of shape {arr.shape}"
         )
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+@contextlib.contextmanager
+def frozen_eval(model: "torch.nn.Module"):  # noqa: F821 - torch is imported when used
+    """``model`` in eval mode under ``torch.no_grad()`` for an export, its train/eval mode restored after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)

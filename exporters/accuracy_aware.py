@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import Artifact, ExportError, artifact_bytes, move_into, quiet, require
+from ._common import Artifact, ExportError, artifact_bytes, frozen_eval, move_into, quiet, require
 from ._text import is_text_input, text_feed
 from .onnx import OrtPredictor, _quantize_int8, export_onnx_fp32, ort_runtime
 from .openvino import OpenVINOPredictor, _dynamic_problem, _fold_constants, _nncf_options, _nncf_quantize, _stable_names, ov_runtime
@@ -289,11 +289,6 @@ def export_accuracy_aware(
     vy = np.asarray(validation_y).astype(np.int64)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ex = example_input.detach().to(torch.int64 if text else torch.float32)
-            return searches[fmt](model, ex, calib, vx, vy, float(max_accuracy_drop), out, name, opset)
-    finally:
-        model.train(was_training)
+    with frozen_eval(model):
+        ex = example_input.detach().to(torch.int64 if text else torch.float32)
+        return searches[fmt](model, ex, calib, vx, vy, float(max_accuracy_drop), out, name, opset)
