@@ -19,7 +19,7 @@ from prokt_deploy import distributed, engine
 from prokt_deploy.budget import parse_size
 from prokt_deploy.checkpoint import build_from_factory, load_weights, save_weights
 from prokt_deploy.data import DataBundle, load_data
-from prokt_deploy.errors import InterruptedRun, RecipeError, RunError, TrainingError
+from prokt_deploy.errors import InterruptedRun, ModelError, RecipeError, RunError, TrainingError
 from prokt_deploy.models import count_params, create_model, zero_init_head
 from prokt_deploy.models.external import check_teacher_output, is_external
 from prokt_deploy.planner import Plan, plan_student
@@ -105,21 +105,48 @@ def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module:
     return teacher
 
 
-def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | None = None, *, exact: bool = False,
-         target: str | None = None, latency_budget_ms: float | None = None) -> Plan:
-    """Plan the student for the recipe's budget (raises BudgetError when none fits); ``target`` /
-    ``latency_budget_ms``: also time the fitting candidates (see :mod:`prokt_deploy.planner`)."""
-    data = data or load_recipe_data(recipe)
-    from prokt_deploy.models import get_family
+#: the device result file a run was planned from (``distill --latencies``), kept in the run for --resume
+PLAN_LATENCIES = "plan-latencies.json"
 
-    modality = get_family(recipe.student.family).modality
-    if modality != ("text" if data.is_text else "image"):
-        raise RecipeError(f"student.family {recipe.student.family!r} is a {modality} family but the data is "
-                          f"{'text' if data.is_text else 'images'}; use {'tfm or bilstm' if data.is_text else 'resnet, cnn or wide'}")
+
+def plan_families(recipe: Recipe, data: DataBundle) -> list[str]:
+    """The student families the recipe's ``student.family`` names for this data (RecipeError if it cannot)."""
+    from prokt_deploy.models import student_families
+
+    try:
+        return student_families(recipe.student.family, "text" if data.is_text else "image")
+    except ModelError as exc:
+        raise RecipeError(f"student.family: {exc}") from None
+
+
+def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | None = None, *, exact: bool = False,
+         target: str | None = None, latency_budget_ms: float | None = None, latencies: str | Path | None = None,
+         bundle_dir: str | Path | None = None, recipe_path: str | None = None) -> Plan:
+    """Plan the student for the recipe's budget (raises BudgetError when none fits); ``target`` /
+    ``latency_budget_ms``: also time the fitting candidates (see :mod:`prokt_deploy.planner`).
+
+    ``latencies``: take the candidates' latencies from a plan bundle's device result file instead of
+    timing them here (BenchError, exit 12, for a bad file). ``bundle_dir``: write every fitting candidate's
+    untrained artifact and the teacher's into an on-device bundle there (nothing is timed here);
+    ``recipe_path`` is named in its README."""
+    from prokt_deploy.planner import read_device_latencies
+
+    device_latencies = read_device_latencies(latencies) if latencies is not None else None  # a bad file fails before any work
+    if bundle_dir is not None:
+        check_out_dir(Path(bundle_dir))
+    data = data or load_recipe_data(recipe)
+    fams = plan_families(recipe, data)
+    writer = None
+    if bundle_dir is not None:
+        from prokt_deploy.bundle import write_plan_bundle
+
+        def writer(models: dict, kept) -> None:
+            write_plan_bundle(bundle_dir, models, kept, formats=recipe.budget.formats, example=data.example(2), data=data,
+                              recipe_name=recipe.name, recipe_path=recipe_path or "RECIPE", budget=recipe.budget.size)
     teacher = teacher if teacher is not None else build_teacher(recipe.model_copy(update={"method": "kd"}), data)
     return plan_student(
         parse_size(recipe.budget.size),
-        family=recipe.student.family,
+        family=fams,
         input_shape=data.input_shape,
         num_classes=data.num_classes,
         model_kwargs=data.model_kwargs,
@@ -133,6 +160,8 @@ def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | No
         exact=exact,
         target=target,
         latency_budget_ms=latency_budget_ms,
+        device_latencies=device_latencies,
+        bundle=writer,
     )
 
 
@@ -208,6 +237,7 @@ def distill(
     progress: engine.Progress | None = None,
     resume: str | Path | None = None,
     latest: bool = True,
+    latencies: str | Path | None = None,
 ) -> RunResult:
     """Plan a student for the budget, train it with the recipe's method, write a run directory.
 
@@ -216,7 +246,9 @@ def distill(
     checkpoint after every epoch (and at the current step on Ctrl-C), renamed to NAME when
     complete. ``resume`` continues an unfinished run from its checkpoint, with the recipe it was
     started with (pass ``recipe=None``); the result equals an uninterrupted run on the same
-    machine. ``latest=False`` leaves ``runs/latest`` where it is.
+    machine. ``latest=False`` leaves ``runs/latest`` where it is. ``latencies``: plan from a plan
+    bundle's device result file (see :func:`plan`); the file is kept in the run as
+    ``plan-latencies.json`` and a resume plans from it again.
     """
     if recipe is None and resume is None:
         raise ValueError("distill needs a recipe, or resume= to continue an unfinished run")
@@ -228,6 +260,8 @@ def distill(
         recipe = load_recipe(partial / "recipe.yaml")
         # killed before its first checkpoint: start again from step 0 with the saved recipe
         ckpt = load_checkpoint(partial / CHECKPOINT) if (partial / CHECKPOINT).is_file() else None
+        if (partial / PLAN_LATENCIES).is_file():
+            latencies = partial / PLAN_LATENCIES
     else:
         final = Path(out) if out is not None else default_run_path(Path(runs_root), recipe.name, recipe.method)
         check_out_dir(final)
@@ -240,7 +274,7 @@ def distill(
 
     teacher = build_teacher(recipe, data)
     t = time.perf_counter()
-    the_plan = plan(recipe, data, teacher)
+    the_plan = plan(recipe, data, teacher, latencies=latencies)
     timings.setdefault("plan_s", time.perf_counter() - t)
     engine.set_seed(recipe.seed)  # the plan built models: reseed so training init depends only on the seed
     student_arch = ckpt["student_arch"] if ckpt else the_plan.chosen.arch
@@ -272,6 +306,8 @@ def distill(
     try:
         if main and ckpt is None:
             write_text_atomic(ws.path / "recipe.yaml", dump_recipe(recipe))  # whole or absent: --resume reads it
+            if latencies is not None:
+                write_text_atomic(ws.path / PLAN_LATENCIES, Path(latencies).read_text())
             log.info("plan: %s -> %s (%s bytes)", the_plan.note, student_arch, the_plan.chosen.estimated_bytes)
         if main and ckpt is None and resume is not None:
             log.info("resumed a run stopped before its first checkpoint: starting again from step 0")
@@ -381,7 +417,9 @@ def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teac
         "budget_bytes": the_plan.budget_bytes,
         "precision": the_plan.precision,
         "formats": the_plan.formats,
-        "plan": {"binding": the_plan.binding, "note": the_plan.note, "teacher_bytes": the_plan.teacher_bytes},
+        "plan": {"binding": the_plan.binding, "note": the_plan.note, "teacher_bytes": the_plan.teacher_bytes, "families": the_plan.families,
+                 "target": the_plan.target, "latency_source": the_plan.latency_source, "latency_ms": c.latency_ms,
+                 "teacher_latency_ms": the_plan.teacher_latency_ms},
         "student": {"arch": student_arch, "params": count_params(student), "macs": c.macs, "estimated_bytes": c.estimated_bytes, "bytes_by_format": c.bytes, "weights": "student.safetensors"},
         "teacher": {
             "arch": recipe.teacher.arch,

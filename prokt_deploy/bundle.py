@@ -102,6 +102,30 @@ def write_bundle(
         files = ensure_fp32_export(run, "teacher", "onnx", x)
         entries.insert(0, ("teacher", "onnx", "fp32", files, manifest["metrics"].get("teacher_test_accuracy")))
 
+    spec = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "bundle",
+        "run": run.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "input": {k: v for k, v in manifest["input"].items() if k not in ("tokenizer", "source_file")},
+        "classes": manifest["classes"],
+        "samples": int(len(y)),
+        "settings": {**measure.DEFAULTS, **(settings or {})},
+    }
+    readme = _README.format(run=run.name, created=spec["created"], run_path=run)
+    return _stage(out, entries, spec, _sample_arrays(data, x, y), readme, tokenizer)
+
+
+def _sample_arrays(data, x: np.ndarray, y: np.ndarray) -> dict:
+    """samples.npz: x, y and, for text, ``x_time``: the inputs timed at the median test length, as on the host."""
+    if not data.is_text:
+        return {"x": x, "y": y}
+    return {"x": x, "y": y, "x_time": x[:, :, : int(np.median(data.test.x[:, 1].sum(1).numpy()))]}
+
+
+def _stage(out: Path, entries: list[tuple], spec: dict, arrays: dict, readme: str, tokenizer: list[Path]) -> Path:
+    """Write a bundle directory atomically: ``entries`` (model, format, precision, files, host accuracy) under
+    artifacts/, ``arrays`` as samples.npz, ``spec`` + the artifact list as bundle.json, the scripts, README.txt."""
     with staged_run_dir(out) as staging:
         listed = []
         for model, fmt, precision, files, accuracy in entries:
@@ -116,23 +140,64 @@ def write_bundle(
             (staging / "tokenizer").mkdir()
             for f in tokenizer:
                 shutil.copy2(f, staging / "tokenizer" / f.name)
-        extra = {}
-        if data.is_text:  # timed at the median test length, as on the host (report settings.seq_len)
-            extra["x_time"] = x[:, :, : int(np.median(data.test.x[:, 1].sum(1).numpy()))]
-        np.savez(staging / measure.BUNDLE_SAMPLES, x=x, y=y, **extra)
-        spec = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "bundle",
-            "run": run.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "input": {k: v for k, v in manifest["input"].items() if k not in ("tokenizer", "source_file")},
-            "classes": manifest["classes"],
-            "samples": int(len(y)),
-            "settings": {**measure.DEFAULTS, **(settings or {})},
-            "artifacts": listed,
-        }
-        (staging / measure.BUNDLE_SPEC).write_text(json.dumps(spec, indent=2) + "\n")
+        np.savez(staging / measure.BUNDLE_SAMPLES, **arrays)
+        (staging / measure.BUNDLE_SPEC).write_text(json.dumps({**spec, "artifacts": listed}, indent=2) + "\n")
         shutil.copy2(measure.__file__, staging / "bench_bundle.py")
         shutil.copy2(fingerprint.__file__, staging / "fingerprint.py")
-        (staging / "README.txt").write_text(_README.format(run=run.name, created=spec["created"], run_path=run))
+        (staging / "README.txt").write_text(readme)
     return out
+
+
+_PLAN_README = """\
+Plan bundle for recipe {recipe} at {budget} (written {created} by prokt-deploy plan --bundle).
+
+Every student candidate that fits the size budget, untrained (generic weights: the real graph, so the
+real latency), and the teacher's fp32 and int8 artifacts. Accuracies measured here are meaningless
+(untrained models); only the latencies matter. Needs Python 3.10+, numpy and onnxruntime and/or openvino.
+
+    python bench_bundle.py                    # writes device-results.json here
+    python bench_bundle.py --threads 4 --device GPU
+
+Then, on the host, plan (or distill) from the device's latencies:
+
+    prokt-deploy plan --recipe {recipe_path} --budget {budget} --latencies device-results.json
+    prokt-deploy distill --recipe {recipe_path} --budget {budget} --latencies device-results.json
+"""
+
+
+def write_plan_bundle(out: str | Path, models: dict, kept, *, formats: list[str], example, data, recipe_name: str,
+                      recipe_path: str, budget: str, samples: int = 64, settings: dict | None = None) -> Path:
+    """Write the planner's ``models`` (label -> (module, precision), see
+    :func:`prokt_deploy.planner._plan_student`'s ``bundle``) into an on-device bundle at ``out``: for each
+    deploy format the artifact of every candidate at the deploy precision and the teacher's fp32 and int8,
+    all with generic weights, plus ``samples`` test samples to time on. ``kept(label, fmt)``: a directory
+    that may already hold the size measurement's export of that candidate."""
+    import tempfile
+
+    from prokt_deploy.planner import PLAN_BUNDLE_PREFIX, generic_artifact, generic_calibration
+
+    out = Path(out)
+    check_out_dir(out)
+    ex = example[:1]
+    calibration = generic_calibration(ex)
+    x = data.test.x.numpy()[:samples]
+    y = data.test.y.numpy()[:samples]
+    with tempfile.TemporaryDirectory(prefix="prokt-plan-bundle-") as tmp:
+        entries = []
+        for fmt in formats:
+            for i, (label, (model, precision)) in enumerate(models.items()):
+                name = "teacher" if label.startswith("teacher:") else label
+                files = generic_artifact(model, label, fmt, precision, ex, calibration, Path(tmp) / f"{fmt}-{i}", kept(label, fmt))
+                entries.append((name, fmt, precision, files, None))
+        spec = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "plan-bundle",
+            "run": f"{PLAN_BUNDLE_PREFIX}{recipe_name}@{budget}",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "input": {k: v for k, v in data.input.items() if k not in ("tokenizer", "source_file")},
+            "classes": list(data.classes),
+            "samples": int(len(y)),
+            "settings": {**measure.DEFAULTS, **(settings or {})},
+        }
+        readme = _PLAN_README.format(recipe=recipe_name, recipe_path=recipe_path, budget=budget, created=spec["created"])
+        return _stage(out, entries, spec, _sample_arrays(data, x, y), readme, [])

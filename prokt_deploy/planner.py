@@ -11,6 +11,14 @@ To stay fast, a candidate is only exported when its lower bound (weight elements
 per element) fits; the walk goes from the most capable candidate down and stops at the first
 that fits. ``exact=True`` measures every candidate (for ``plan --exact``).
 
+Several families (``student.family: [resnet, wide]`` or ``auto``, every student family of the data's
+kind): their candidates form one pool ranked by one capacity rule, the same as within a family:
+parameters (for text, parameters outside the embedding tables, see :func:`_capacity`), then MACs. At a
+byte budget nearly all bytes are weights, so parameters are what the budget buys whatever the family;
+MACs only break ties. The rule says nothing about which family trains better at equal parameters (that
+is measured, not assumed: benchmarks/student_speed.py and the quality grid); with a latency target the
+rule below moves to a less capable but faster candidate, which is what searching several families is for.
+
 Latency (``target`` given, e.g. ``onnx`` or ``openvino:CPU``; implied as ``onnx`` by a latency budget):
 a smaller student is not always a faster one (a ResNet with 10 small convs, adds and pooling can be
 slower at batch 1 than a teacher made of a few big convs), so the planner also times, in the target
@@ -35,6 +43,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -83,6 +92,8 @@ class Plan:
     target: str | None = None  # runtime[:device] the latencies were measured in
     latency_budget_ms: float | None = None
     teacher_latency_ms: dict[str, float] = field(default_factory=dict)  # "fp32"/"int8" -> p50 in the target
+    families: list[str] = field(default_factory=list)  # the student families searched
+    latency_source: str | None = None  # where the latencies come from: "measured here" or a device results file
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -206,6 +217,34 @@ class LatencyCache(SizeCache):
         super().__init__(path or root / "artifact-latency.json")
 
 
+def generic_calibration(example: torch.Tensor, n: int = 100):
+    """int8 calibration samples for an untrained candidate: normal samples of an image ``example``'s shape,
+    or for text ``example`` itself repeated (token ids must stay in the vocabulary)."""
+    import numpy as np
+
+    shape = tuple(example.shape[1:])
+    if not example.is_floating_point():
+        return np.resize(example.numpy(), (n, *shape))
+    return np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32)
+
+
+def generic_artifact(model: nn.Module, label: str, fmt: str, precision: str, example: torch.Tensor, calibration, out_dir: Path,
+                     done: Path | None = None) -> list[Path]:
+    """The files of ``model``'s ``fmt``/``precision`` artifact with generic weights (the real graph): those in
+    ``done`` when it already holds them (the size measurement's export), else exported into ``out_dir``."""
+    import exporters
+    from exporters.size import generic_copy
+
+    files = sorted(done.iterdir()) if done is not None and done.is_dir() else []
+    if any(f.suffix in (".onnx", ".xml") for f in files):
+        return files
+    try:
+        return exporters.export(generic_copy(model, 0).eval(), fmt, precision, out_dir, example_input=example,
+                                calibration=calibration if precision == "int8" else None).files
+    except exporters.ExportError as exc:
+        raise ExportFailed(f"cannot export {label} to {fmt} {precision}: {exc}") from None
+
+
 def measure_latencies(models: dict[str, tuple[nn.Module, str]], target: str, *, example: torch.Tensor,
                       cache: LatencyCache | None = None, key_extra: str = "", exported: dict[str, Path] | None = None) -> dict[str, float]:
     """Batch-1 p50 (ms) of each labelled ``(model, precision)``'s artifact in ``target``, measured together
@@ -219,8 +258,6 @@ def measure_latencies(models: dict[str, tuple[nn.Module, str]], target: str, *, 
     """
     import numpy as np
 
-    import exporters
-    from exporters.size import generic_copy
     from prokt_deploy import measure
     from prokt_deploy.fingerprint import fingerprint
 
@@ -238,22 +275,13 @@ def measure_latencies(models: dict[str, tuple[nn.Module, str]], target: str, *, 
         targets = measure.resolve_device(device)
     except measure.DeviceUnavailable as exc:
         raise UsageError(str(exc)) from None
-    text = not example.is_floating_point()
-    rng = np.random.default_rng(0)
     x = example.numpy()
-    calibration = np.resize(x, (100, *shape)) if text else rng.standard_normal((100, *shape)).astype(np.float32)
+    calibration = generic_calibration(example)
     with tempfile.TemporaryDirectory(prefix="prokt-plan-latency-") as tmp:
         engines = []
         for i, label in enumerate(todo):
             model, precision = models[label]
-            done = (exported or {}).get(label)
-            files = sorted(done.iterdir()) if done is not None and done.is_dir() else []
-            if not any(f.suffix in (".onnx", ".xml") for f in files):
-                try:
-                    files = exporters.export(generic_copy(model, 0).eval(), fmt, precision, Path(tmp) / str(i), example_input=example,
-                                             calibration=calibration if precision == "int8" else None).files
-                except exporters.ExportError as exc:
-                    raise ExportFailed(f"cannot export {label} to {fmt} {precision} to time it: {exc}") from None
+            files = generic_artifact(model, label, fmt, precision, example, calibration, Path(tmp) / str(i), (exported or {}).get(label))
             main = next(f for f in files if f.suffix in (".onnx", ".xml"))
             engines.append({"id": label, **measure.artifact_engine(fmt, main, targets), "accuracy": {"accuracy": 0.0, "samples": 0}})
         data = Path(tmp) / "x.npz"
@@ -266,6 +294,51 @@ def measure_latencies(models: dict[str, tuple[nn.Module, str]], target: str, *, 
         result[label] = row["latency_ms"]["p50"]
         cache.put(keys[label], result[label])
     return result  # type: ignore[return-value]
+
+
+def read_device_latencies(path: str | os.PathLike[str]) -> dict:
+    """The batch-1 p50s of a plan bundle's device result file (``python bench_bundle.py`` in the directory
+    ``plan --bundle`` wrote), as ``{"path", "device", "p50": {(model, format, precision): ms}}``.
+
+    Raises :class:`~prokt_deploy.errors.BenchError` (exit 12) with one line for a file that is missing,
+    not JSON, not a device result file, or the result of a run's bundle rather than a plan's.
+    """
+    from prokt_deploy.errors import BenchError
+    from prokt_deploy.report import read_device_results
+
+    data = read_device_results(Path(path))
+    if not str(data.get("run") or "").startswith(PLAN_BUNDLE_PREFIX):
+        raise BenchError(f"{path} holds the results of a run's bundle, not of a plan's: write one with 'prokt-deploy plan --bundle DIR', "
+                         "run 'python bench_bundle.py' in it on the device, and pass its device-results.json")
+    p50 = {}
+    for row in data["rows"]:
+        value = (row.get("latency_ms") or {}).get("p50")
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise BenchError(f"{path}: row {row['id']!r} has no positive batch-1 p50 latency")
+        p50[(row["model"], row["format"], row["precision"])] = float(value)
+    fp = data["fingerprint"]
+    device = fp.get("cpu", {}).get("model") if isinstance(fp.get("cpu"), dict) else None
+    return {"path": str(path), "device": device or fp["id"], "p50": p50}
+
+
+#: ``bundle.json`` "run" of a plan bundle: the prefix tells its device results from a run bundle's
+PLAN_BUNDLE_PREFIX = "plan:"
+
+
+def lookup_device_latencies(device: dict, models: dict[str, tuple[nn.Module, str]], fmt: str) -> dict[str, float]:
+    """label -> p50 ms from ``device`` (:func:`read_device_latencies`) for the planner's ``models``
+    (candidates by architecture name, the teacher as ``teacher:...:precision``); BenchError if one is missing."""
+    from prokt_deploy.errors import BenchError
+
+    out = {}
+    for label, (_, precision) in models.items():
+        model = "teacher" if label.startswith("teacher:") else label
+        value = device["p50"].get((model, fmt, precision))
+        if value is None:
+            raise BenchError(f"{device['path']} has no {fmt} {precision} latency for {model}: it was measured for another recipe, budget or "
+                             "format; write the bundle again with 'prokt-deploy plan --bundle DIR' and measure it on the device")
+        out[label] = value
+    return out
 
 
 def choose_by_latency(fitting: list[Candidate], *, teacher_fastest_ms: float | None, latency_budget_ms: float | None) -> tuple[Candidate, str]:
@@ -305,7 +378,7 @@ def plan_student(budget_bytes: int, **kwargs) -> Plan:  # noqa: ANN003 - the key
 def _plan_student(
     budget_bytes: int,
     *,
-    family: str,
+    family: str | list[str],
     input_shape: tuple[int, ...],
     num_classes: int,
     teacher: nn.Module,
@@ -323,6 +396,8 @@ def _plan_student(
     candidates: list[str] | None = None,
     latency_cache: LatencyCache | None = None,
     keep_root: Path | None = None,
+    device_latencies: dict | None = None,
+    bundle: Callable[[dict[str, tuple[nn.Module, str]], Callable[[str, str], Path | None]], None] | None = None,
 ) -> Plan:
     """Choose the student; raise BudgetError when none fits.
 
@@ -334,17 +409,27 @@ def _plan_student(
     ``target`` / ``latency_budget_ms``: time the fitting candidates and choose by the latency rule of
     the module docstring (a latency budget without a target times in onnx). ``candidates`` replaces
     the family's candidate list (names of any registered family).
+
+    ``device_latencies``: a device result file of a plan bundle (:func:`read_device_latencies`): the
+    latencies come from it instead of being measured here (``target`` picks its format; default onnx).
+    ``bundle(models, kept)``: instead of timing, hand the models the latency rule would time (label ->
+    (model, precision); the teacher's as ``teacher:...:fp32/int8``) to the callback, which writes them
+    into an on-device bundle (:func:`prokt_deploy.bundle.write_plan_bundle`); ``kept(label, fmt)`` is the
+    directory that may already hold the size measurement's export.
     """
     formats = list(formats)
     cache = cache if cache is not None else SizeCache()
     if latency_budget_ms is not None and not latency_budget_ms > 0:
         raise UsageError(f"--latency-budget must be a positive number of milliseconds, got {latency_budget_ms}")
-    if latency_budget_ms is not None and target is None:
+    if (latency_budget_ms is not None or device_latencies is not None or bundle is not None) and target is None:
         target = "onnx"
+    if student_arch is not None and (device_latencies is not None or bundle is not None):
+        raise UsageError("--student pins the architecture, so there are no candidates to bundle or to choose by device latency; drop --student")
     if target is not None:
         parse_target(target)
-    fam = get_family(family)
-    names = [student_arch] if student_arch else (list(candidates) if candidates else fam.candidates())
+    fams = [family] if isinstance(family, str) else list(family)
+    pool = list(dict.fromkeys(n for f in fams for n in get_family(f).candidates()))  # every family's candidates, once each
+    names = [student_arch] if student_arch else (list(candidates) if candidates else pool)
     model_kwargs = model_kwargs if model_kwargs is not None else {"in_channels": input_shape[0]}
     vocab_size = model_kwargs.get("vocab_size")
     cands = []
@@ -404,13 +489,13 @@ def _plan_student(
         smallest_model, smallest = cands[-1]
         smallest.bytes = smallest.bytes or measure(smallest_model, smallest.arch)
         need = smallest.estimated_bytes
-        what = f"student {student_arch}" if student_arch else f"the smallest student of family {family!r} ({smallest.arch})"
+        what = f"student {student_arch}" if student_arch else f"the smallest student of {_families_text(fams)} ({smallest.arch})"
         raise BudgetError(
             f"no student fits {format_size(budget_bytes)} ({budget_bytes} B) at {precision}: {what} needs "
             f"{format_size(need)} ({need} B); use --budget {need}B or larger"
         )
 
-    latency_note, teacher_latency = "", {}
+    latency_note, teacher_latency, lat, latency_source = "", {}, {}, None
     if timing:
         # every candidate that fits is timed (the walk above measured all sizes); the size rule's choice is
         # the most capable of them, the latency rule may pick a less capable but faster one
@@ -423,8 +508,15 @@ def _plan_student(
             key_extra = f"|{num_classes}" + (f"|vocab{vocab_size}" if vocab_size else "")
             ex = example[:1] if example is not None else torch.zeros(1, *input_shape)
             fmt = parse_target(target)[0]
-            exported = {c.arch: d for _, c in small if (d := kept(c.arch, fmt)) is not None}
-            lat = measure_latencies(models, target, example=ex, cache=latency_cache, key_extra=key_extra, exported=exported)
+            if bundle is not None:
+                bundle(models, kept)
+                lat = {}
+            elif device_latencies is not None:
+                lat = lookup_device_latencies(device_latencies, models, fmt)
+            else:
+                exported = {c.arch: d for _, c in small if (d := kept(c.arch, fmt)) is not None}
+                lat = measure_latencies(models, target, example=ex, cache=latency_cache, key_extra=key_extra, exported=exported)
+        if lat:
             teacher_latency = {p_name: round(lat[f"teacher:{teacher_label}:{p_name}"], 6) for p_name in ("fp32", "int8")}
             for _, c in small:
                 c.latency_ms = round(lat[c.arch], 6)
@@ -448,10 +540,18 @@ def _plan_student(
             f"{format_size(teacher_bytes)}): chose the most capable student with at most "
             f"{max_teacher_fraction:.0%} of the teacher's parameters"
         )
+    if lat:
+        latency_source = f"device results {device_latencies['path']} ({device_latencies['device']})" if device_latencies else "measured here"
     if latency_note:
-        note += f"; latency in {target}: {latency_note}"
+        where = f" on the device of {device_latencies['path']}" if device_latencies else ""
+        note += f"; latency in {target}{where}: {latency_note}"
     return Plan(budget_bytes, precision, formats, [c for _, c in cands], chosen, teacher_arch, teacher_params, teacher_bytes, binding, note,
-                target=target, latency_budget_ms=latency_budget_ms, teacher_latency_ms=teacher_latency)
+                target=target, latency_budget_ms=latency_budget_ms, teacher_latency_ms=teacher_latency, families=fams,
+                latency_source=latency_source)
+
+
+def _families_text(fams: list[str]) -> str:
+    return f"family {fams[0]!r}" if len(fams) == 1 else "families " + ", ".join(repr(f) for f in fams)
 
 
 def _capacity(model: nn.Module) -> int:

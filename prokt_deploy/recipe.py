@@ -82,7 +82,9 @@ class TeacherConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    family: str = "resnet"
+    # One family, a list of families searched together (e.g. [resnet, wide]) or auto (every student family
+    # of the data's kind); across families the planner ranks by capacity (prokt_deploy.planner).
+    family: str | list[str] = "resnet"
     arch: str | None = None  # pin an architecture instead of planning one from the budget
     # text: start the student's token embeddings from the teacher's, projected onto their top
     # principal components (same for every method; not part of ProKT itself)

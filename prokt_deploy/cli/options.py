@@ -9,7 +9,7 @@ import typer
 
 from prokt_deploy.budget import parse_size
 from prokt_deploy.data import TEXT_SOURCES, infer_source
-from prokt_deploy.errors import RecipeError
+from prokt_deploy.errors import RecipeError, UsageError
 from prokt_deploy.recipe import DEFAULT_RECIPE, RECIPES_DIR, Recipe, apply_overrides, load_recipe
 
 TEXT_DEFAULT_RECIPE = RECIPES_DIR / "tweets-minilm.yaml"
@@ -30,6 +30,8 @@ MinStepsOpt = Annotated[Optional[int], typer.Option("--min-steps", help="train.m
 TeacherCkptOpt = Annotated[Optional[Path], typer.Option("--teacher-checkpoint", help="Teacher weights (.safetensors or a state_dict).")]
 TeacherInitOpt = Annotated[Optional[str], typer.Option("--teacher-init", help="scratch | checkpoint | checkpoint-reset-head | pretrain (CE first in this run, then ProKT with the head reset).")]
 TeacherFactoryOpt = Annotated[Optional[str], typer.Option("--teacher-factory", help="'module:function' returning the teacher nn.Module.")]
+FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="Student families to search: one (resnet), several (resnet,wide) or auto (every family for the data).")]
+LatenciesOpt = Annotated[Optional[Path], typer.Option("--latencies", help="Plan from latencies measured on the device: the device-results.json of a 'plan --bundle' bundle (exit 12 if unreadable).")]
 StudentOpt = Annotated[Optional[str], typer.Option("--student", help="Pin the student architecture instead of planning it, e.g. resnet-w8-d1.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
 TrustCodeOpt = Annotated[bool, typer.Option("--trust-recipe-code", help="Allow the recipe (or the run's saved recipe) to name code to import and run (teacher.factory). Only for recipes you trust.")]
@@ -69,6 +71,7 @@ def resolve_recipe(
     teacher_factory: str | None = None,
     student: str | None = None,
     trust_recipe_code: bool = False,
+    family: str | None = None,
 ) -> Recipe:
     """Load the recipe and apply command-line overrides (flags win over the file). A recipe that names
     code is refused unless ``trust_recipe_code`` or the code is named on the command line."""
@@ -96,8 +99,17 @@ def resolve_recipe(
             "teacher.init": init,
             "teacher.factory": teacher_factory,
             "student.arch": student,
+            "student.family": parse_families(family) if family is not None else None,
         },
     )
+
+
+def parse_families(text: str) -> str | list[str]:
+    """``--family resnet`` / ``resnet,wide`` / ``auto`` -> the recipe's student.family value."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"--family {text!r} names no family; use e.g. resnet, resnet,wide or auto")
+    return names[0] if len(names) == 1 else names
 
 
 def with_data(base: Recipe, recipe_path: Path | None, path: Path | None, source: str | None) -> Recipe:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -12,6 +13,7 @@ from prokt_deploy.budget import format_size
 from prokt_deploy.planner import parse_latency, parse_target
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import out, print_json
+from prokt_deploy.errors import UsageError
 
 
 def plan(
@@ -22,23 +24,37 @@ def plan(
     teacher_checkpoint: o.TeacherCkptOpt = None,
     teacher_factory: o.TeacherFactoryOpt = None,
     student: o.StudentOpt = None,
+    family: o.FamilyOpt = None,
     exact: Annotated[bool, typer.Option("--exact", help="Measure every candidate's artifact, not only those needed to decide.")] = False,
     latency_budget: Annotated[Optional[str], typer.Option("--latency-budget", help="Keep only students whose batch-1 p50 in --target is within it, e.g. 0.2ms (times every fitting candidate).")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="Time the fitting candidates and the teacher in this runtime: onnx or openvino[:DEVICE] (default with --latency-budget: onnx).")] = None,
+    latencies: o.LatenciesOpt = None,
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Write every fitting candidate's untrained artifact, the teacher's and bench_bundle.py into DIR, to time them on the device itself.")] = None,
     trust_recipe_code: o.TrustCodeOpt = False,
     as_json: o.JsonOpt = False,
 ) -> None:
-    """Show the student candidates (params, MACs, artifact bytes, latency with --target) and mark the chosen one."""
+    """Show the student candidates (params, MACs, artifact bytes, latency with --target) and mark the chosen one.
+
+    On-device planning: `plan --bundle DIR`, then `python bench_bundle.py` in DIR on the board, then
+    `plan --latencies DIR/device-results.json` (or `distill --latencies ...`) chooses from the board's latencies."""
     latency_ms = parse_latency(latency_budget) if latency_budget is not None else None
     if target is not None:
         parse_target(target)
     r = o.resolve_recipe(recipe, budget=budget, data_dir=data_dir, data_source=data_source, teacher_checkpoint=teacher_checkpoint, teacher_factory=teacher_factory, student=student,
-                         trust_recipe_code=trust_recipe_code)
-    p = run_plan(r, exact=exact, target=target, latency_budget_ms=latency_ms)
+                         trust_recipe_code=trust_recipe_code, family=family)
+    if bundle is not None and latencies is not None:
+        raise UsageError("--bundle writes the artifacts to measure on the device and --latencies reads what was measured: use one at a time")
+    p = run_plan(r, exact=exact, target=target, latency_budget_ms=latency_ms, latencies=latencies, bundle_dir=bundle,
+                 recipe_path=str(recipe) if recipe is not None else None)
+    if bundle is not None:
+        if not as_json:
+            out.print(f"plan bundle written to {bundle} (fitting candidates and the teacher, {', '.join(p.formats)}); on the device: "
+                      f"python bench_bundle.py, then: prokt-deploy plan ... --latencies {bundle}/device-results.json")
     if as_json:
         print_json(p.to_dict())
         return
-    table = Table(title=f"students of '{r.student.family}' for {format_size(p.budget_bytes)} at {p.precision} ({', '.join(p.formats)})")
+    fams = ", ".join(p.families) or str(r.student.family)
+    table = Table(title=f"students of {fams} for {format_size(p.budget_bytes)} at {p.precision} ({', '.join(p.formats)})")
     for col in ("", "arch", "params", "MACs", *[f"{f} bytes" for f in p.formats], *(["p50 ms"] if p.target else []), "fits"):
         table.add_column(col, justify="right" if col not in ("", "arch") else "left", no_wrap=True)
     for c in p.candidates:
@@ -52,3 +68,5 @@ def plan(
     out.print(f"teacher {p.teacher_arch}: {p.teacher_params:,} params, {format_size(p.teacher_bytes)} at {p.precision}"
               + (f"; p50 in {p.target}: " + ", ".join(f"{k} {v:.4f} ms" for k, v in p.teacher_latency_ms.items()) if p.teacher_latency_ms else ""))
     out.print(p.note)
+    if p.latency_source and p.latency_source != "measured here":
+        out.print(f"latencies from {p.latency_source}")

@@ -41,6 +41,8 @@ def distill(
     teacher_init: o.TeacherInitOpt = None,
     teacher_factory: o.TeacherFactoryOpt = None,
     student: o.StudentOpt = None,
+    family: o.FamilyOpt = None,
+    latencies: o.LatenciesOpt = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run (its --out directory) from its checkpoint, with the recipe it was started with.")] = None,
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Train with DistributedDataParallel on N local processes (torchrun).")] = 1,
     trust_recipe_code: o.TrustCodeOpt = False,
@@ -52,18 +54,19 @@ def distill(
         r = o.resolve_recipe(
             recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
             data_dir=data_dir, data_source=data_source, min_steps=min_steps, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
-            trust_recipe_code=trust_recipe_code,
+            trust_recipe_code=trust_recipe_code, family=family,
         )
     else:
         given = {"--recipe": recipe, "--budget": budget, "--method": method, "--epochs": epochs, "--seed": seed, "--out": out_dir, "--device": device,
                  "--max-train-samples": max_train_samples, "--data-dir": data_dir, "--teacher-checkpoint": teacher_checkpoint,
-                 "--teacher-init": teacher_init, "--teacher-factory": teacher_factory, "--student": student}
+                 "--teacher-init": teacher_init, "--teacher-factory": teacher_factory, "--student": student,
+                 "--family": family, "--latencies": latencies}
         check_resume(resume, [k for k, v in given.items() if v is not None], trust_recipe_code)
     if nproc_per_node > 1 and not distributed.launched_by_torchrun():
         _launch_distributed(r, nproc_per_node, out_dir)
         return
     main = int(os.environ.get("RANK", "0")) == 0
-    result = run_distill(r, out=out_dir, resume=resume, progress=RichProgress(quiet=not main))
+    result = run_distill(r, out=out_dir, resume=resume, progress=RichProgress(quiet=not main), latencies=latencies)
     if main:
         _print(distill_summary(result.path, result.manifest), as_json)
 

@@ -17,6 +17,7 @@ from prokt_deploy.models.registry import (
     families,
     get_family,
     register_family,
+    student_families,
     zero_init_head,
 )
 from prokt_deploy.models import cnn as _cnn  # noqa: F401  (registers the family)
@@ -35,5 +36,6 @@ __all__ = [
     "families",
     "get_family",
     "register_family",
+    "student_families",
     "zero_init_head",
 ]

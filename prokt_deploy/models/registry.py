@@ -50,6 +50,32 @@ def get_family(name: str) -> Family:
         raise ModelError(f"unknown model family {name!r}; known families: {known}") from None
 
 
+def student_families(spec: str | list[str], modality: str) -> list[str]:
+    """The student families a recipe's ``student.family`` names: one name, a list of names, or ``auto``
+    (every registered family of the data's ``modality`` that offers student candidates).
+
+    Raises ModelError for an unknown name, a family of the other modality or one with no candidates.
+    """
+    names = [spec] if isinstance(spec, str) else list(spec)
+    if names == ["auto"]:
+        return sorted(n for n, f in _FAMILIES.items() if f.modality == modality and f.candidates())
+    if not names:
+        raise ModelError("student.family is an empty list; name at least one family or use auto")
+    if "auto" in names:
+        raise ModelError("student.family: auto stands alone (it already means every family of the data's kind)")
+    out: list[str] = []
+    for name in names:
+        fam = get_family(name)
+        if fam.modality != modality:
+            others = ", ".join(student_families("auto", modality))
+            raise ModelError(f"student family {name!r} is {'an' if fam.modality == 'image' else 'a'} {fam.modality} family but the data is {modality}; use {others} or auto")
+        if not fam.candidates():
+            raise ModelError(f"{name!r} is not a student family (it offers no candidates; it is for teachers)")
+        if name not in out:
+            out.append(name)
+    return out
+
+
 def create_model(arch: str, *, num_classes: int, in_channels: int | None = None, **input_kwargs: object) -> nn.Module:
     """Build a registered architecture by name, e.g. 'resnet-w16-d1' or 'tfm-h128-l2'.
 
