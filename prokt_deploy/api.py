@@ -128,9 +128,14 @@ def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | No
     ``latencies``: take the candidates' latencies from a plan bundle's device result file instead of
     timing them here (BenchError, exit 12, for a bad file). ``bundle_dir``: write every fitting candidate's
     untrained artifact and the teacher's into an on-device bundle there (nothing is timed here);
-    ``recipe_path`` is named in its README."""
+    ``recipe_path`` is named in its README. ``target`` / ``latency_budget_ms`` default to the recipe's
+    ``budget.target`` / ``budget.latency``."""
+    from prokt_deploy.budget import parse_latency
     from prokt_deploy.planner import read_device_latencies
 
+    target = target or recipe.budget.target
+    if latency_budget_ms is None and recipe.budget.latency is not None:
+        latency_budget_ms = parse_latency(recipe.budget.latency)
     device_latencies = read_device_latencies(latencies) if latencies is not None else None  # a bad file fails before any work
     if bundle_dir is not None:
         check_out_dir(Path(bundle_dir))

@@ -57,3 +57,30 @@ def format_size(n_bytes: int | float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
+
+
+TARGET_FORMATS = {"onnx": "onnx", "openvino": "openvino"}
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """``onnx``, ``onnx:CPU``, ``openvino`` or ``openvino:GPU`` -> (format, device)."""
+    fmt, _, device = target.partition(":")
+    fmt = fmt.strip().lower()
+    if fmt not in TARGET_FORMATS:
+        raise UsageError(f"unknown --target {target!r}; use onnx or openvino, optionally with :DEVICE (e.g. openvino:CPU)")
+    return fmt, (device.strip() or "CPU")
+
+
+def parse_latency(text: str | float) -> float:
+    """``0.2ms``, ``200us``, ``0.0002s`` or a bare number of milliseconds -> milliseconds (> 0)."""
+    raw = str(text).strip().lower()
+    for suffix, scale in (("ms", 1.0), ("us", 1e-3), ("µs", 1e-3), ("s", 1e3), ("", 1.0)):
+        if raw.endswith(suffix):
+            try:
+                value = float(raw[: len(raw) - len(suffix)] if suffix else raw) * scale
+            except ValueError:
+                break
+            if value > 0 and value != float("inf"):
+                return value
+            break
+    raise UsageError(f"--latency-budget {text!r} is not a positive latency; use e.g. 0.2ms, 200us or 0.2 (ms)")

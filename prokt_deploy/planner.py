@@ -38,6 +38,7 @@ fingerprint, candidate, input shape, target, precision and library versions
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -48,7 +49,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from prokt_deploy.budget import format_size
+from prokt_deploy.budget import TARGET_FORMATS, format_size, parse_latency, parse_target  # noqa: F401 (re-exported)
 from prokt_deploy.errors import BudgetError, ExportFailed, UsageError
 from prokt_deploy.models import count_macs, count_params, create_model, families, get_family
 
@@ -182,33 +183,6 @@ def measure_artifact_bytes(
 LATENCY_VERSION = 1
 #: Timing settings of a planner latency: bench's harness, batch 1 only, fewer calls than bench.
 LATENCY_SETTINGS = {"threads": 1, "batch": 1, "runs": 100, "warmup": 20, "repeats": 3}
-TARGET_FORMATS = {"onnx": "onnx", "openvino": "openvino"}
-
-
-def parse_target(target: str) -> tuple[str, str]:
-    """``onnx``, ``onnx:CPU``, ``openvino`` or ``openvino:GPU`` -> (format, device)."""
-    fmt, _, device = target.partition(":")
-    fmt = fmt.strip().lower()
-    if fmt not in TARGET_FORMATS:
-        raise UsageError(f"unknown --target {target!r}; use onnx or openvino, optionally with :DEVICE (e.g. openvino:CPU)")
-    return fmt, (device.strip() or "CPU")
-
-
-def parse_latency(text: str | float) -> float:
-    """``0.2ms``, ``200us``, ``0.0002s`` or a bare number of milliseconds -> milliseconds (> 0)."""
-    raw = str(text).strip().lower()
-    for suffix, scale in (("ms", 1.0), ("us", 1e-3), ("µs", 1e-3), ("s", 1e3), ("", 1.0)):
-        if raw.endswith(suffix):
-            try:
-                value = float(raw[: len(raw) - len(suffix)] if suffix else raw) * scale
-            except ValueError:
-                break
-            if value > 0 and value != float("inf"):
-                return value
-            break
-    raise UsageError(f"--latency-budget {text!r} is not a positive latency; use e.g. 0.2ms, 200us or 0.2 (ms)")
-
-
 class LatencyCache(SizeCache):
     """A JSON file of measured p50 latencies (ms), keyed with the machine's fingerprint id; safe to delete."""
 
@@ -231,7 +205,11 @@ def generic_calibration(example: torch.Tensor, n: int = 100):
 def generic_artifact(model: nn.Module, label: str, fmt: str, precision: str, example: torch.Tensor, calibration, out_dir: Path,
                      done: Path | None = None) -> list[Path]:
     """The files of ``model``'s ``fmt``/``precision`` artifact with generic weights (the real graph): those in
-    ``done`` when it already holds them (the size measurement's export), else exported into ``out_dir``."""
+    ``done`` when it already holds them (the size measurement's export), else exported into ``out_dir``.
+
+    The teacher (label ``teacher:...``) is exported with its own weights: they are real (a checkpoint) or
+    fresh, and a deep trained network with generic offsets added to every weight overflows its activations
+    (onnxruntime's int8 calibration then fails on a vgg-w32 teacher)."""
     import exporters
     from exporters.size import generic_copy
 
@@ -239,7 +217,8 @@ def generic_artifact(model: nn.Module, label: str, fmt: str, precision: str, exa
     if any(f.suffix in (".onnx", ".xml") for f in files):
         return files
     try:
-        return exporters.export(generic_copy(model, 0).eval(), fmt, precision, out_dir, example_input=example,
+        as_exported = copy.deepcopy(model) if label.startswith("teacher:") else generic_copy(model, 0)
+        return exporters.export(as_exported.eval(), fmt, precision, out_dir, example_input=example,
                                 calibration=calibration if precision == "int8" else None).files
     except exporters.ExportError as exc:
         raise ExportFailed(f"cannot export {label} to {fmt} {precision}: {exc}") from None

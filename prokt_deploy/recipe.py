@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from prokt_deploy.budget import parse_size
+from prokt_deploy.budget import parse_latency, parse_size, parse_target
 from prokt_deploy.errors import RecipeError, UsageError
 
 # The recipes ship inside the package (package data), so a wheel installed anywhere has them; the
@@ -103,6 +103,31 @@ class BudgetConfig(_Strict):
     # int8 export: keep the fewest layers in fp32 that meet the accuracy gate (exporters/accuracy_aware.py);
     # auto = only when plain int8 misses --max-accuracy-drop
     accuracy_aware: Literal["auto", "on", "off"] = "auto"
+    # Latency in the plan (prokt_deploy.planner): time every fitting candidate and the teacher's artifacts in
+    # this runtime (onnx or openvino[:DEVICE]) and never choose a student slower than the teacher's fastest
+    # artifact when a faster one fits. None: plan by size alone (a latency budget implies onnx).
+    target: str | None = None
+    latency: str | None = None  # a latency budget, e.g. 0.2ms: only students whose batch-1 p50 is within it
+
+    @field_validator("target")
+    @classmethod
+    def _valid_target(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_target(v)
+            except UsageError as e:
+                raise ValueError(str(e).replace("--target", "budget.target")) from None
+        return v
+
+    @field_validator("latency")
+    @classmethod
+    def _valid_latency(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_latency(v)
+            except UsageError as e:
+                raise ValueError(str(e).replace("--latency-budget", "budget.latency")) from None
+        return v
 
     @field_validator("size")
     @classmethod

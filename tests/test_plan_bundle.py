@@ -127,6 +127,11 @@ def test_distill_plans_from_device_latencies(tmp_path: Path) -> None:
     proc = cli("plan", *base, "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["chosen"]["arch"] == "wide-w12-d2"  # by size alone
+    table = cli("plan", *base, "--latencies", str(device), cwd=tmp_path, env={"COLUMNS": "80"}).stdout
+    rows = table.split("\nteacher ")[0].splitlines()
+    assert "…" not in table and max(map(len, rows)) <= 80, table  # nothing cut in an 80-column terminal
+    (chosen,) = [line.split() for line in table.splitlines() if line.strip().startswith("->")]
+    assert chosen[1] == "wide-w8-d2" and chosen[-2:] == ["0.0100", "yes"] and "Test Board" in table
     proc = cli("distill", *base, "--latencies", str(device), "--epochs", "1", "--max-train-samples", "128", "--out", str(tmp_path / "run"),
                "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -30,6 +30,8 @@ MinStepsOpt = Annotated[Optional[int], typer.Option("--min-steps", help="train.m
 TeacherCkptOpt = Annotated[Optional[Path], typer.Option("--teacher-checkpoint", help="Teacher weights (.safetensors or a state_dict).")]
 TeacherInitOpt = Annotated[Optional[str], typer.Option("--teacher-init", help="scratch | checkpoint | checkpoint-reset-head | pretrain (CE first in this run, then ProKT with the head reset).")]
 TeacherFactoryOpt = Annotated[Optional[str], typer.Option("--teacher-factory", help="'module:function' returning the teacher nn.Module.")]
+TargetOpt = Annotated[Optional[str], typer.Option("--target", help="Plan by latency too: time the fitting candidates and the teacher in onnx or openvino[:DEVICE] (recipe budget.target).")]
+LatencyBudgetOpt = Annotated[Optional[str], typer.Option("--latency-budget", help="Only students whose batch-1 p50 is within it, e.g. 0.2ms (recipe budget.latency; implies --target onnx).")]
 FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="Student families to search: one (resnet), several (resnet,wide) or auto (every family for the data).")]
 LatenciesOpt = Annotated[Optional[Path], typer.Option("--latencies", help="Plan from latencies measured on the device: the device-results.json of a 'plan --bundle' bundle (exit 12 if unreadable).")]
 StudentOpt = Annotated[Optional[str], typer.Option("--student", help="Pin the student architecture instead of planning it, e.g. resnet-w8-d1.")]
@@ -72,6 +74,8 @@ def resolve_recipe(
     student: str | None = None,
     trust_recipe_code: bool = False,
     family: str | None = None,
+    target: str | None = None,
+    latency_budget: str | None = None,
 ) -> Recipe:
     """Load the recipe and apply command-line overrides (flags win over the file). A recipe that names
     code is refused unless ``trust_recipe_code`` or the code is named on the command line."""
@@ -100,6 +104,8 @@ def resolve_recipe(
             "teacher.factory": teacher_factory,
             "student.arch": student,
             "student.family": parse_families(family) if family is not None else None,
+            "budget.target": target,
+            "budget.latency": latency_budget,
         },
     )
 

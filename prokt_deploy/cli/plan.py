@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from prokt_deploy.api import plan as run_plan
@@ -54,19 +55,33 @@ def plan(
         print_json(p.to_dict())
         return
     fams = ", ".join(p.families) or str(r.student.family)
-    table = Table(title=f"students of {fams} for {format_size(p.budget_bytes)} at {p.precision} ({', '.join(p.formats)})")
-    for col in ("", "arch", "params", "MACs", *[f"{f} bytes" for f in p.formats], *(["p50 ms"] if p.target else []), "fits"):
+    # fits an 80-column terminal without cutting a name, a size, a latency or the verdict
+    table = Table(title=f"students of {fams} for {format_size(p.budget_bytes)} at {p.precision}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("", "arch", "params", "MACs", *p.formats, *(["p50 ms"] if p.target else []), "fits"):
         table.add_column(col, justify="right" if col not in ("", "arch") else "left", no_wrap=True)
+    weights_only = False
     for c in p.candidates:
         fits = {True: "yes", False: "no", None: "-"}[c.fits]
         if not c.bytes and c.lower_bound_bytes > p.budget_bytes:
-            fits = "no (weights)"
+            fits, weights_only = "no*", True
         sizes = [format_size(c.bytes[f]) if f in c.bytes else "-" for f in p.formats]
         latency = ([f"{c.latency_ms:.4f}" if c.latency_ms is not None else "-"] if p.target else [])
-        table.add_row("->" if c.chosen else "", c.arch, f"{c.params:,}", f"{c.macs:,}", *sizes, *latency, fits, style="bold green" if c.chosen else None)
+        table.add_row("->" if c.chosen else "", c.arch, compact(c.params), compact(c.macs), *sizes, *latency, fits,
+                      style="bold green" if c.chosen else None)
     out.print(table)
     out.print(f"teacher {p.teacher_arch}: {p.teacher_params:,} params, {format_size(p.teacher_bytes)} at {p.precision}"
               + (f"; p50 in {p.target}: " + ", ".join(f"{k} {v:.4f} ms" for k, v in p.teacher_latency_ms.items()) if p.teacher_latency_ms else ""))
+    if weights_only:
+        out.print(f"no*: its {p.precision} weights alone exceed the budget (not exported); sizes are artifact bytes per format")
     out.print(p.note)
     if p.latency_source and p.latency_source != "measured here":
         out.print(f"latencies from {p.latency_source}")
+
+
+def compact(n: int) -> str:
+    """19810 -> '19.8k', 2364832 -> '2.36M': counts short enough for an 80-column table."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.3g}{unit}"
+    return str(n)

@@ -92,6 +92,10 @@ def run(
     teacher_init: o.TeacherInitOpt = None,
     teacher_factory: o.TeacherFactoryOpt = None,
     student: o.StudentOpt = None,
+    family: o.FamilyOpt = None,
+    target: o.TargetOpt = None,
+    latency_budget: o.LatencyBudgetOpt = None,
+    latencies: o.LatenciesOpt = None,
     threads: b.ThreadsOpt = b.D["threads"],
     batch: b.BatchOpt = b.D["batch"],
     runs: b.RunsOpt = b.D["runs"],
@@ -114,7 +118,7 @@ def run(
     r = o.resolve_recipe(
         recipe_file or recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
         data_dir=data_dir, data_source=data_source, min_steps=min_steps, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
-        trust_recipe_code=trust_recipe_code,
+        trust_recipe_code=trust_recipe_code, family=family, target=target, latency_budget=latency_budget,
     )
     resolve_targets(bench_device)  # an unavailable device fails now, not after training
     b.check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
@@ -123,7 +127,7 @@ def run(
     baselines = parse_methods(compare_methods) if compare_methods else []  # a bad list fails now too
     with PipelineProgress() as progress:
         progress.stage("distill")
-        result = distill(r, out=out_dir, progress=progress)
+        result = distill(r, out=out_dir, progress=progress, latencies=latencies)
         progress.stage("compare")
         if baselines:
             compare(result.path, baselines, progress=progress, status=progress.status)

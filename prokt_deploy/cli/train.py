@@ -42,6 +42,8 @@ def distill(
     teacher_factory: o.TeacherFactoryOpt = None,
     student: o.StudentOpt = None,
     family: o.FamilyOpt = None,
+    target: o.TargetOpt = None,
+    latency_budget: o.LatencyBudgetOpt = None,
     latencies: o.LatenciesOpt = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run (its --out directory) from its checkpoint, with the recipe it was started with.")] = None,
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Train with DistributedDataParallel on N local processes (torchrun).")] = 1,
@@ -55,12 +57,13 @@ def distill(
             recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
             data_dir=data_dir, data_source=data_source, min_steps=min_steps, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
             trust_recipe_code=trust_recipe_code, family=family,
+            target=target, latency_budget=latency_budget,
         )
     else:
         given = {"--recipe": recipe, "--budget": budget, "--method": method, "--epochs": epochs, "--seed": seed, "--out": out_dir, "--device": device,
                  "--max-train-samples": max_train_samples, "--data-dir": data_dir, "--teacher-checkpoint": teacher_checkpoint,
                  "--teacher-init": teacher_init, "--teacher-factory": teacher_factory, "--student": student,
-                 "--family": family, "--latencies": latencies}
+                 "--family": family, "--latencies": latencies, "--target": target, "--latency-budget": latency_budget}
         check_resume(resume, [k for k, v in given.items() if v is not None], trust_recipe_code)
     if nproc_per_node > 1 and not distributed.launched_by_torchrun():
         _launch_distributed(r, nproc_per_node, out_dir)
