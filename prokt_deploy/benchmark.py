@@ -429,9 +429,53 @@ def bench(
     rep = report.new_report(run, manifest, fingerprint=fp, settings=settings, rows=rows, int8=findings, recommendation=recommendation,
                             gates=gates, not_benchmarked=not_benchmarked)
     rep["versus_teacher"] = versus_teacher(rows, recommendation)
+    progress("per-class accuracy of the recommended artifact and the teacher")
+    rep["per_class"] = per_class_accuracy(run, rows, recommendation, data, threads)
     with run_lock(run):  # not in the middle of a --merge's read-modify-write
         report.write_reports(run, rep)
     return rep
+
+
+def per_class_accuracy(run: Path, rows: list[dict], recommendation: dict | None, data, threads: int) -> dict | None:  # noqa: ANN001
+    """Test accuracy per class of the recommended artifact (in its runtime, or the PyTorch student) and of the
+    teacher (its ONNX fp32 file, the bench baseline, else the PyTorch teacher): where the lost points go."""
+    import exporters
+
+    if recommendation is None:
+        return None
+    by_id = {r["id"]: r for r in rows}
+    x, y = data.test.x.numpy(), data.test.y.numpy()
+
+    def file_predictions(row: dict) -> np.ndarray:
+        predictor = exporters.load([run / f for f in row["files"]], row["format"], threads=threads)
+        return np.concatenate([predictor.predict(x[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
+
+    def torch_predictions(which: str) -> np.ndarray:
+        import torch
+
+        model = load_run_model(run, which)
+        with torch.no_grad():
+            return np.concatenate([model(torch.from_numpy(x[i : i + 256])).argmax(1).numpy() for i in range(0, len(x), 256)])
+
+    rec = by_id.get(recommendation["id"])
+    if rec is None:
+        return None
+    student = file_predictions(rec) if rec.get("files") else torch_predictions("student")
+    base = by_id.get(BASELINE)
+    if base is not None and base.get("files"):
+        teacher, source = file_predictions(base), BASELINE
+    elif read_manifest(run)["teacher"].get("weights"):
+        teacher, source = torch_predictions("teacher"), "teacher/pytorch"
+    else:
+        teacher, source = None, "none"
+    classes = list(data.classes)
+    support = [int((y == k).sum()) for k in range(len(classes))]
+
+    def per_class(pred: np.ndarray) -> list[float | None]:
+        return [round(float((pred[y == k] == k).mean()), 6) if n else None for k, n in enumerate(support)]
+
+    return {"artifact": recommendation["id"], "teacher_source": source, "classes": classes, "support": support,
+            "artifact_accuracy": per_class(student), "teacher": per_class(teacher) if teacher is not None else [None] * len(classes)}
 
 
 def _int8_findings(run: Path, rows: list[dict], manifest: dict, fp: dict, settings: dict, targets: dict) -> list[dict]:

@@ -94,6 +94,8 @@ def new_report(run: Path, manifest: dict, *, fingerprint: dict, settings: dict, 
         "devices": {},
         "compare": with_own_deployed(manifest),
         "learning_curves": manifest.get("metrics", {}).get("history"),
+        "budget_bytes": manifest.get("budget_bytes"),
+        "per_class": None,  # filled by prokt_deploy.benchmark.per_class_accuracy
     }
 
 
@@ -250,6 +252,12 @@ def render_markdown(rep: dict) -> str:
         out += [f"  - {c}" for c in f["causes"]]
     out.append("")
     out += compare_markdown(rep.get("compare"))
+    pc_header, pc_cells = per_class_cells(rep.get("per_class"))
+    if pc_header:
+        out += ["## Per-class test accuracy", "", f"The recommended artifact vs the teacher ({rep['per_class']['teacher_source']}).", "",
+                "| " + " | ".join(pc_header) + " |", "|---|" + "---:|" * (len(pc_header) - 1)]
+        out += ["| " + " | ".join(c) + " |" for c in pc_cells]
+        out.append("")
     if rep["gates"]:
         out += ["## Gates", "", "| gate | limit | value | result |", "|---|---:|---:|---|"]
         out += [f"| {g['name']} | {g['limit']:g} | {_num(g['value'])} | {'pass' if g['passed'] else 'FAIL'}: {g['message']} |" for g in rep["gates"]]
@@ -360,15 +368,16 @@ def svg_scatter(rows: list[dict], *, width: int = 600, height: int = 360) -> str
     return "".join(parts)
 
 
-def svg_bars(rows: list[dict], values: list[float], reference: float | None, *, title: str, label, bar_area: int = 220) -> str:
+def svg_bars(rows: list[dict], values: list[float], reference: float | None, *, title: str, label, bar_area: int = 220,
+             limit: float | None = None, limit_label: str = "budget") -> str:
     """Horizontal bars, one per row, labelled with the value and its ratio to the teacher's value
-    (``reference``, also drawn as a dashed line)."""
+    (``reference``, also drawn as a dashed line); ``limit`` (e.g. the size budget) is a solid labelled line."""
     texts = [label(v) + (f" ({v / reference:.2f}x teacher)" if reference else "") for v in values]
     ml = 12 + _CHAR_W * max(len(r["id"]) for r in rows)
     mt, bar, gap = 30, 14, 6
     width = int(ml + bar_area + 8 + _CHAR_W * max(len(t) for t in texts))
-    height = mt + len(rows) * (bar + gap) + 10
-    top = max(values + ([reference] if reference else [])) or 1.0
+    height = mt + len(rows) * (bar + gap) + 10 + (14 if limit else 0)
+    top = max(values + ([reference] if reference else []) + ([limit] if limit else [])) or 1.0
     scale = bar_area / top
     parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
              f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="600">{html.escape(title)}</text>']
@@ -380,8 +389,90 @@ def svg_bars(rows: list[dict], values: list[float], reference: float | None, *, 
     if reference:
         x = ml + reference * scale
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt - 4}" y2="{height - 6}" stroke="#c0392b" stroke-dasharray="4,3"/>')
+    if limit:
+        x = ml + limit * scale
+        parts.append(f'<line class="budget" x1="{x:.1f}" x2="{x:.1f}" y1="{mt - 4}" y2="{height - 16}" stroke="#1a7f37" stroke-width="2"/>'
+                     f'<text x="{x:.1f}" y="{height - 4}" text-anchor="middle" font-size="10" fill="#1a7f37">{html.escape(limit_label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+_LINE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+
+
+def curve_series(rep: dict) -> list[tuple[str, list[float]]]:
+    """Validation accuracy per epoch: the teacher's pre-training, this run's student (and its teacher,
+    which ProKT trains too) and every ``--compare`` baseline; (name, values in [0, 1])."""
+    hist = rep.get("learning_curves") or {}
+    method = rep.get("method") or "student"
+    series = []
+    pre = [e.get("val_student_accuracy") for e in hist.get("teacher", [])]
+    if pre and all(v is not None for v in pre):
+        series.append(("teacher (CE pre-training)", pre))
+    student = hist.get("student", [])
+    vals = [e.get("val_student_accuracy") for e in student]
+    if vals and all(v is not None for v in vals):
+        series.append((f"student ({method})", vals))
+    teacher = [e.get("val_teacher_accuracy") for e in student]
+    if method == "prokt" and teacher and all(v is not None for v in teacher):
+        series.append(("teacher (during ProKT)", teacher))
+    for row in (rep.get("compare") or {}).get("rows", []):
+        curve = row.get("val_curve") or []
+        if row.get("run") != "." and curve and all(v is not None for v in curve):
+            series.append((f"student ({row['method']}, baseline)", curve))
+    return series
+
+
+def svg_curves(series: list[tuple[str, list[float]]], *, width: int = 600, height: int = 320) -> str:
+    """Validation accuracy (%) per epoch, one line per series, with a legend beside the plot (no label
+    sits on the lines, so none overlap)."""
+    legend_w = int(24 + _CHAR_W * max(len(name) for name, _ in series))
+    ml, mr, mt, mb = 48, legend_w + 12, 28, 40
+    n = max(len(v) for _, v in series)
+    ys = [100 * x for _, v in series for x in v]
+    y_lo, y_hi = max(0.0, min(ys) - 2), min(100.0, max(ys) + 2)
+    if y_hi - y_lo < 1:
+        y_lo, y_hi = y_lo - 1, y_hi + 1
+    total_w = width + legend_w
+
+    def px(epoch: int) -> float:
+        return ml + (epoch - 1) / max(n - 1, 1) * (total_w - ml - mr)
+
+    def py(v: float) -> float:
+        return height - mb - (v - y_lo) / (y_hi - y_lo) * (height - mt - mb)
+
+    parts = [f'<svg class="curves" width="{total_w}" height="{height}" viewBox="0 0 {total_w} {height}" role="img" aria-label="learning curves">',
+             f'<text x="{(ml + total_w - mr) / 2}" y="18" text-anchor="middle" font-size="13" font-weight="600">Validation accuracy per epoch</text>']
+    for t in _nice_ticks(y_lo, y_hi):
+        parts.append(f'<line x1="{ml}" x2="{total_w - mr}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#e3e3e3"/>'
+                     f'<text x="{ml - 6}" y="{py(t) + 3:.1f}" text-anchor="end" font-size="10">{t:g}</text>')
+    step = max(1, math.ceil(n / 10))
+    for e in range(1, n + 1, step):
+        parts.append(f'<text x="{px(e):.1f}" y="{height - mb + 14}" text-anchor="middle" font-size="10">{e}</text>')
+    parts.append(f'<text x="{(ml + total_w - mr) / 2}" y="{height - 8}" text-anchor="middle" font-size="11">epoch</text>')
+    for i, (name, values) in enumerate(series):
+        color = _LINE_COLORS[i % len(_LINE_COLORS)]
+        pts = " ".join(f"{px(e + 1):.1f},{py(100 * v):.1f}" for e, v in enumerate(values))
+        parts.append(f'<polyline class="curve" points="{pts}" fill="none" stroke="{color}" stroke-width="2"><title>{html.escape(name)}</title></polyline>')
+        parts += [f'<circle cx="{px(e + 1):.1f}" cy="{py(100 * v):.1f}" r="2.5" fill="{color}"><title>{html.escape(name)}, epoch {e + 1}: '
+                  f'{100 * v:.2f}%</title></circle>' for e, v in enumerate(values)]
+        ly = mt + 8 + 16 * i
+        parts.append(f'<line x1="{total_w - legend_w}" x2="{total_w - legend_w + 16}" y1="{ly - 3}" y2="{ly - 3}" stroke="{color}" stroke-width="2"/>'
+                     f'<text x="{total_w - legend_w + 20}" y="{ly}" font-size="10">{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def per_class_cells(pc: dict | None) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the per-class table (deployed artifact vs teacher)."""
+    if not pc:
+        return [], []
+    header = ["class", "test samples", "teacher %", f"{pc['artifact']} %", "difference"]
+    cells = []
+    for name, n, t, a in zip(pc["classes"], pc["support"], pc["teacher"], pc["artifact_accuracy"]):
+        cells.append([str(name), str(n), "-" if t is None else f"{100 * t:.1f}", "-" if a is None else f"{100 * a:.1f}",
+                      "-" if t is None or a is None else f"{100 * (a - t):+.1f}"])
+    return header, cells
 
 
 def render_html(rep: dict) -> str:
@@ -403,9 +494,21 @@ def render_html(rep: dict) -> str:
     body.append(svg_scatter(rows))
     body.append(svg_bars(rows, [r["latency_ms"]["p50"] for r in rows], base["latency_ms"]["p50"] if base else None,
                          title="p50 latency at batch 1 (dashed: teacher ONNX)", label=lambda v: f"{v:.4f} ms"))
+    budget = rep.get("budget_bytes")
     body.append(svg_bars(rows, [float(r["bytes"]) for r in rows], float(base["bytes"]) if base else None,
-                         title="Size on disk (dashed: teacher ONNX)", label=format_size))
+                         title="Size on disk (dashed: teacher ONNX; solid: the budget)" if budget else "Size on disk (dashed: teacher ONNX)",
+                         label=format_size, limit=float(budget) if budget else None, limit_label=f"budget {format_size(budget)}" if budget else ""))
+    series = curve_series(rep)
+    if series:
+        body.append(svg_curves(series))
     body.append("</div>")
+    pc_header, pc_cells = per_class_cells(rep.get("per_class"))
+    if pc_header:
+        body.append("<h2>Where do the points go? Per-class test accuracy</h2>"
+                    f"<p>The recommended artifact <code>{esc(rep['per_class']['artifact'])}</code> in its runtime against the teacher "
+                    f"(<code>{esc(rep['per_class']['teacher_source'])}</code>) on the same {sum(rep['per_class']['support']):,} test samples.</p>")
+        body.append("<table class=\"per-class\"><tr>" + "".join(f"<th>{esc(h)}</th>" for h in pc_header) + "</tr>"
+                    + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in c) + "</tr>" for c in pc_cells) + "</table>")
     body.append(f"<h2>Results</h2><p>Latency at batch 1, throughput at batch {s['batch']}; {s['threads']} thread(s); device {esc(s['device'])}; "
                 f"median over {s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls, one process per engine. "
                 f"Speed-ups relative to <code>{esc(s['baseline'])}</code>.</p>")

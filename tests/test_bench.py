@@ -144,10 +144,25 @@ def test_teacher_int8_rows_and_the_verdict_against_them(run_dir):
 def test_html_report_is_self_contained(run_dir):
     out, _ = run_dir
     page = (out / "report.html").read_text()
-    assert page.count("<svg") == 3 and "<table" in page
+    assert page.count("<svg") == 4 and "<table" in page  # scatter, latency, size (with the budget line), learning curves
+    assert 'class="budget"' in page and "budget 64.0 kB" in page
+    assert page.count('class="curve"') == 2  # the student's validation curve and ProKT's teacher during training
+    assert 'class="per-class"' in page
     assert not re.search(r"https?://", page), "the HTML must not reference any URL"
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert "student/onnx/int8" in (out / "report.md").read_text()
+
+
+def test_per_class_accuracy_adds_up_to_the_measured_accuracy(run_dir):
+    out, _ = run_dir
+    rep = json.loads((out / "report.json").read_text())
+    pc = rep["per_class"]
+    assert pc["artifact"] == rep["recommendation"]["id"] and len(pc["classes"]) == 10 and pc["teacher_source"] == BASELINE
+    rows = {r["id"]: r for r in rep["rows"]}
+    for key, row_id in (("artifact_accuracy", pc["artifact"]), ("teacher", BASELINE)):
+        overall = sum(a * n for a, n in zip(pc[key], pc["support"])) / sum(pc["support"])
+        assert overall == pytest.approx(rows[row_id]["test_accuracy"], abs=1e-4)  # the same files, the same test split
+    assert "## Per-class test accuracy" in (out / "report.md").read_text()
 
 
 def test_missed_gates_exit_11_after_writing_the_report(run_dir):

@@ -149,6 +149,13 @@ def test_compare_adds_one_row_per_baseline_on_the_same_split_and_student(tmp_pat
         assert sub["data"] == manifest["data"] and sub["seed"] == manifest["seed"]
         assert sub["metrics"]["epochs"] == manifest["metrics"]["epochs"]
         assert any(a["precision"] == "int8" for a in sub["artifacts"])
+    assert all(len(row["val_curve"]) == row["epochs"] for row in rows)  # the report's learning curves of every baseline
+    from prokt_deploy.report import curve_series, svg_curves
+
+    series = curve_series({"method": "prokt", "learning_curves": manifest["metrics"]["history"], "compare": manifest["compare"]})
+    names = [name for name, _ in series]
+    assert names[-2:] == ["student (scratch, baseline)", "student (kd, baseline)"] and "student (prokt)" in names
+    assert svg_curves(series).count('class="curve"') == len(series)
     kd = rows[2]
     assert kd["gain_over_scratch_points"] == pytest.approx((kd["student_test_accuracy"] - rows[1]["student_test_accuracy"]) * 100, abs=0.01)
     assert kd["gain_standard_error_points"] > 0 and isinstance(kd["within_noise"], bool)
