@@ -309,3 +309,17 @@ def test_int8_not_faster_lists_the_detected_causes():
     faster = int8_diagnosis.explain(_row("student/onnx/int8", "artifact", 0.005, 0.9), fp32, graph=None, fp32_graph=None,
                                     fingerprint=no_vnni, settings=settings, macs=None)
     assert faster["faster"] and faster["causes"] == []
+
+
+def test_scatter_labels_do_not_overlap_even_for_close_points():
+    from prokt_deploy.report import _CHAR_W, svg_scatter
+
+    rows = [{"id": f"{m}/{f}/{p}", "model": m, "kind": "artifact", "test_accuracy": 0.9 + 0.001 * i, "latency_ms": {"p50": 0.05 * (1 + 0.01 * i)}}
+            for i, (m, f, p) in enumerate([(m, f, p) for m in ("teacher", "student") for f in ("onnx", "openvino") for p in ("fp32", "int8")])]
+    svg = svg_scatter(rows)
+    labels = [(float(x), float(y), t) for x, y, t in re.findall(r'<text x="([\d.-]+)" y="([\d.-]+)" font-size="9">([^<]+)</text>', svg)]
+    assert sorted(t for _, _, t in labels) == sorted(r["id"] for r in rows)
+    boxes = [(x, y - 8, x + _CHAR_W * len(t), y + 2) for x, y, t in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
