@@ -109,24 +109,15 @@ class BudgetConfig(_Strict):
     target: str | None = None
     latency: str | None = None  # a latency budget, e.g. 0.2ms: only students whose batch-1 p50 is within it
 
-    @field_validator("target")
+    @field_validator("target", "latency")
     @classmethod
-    def _valid_target(cls, v: str | None) -> str | None:
+    def _valid_latency_plan(cls, v: str | None, info) -> str | None:  # noqa: ANN001 - pydantic's ValidationInfo
         if v is not None:
+            parse, flag = {"target": (parse_target, "--target"), "latency": (parse_latency, "--latency-budget")}[info.field_name]
             try:
-                parse_target(v)
+                parse(v)
             except UsageError as e:
-                raise ValueError(str(e).replace("--target", "budget.target")) from None
-        return v
-
-    @field_validator("latency")
-    @classmethod
-    def _valid_latency(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                parse_latency(v)
-            except UsageError as e:
-                raise ValueError(str(e).replace("--latency-budget", "budget.latency")) from None
+                raise ValueError(str(e).replace(flag, f"budget.{info.field_name}")) from None
         return v
 
     @field_validator("size")

@@ -331,6 +331,18 @@ def _place_labels(points: list[tuple[float, float, str]], box: tuple[float, floa
     return out
 
 
+def _frame(width: int, height: int, aria: str, title: str, title_x: float, y_ticks: list[float], py, x0: float, x1: float,  # noqa: ANN001
+           css_class: str = "") -> list[str]:
+    """An SVG's opening tag, its title and the horizontal grid lines with their y labels (``py``: value -> pixel)."""
+    cls = f' class="{css_class}"' if css_class else ""
+    parts = [f'<svg{cls} width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{aria}">',
+             f'<text x="{title_x}" y="18" text-anchor="middle" font-size="13" font-weight="600">{title}</text>']
+    for t in y_ticks:
+        parts.append(f'<line x1="{x0}" x2="{x1}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#e3e3e3"/>'
+                     f'<text x="{x0 - 6}" y="{py(t) + 3:.1f}" text-anchor="end" font-size="10">{t:g}</text>')
+    return parts
+
+
 def svg_scatter(rows: list[dict], *, width: int = 600, height: int = 360) -> str:
     """Accuracy (%) against batch-1 p50 latency (ms, log scale), one labelled point per row."""
     ml, mr, mt, mb = 56, 16, 28, 44
@@ -347,14 +359,10 @@ def svg_scatter(rows: list[dict], *, width: int = 600, height: int = 360) -> str
     def py(v: float) -> float:
         return height - mb - (v - y_lo) / (y_hi - y_lo) * (height - mt - mb)
 
-    parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="accuracy vs latency">',
-             f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="600">Accuracy vs latency (batch 1)</text>']
+    parts = _frame(width, height, "accuracy vs latency", "Accuracy vs latency (batch 1)", width / 2, _nice_ticks(y_lo, y_hi), py, ml, width - mr)
     for t in _log_ticks(x_lo, x_hi):
         parts.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{mt}" y2="{height - mb}" stroke="#e3e3e3"/>'
                      f'<text x="{px(t):.1f}" y="{height - mb + 14}" text-anchor="middle" font-size="10">{t:g}</text>')
-    for t in _nice_ticks(y_lo, y_hi):
-        parts.append(f'<line x1="{ml}" x2="{width - mr}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#e3e3e3"/>'
-                     f'<text x="{ml - 6}" y="{py(t) + 3:.1f}" text-anchor="end" font-size="10">{t:g}</text>')
     parts.append(f'<text x="{(ml + width - mr) / 2}" y="{height - 8}" text-anchor="middle" font-size="11">p50 latency, ms (log scale)</text>'
                  f'<text x="14" y="{(mt + height - mb) / 2}" text-anchor="middle" font-size="11" transform="rotate(-90 14 {(mt + height - mb) / 2})">test accuracy, %</text>')
     for r, x, y in zip(rows, xs, ys):
@@ -441,11 +449,8 @@ def svg_curves(series: list[tuple[str, list[float]]], *, width: int = 600, heigh
     def py(v: float) -> float:
         return height - mb - (v - y_lo) / (y_hi - y_lo) * (height - mt - mb)
 
-    parts = [f'<svg class="curves" width="{total_w}" height="{height}" viewBox="0 0 {total_w} {height}" role="img" aria-label="learning curves">',
-             f'<text x="{(ml + total_w - mr) / 2}" y="18" text-anchor="middle" font-size="13" font-weight="600">Validation accuracy per epoch</text>']
-    for t in _nice_ticks(y_lo, y_hi):
-        parts.append(f'<line x1="{ml}" x2="{total_w - mr}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#e3e3e3"/>'
-                     f'<text x="{ml - 6}" y="{py(t) + 3:.1f}" text-anchor="end" font-size="10">{t:g}</text>')
+    parts = _frame(total_w, height, "learning curves", "Validation accuracy per epoch", (ml + total_w - mr) / 2, _nice_ticks(y_lo, y_hi), py,
+                   ml, total_w - mr, css_class="curves")
     step = max(1, math.ceil(n / 10))
     for e in range(1, n + 1, step):
         parts.append(f'<text x="{px(e):.1f}" y="{height - mb + 14}" text-anchor="middle" font-size="10">{e}</text>')

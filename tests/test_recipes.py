@@ -40,6 +40,8 @@ def test_typo_fails_with_its_location(tmp_path):
         ("prokt: {lam: 1.5}\n", "prokt.lam"),
         ("teacher: {init: pretrain, checkpoint: t.safetensors}\n", "teacher: teacher.checkpoint is set but teacher.init is 'pretrain'"),
         ("!!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
+        ("budget: {target: tflite}\n", "unknown budget.target 'tflite'"),
+        ("budget: {latency: soon}\n", "budget.latency 'soon' is not a positive latency"),
     ],
 )
 def test_bad_recipes(tmp_path, text, match):
