@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RECIPES
-from test_cli import assert_one_line_error, cli
+from test_cli import cli
 
 from prokt_deploy.api import load_recipe_data
 from prokt_deploy.bundle import write_plan_bundle
@@ -141,26 +141,41 @@ def test_distill_plans_from_device_latencies(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "plan-latencies.json").read_text())["run"] == "plan:digits@11KB"
 
 
-@pytest.mark.parametrize("content, match", [("not json", "cannot read device results"), ("{}", "is not a device result file"),
-                                            (None, "cannot read device results")])
-def test_bad_latencies_file_is_one_line_exit_12(tmp_path: Path, content: str | None, match: str) -> None:
+def _in_process(capsys, *argv: str) -> tuple[int, str]:
+    """The real CLI entry point in this process (no interpreter start-up): (exit code, stderr)."""
+    from prokt_deploy.cli.main import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    return info.value.code, capsys.readouterr().err
+
+
+def _one_line(result: tuple[int, str], code: int, match: str) -> None:
+    got, err = result
+    lines = err.strip().splitlines()
+    assert got == code and len(lines) == 1 and lines[0].startswith("Error: ") and match in lines[0], err
+
+
+def test_bad_latencies_file_is_one_line_exit_12(tmp_path: Path, capsys) -> None:
     path = tmp_path / "device.json"
-    if content is not None:
+    _one_line(_in_process(capsys, "plan", "--recipe", DIGITS, "--latencies", path), 12, "cannot read device results")  # missing
+    for content, match in (("not json", "cannot read device results"), ("{}", "is not a device result file")):
         path.write_text(content)
-    assert_one_line_error(cli("plan", "--recipe", DIGITS, "--latencies", str(path), cwd=tmp_path), 12, match)
-    if content == "{}":  # distill reads the file the same way, before anything is written
-        assert_one_line_error(cli("distill", "--recipe", DIGITS, "--latencies", str(path), "--out", str(tmp_path / "run"), cwd=tmp_path), 12, match)
+        _one_line(_in_process(capsys, "plan", "--recipe", DIGITS, "--latencies", path), 12, match)
+    # distill reads the file the same way, before anything is written
+    _one_line(_in_process(capsys, "distill", "--recipe", DIGITS, "--latencies", path, "--out", tmp_path / "run"), 12, "is not a device result file")
     assert not (tmp_path / "run").exists()
 
 
-def test_plan_bundle_refusals(tmp_path: Path) -> None:
+def test_plan_bundle_refusals(tmp_path: Path, capsys) -> None:
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    proc = cli("plan", "--recipe", DIGITS, "--bundle", str(busy), cwd=tmp_path)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr and (busy / "keep.txt").read_text() == "mine"
-    assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
-    assert_one_line_error(cli("plan", "--recipe", DIGITS, "--bundle", str(tmp_path / "b"), "--latencies", "x.json", cwd=tmp_path), 2, "one at a time")
-    assert_one_line_error(cli("plan", "--recipe", DIGITS, "--bundle", str(tmp_path / "b"), "--student", "wide-w8-d2", cwd=tmp_path), 2, "drop --student")
-    assert_one_line_error(cli("plan", "--recipe", DIGITS, "--family", "vgg", cwd=tmp_path), 3, "not a student family")
+    code, err = _in_process(capsys, "plan", "--recipe", DIGITS, "--bundle", busy)
+    assert code != 0 and "Traceback" not in err and sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
+    assert (busy / "keep.txt").read_text() == "mine"
+    _one_line(_in_process(capsys, "plan", "--recipe", DIGITS, "--bundle", tmp_path / "b", "--latencies", "x.json"), 2, "one at a time")
+    _one_line(_in_process(capsys, "plan", "--recipe", DIGITS, "--bundle", tmp_path / "b", "--student", "wide-w8-d2"), 2, "drop --student")
+    _one_line(_in_process(capsys, "plan", "--recipe", DIGITS, "--family", "vgg"), 3, "not a student family")
     assert not (tmp_path / "b").exists()
