@@ -102,18 +102,16 @@ def write_bundle(
         files = ensure_fp32_export(run, "teacher", "onnx", x)
         entries.insert(0, ("teacher", "onnx", "fp32", files, manifest["metrics"].get("teacher_test_accuracy")))
 
-    spec = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "bundle",
-        "run": run.name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "input": {k: v for k, v in manifest["input"].items() if k not in ("tokenizer", "source_file")},
-        "classes": manifest["classes"],
-        "samples": int(len(y)),
-        "settings": {**measure.DEFAULTS, **(settings or {})},
-    }
+    spec = _spec("bundle", run.name, manifest["input"], manifest["classes"], len(y), settings)
     readme = _README.format(run=run.name, created=spec["created"], run_path=run)
     return _stage(out, entries, spec, _sample_arrays(data, x, y), readme, tokenizer)
+
+
+def _spec(kind: str, run: str, input_spec: dict, classes: list, samples: int, settings: dict | None) -> dict:
+    """bundle.json without its artifact list: what the board needs to know about the inputs and settings."""
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "run": run, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "input": {k: v for k, v in input_spec.items() if k not in ("tokenizer", "source_file")}, "classes": classes,
+            "samples": int(samples), "settings": {**measure.DEFAULTS, **(settings or {})}}
 
 
 def _sample_arrays(data, x: np.ndarray, y: np.ndarray) -> dict:
@@ -174,10 +172,9 @@ def write_plan_bundle(out: str | Path, models: dict, kept, *, formats: list[str]
     that may already hold the size measurement's export of that candidate."""
     import tempfile
 
-    from prokt_deploy.planner import PLAN_BUNDLE_PREFIX, generic_artifact, generic_calibration
+    from prokt_deploy.planner import PLAN_BUNDLE_PREFIX, generic_artifact, generic_calibration, model_name
 
     out = Path(out)
-    check_out_dir(out)
     ex = example[:1]
     calibration = generic_calibration(ex)
     x = data.test.x.numpy()[:samples]
@@ -186,18 +183,8 @@ def write_plan_bundle(out: str | Path, models: dict, kept, *, formats: list[str]
         entries = []
         for fmt in formats:
             for i, (label, (model, precision)) in enumerate(models.items()):
-                name = "teacher" if label.startswith("teacher:") else label
                 files = generic_artifact(model, label, fmt, precision, ex, calibration, Path(tmp) / f"{fmt}-{i}", kept(label, fmt))
-                entries.append((name, fmt, precision, files, None))
-        spec = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "plan-bundle",
-            "run": f"{PLAN_BUNDLE_PREFIX}{recipe_name}@{budget}",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "input": {k: v for k, v in data.input.items() if k not in ("tokenizer", "source_file")},
-            "classes": list(data.classes),
-            "samples": int(len(y)),
-            "settings": {**measure.DEFAULTS, **(settings or {})},
-        }
+                entries.append((model_name(label), fmt, precision, files, None))
+        spec = _spec("plan-bundle", f"{PLAN_BUNDLE_PREFIX}{recipe_name}@{budget}", data.input, list(data.classes), len(y), settings)
         readme = _PLAN_README.format(recipe=recipe_name, recipe_path=recipe_path, budget=budget, created=spec["created"])
         return _stage(out, entries, spec, _sample_arrays(data, x, y), readme, [])

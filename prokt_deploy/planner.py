@@ -38,7 +38,6 @@ fingerprint, candidate, input shape, target, precision and library versions
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import tempfile
@@ -183,6 +182,15 @@ def measure_artifact_bytes(
 LATENCY_VERSION = 1
 #: Timing settings of a planner latency: bench's harness, batch 1 only, fewer calls than bench.
 LATENCY_SETTINGS = {"threads": 1, "batch": 1, "runs": 100, "warmup": 20, "repeats": 3}
+#: Label prefix of the teacher's entries among the planner's timed models (``teacher:<arch>:<precision>``).
+TEACHER_LABEL = "teacher:"
+
+
+def model_name(label: str) -> str:
+    """A timed model's name in a bundle or device result file: ``teacher`` or the candidate's architecture."""
+    return "teacher" if label.startswith(TEACHER_LABEL) else label
+
+
 class LatencyCache(SizeCache):
     """A JSON file of measured p50 latencies (ms), keyed with the machine's fingerprint id; safe to delete."""
 
@@ -217,8 +225,8 @@ def generic_artifact(model: nn.Module, label: str, fmt: str, precision: str, exa
     if any(f.suffix in (".onnx", ".xml") for f in files):
         return files
     try:
-        as_exported = copy.deepcopy(model) if label.startswith("teacher:") else generic_copy(model, 0)
-        return exporters.export(as_exported.eval(), fmt, precision, out_dir, example_input=example,
+        as_exported = model if label.startswith(TEACHER_LABEL) else generic_copy(model, 0)  # export() evaluates in eval mode, mode restored
+        return exporters.export(as_exported, fmt, precision, out_dir, example_input=example,
                                 calibration=calibration if precision == "int8" else None).files
     except exporters.ExportError as exc:
         raise ExportFailed(f"cannot export {label} to {fmt} {precision}: {exc}") from None
@@ -311,7 +319,7 @@ def lookup_device_latencies(device: dict, models: dict[str, tuple[nn.Module, str
 
     out = {}
     for label, (_, precision) in models.items():
-        model = "teacher" if label.startswith("teacher:") else label
+        model = model_name(label)
         value = device["p50"].get((model, fmt, precision))
         if value is None:
             raise BenchError(f"{device['path']} has no {fmt} {precision} latency for {model}: it was measured for another recipe, budget or "
@@ -483,7 +491,7 @@ def _plan_student(
             small = small[[c for _, c in small].index(chosen):]  # the size rule's choice and everything less capable
             models = {c.arch: (m, precision) for m, c in small}
             for p_name in ("fp32", "int8"):  # the teacher's own artifacts: what the student must beat
-                models[f"teacher:{teacher_label}:{p_name}"] = (teacher, p_name)
+                models[f"{TEACHER_LABEL}{teacher_label}:{p_name}"] = (teacher, p_name)
             key_extra = f"|{num_classes}" + (f"|vocab{vocab_size}" if vocab_size else "")
             ex = example[:1] if example is not None else torch.zeros(1, *input_shape)
             fmt = parse_target(target)[0]
@@ -496,7 +504,7 @@ def _plan_student(
                 exported = {c.arch: d for _, c in small if (d := kept(c.arch, fmt)) is not None}
                 lat = measure_latencies(models, target, example=ex, cache=latency_cache, key_extra=key_extra, exported=exported)
         if lat:
-            teacher_latency = {p_name: round(lat[f"teacher:{teacher_label}:{p_name}"], 6) for p_name in ("fp32", "int8")}
+            teacher_latency = {p_name: round(lat[f"{TEACHER_LABEL}{teacher_label}:{p_name}"], 6) for p_name in ("fp32", "int8")}
             for _, c in small:
                 c.latency_ms = round(lat[c.arch], 6)
             for c in (c for _, c in cands):

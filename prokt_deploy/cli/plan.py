@@ -59,11 +59,11 @@ def plan(
     table = Table(title=f"students of {fams} for {format_size(p.budget_bytes)} at {p.precision}", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("", "arch", "params", "MACs", *p.formats, *(["p50 ms"] if p.target else []), "fits"):
         table.add_column(col, justify="right" if col not in ("", "arch") else "left", no_wrap=True)
-    weights_only = False
+    over_by_weights = False
     for c in p.candidates:
         fits = {True: "yes", False: "no", None: "-"}[c.fits]
         if not c.bytes and c.lower_bound_bytes > p.budget_bytes:
-            fits, weights_only = "no*", True
+            fits, over_by_weights = "no*", True
         sizes = [format_size(c.bytes[f]) if f in c.bytes else "-" for f in p.formats]
         latency = ([f"{c.latency_ms:.4f}" if c.latency_ms is not None else "-"] if p.target else [])
         table.add_row("->" if c.chosen else "", c.arch, compact(c.params), compact(c.macs), *sizes, *latency, fits,
@@ -71,7 +71,7 @@ def plan(
     out.print(table)
     out.print(f"teacher {p.teacher_arch}: {p.teacher_params:,} params, {format_size(p.teacher_bytes)} at {p.precision}"
               + (f"; p50 in {p.target}: " + ", ".join(f"{k} {v:.4f} ms" for k, v in p.teacher_latency_ms.items()) if p.teacher_latency_ms else ""))
-    if weights_only:
+    if over_by_weights:
         out.print(f"no*: its {p.precision} weights alone exceed the budget (not exported); sizes are artifact bytes per format")
     out.print(p.note)
     if p.latency_source and p.latency_source != "measured here":
