@@ -29,8 +29,9 @@ from prokt_deploy.recipe import apply_overrides, load_recipe
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None, defaults: dict | None = None, description: str | None = None) -> argparse.Namespace:
+    """The grid's options; ``defaults`` replaces some of them (text_quality.py: the text recipe and its grid)."""
+    ap = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "fashion-mnist.yaml"))
     ap.add_argument("--budgets", default="50KB,200KB", help="comma-separated int8 ONNX budgets")
     ap.add_argument("--methods", default="scratch,kd,prokt")
@@ -42,16 +43,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--teacher-checkpoint", default=None, metavar="PATH|shipped:NAME",
                     help="one converged teacher for every seed (e.g. the recipe's shipped one): KD uses it as it is, ProKT as --prokt-teacher says "
                          "(checkpoint-reset-head when --prokt-teacher is scratch); no per-seed teacher is trained")
-    ap.add_argument("--tune", action="store_true",
+    ap.add_argument("--tune", action=argparse.BooleanOptionalAction, default=False,
                     help="first choose each method's settings on validation (seed --tune-seed, first budget, the same number of runs per "
                          "method: TUNING), then run the grid with the chosen settings; tuning runs are kept as phase 'tune' records")
     ap.add_argument("--tune-seed", type=int, default=0)
+    ap.add_argument("--tune-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe override for the tuning runs only, the same for every method (e.g. data.max_train_samples=6000 to tune on a "
+                         "subset when the grid's runs are long); KD's tuning teacher is trained on the same data")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra recipe override, e.g. prokt.lam=0.5 (YAML value)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--teacher-dir", default=None, help="keep converged teachers here (teacher-seed<N>/) and reuse them across invocations")
     ap.add_argument("--resume", action="store_true", help="keep the cells already in --out and run only the missing ones")
     ap.add_argument("--combine", nargs="+", default=None, metavar="JSON", help="only merge earlier outputs (e.g. one per method) into --out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
+    ap.set_defaults(**(defaults or {}))
     return ap.parse_args(argv)
 
 
@@ -138,10 +143,11 @@ class Grid:
         self.records: list[dict] = []
         self.work = Path(tempfile.mkdtemp(prefix=f"prokt-{label}-"))
 
-    def teacher(self, seed: int) -> tuple[str, float]:
-        """(checkpoint reference, its test accuracy) of the converged teacher seed ``seed`` uses."""
+    def teacher(self, seed: int, extra: dict | None = None) -> tuple[str, float]:
+        """(checkpoint reference, its test accuracy) of the converged teacher seed ``seed`` uses;
+        ``extra``: the tuning runs' overrides (--tune-set), so a tuning teacher sees the tuning data."""
         args = self.args
-        r_seed = apply_overrides(self.base, {**self.common, "seed": seed})
+        r_seed = apply_overrides(self.base, {**self.common, **(extra or {}), "seed": seed})
         r_teacher = apply_overrides(r_seed, {"teacher.epochs": args.teacher_epochs or r_seed.train.epochs})
         shared = getattr(args, "teacher_checkpoint", None)
         if shared:
@@ -150,16 +156,18 @@ class Grid:
                 self.teachers[key] = (shared, _teacher_accuracy(r_teacher, shared))
             return self.teachers[key]
         key = (seed, r_teacher.teacher.arch, r_teacher.teacher.epochs, r_teacher.data.model_dump_json(), r_teacher.train.teacher_optimizer.model_dump_json())
-        kept = Path(args.teacher_dir) / f"teacher-seed{seed}" if getattr(args, "teacher_dir", None) else None
+        name = f"teacher-seed{seed}" + ("-tune" if extra else "")
+        kept = Path(args.teacher_dir) / name if getattr(args, "teacher_dir", None) else None
         while kept is not None and not kept.exists() and any(kept.parent.glob(f".{kept.name}.partial-*")):
             time.sleep(10)  # another invocation (e.g. another method's grid) is training this teacher
         if key not in self.teachers and kept is not None and (kept / "manifest.json").is_file():
             m = json.loads((kept / "manifest.json").read_text())
-            if m["teacher"]["arch"] == r_teacher.teacher.arch and len(m["metrics"]["history"]) == r_teacher.teacher.epochs:
+            if m["teacher"]["arch"] == r_teacher.teacher.arch and len(m["metrics"]["history"]) == r_teacher.teacher.epochs \
+                    and _kept_data(kept) == r_teacher.data.model_dump():
                 self.teachers[key] = (str(kept / "teacher.safetensors"), m["metrics"]["teacher_test_accuracy"])
                 print(f"seed {seed}: reusing converged teacher {kept} (test {self.teachers[key][1]:.4f})", flush=True)
         if key not in self.teachers:
-            teacher_dir = kept if kept is not None and not kept.exists() else self.work / f"teacher-seed{seed}"
+            teacher_dir = kept if kept is not None and not kept.exists() else self.work / name
             t0 = time.perf_counter()
             teacher = api.train_teacher(r_teacher, out=teacher_dir)
             self.teachers[key] = (str(teacher_dir / "teacher.safetensors"), teacher.manifest["metrics"]["teacher_test_accuracy"])
@@ -170,8 +178,9 @@ class Grid:
         args = self.args
         r_seed = apply_overrides(self.base, {**self.common, "seed": seed})
         method, variant = method_settings(name)
-        over = {"method": method, "budget.size": budget, **variant, **tuned}
-        ckpt, teacher_acc = self.teacher(seed)  # scratch records carry it too: the accuracy to keep
+        extra = extra_overrides(getattr(args, "tune_set", [])) if phase == "tune" else {}
+        over = {"method": method, "budget.size": budget, **extra, **variant, **tuned}
+        ckpt, teacher_acc = self.teacher(seed, extra)  # scratch records carry it too: the accuracy to keep
         prokt_init = args.prokt_teacher
         if prokt_init == "scratch" and getattr(args, "teacher_checkpoint", None):
             prokt_init = "checkpoint-reset-head"  # a shared converged teacher: the reference's start
@@ -219,6 +228,7 @@ class Grid:
             "teacher": m["teacher"]["arch"],
             "teacher_params": m["teacher"]["params"],
             "epochs": recipe.train.epochs,
+            "train_samples": m["data"]["train"],
             "best_epoch": m["metrics"].get("best_epoch"),
             "student_test_accuracy": m["metrics"]["student_test_accuracy"],
             "student_val_accuracy": m["metrics"]["student_val_accuracy"],
@@ -241,6 +251,11 @@ class Grid:
         print(f"  {budget:>6} {name:<12} {rec['student']:<14} ({phase}) val {rec['student_val_accuracy']:.4f} fp32 {rec['student_test_accuracy']:.4f} "
               f"int8 {rec['int8_test_accuracy']:.4f} best epoch {rec['best_epoch']} ({seconds:.0f}s)", flush=True)
         return rec
+
+
+def _kept_data(run: Path) -> dict | None:
+    """The data section of a kept teacher's recipe (a teacher trained on other data is not reused)."""
+    return load_recipe(run / "recipe.yaml").data.model_dump() if (run / "recipe.yaml").is_file() else None
 
 
 def _teacher_accuracy(recipe, checkpoint: str) -> float:  # noqa: ANN001
@@ -334,8 +349,8 @@ def markdown_paired(diffs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, defaults: dict | None = None, description: str | None = None) -> None:
+    args = parse_args(argv, defaults, description)
     if args.combine:
         records = [r for f in args.combine for r in json.loads(Path(f).read_text())]
     else:

@@ -55,18 +55,25 @@ def test_quality_and_ablation_tiny(tmp_path):
 
 
 def test_text_quality_tiny(tmp_path):
-    """benchmarks/text_quality.py end to end on a random BERT teacher and 64 tweets (seconds, not the real run)."""
+    """benchmarks/text_quality.py end to end on a random BERT teacher and 64 tweets (seconds, not the real run):
+    the tuning runs use the --tune-set subset, the grid cells the full (here: capped) split, and a second
+    invocation with --resume keeps every cell and the kept KD teachers."""
     out = tmp_path / "t.json"
-    bench("text_quality.py", "--methods", "scratch,prokt", "--budget", "1.3MB", "--max-train-samples", "64", "--epochs", "1", "--bench-runs", "5", "--bench-repeats", "1",
-          "--set", "teacher.arch=bert-h64-l1", "--set", "data.tokenizer=all-minilm-l6-v2", "--set", "data.max_length=24",
-          "--set", "budget.formats=[onnx]", "--set", "student.init_embeddings=random", "--out", str(out), cwd=tmp_path)
-    result = json.loads(out.read_text())
-    assert [r["method"] for r in result["records"]] == ["scratch", "prokt"]  # kd's path is quality.py's (tested above)
-    assert len({r["student"] for r in result["records"]}) == 1
-    for r in result["records"]:
-        assert r["int8_passed"] == {"onnx": True} and r["int8_bytes"]["onnx"] <= 1_300_000
-    assert result["latency"]["seq_len"] >= 1 and result["latency"]["teacher_onnx_fp32_p50_ms"] > 0
-    assert set(result["targets"]) == {"int8_student_within_3_points_of_teacher", "student_p50_10x_lower_than_teacher"}
+    args = ["--methods", "kd", "--budgets", "1.3MB", "--seeds", "0", "--max-train-samples", "64", "--epochs", "1",
+            "--tune-set", "data.max_train_samples=32", "--teacher-dir", str(tmp_path / "teachers"),
+            "--set", "teacher.arch=bert-h64-l1", "--set", "data.tokenizer=all-minilm-l6-v2", "--set", "data.max_length=24",
+            "--set", "student.init_embeddings=random", "--out", str(out)]
+    bench("text_quality.py", *args, cwd=tmp_path)
+    records = json.loads(out.read_text())
+    tuning = [r for r in records if r["phase"] == "tune"]
+    grid = [r for r in records if r["phase"] == "grid"]
+    assert [r["method"] for r in grid] == ["kd"] and len(tuning) == 3
+    assert {r["train_samples"] for r in tuning} == {32} and {r["train_samples"] for r in grid} == {64}
+    assert len({r["student"] for r in records}) == 1
+    assert sorted(p.name for p in (tmp_path / "teachers").iterdir()) == ["teacher-seed0", "teacher-seed0-tune"]
+    proc = bench("text_quality.py", *args, "--resume", cwd=tmp_path)
+    assert proc.stdout.count("kept from") == 4 and "converged teacher" not in proc.stdout.replace("reusing converged teacher", "")
+    assert "| 1.3MB | kd |" in out.with_suffix(".md").read_text()
 
 
 def test_prokt_dynamics_tiny(tmp_path):
