@@ -75,7 +75,7 @@ import torch
 from ._common import Artifact, BackendMissingError, ExportError, Predictor, artifact_bytes, frozen_eval
 from ._text import TEXT_INPUT_NAMES, is_text_input
 from .registry import FORMATS, PRECISIONS, Exporter, get_exporter, register
-from .validate import Validation, default_tolerance, validate
+from .validate import Validation, default_tolerance, reference_logits, validate
 
 # Format modules register themselves on import (they import their runtimes lazily).
 from . import onnx as _onnx_format  # noqa: E402,F401
@@ -102,6 +102,7 @@ __all__ = [
     "load",
     "measure_bytes",
     "register",
+    "reference_logits",
     "validate",
 ]
 

@@ -10,7 +10,7 @@ import torch
 from ._common import ExportError, Predictor
 from ._text import is_text_input
 
-__all__ = ["TOLERANCES", "Validation", "default_tolerance", "validate"]
+__all__ = ["TOLERANCES", "Validation", "default_tolerance", "reference_logits", "validate"]
 
 #: Default max |logit difference| per precision.
 #: fp32: same math, only summation order differs -> 1e-4 on logits of O(10).
@@ -52,33 +52,76 @@ class Validation:
         return 100.0 * (self.reference_accuracy - self.test_accuracy)
 
 
-def _reference_logits(reference: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
+def _batches(x: np.ndarray, batch_size: int, trim_padding: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(indices, batch) pairs that cover ``x`` once: consecutive slices, or with ``trim_padding`` (packed
+    text only) the samples sorted by length (up to the last real token: right padding), each batch cut
+    after its longest sample's last real token, so a batch of short tweets does not pay for 64 positions
+    (about 2x less work on the tweets). Only for models whose logits ignore masked padding (attention
+    with the mask, masked pooling): a BiLSTM that reads the padding gives other logits on shorter input."""
+    if not (trim_padding and is_text_input(x)):
+        return [(np.arange(i, min(i + batch_size, len(x))), x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    mask = x[:, 1] != 0
+    length = np.where(mask.any(axis=1), x.shape[2] - np.argmax(mask[:, ::-1], axis=1), 1)
+    order = np.argsort(length, kind="stable")
+    out = []
+    for i in range(0, len(x), batch_size):
+        idx = order[i : i + batch_size]
+        out.append((idx, np.ascontiguousarray(x[idx, :, : int(length[idx].max())])))
+    return out
+
+
+def _run(predict, x: np.ndarray, batch_size: int, trim_padding: bool) -> np.ndarray:  # noqa: ANN001 - a batch -> logits callable
+    out: np.ndarray | None = None
+    for idx, xb in _batches(x, batch_size, trim_padding):
+        logits = np.asarray(predict(xb))
+        if out is None:
+            out = np.empty((len(x), *logits.shape[1:]), dtype=logits.dtype)
+        out[idx] = logits
+    assert out is not None
+    return out
+
+
+def reference_logits(reference: torch.nn.Module, x: np.ndarray, batch_size: int = 256, *, trim_padding: bool = False) -> np.ndarray:
+    """The PyTorch model's logits on ``x`` (eval mode, no grad, batched as :func:`validate` does), to
+    compute once and pass to several :func:`validate` calls, e.g. one model
+    exported to several formats: ``reference_outputs=``)."""
+    x = _as_input(x)
     was_training = reference.training
     reference.eval()
     try:
         device = next(reference.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
-    outs = []
     try:
         with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(device)
-                outs.append(reference(xb).detach().float().cpu().numpy())
+            return _run(lambda xb: reference(torch.from_numpy(xb).to(device)).detach().float().cpu().numpy(), x, batch_size, trim_padding)
     finally:
         reference.train(was_training)
-    return np.concatenate(outs, axis=0)
+
+
+def _as_input(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    text = is_text_input(x)
+    x = np.ascontiguousarray(x, dtype=np.int64 if text else np.float32)
+    if not (text or x.ndim == 4) or len(x) == 0:
+        raise ExportError(
+            f"validate expects a non-empty float (N,C,H,W) image array or packed (N,2,L) integer text array, "
+            f"got a {x.dtype} array of shape {x.shape}"
+        )
+    return x
 
 
 def validate(
     predictor: Predictor,
-    reference: torch.nn.Module,
+    reference: torch.nn.Module | None,
     x: np.ndarray,
     y: np.ndarray | None = None,
     *,
     tolerance: float | None = None,
     max_accuracy_drop: float | None = None,
     batch_size: int = 256,
+    reference_outputs: np.ndarray | None = None,
+    trim_padding: bool = False,
 ) -> Validation:
     """Run ``predictor`` and ``reference`` on ``x`` in batches and check parity/accuracy.
 
@@ -89,19 +132,22 @@ def validate(
     Checks (all are reported, not just the first failure): outputs have the same shape and are finite;
     ``max_abs_diff <= tolerance`` if ``tolerance`` is given; ``reference_acc - artifact_acc <=
     max_accuracy_drop`` percentage points if both ``max_accuracy_drop`` and ``y`` are given.
+    ``reference_outputs``: the reference's logits on ``x``, computed once by :func:`reference_logits`
+    (then ``reference`` is not run and may be ``None``; pass the same ``trim_padding``).
+    ``trim_padding``: text batches of similar lengths, cut after their longest sample (see ``_batches``).
     """
-    x = np.asarray(x)
-    text = is_text_input(x)
-    x = np.ascontiguousarray(x, dtype=np.int64 if text else np.float32)
-    if not (text or x.ndim == 4) or len(x) == 0:
-        raise ExportError(
-            f"validate expects a non-empty float (N,C,H,W) image array or packed (N,2,L) integer text array, "
-            f"got a {x.dtype} array of shape {x.shape}"
-        )
+    x = _as_input(x)
     if batch_size < 1:
         raise ExportError("batch_size must be >= 1")
-    ref = _reference_logits(reference, x, batch_size)
-    art = np.concatenate([predictor.predict(x[i : i + batch_size]) for i in range(0, len(x), batch_size)], axis=0)
+    if reference_outputs is not None:
+        ref = np.asarray(reference_outputs)
+        if len(ref) != len(x):
+            raise ExportError(f"reference_outputs has {len(ref)} rows for {len(x)} inputs")
+    elif reference is None:
+        raise ExportError("validate needs a reference model or its reference_outputs")
+    else:
+        ref = reference_logits(reference, x, batch_size, trim_padding=trim_padding)
+    art = _run(predictor.predict, x, batch_size, trim_padding)
     failures: list[str] = []
 
     if art.shape != ref.shape:

@@ -94,9 +94,10 @@ def write_bundle(
         entries.append(("student", fmt, "fp32", ensure_fp32_export(run, "student", fmt, x), None))
     if teacher and manifest["teacher"].get("weights"):
         calibration, max_drop = int8_settings(manifest)
+        teacher_cache: dict = {}
         for fmt in sorted({a["format"] for a in artifacts} & set(INT8_FORMATS), reverse=True):
             gate = ensure_int8_export(run, "teacher", fmt, data, calibration_samples=calibration, max_accuracy_drop=max_drop,
-                                      budget_bytes=manifest.get("budget_bytes"), progress=lambda text: None)
+                                      budget_bytes=manifest.get("budget_bytes"), progress=lambda text: None, cache=teacher_cache)
             if gate["passed"]:
                 entries.insert(0, ("teacher", fmt, "int8", [run / f for f in gate["files"]], gate["test_accuracy"]))
         files = ensure_fp32_export(run, "teacher", "onnx", x)

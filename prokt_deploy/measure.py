@@ -25,7 +25,8 @@ How the numbers are made to hold on a small, noisy machine (TOOLCHAIN.md):
   engine warms up ``warmup`` calls, then times ``runs`` calls with ``perf_counter_ns`` (garbage
   collection off). A slow engine (a large PyTorch teacher) gets fewer calls: warm-up stops after
   :data:`ROUND_SECONDS` / 4 (at least :data:`MIN_WARMUP` calls) and the timed calls are capped to what
-  fits in :data:`ROUND_SECONDS` at the warm-up's pace (at least :data:`MIN_RUNS`); fast engines are not
+  fits in :data:`ROUND_SECONDS` at the warm-up's pace (at least :data:`MIN_RUNS`, :data:`MIN_RUNS_BATCHED`
+  at batch > 1); fast engines are not
   affected, and each row records its ``timed_runs``. Each statistic is the median over rounds of its per-round value (the median of
   medians for p50): a slow spell of the machine then lands on one round of every engine instead of on
   all rounds of one engine, so the ratios between engines hold.
@@ -67,6 +68,9 @@ DEFAULTS = {"threads": 1, "batch": 32, "runs": 200, "warmup": 50, "repeats": 3}
 #: fewer calls (never below MIN_RUNS). 200 calls of a 0.1-10 ms artifact fit; a 60 ms teacher gets ~33.
 ROUND_SECONDS = 2.0
 MIN_RUNS = 30
+#: The floor at batch > 1, whose rows are read as throughput (the median): 10 calls of a 330 ms batch
+#: of MiniLM per round instead of 30 take the text bench's teacher rows from ~46 s to ~20 s a round.
+MIN_RUNS_BATCHED = 10
 MIN_WARMUP = 5
 
 #: Latency statistics of every row, in milliseconds.
@@ -374,10 +378,16 @@ class _Served:
         return {"load_s": round(load_s, 4), "runtime": self.engine.runtime, "device": self.engine.device, "engine_config": self.engine.config}
 
     def accuracy(self, batch: int) -> dict:
+        order, x = np.arange(len(self.x)), self.x
+        if x.ndim == 3:  # packed text: similar lengths together, each batch cut after its last real token
+            mask = x[:, 1] != 0  # (the project's text models mask padding: same logits, half the work on tweets)
+            length = np.where(mask.any(axis=1), x.shape[2] - np.argmax(mask[:, ::-1], axis=1), 1)
+            order = np.argsort(length, kind="stable")
         correct = 0
-        for i in range(0, len(self.x), batch):
-            logits = self.engine.run(self.x[i : i + batch])
-            correct += int((np.asarray(logits).argmax(axis=1) == self.y[i : i + batch]).sum())
+        for i in range(0, len(x), batch):
+            idx = order[i : i + batch]
+            xb = x[idx] if x.ndim != 3 else np.ascontiguousarray(x[idx, :, : int(length[idx].max())])
+            correct += int((np.asarray(self.engine.run(xb)).argmax(axis=1) == self.y[idx]).sum())
         return {"accuracy": correct / len(self.y), "samples": len(self.y)}
 
     def time(self, batch: int, warmup: int, runs: int, max_seconds: float | None = None) -> dict:
@@ -395,7 +405,8 @@ class _Served:
                 infer()
                 done = 1
             per_call = (time.perf_counter_ns() - t0) / done / 1e9
-            runs = max(min(runs, MIN_RUNS), min(runs, int(max_seconds / max(per_call, 1e-9))))
+            floor = MIN_RUNS if batch == 1 else MIN_RUNS_BATCHED
+            runs = max(min(runs, floor), min(runs, int(max_seconds / max(per_call, 1e-9))))
         runtime_timer = getattr(self.engine, "runtime_latency_ns", None)
         ns, runtime_ns = [0] * runs, [0] * runs
         gc.disable()

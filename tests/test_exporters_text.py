@@ -287,6 +287,40 @@ def test_transformer_is_padding_invariant(
     np.testing.assert_allclose(padded[10], _torch_logits(models["transformer"], x), atol=1e-4)
 
 
+class _LengthSpy(nn.Module):
+    """Wraps a model and records the sequence length of every batch it is run on."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.lengths = model, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.lengths.append(x.shape[2])
+        return self.model(x)
+
+
+def test_validate_trims_padding_and_reuses_reference_logits(
+    artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray]
+) -> None:
+    x, y = data["x_test"], data["y_test"]
+    spy = _LengthSpy(models["transformer"])
+    full = exporters.reference_logits(spy, x, batch_size=16)
+    assert set(spy.lengths) == {TEST_LEN}
+    spy.lengths.clear()
+    trimmed = exporters.reference_logits(spy, x, batch_size=16, trim_padding=True)
+    assert min(spy.lengths) < TEST_LEN and spy.lengths == sorted(spy.lengths)  # shortest batches first, cut to their longest
+    np.testing.assert_allclose(trimmed, full, atol=1e-5)  # same rows, in the input's order
+    predictor = exporters.load(artifacts[("transformer", "onnx", "int8")], "onnx", threads=1)
+    fresh = exporters.validate(predictor, models["transformer"], x, y, max_accuracy_drop=3.0, trim_padding=True)
+    reused = exporters.validate(predictor, None, x, y, max_accuracy_drop=3.0, trim_padding=True, reference_outputs=trimmed)
+    assert (reused.test_accuracy, reused.reference_accuracy, reused.passed) == (fresh.test_accuracy, fresh.reference_accuracy, fresh.passed)
+    assert abs(reused.max_abs_diff - fresh.max_abs_diff) < 1e-4
+    with pytest.raises(ExportError, match="reference_outputs has 5 rows"):
+        exporters.validate(predictor, None, x, y, reference_outputs=trimmed[:5])
+    with pytest.raises(ExportError, match="needs a reference model"):
+        exporters.validate(predictor, None, x, y)
+
+
 def test_bad_calibration_and_inputs_are_rejected(
     artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray], tmp_path: Path
 ) -> None:
