@@ -424,11 +424,14 @@ def bench(
             extra["x_time"] = x[:, :, :seq_len]
         np.savez(test_npz, x=x, y=y, **extra)
         try:
-            results = measure.measure([r["engine"] for r in rows], test_npz, progress=progress, **settings)
+            results = measure.measure([r["engine"] for r in rows], test_npz, progress=progress, keep_predictions=True, **settings)
         except measure.MeasureError as exc:
             raise BenchError(str(exc)) from None
+    predictions = {}  # the accuracy pass's per-sample classes: per-class accuracy without another pass
     for row, res in zip(rows, results):
         del row["engine"]
+        if "predictions" in res:
+            predictions[row["id"]] = np.asarray(res.pop("predictions"))
         row.update(res)
     relative_to_baseline(rows, BASELINE)
 
@@ -447,15 +450,17 @@ def bench(
                             gates=gates, not_benchmarked=not_benchmarked)
     rep["versus_teacher"] = versus_teacher(rows, recommendation)
     progress("per-class accuracy of the recommended artifact and the teacher")
-    rep["per_class"] = per_class_accuracy(run, rows, recommendation, data, threads)
+    rep["per_class"] = per_class_accuracy(run, rows, recommendation, data, threads, predictions)
     with run_lock(run):  # not in the middle of a --merge's read-modify-write
         report.write_reports(run, rep)
     return rep
 
 
-def per_class_accuracy(run: Path, rows: list[dict], recommendation: dict | None, data, threads: int) -> dict | None:  # noqa: ANN001
+def per_class_accuracy(run: Path, rows: list[dict], recommendation: dict | None, data, threads: int,  # noqa: ANN001
+                       predictions: dict[str, np.ndarray] | None = None) -> dict | None:
     """Test accuracy per class of the recommended artifact (in its runtime, or the PyTorch student) and of the
-    teacher (its ONNX fp32 file, the bench baseline, else the PyTorch teacher): where the lost points go."""
+    teacher (its ONNX fp32 file, the bench baseline, else the PyTorch teacher): where the lost points go.
+    ``predictions``: per-sample classes the bench's accuracy pass already has, by row id (not run again)."""
     import exporters
 
     if recommendation is None:
@@ -464,6 +469,8 @@ def per_class_accuracy(run: Path, rows: list[dict], recommendation: dict | None,
     x, y = data.test.x.numpy(), data.test.y.numpy()
 
     def file_predictions(row: dict) -> np.ndarray:
+        if row["id"] in (predictions or {}):
+            return predictions[row["id"]]
         predictor = exporters.load([run / f for f in row["files"]], row["format"], threads=threads)
         return np.concatenate([predictor.predict(x[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
 

@@ -377,18 +377,19 @@ class _Served:
         load_s = (time.perf_counter_ns() - t0) / 1e9
         return {"load_s": round(load_s, 4), "runtime": self.engine.runtime, "device": self.engine.device, "engine_config": self.engine.config}
 
-    def accuracy(self, batch: int) -> dict:
+    def accuracy(self, batch: int, predictions: bool = False) -> dict:
         order, x = np.arange(len(self.x)), self.x
+        predicted = np.zeros(len(x), dtype=np.int64)
         if x.ndim == 3:  # packed text: similar lengths together, each batch cut after its last real token
             mask = x[:, 1] != 0  # (the project's text models mask padding: same logits, half the work on tweets)
             length = np.where(mask.any(axis=1), x.shape[2] - np.argmax(mask[:, ::-1], axis=1), 1)
             order = np.argsort(length, kind="stable")
-        correct = 0
         for i in range(0, len(x), batch):
             idx = order[i : i + batch]
             xb = x[idx] if x.ndim != 3 else np.ascontiguousarray(x[idx, :, : int(length[idx].max())])
-            correct += int((np.asarray(self.engine.run(xb)).argmax(axis=1) == self.y[idx]).sum())
-        return {"accuracy": correct / len(self.y), "samples": len(self.y)}
+            predicted[idx] = np.asarray(self.engine.run(xb)).argmax(axis=1)
+        correct = int((predicted == self.y).sum())
+        return {"accuracy": correct / len(self.y), "samples": len(self.y), **({"predictions": predicted.tolist()} if predictions else {})}
 
     def time(self, batch: int, warmup: int, runs: int, max_seconds: float | None = None) -> dict:
         if batch not in self.inputs:  # the first `batch` test samples, repeated if there are fewer
@@ -512,6 +513,7 @@ def measure(
     warmup: int = DEFAULTS["warmup"],
     repeats: int = DEFAULTS["repeats"],
     progress: Progress | None = None,
+    keep_predictions: bool = False,
 ) -> list[dict]:
     """Measure every engine spec (``{"id", "runtime", ...}``, see :data:`ENGINES`) on ``data``.
 
@@ -522,7 +524,9 @@ def measure(
     only, else None), ``batch``, ``batch_latency_ms``, ``throughput`` (samples/s at ``batch``, from
     its p50), ``rounds_p50_ms``, ``timed_runs`` (the fewest timed calls of a round, see
     :data:`ROUND_SECONDS`), ``accuracy_measured`` (False where the spec's ``accuracy`` was reused) and
-    ``peak_mem_mb`` (peak RSS over the load and all runs, minus the RSS before the load).
+    ``peak_mem_mb`` (peak RSS over the load and all runs, minus the RSS before the load); with
+    ``keep_predictions`` also ``predictions`` (the predicted class of every sample) where accuracy was
+    measured, for the caller to reuse (bench's per-class accuracy) and drop.
 
     ``progress(text)`` is called once per step (:func:`measure_steps` gives their number); a callback
     with a ``step(engine_id, done, total)`` method also gets, per engine, how many of its own steps
@@ -546,10 +550,12 @@ def measure(
         if pending:
             progress(f"accuracy of {len(pending)} engine(s) on the test samples")
         for i in pending:  # all at once: nothing is being timed now
-            workers[i].send("accuracy", batch=batch)
+            workers[i].send("accuracy", batch=batch, predictions=keep_predictions)
         for i, (res, e) in enumerate(zip(results, engines)):
             acc = workers[i].receive() if i in pending else e["accuracy"]
             res.update({"test_accuracy": round(acc["accuracy"], 6), "accuracy_samples": acc["samples"], "accuracy_measured": i in pending})
+            if "predictions" in acc:
+                res["predictions"] = acc["predictions"]
             if step:
                 step(e["id"], 1, 1 + repeats)
         rounds: list[dict[int, list[dict]]] = [{b: [] for b in batches} for _ in engines]

@@ -162,6 +162,7 @@ def test_per_class_accuracy_adds_up_to_the_measured_accuracy(run_dir):
     for key, row_id in (("artifact_accuracy", pc["artifact"]), ("teacher", BASELINE)):
         overall = sum(a * n for a, n in zip(pc[key], pc["support"])) / sum(pc["support"])
         assert overall == pytest.approx(rows[row_id]["test_accuracy"], abs=1e-4)  # the same files, the same test split
+    assert not any("predictions" in r for r in rep["rows"])  # the accuracy pass's classes are reused, not reported
     assert "## Per-class test accuracy" in (out / "report.md").read_text()
 
 
