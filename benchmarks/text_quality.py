@@ -19,11 +19,9 @@ table next to it; every finished cell is written at once, and --resume continues
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402  (benchmarks/, the script's own directory)
+import quality  # benchmarks/, the script's own directory (on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 

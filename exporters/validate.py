@@ -83,8 +83,8 @@ def _run(predict, x: np.ndarray, batch_size: int, trim_padding: bool) -> np.ndar
 
 def reference_logits(reference: torch.nn.Module, x: np.ndarray, batch_size: int = 256, *, trim_padding: bool = False) -> np.ndarray:
     """The PyTorch model's logits on ``x`` (eval mode, no grad, batched as :func:`validate` does), to
-    compute once and pass to several :func:`validate` calls, e.g. one model
-    exported to several formats: ``reference_outputs=``)."""
+    compute once and pass to several :func:`validate` calls as ``reference_outputs`` (one model
+    exported to several formats)."""
     x = _as_input(x)
     was_training = reference.training
     reference.eval()

@@ -119,12 +119,6 @@ def int8_settings(manifest: dict) -> tuple[int, float]:
     return calibration, drop
 
 
-#: The teacher's int8 gates run text in length-sorted batches cut to their longest sample: the
-#: project's text models (MiniLM, the tfm students) mask their padding, so the logits are the same
-#: and MiniLM's gate costs about half. A gate compares the artifact with PyTorch on the same inputs.
-TRIM_PADDING = True
-
-
 def ensure_int8_export(run: Path, which: str, fmt: str, data, *, calibration_samples: int, max_accuracy_drop: float,  # noqa: ANN001 - DataBundle
                        budget_bytes: int | None, progress: Progress, cache: dict | None = None) -> dict:
     """``<run>/artifacts/<which>-<fmt>-int8/``: the model exported to int8 with the exporters the student
@@ -137,7 +131,7 @@ def ensure_int8_export(run: Path, which: str, fmt: str, data, *, calibration_sam
     ``within_budget``, ``budget_bytes``, ``passed``, ``failures``. An export error is a failed record, not
     an exception: a baseline that cannot be made must not stop the benchmark.
 
-    ``cache``: a dict shared by the calls for one model's formats; the model and its PyTorch test logits
+    ``cache``: a dict shared by the calls for one model's formats (one dict per model); the model and its PyTorch test logits
     (the gate's reference) are loaded and computed once into it, not once per format.
     """
     out = run / "artifacts" / f"{which}-{fmt}-int8"
@@ -152,9 +146,8 @@ def ensure_int8_export(run: Path, which: str, fmt: str, data, *, calibration_sam
 
     progress(f"exporting the {which} to {fmt} int8 (calibrating on {calibration_samples} training samples, gate {max_accuracy_drop:g} points)")
     cache = {} if cache is None else cache
-    if cache.get("which") != which:
-        cache.clear()
-        cache.update(which=which, model=load_run_model(run, which))
+    if "model" not in cache:
+        cache["model"] = load_run_model(run, which)
     model = cache["model"]
     root = run / "artifacts"
     root.mkdir(exist_ok=True)
@@ -166,11 +159,13 @@ def ensure_int8_export(run: Path, which: str, fmt: str, data, *, calibration_sam
         try:
             artifact = exporters.export(model, fmt, "int8", staging, example_input=data.train.x[:2],
                                         calibration=data.train.x[:calibration_samples].numpy())
+            # text in length-sorted batches cut to their longest sample: the project's text models (MiniLM,
+            # the tfm students) mask their padding, so the logits are the same and MiniLM's gate costs about half
             if "logits" not in cache:
                 progress(f"running the {which} in PyTorch on the {len(data.test)} test samples (the int8 gates' reference, once)")
-                cache["logits"] = exporters.reference_logits(model, data.test.x.numpy(), trim_padding=TRIM_PADDING)
+                cache["logits"] = exporters.reference_logits(model, data.test.x.numpy(), trim_padding=True)
             report = exporters.validate(exporters.load(artifact, fmt), None, data.test.x.numpy(), data.test.y.numpy(), tolerance=None,
-                                        max_accuracy_drop=max_accuracy_drop, reference_outputs=cache["logits"], trim_padding=TRIM_PADDING)
+                                        max_accuracy_drop=max_accuracy_drop, reference_outputs=cache["logits"], trim_padding=True)
             record.update(bytes=artifact.bytes, test_accuracy=round(report.test_accuracy, 6), reference_accuracy=round(report.reference_accuracy, 6),
                           accuracy_drop=round(report.accuracy_drop, 4), passed=report.passed, failures=list(report.failures),
                           files=[str((out / f.name).relative_to(run)) for f in artifact.files] if report.passed else [])
