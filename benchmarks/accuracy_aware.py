@@ -12,7 +12,7 @@ shorten it), then exported at int8 twice per format: plain (``exporters.export``
   same function in fp32, as in tests/test_accuracy_aware.py), the case plain int8 fails.
 
 Accuracy is on the run's held-out test split, in each artifact's runtime, against the PyTorch
-student; latency is batch 1, 1 thread, one process per engine (``prokt_deploy.measure``: warm-up,
+student; latency is batch 1, 1 thread, one process per engine (``prokt_deploy.bench.measure``: warm-up,
 timed runs, rounds rotated, median of the rounds' p50). Only families whose second block is
 conv -> BatchNorm -> ReLU -> conv (``cnn``) get the outlier case.
 
@@ -35,9 +35,11 @@ import numpy as np
 import torch
 
 import exporters
-from prokt_deploy import apply_overrides, distill, load_recipe, measure
-from prokt_deploy.api import load_recipe_data
-from prokt_deploy.benchmark import load_run_model, resolve_targets
+from prokt_deploy import apply_overrides, distill, load_recipe
+from prokt_deploy.bench import measure
+from prokt_deploy.bench.bench import runtime_targets
+from prokt_deploy.data import load_recipe_data
+from prokt_deploy.run.reader import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = 1000.0
@@ -95,7 +97,7 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {"machine": {"processor": platform.processor() or platform.machine(), "cpu": _cpu_name()},
                "max_accuracy_drop": args.max_accuracy_drop, "recipes": []}
-    targets = resolve_targets("CPU")
+    targets = runtime_targets("CPU")
     with tempfile.TemporaryDirectory(prefix="aa-bench-") as tmp_str:
         tmp = Path(tmp_str)
         for name in args.recipes:
@@ -104,7 +106,7 @@ def main() -> None:
             run = distill(recipe, out=tmp / name / "run", runs_root=tmp / "runs").path
             distill_s = time.perf_counter() - t
             data = load_recipe_data(recipe)
-            student = load_run_model(run, "student")
+            student = load_model(run, "student")
             calibration = data.train.x[: args.calibration_samples].numpy()
             entry = {"recipe": name, "student": json.loads((run / "manifest.json").read_text())["student"]["arch"],
                      "distill_s": round(distill_s, 1), "test_samples": len(data.test), "val_samples": len(data.val), "cases": []}

@@ -1,6 +1,6 @@
 """Training throughput of scratch, kd and prokt, measured side by side in one process.
 
-For each method the real engine step (prokt_deploy.engine) runs on the same batches of the
+For each method the real engine step (prokt_deploy.train.engine) runs on the same batches of the
 recipe's data with the planned student and the recipe's teacher. Methods are interleaved in
 rounds (scratch, kd, prokt, scratch, ...) so machine noise hits all of them alike; the median
 over rounds is reported.
@@ -26,9 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prokt_deploy import api, engine
+from prokt_deploy.data import load_recipe_data
 from prokt_deploy.models import create_model, zero_init_head
 from prokt_deploy.recipe import apply_overrides, load_recipe
+from prokt_deploy.train import engine, planner
+from prokt_deploy.train.build import build_teacher
+from prokt_deploy.train.distill import library_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,12 +48,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     recipe = apply_overrides(load_recipe(args.recipe), {"budget.size": args.budget, "data.max_train_samples": 20_000})
-    data = api.load_recipe_data(recipe)
-    teacher = api.build_teacher(recipe, data)
-    plan = api.plan(recipe, data, teacher)
+    data = load_recipe_data(recipe)
+    teacher = build_teacher(recipe, data)
+    plan = planner.plan(recipe, data, teacher)
     student_arch = plan.chosen.arch
     bs = recipe.train.batch_size
-    device = torch.device("cpu")
     batches = [(data.train.x[i : i + bs], data.train.y[i : i + bs]) for i in range(0, args.steps * bs, bs)]
     total = args.steps * args.rounds * 10
 
@@ -124,7 +126,7 @@ def main() -> None:
         "unit_seconds_per_batch": {k: round(v, 5) for k, v in u.items()},
         "prokt_over_kd_time": {"measured": round(measured, 3), "predicted_from_passes": round(predicted, 3), "excess": round(measured / predicted - 1, 3)},
         "prokt_over_scratch_time": round(med["scratch"] / med["prokt"], 3),
-        "versions": api.library_versions(),
+        "versions": library_versions(),
     }
     print(f"{'method':<10}{'samples/s (median)':>20}{'min':>10}{'max':>10}")
     for k in ("scratch", "kd", "prokt"):

@@ -28,11 +28,14 @@ from pathlib import Path
 import torch
 
 import exporters
-from prokt_deploy import api
 from prokt_deploy.budget import parse_size
+from prokt_deploy.data import load_recipe_data
 from prokt_deploy.models import count_params, create_model, families
-from prokt_deploy.planner import measure_artifact_bytes
 from prokt_deploy.recipe import apply_overrides, load_recipe
+from prokt_deploy.train import planner
+from prokt_deploy.train.build import build_teacher
+from prokt_deploy.train.distill import library_versions
+from prokt_deploy.train.planner import measure_artifact_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTH = ["onnx", "openvino"]
@@ -98,12 +101,12 @@ def main() -> None:
     for family in args.families:
         recipe_file, plans = SETUPS[family]
         recipe = load_recipe(ROOT / "recipes" / recipe_file)
-        data = api.load_recipe_data(recipe)
-        teacher = api.build_teacher(recipe.model_copy(update={"method": "kd"}), data)
+        data = load_recipe_data(recipe)
+        teacher = build_teacher(recipe.model_copy(update={"method": "kd"}), data)
         compared: dict[str, list[dict]] = {}
         for budget, formats in plans:
             r = apply_overrides(recipe, {"budget.size": budget, "budget.formats": formats, "student.family": family})
-            plan = api.plan(r, data, teacher)
+            plan = planner.plan(r, data, teacher)
             arch = plan.chosen.arch
             print(f"{family} at {budget} ({', '.join(formats)}): {arch}", flush=True)
             rows = compared.get(arch) or compare(arch, data, COMBOS, args.train_steps)
@@ -143,7 +146,7 @@ def main() -> None:
           f"every planned student within budget: {summary['every_planned_student_within_budget']}")
     out = {
         "benchmark": "export_sizes", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - t0, 1),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "versions": api.library_versions(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "versions": library_versions(),
         "calibration_samples": CALIBRATION_SAMPLES, "train_steps": args.train_steps,
         "summary": summary, "budgets": budgets, "all_candidates": candidates,
     }

@@ -11,7 +11,7 @@ data subset, for methods that differ in one thing at a time:
   running statistics of eval mode. A named variant, not PROKT.md's method: the reference's models
   use LayerNorm, where eval mode only turns dropout off.
 
-Every variant uses the engine's own step functions (``prokt_deploy.engine``); only the loop and the
+Every variant uses the engine's own step functions (``prokt_deploy.train.engine``); only the loop and the
 periodic validation are here. Validation accuracy is on the first ``--val-samples`` validation
 images, in eval mode, every ``--every`` steps. Prints a table and writes JSON.
 
@@ -27,12 +27,14 @@ import time
 from pathlib import Path
 
 import torch
+from quality import extra_overrides, mean_std  # noqa: E402  (benchmarks/, the script's own directory)
 from torch import nn
 
-from prokt_deploy import api, engine
+from prokt_deploy.data import load_recipe_data
 from prokt_deploy.models import create_model, zero_init_head
 from prokt_deploy.recipe import KDConfig, apply_overrides, load_recipe
-from quality import extra_overrides, mean_std  # noqa: E402  (benchmarks/, the script's own directory)
+from prokt_deploy.train import engine
+from prokt_deploy.train.build import build_teacher
 
 VARIANTS = ("scratch", "soft-targets", "prokt", "prokt-batch-stats")
 
@@ -69,7 +71,7 @@ def run_variant(variant: str, recipe, data, args: argparse.Namespace, seed: int)
         method = engine.scratch_method(student, t.student_optimizer, total, t.grad_clip)
     elif variant == "soft-targets":
         r = apply_overrides(recipe, {"method": "kd", "teacher.init": "checkpoint", "teacher.checkpoint": args.teacher_checkpoint})
-        teacher = api.build_teacher(r, data)
+        teacher = build_teacher(r, data)
         method = engine.kd_method(student, teacher, t.student_optimizer, KDConfig(alpha=1.0, temperature=1.0), total, t.grad_clip)
     else:
         over = {"method": "prokt", "teacher.init": args.prokt_teacher,
@@ -77,7 +79,7 @@ def run_variant(variant: str, recipe, data, args: argparse.Namespace, seed: int)
         if args.prokt_teacher != "scratch":
             over["teacher.checkpoint"] = args.teacher_checkpoint
         r = apply_overrides(recipe, over)
-        teacher = api.build_teacher(r, data)
+        teacher = build_teacher(r, data)
         if r.prokt.zero_init_heads:
             zero_init_head(student)
         method = engine.prokt_method(student, teacher, t.teacher_optimizer, t.student_optimizer, r.prokt, total, t.grad_clip)
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     if needs_ckpt and not args.teacher_checkpoint:
         raise SystemExit("soft-targets and a warm ProKT teacher need --teacher-checkpoint")
     recipe = apply_overrides(load_recipe(args.recipe), {"data.max_train_samples": args.max_train_samples, **extra_overrides(args.set)})
-    data = api.load_recipe_data(recipe)
+    data = load_recipe_data(recipe)
     records = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for v in variants:

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
-from prokt_deploy import api
 from prokt_deploy.budget import parse_size
+from prokt_deploy.data import load_recipe_data
 from prokt_deploy.recipe import apply_overrides, load_recipe
+from prokt_deploy.train.build import build_teacher
+from prokt_deploy.train.distill import distill, train_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +73,7 @@ def extra_overrides(pairs: list[str]) -> dict:
 
 
 def int8_accuracy(run: Path) -> float | None:
-    from prokt_deploy.deploy import export_run
+    from prokt_deploy.deploy.export import export_run
 
     records = export_run(run, ["onnx"], "int8", max_accuracy_drop=100.0)
     return records[0]["test_accuracy"] if records else None
@@ -169,10 +171,18 @@ class Grid:
         if key not in self.teachers:
             teacher_dir = kept if kept is not None and not kept.exists() else self.work / name
             t0 = time.perf_counter()
-            teacher = api.train_teacher(r_teacher, out=teacher_dir)
+            teacher = train_teacher(r_teacher, out=teacher_dir)
             self.teachers[key] = (str(teacher_dir / "teacher.safetensors"), teacher.manifest["metrics"]["teacher_test_accuracy"])
             print(f"seed {seed}: converged teacher {r_seed.teacher.arch} test {self.teachers[key][1]:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
         return self.teachers[key]
+
+    def _known_teacher_accuracy(self, seed: int, phase: str, settings: dict) -> float | None:
+        data = {k: v for k, v in settings.items() if k.startswith("data.")}
+        for r in self.done + self.records:
+            same_data = {k: v for k, v in r["settings"].items() if k.startswith("data.")} == data
+            if r["seed"] == seed and r.get("phase", "grid") == phase and same_data and r.get("converged_teacher_test_accuracy") is not None:
+                return r["converged_teacher_test_accuracy"]
+        return None
 
     def cell(self, seed: int, budget: str, name: str, tuned: dict, phase: str) -> dict:
         args = self.args
@@ -180,17 +190,16 @@ class Grid:
         method, variant = method_settings(name)
         extra = extra_overrides(getattr(args, "tune_set", [])) if phase == "tune" else {}
         over = {"method": method, "budget.size": budget, **extra, **variant, **tuned}
-        ckpt, teacher_acc = self.teacher(seed, extra)  # scratch records carry it too: the accuracy to keep
         prokt_init = args.prokt_teacher
         if prokt_init == "scratch" and getattr(args, "teacher_checkpoint", None):
             prokt_init = "checkpoint-reset-head"  # a shared converged teacher: the reference's start
+        needs_checkpoint = method == "kd" or (method == "prokt" and prokt_init != "scratch")
         if method == "kd":
-            over.update({"teacher.init": "checkpoint", "teacher.checkpoint": ckpt})
+            over.update({"teacher.init": "checkpoint", "teacher.checkpoint": None})  # the checkpoint is filled in below
         elif method == "prokt" and prokt_init != "scratch":
-            over.update({"teacher.init": prokt_init, "teacher.checkpoint": ckpt})
+            over.update({"teacher.init": prokt_init, "teacher.checkpoint": None})
         elif method == "prokt":
             over["teacher.init"] = "scratch"  # jointly from scratch, whatever the recipe's default
-        recipe = apply_overrides(r_seed, over)
         settings = {k: v for k, v in {**self.common, **over}.items() if v is not None}
 
         def same(r: dict) -> bool:
@@ -206,14 +215,25 @@ class Grid:
                 previous = [{**tuned_run[0], "phase": "grid"}]
                 self.records.append(previous[0])
                 _write_records(Path(args.out), [r for r in self.done if r not in self.records] + self.records)
-        if previous:
+        if previous:  # kept: no teacher is trained for it
             if previous[0] not in self.records:
                 self.records.append(previous[0])
             print(f"  {budget:>6} {name:<12} seed {seed} ({phase}): kept from {args.out}", flush=True)
             return previous[0]
+        # the converged teacher: trained (or reused) when the method needs its checkpoint; a cell that only records
+        # its accuracy takes it from an earlier cell of the same seed, phase and data when there is one
+        known = None if needs_checkpoint else self._known_teacher_accuracy(seed, phase, settings)
+        if known is not None:
+            ckpt, teacher_acc = None, known
+        else:
+            ckpt, teacher_acc = self.teacher(seed, extra)  # scratch records carry it too: the accuracy to keep
+        if needs_checkpoint:
+            over["teacher.checkpoint"] = ckpt
+        recipe = apply_overrides(r_seed, over)
+        settings = {k: v for k, v in {**self.common, **over}.items() if v is not None}
         out = self.work / f"{name}-{budget}-seed{seed}-{phase}-{len(self.records)}"
         t0 = time.perf_counter()
-        res = api.distill(recipe, out=out, runs_root=self.work / "runs", latest=False)
+        res = distill(recipe, out=out, runs_root=self.work / "runs", latest=False)
         seconds = time.perf_counter() - t0
         m = res.manifest
         int8 = int8_accuracy(out)
@@ -261,10 +281,10 @@ def _kept_data(run: Path) -> dict | None:
 def _teacher_accuracy(recipe, checkpoint: str) -> float:  # noqa: ANN001
     """Test accuracy of a given converged teacher on the recipe's data."""
     r = apply_overrides(recipe, {"method": "kd", "teacher.init": "checkpoint", "teacher.checkpoint": checkpoint})
-    data = api.load_recipe_data(r)
-    from prokt_deploy.engine import accuracy
+    data = load_recipe_data(r)
+    from prokt_deploy.train.engine import accuracy
 
-    return accuracy(api.build_teacher(r, data), data.test, torch.device("cpu"))
+    return accuracy(build_teacher(r, data), data.test, torch.device("cpu"))
 
 
 def mean_std(vals: list[float]) -> tuple[float | None, float | None]:
@@ -302,7 +322,7 @@ def summarise(records: list[dict]) -> list[dict]:
         cells.setdefault((r["budget_bytes"], r["budget"], label(r)), []).append(r)
     rows = []
     for (_, budget, method), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][2]) if kv[0][2] in ORDER else 9)):
-        def ms(key):
+        def ms(key, rs=rs):
             return mean_std([r[key] for r in rs if r[key] is not None])
 
         drops = [r["student_test_accuracy"] - r["int8_test_accuracy"] for r in rs if r["int8_test_accuracy"] is not None]
@@ -317,7 +337,7 @@ def paired(records: list[dict], a: str, b: str) -> list[dict]:
     """Per budget: method ``a`` minus method ``b`` in fp32 test accuracy, paired by seed (same data
     split, same converged teacher), mean and std over the seeds both have."""
     out = []
-    for budget_bytes, budget in sorted({(r["budget_bytes"], r["budget"]) for r in records}):
+    for _, budget in sorted({(r["budget_bytes"], r["budget"]) for r in records}):
         by = {m: {r["seed"]: r["student_test_accuracy"] for r in records if r["budget"] == budget and label(r) == m} for m in (a, b)}
         seeds = sorted(set(by[a]) & set(by[b]))
         if seeds:

@@ -3,7 +3,7 @@
 For each case the planner picks the student as ``distill`` would (the recipe's budget, family and
 ``budget.target``; ``--family`` overrides the family), then the student and the teacher are exported to
 ONNX and OpenVINO at fp32 and int8 (int8 calibrated on 300 real training samples) and all eight files
-are timed together with bench's harness (``prokt_deploy.measure``: one worker process per engine, 1
+are timed together with bench's harness (``prokt_deploy.bench.measure``: one worker process per engine, 1
 thread, warm-up, rounds rotated, median of the rounds' p50) at batch 1 and at batch ``--batch`` (32).
 
 Cases:
@@ -42,11 +42,14 @@ import torch
 
 import exporters
 from exporters.size import generic_copy
-from prokt_deploy import apply_overrides, load_recipe, measure
-from prokt_deploy.api import build_teacher, load_recipe_data, plan
-from prokt_deploy.benchmark import resolve_targets
-from prokt_deploy.fingerprint import fingerprint
+from prokt_deploy import apply_overrides, load_recipe
+from prokt_deploy.bench import measure
+from prokt_deploy.bench.bench import runtime_targets
+from prokt_deploy.bench.fingerprint import fingerprint
+from prokt_deploy.data import load_recipe_data
 from prokt_deploy.models import count_params, create_model
+from prokt_deploy.train.build import build_teacher
+from prokt_deploy.train.planner import plan
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_TEACHER = "wide-w96-d3"
@@ -143,7 +146,7 @@ def main() -> None:
     torch.set_num_threads(1)
     fp = fingerprint()
     isa = fp["cpu"].get("int8_dot_product")
-    targets = resolve_targets("CPU")
+    targets = runtime_targets("CPU")
     t0 = time.perf_counter()
     results = {"machine": {"cpu": fp["cpu"]["model"], "int8_dot_product": isa, "flags": fp["cpu"]["flags"], "fingerprint": fp["id"]},
                "settings": {"threads": 1, "batch": args.batch, "runs": args.runs, "warmup": args.warmup, "repeats": args.repeats}, "cases": []}

@@ -49,7 +49,7 @@ Adding a format
    :class:`BackendMissingError`.
 2. Import the module in this file next to ``from . import onnx`` and add a default tolerance for any
    new precision to ``TOLERANCES`` in ``exporters/validate.py``.
-3. ``tests/test_exporters.py`` parametrizes over ``PRECISIONS``, so the new format is exported and
+3. ``tests/test_exporters_image.py`` parametrizes over ``PRECISIONS``, so the new format is exported and
    validated there automatically; add format-specific checks (file layout, batch) as needed.
 
 Precision choices: ONNX int8 is onnxruntime static QDQ, per-channel QInt8 weights, QUInt8 activations
@@ -72,16 +72,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import Artifact, BackendMissingError, ExportError, Predictor, artifact_bytes, frozen_eval
-from ._text import TEXT_INPUT_NAMES, is_text_input
-from .registry import FORMATS, PRECISIONS, Exporter, get_exporter, register
-from .validate import Validation, default_tolerance, reference_logits, validate
-
 # Format modules register themselves on import (they import their runtimes lazily).
 from . import onnx as _onnx_format  # noqa: E402,F401
 from . import openvino as _openvino_format  # noqa: E402,F401
-from .size import measure_bytes  # noqa: E402
+from ._common import Artifact, BackendMissingError, ExportError, Predictor, artifact_bytes, frozen_eval
+from ._text import TEXT_INPUT_NAMES, is_text_input
 from .accuracy_aware import AccuracyAwareResult, export_accuracy_aware  # noqa: E402
+from .registry import FORMATS, PRECISIONS, Exporter, get_exporter, register
+from .size import measure_bytes  # noqa: E402
+from .validate import Validation, default_tolerance, reference_logits, validate
 
 __all__ = [
     "AccuracyAwareResult",

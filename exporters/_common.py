@@ -139,7 +139,7 @@ def as_text_batch(x: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def frozen_eval(model: "torch.nn.Module"):  # noqa: F821 - torch is imported when used
+def frozen_eval(model: torch.nn.Module):  # noqa: F821 - torch is imported when used
     """``model`` in eval mode under ``torch.no_grad()`` for an export, its train/eval mode restored after."""
     import torch
 

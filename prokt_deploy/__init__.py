@@ -15,13 +15,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from prokt_deploy.api import distill, plan, train_teacher  # noqa: E402
-from prokt_deploy.benchmark import bench  # noqa: E402
+from prokt_deploy.bench.bench import bench  # noqa: E402
 from prokt_deploy.budget import format_size, parse_size  # noqa: E402
-from prokt_deploy.bundle import write_bundle  # noqa: E402
 from prokt_deploy.compare import compare  # noqa: E402
-from prokt_deploy.deploy import export_run  # noqa: E402
+from prokt_deploy.deploy.bundle import write_bundle  # noqa: E402
+from prokt_deploy.deploy.export import export_run  # noqa: E402
 from prokt_deploy.errors import ProktError  # noqa: E402
 from prokt_deploy.recipe import apply_overrides, load_recipe  # noqa: E402
+from prokt_deploy.train.distill import distill, train_teacher  # noqa: E402
+from prokt_deploy.train.planner import plan
 
 __all__ = ["__version__", "apply_overrides", "bench", "compare", "distill", "export_run", "format_size", "load_recipe", "parse_size", "plan", "train_teacher", "write_bundle", "ProktError"]

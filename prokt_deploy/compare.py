@@ -13,11 +13,12 @@ within noise (a different seed moves a small student by more than that: see docs
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from prokt_deploy.errors import ExportFailed, GateFailed, UsageError
-from prokt_deploy.runs import MANIFEST, read_manifest, update_manifest
+from prokt_deploy.run.reader import FinishedRun, Manifest, open_run
+from prokt_deploy.run.workspace import MANIFEST, update_manifest
 
 METHODS = ("scratch", "kd", "prokt")
 COMPARE_DIR = "compare"
@@ -42,7 +43,7 @@ def baseline_recipe(recipe, method: str, student_arch: str):  # noqa: ANN001, AN
     The student's head starts as the run's student did (student.zero_init_head resolved), so the
     methods differ only in their loss.
     """
-    from prokt_deploy.api import student_zero_head
+    from prokt_deploy.train.build import student_zero_head
 
     teacher = recipe.teacher
     if method == "kd":
@@ -53,80 +54,57 @@ def baseline_recipe(recipe, method: str, student_arch: str):  # noqa: ANN001, AN
 
 def compare(run: str | Path, methods: str | Sequence[str], *, progress=None, status: Callable[[str], None] | None = None) -> list[dict]:  # noqa: ANN001
     """Train and export each baseline of ``methods`` beside the run; record the comparison in its manifest."""
-    from prokt_deploy.api import distill
-    from prokt_deploy.deploy import export_run
-    from prokt_deploy.recipe import load_recipe
+    from prokt_deploy.deploy.export import export_run
+    from prokt_deploy.train.distill import distill
 
-    run = Path(run)
     names = parse_methods(methods)
-    manifest = read_manifest(run)
-    recipe = load_recipe(run / "recipe.yaml")
-    student_arch = manifest["student"]["arch"]
+    fr = open_run(run)
+    run, manifest = fr.path, fr.manifest
+    recipe = fr.recipe()
+    student_arch = manifest.student.arch
     say = status or (lambda message: None)
-    fmt = manifest["formats"][0]
-    rows = [_row(manifest["method"], ".", manifest, _deployed_accuracy(manifest, fmt))]
+    fmt = manifest.formats[0]
+    rows = [_row(manifest.method, ".", manifest, manifest.deployed_accuracy(fmt))]
     for name in names:
-        if name == manifest["method"]:
+        if name == manifest.method:
             continue  # the run itself
         sub = run / COMPARE_DIR / name
         if not (sub / MANIFEST).is_file():
             say(f"compare: training {name}")
             distill(baseline_recipe(recipe, name, student_arch), out=sub, progress=progress, latest=False)
-            say(f"compare: exporting {name} ({fmt} {manifest['precision']})")
+            say(f"compare: exporting {name} ({fmt} {manifest.precision})")
             try:
-                export_run(sub, [fmt], manifest["precision"])
+                export_run(sub, [fmt], manifest.precision)
             except (GateFailed, ExportFailed):
                 pass  # recorded in the sub-run's manifest; the row shows the deployed accuracy if measured
-        sub_manifest = read_manifest(sub)
-        rows.append(_row(name, f"{COMPARE_DIR}/{name}", sub_manifest, _deployed_accuracy(sub_manifest, fmt)))
-    _add_gains(run, rows)
+        sub_manifest = open_run(sub).manifest
+        rows.append(_row(name, f"{COMPARE_DIR}/{name}", sub_manifest, sub_manifest.deployed_accuracy(fmt)))
+    _add_gains(fr, rows)
     update_manifest(run, lambda m: m.update(compare={"format": fmt, "precision": m["precision"], "rows": rows}))  # under the run's lock
     return rows
 
 
-def with_own_deployed(manifest: dict) -> dict | None:
-    """The manifest's comparison with the run's own deployed accuracy filled in (the run is exported after compare)."""
-    comp = manifest.get("compare")
-    if not comp:
-        return None
-    rows = [dict(r) for r in comp["rows"]]
-    for r in rows:
-        if r["run"] == "." and r.get("deployed_test_accuracy") is None:
-            r["deployed_test_accuracy"] = _deployed_accuracy(manifest, comp["format"])
-    return {**comp, "rows": rows}
-
-
-def _deployed_accuracy(manifest: dict, fmt: str) -> float | None:
-    for a in manifest.get("artifacts", []):
-        if a.get("format") == fmt and a.get("precision") == manifest.get("precision"):
-            return a.get("test_accuracy")
-    return None
-
-
-def _row(method: str, path: str, manifest: dict, deployed: float | None) -> dict:
-    m = manifest["metrics"]
-    return {"method": method, "run": path, "student_arch": manifest["student"]["arch"],
+def _row(method: str, path: str, manifest: Manifest, deployed: float | None) -> dict:
+    m = manifest.metrics
+    return {"method": method, "run": path, "student_arch": manifest.student.arch,
             "student_test_accuracy": m["student_test_accuracy"], "student_val_accuracy": m.get("student_val_accuracy"),
             "deployed_test_accuracy": deployed, "best_epoch": m.get("best_epoch"), "epochs": m.get("epochs"),
             "val_curve": [e.get("val_student_accuracy") for e in (m.get("history") or {}).get("student", [])]}
 
 
-def _add_gains(run: Path, rows: list[dict]) -> None:
+def _add_gains(fr: FinishedRun, rows: list[dict]) -> None:
     """Gain over scratch in points, with the paired standard error over the test samples."""
     import torch
 
-    from prokt_deploy.api import load_recipe_data
-    from prokt_deploy.benchmark import load_run_model
-    from prokt_deploy.engine import predict_logits
-    from prokt_deploy.recipe import load_recipe
+    from prokt_deploy.train.engine import predict_logits
 
     scratch = next((r for r in rows if r["method"] == "scratch"), None)
     if scratch is None:
         return
-    data = load_recipe_data(load_recipe(run / "recipe.yaml"))
+    data = fr.data()
     correct = {}
     for r in rows:
-        model = load_run_model(run / r["run"] if r["run"] != "." else run, "student")
+        model = fr.model("student") if r["run"] == "." else open_run(fr.path / r["run"]).model("student")
         correct[r["method"]] = (predict_logits(model, data.test.x, torch.device("cpu")).argmax(1) == data.test.y).double()
     base = correct["scratch"]
     for r in rows:

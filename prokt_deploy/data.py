@@ -24,11 +24,15 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from prokt_deploy.errors import DataError
+
+if TYPE_CHECKING:
+    from prokt_deploy.recipe import Recipe
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -427,7 +431,7 @@ def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[s
 
 def resolve_tokenizer(ref: str) -> Path:
     """A tokenizer directory from an offline alias (``all-minilm-l6-v2``), ``hf:<ref>`` or a path."""
-    from prokt_deploy.models.text import HF_ALIASES, resolve_hf_path
+    from prokt_deploy.models.hf import HF_ALIASES, resolve_hf_path
 
     ref = ref[3:] if ref.startswith("hf:") else ref
     if ref in HF_ALIASES:
@@ -520,3 +524,28 @@ def _load_text(source: str, path, seed: int, val_fraction: float, test_fraction:
         "truncated_fraction": round(float(np.mean(lengths >= max_length)), 4),
     }
     return DataBundle(source, classes, split(train_idx), split(val_idx), split(test_idx), spec)
+
+
+def load_recipe_data(recipe: Recipe) -> DataBundle:
+    """The data a recipe names, split with its seed (``data.split_seed``, else ``seed``)."""
+    d = recipe.data
+    return load_data(
+        d.source,
+        path=d.path,
+        seed=recipe.seed if d.split_seed is None else d.split_seed,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        max_train_samples=d.max_train_samples,
+        image_size=d.image_size,
+        channels=d.channels,
+        text=text_options(recipe),
+    )
+
+
+def text_options(recipe: Recipe) -> dict | None:
+    """Tokenizer and columns for text data; the tokenizer defaults to the hf: teacher's own."""
+    d = recipe.data
+    if recipe.task != "text-classification":
+        return None
+    tokenizer = d.tokenizer or (recipe.teacher.arch[3:] if recipe.teacher.arch.startswith("hf:") else None)
+    return {"tokenizer": tokenizer, "max_length": d.max_length, "text_column": d.text_column, "label_column": d.label_column}

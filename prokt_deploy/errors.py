@@ -1,6 +1,6 @@
 """Typed errors. Library code raises these; only the CLI boundary prints them and exits.
 
-Each kind of failure has its own exit code, documented in the README ("Exit codes").
+Each kind of failure has its own exit code, documented in docs/cli.md ("Exit codes").
 """
 
 from __future__ import annotations

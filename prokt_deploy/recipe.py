@@ -37,7 +37,7 @@ class _Strict(BaseModel):
 
 
 class AugmentConfig(_Strict):
-    """On-the-fly training-split augmentation for images (prokt_deploy/augment.py); all off by default."""
+    """On-the-fly training-split augmentation for images (prokt_deploy/train/augment.py); all off by default."""
 
     crop_padding: int = Field(0, ge=0, le=64)  # pad by p pixels of background, crop back at a random offset
     hflip: bool = False  # mirror left-right with probability 1/2 (off for digits and text)
@@ -75,7 +75,7 @@ class TeacherConfig(_Strict):
     epochs: int | None = Field(None, ge=1)  # epochs when training a converged teacher (kd, pretrain, train-teacher); default train.epochs
 
     @model_validator(mode="after")
-    def _checkpoint_matches_init(self) -> "TeacherConfig":
+    def _checkpoint_matches_init(self) -> TeacherConfig:
         if self.checkpoint is not None and self.init in ("scratch", "pretrain"):
             raise ValueError(f"teacher.checkpoint is set but teacher.init is {self.init!r}: use checkpoint or checkpoint-reset-head to load it")
         return self
@@ -83,7 +83,7 @@ class TeacherConfig(_Strict):
 
 class StudentConfig(_Strict):
     # One family, a list of families searched together (e.g. [resnet, wide]) or auto (every student family
-    # of the data's kind); across families the planner ranks by capacity (prokt_deploy.planner).
+    # of the data's kind); across families the planner ranks by capacity (prokt_deploy.train.planner).
     family: str | list[str] = "resnet"
     arch: str | None = None  # pin an architecture instead of planning one from the budget
     # text: start the student's token embeddings from the teacher's, projected onto their top
@@ -97,13 +97,13 @@ class StudentConfig(_Strict):
 
 class BudgetConfig(_Strict):
     size: str = "5MB"
-    precision: Literal["fp32", "fp16", "int8"] = "int8"
-    formats: list[Literal["onnx", "openvino"]] = ["onnx", "openvino"]
+    precision: str = "int8"  # a precision of the exporter registry (exporters.PRECISIONS)
+    formats: list[str] = ["onnx", "openvino"]  # formats of the exporter registry (exporters.FORMATS)
     max_teacher_fraction: float = Field(0.25, gt=0, le=1)
     # int8 export: keep the fewest layers in fp32 that meet the accuracy gate (exporters/accuracy_aware.py);
     # auto = only when plain int8 misses --max-accuracy-drop
     accuracy_aware: Literal["auto", "on", "off"] = "auto"
-    # Latency in the plan (prokt_deploy.planner): time every fitting candidate and the teacher's artifacts in
+    # Latency in the plan (prokt_deploy.train.planner): time every fitting candidate and the teacher's artifacts in
     # this runtime (onnx or openvino[:DEVICE]) and never choose a student slower than the teacher's fastest
     # artifact when a faster one fits. None: plan by size alone (a latency budget implies onnx).
     target: str | None = None
@@ -120,6 +120,26 @@ class BudgetConfig(_Strict):
                 raise ValueError(str(e).replace(flag, f"budget.{info.field_name}")) from None
         return v
 
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, v: str) -> str:
+        import exporters
+
+        known = sorted({p for ps in exporters.PRECISIONS.values() for p in ps})
+        if v not in known:
+            raise ValueError(f"unknown precision {v!r}; the exporters know {', '.join(known)}")
+        return v
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        import exporters
+
+        unknown = [f for f in v if f not in exporters.FORMATS]
+        if unknown:
+            raise ValueError(f"unknown format {unknown[0]!r}; the exporters know {', '.join(exporters.FORMATS)}")
+        return v
+
     @field_validator("size")
     @classmethod
     def _valid_size(cls, v: str) -> str:
@@ -128,6 +148,11 @@ class BudgetConfig(_Strict):
         except UsageError as e:
             raise ValueError(str(e)) from None
         return v
+
+    @property
+    def bytes(self) -> int:
+        """``size`` in bytes (the one place the budget string is read; the field keeps what the user wrote)."""
+        return parse_size(self.size)
 
 
 class OptimizerConfig(_Strict):
@@ -193,7 +218,7 @@ class Recipe(_Strict):
     kd: KDConfig = KDConfig()
 
     @model_validator(mode="after")
-    def _task_matches_data(self) -> "Recipe":
+    def _task_matches_data(self) -> Recipe:
         text_source = self.data.source in ("tweets", "text-file")
         if text_source and self.task != "text-classification":
             raise ValueError(f"data.source {self.data.source!r} is text: set task: text-classification")

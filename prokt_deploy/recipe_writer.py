@@ -58,7 +58,8 @@ def new_recipe(
     budget: str | None = None,
 ) -> tuple[Recipe, DataBundle, str]:
     """The recipe for the data at ``data_path``, the data as it loads, and the recipe's commented YAML."""
-    from prokt_deploy.api import build_teacher, load_recipe_data
+    from prokt_deploy.data import load_recipe_data
+    from prokt_deploy.train.build import build_teacher
 
     path = Path(data_path).expanduser().resolve()
     inferred = source is None
@@ -133,7 +134,7 @@ def render(recipe: Recipe, data: DataBundle, path: Path, *, inferred: bool = Tru
     """The recipe as commented YAML: a header of data facts, then each section with a note."""
     split_seed = recipe.seed if recipe.data.split_seed is None else recipe.data.split_seed
     lines = [f"# Written by `prokt-deploy recipe new` on {time.strftime('%Y-%m-%d')}; check it with `prokt-deploy recipe check FILE`,",
-             "# run it with `prokt-deploy run FILE`. Every key is documented in the README (Recipes).", "#"]
+             "# run it with `prokt-deploy run FILE`. Every key is documented in docs/data.md (Recipes).", "#"]
     lines += [f"# {line}" for line in _facts(data, path, recipe.data.source, inferred, split_seed)]
     steps = -(-len(data.train) // recipe.train.batch_size)
     lines.append(f"#   {steps} optimizer steps per epoch at batch {recipe.train.batch_size}")

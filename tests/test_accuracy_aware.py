@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import RECIPES
+
 from prokt_deploy import apply_overrides, distill, export_run, load_recipe
-from prokt_deploy.benchmark import load_run_model
-from prokt_deploy.checkpoint import save_weights
 from prokt_deploy.errors import GateFailed
+from prokt_deploy.run.checkpoint import save_weights
+from prokt_deploy.run.reader import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def broken_run(tmp_path_factory) -> Path:
         "budget.size": f"{BUDGET}B", "budget.formats": ["onnx", "openvino"],
     })
     run = distill(recipe, out=root / "run", runs_root=root / "runs").path
-    student = load_run_model(run, "student")
+    student = load_model(run, "student")
     bn, conv = student.features[4], student.features[6]
     x = torch.randn(16, 1, 8, 8)
     with torch.no_grad():

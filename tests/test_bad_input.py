@@ -1,12 +1,11 @@
 """A catalogue of bad input across the commands: one line on stderr, a documented exit code,
 no traceback, nothing left behind. (distill's own catalogue is in test_cli.py, export's in
-test_export.py, bench's gates in test_bench.py.)"""
+test_export_run.py, bench's gates in test_bench_run.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import RECIPES
 from test_cli import assert_one_line_error, cli
 

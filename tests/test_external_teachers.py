@@ -12,12 +12,12 @@ import sys
 
 import pytest
 import torch
-
 from conftest import RECIPES, ROOT
+
 from prokt_deploy import apply_overrides, distill, export_run, load_recipe
-from prokt_deploy.benchmark import load_run_model
 from prokt_deploy.errors import ModelError
 from prokt_deploy.models import create_model
+from prokt_deploy.run.reader import load_model
 
 transformers = pytest.importorskip("transformers", reason="hf: teachers need the 'text' extra (transformers)")
 
@@ -59,7 +59,7 @@ def _round_trip(arch: str, tmp_path, method: str = "prokt"):
     result = distill(recipe, out=tmp_path / "run", runs_root=tmp_path / "runs")
     (artifact,) = export_run(result.path, ["onnx"], "fp32")
     assert artifact["passed"] and artifact["bytes"] > 0, artifact
-    return result, load_run_model(result.path, "teacher")
+    return result, load_model(result.path, "teacher")
 
 
 def test_hf_image_directory_is_a_trainable_teacher(hf_dir, tmp_path):
@@ -95,7 +95,8 @@ def test_unloadable_teachers_are_model_errors(tmp_path, hf_dir):
     torch.jit.save(torch.jit.trace(create_model("cnn-w8-d1", num_classes=5, in_channels=1).eval(), torch.randn(2, 1, 8, 8)), str(wrong_classes))
     text_dir = tmp_path / "bert"
     transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(text_dir)
-    from prokt_deploy.api import build_teacher, load_recipe_data
+    from prokt_deploy.data import load_recipe_data
+    from prokt_deploy.train.build import build_teacher
 
     data = load_recipe_data(recipe)
     cases = {f"torchscript:{bad}": "not a TorchScript file", f"torchscript:{tmp_path / 'missing.pt'}": "no such file",

@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from prokt_deploy.losses import kd_loss, kl_to_target, prokt_constrained_teacher_loss, prokt_student_loss, prokt_teacher_loss
+from prokt_deploy.train.losses import kd_loss, kl_to_target, prokt_constrained_teacher_loss, prokt_student_loss, prokt_teacher_loss
 
 
 def test_kl_hand_computed():

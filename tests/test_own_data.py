@@ -6,14 +6,14 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import RECIPES
+
 from prokt_deploy import apply_overrides, distill, load_recipe
 from prokt_deploy.cli.main import main
 from prokt_deploy.cli.options import resolve_recipe
 from prokt_deploy.data import FASHION_FILES, infer_source
-from prokt_deploy.engine import schedule
 from prokt_deploy.errors import DataError, RecipeError
+from prokt_deploy.train.engine import schedule
 
 
 def _digits_npz(path, n: int):
@@ -48,16 +48,16 @@ def test_each_path_kind_selects_its_source(tmp_path):
         infer_source(tmp_path / "x.bin")
 
     # the CLI override: the default recipe (source fashion-mnist) takes the path's source; --data-source forces one
-    r = resolve_recipe(None, data_dir=npz)
+    r = resolve_recipe(None, {"data_dir": npz})
     assert (r.data.source, r.data.path, r.task) == ("npz", str(npz), "image-classification")
-    assert resolve_recipe(None, data_dir=tmp_path / "images", data_source="npz").data.source == "npz"
+    assert resolve_recipe(None, {"data_dir": tmp_path / "images", "data_source": "npz"}).data.source == "npz"
     # text data: the default recipe switches to the text defaults; an image recipe named by the user says what to add
-    t = resolve_recipe(None, data_dir=tmp_path / "t.csv")
+    t = resolve_recipe(None, {"data_dir": tmp_path / "t.csv"})
     assert (t.data.source, t.task, t.student.family, t.data.max_train_samples) == ("text-file", "text-classification", "tfm", None)
     with pytest.raises(RecipeError, match="task: text-classification"):
-        resolve_recipe(RECIPES / "digits.yaml", data_dir=tmp_path / "t.csv")
+        resolve_recipe(RECIPES / "digits.yaml", {"data_dir": tmp_path / "t.csv"})
     with pytest.raises(RecipeError, match="image-classification"):
-        resolve_recipe(RECIPES / "tweets-minilm.yaml", data_dir=npz)
+        resolve_recipe(RECIPES / "tweets-minilm.yaml", {"data_dir": npz})
 
 
 def test_recipe_new_passes_recipe_check_and_distills_one_step(tmp_path, capsys):

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prokt_deploy.engine import prokt_method
-from prokt_deploy.losses import kl_to_target
 from prokt_deploy.recipe import OptimizerConfig, ProktConfig
+from prokt_deploy.train.engine import prokt_method
+from prokt_deploy.train.losses import kl_to_target
 
 SGD = OptimizerConfig(name="sgd", lr=0.5, momentum=0.0, schedule="constant")
 
@@ -172,6 +172,7 @@ def test_pretrain_trains_the_teacher_then_resets_its_head(tmp_path):
     """teacher.init: pretrain = CE on the labels first, then ProKT from the reference's start:
     a trained backbone with a zero head, so the first ProKT step has teacher-student KL 0."""
     from conftest import RECIPES
+
     from prokt_deploy import apply_overrides, distill, load_recipe
 
     torch.set_num_threads(1)
@@ -192,7 +193,7 @@ def test_pretrain_trains_the_teacher_then_resets_its_head(tmp_path):
 def test_batch_stats_teacher_targets_leave_running_stats():
     """prokt.teacher_targets: batch-stats normalises the teacher's targets with the batch's statistics,
     changes no buffer, leaves the model in eval mode and only touches the teacher's targets."""
-    from prokt_deploy.engine import _soft_targets
+    from prokt_deploy.train.engine import _soft_targets
 
     teacher = tiny(1, dropout=0.5)
     x = torch.randn(16, 6) * 3 + 1  # far from the initial running stats (0, 1)

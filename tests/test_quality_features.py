@@ -9,18 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from conftest import RECIPES
+
 from prokt_deploy import apply_overrides, compare, distill, load_recipe
-from prokt_deploy.augment import Augmentation, from_recipe, step_generator
 from prokt_deploy.data import load_data
-from prokt_deploy.engine import Method, fit, scratch_method
 from prokt_deploy.errors import RecipeError, UsageError
-from prokt_deploy.losses import prokt_student_loss
 from prokt_deploy.models import create_model
 from prokt_deploy.recipe import OptimizerConfig, Recipe
-
+from prokt_deploy.train.augment import Augmentation, from_recipe, step_generator
+from prokt_deploy.train.engine import Method, fit, scratch_method
+from prokt_deploy.train.losses import prokt_student_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,7 +148,7 @@ def test_compare_adds_one_row_per_baseline_on_the_same_split_and_student(tmp_pat
         assert sub["metrics"]["epochs"] == manifest["metrics"]["epochs"]
         assert any(a["precision"] == "int8" for a in sub["artifacts"])
     assert all(len(row["val_curve"]) == row["epochs"] for row in rows)  # the report's learning curves of every baseline
-    from prokt_deploy.report import curve_series, svg_curves
+    from prokt_deploy.bench.report import curve_series, svg_curves
 
     series = curve_series({"method": "prokt", "learning_curves": manifest["metrics"]["history"], "compare": manifest["compare"]})
     names = [name for name, _ in series]
@@ -178,7 +176,8 @@ FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) is not installed")
 def test_shipped_teacher_loads_and_scores_above_a_floor():
-    from prokt_deploy.api import build_teacher, load_recipe_data
+    from prokt_deploy.data import load_recipe_data
+    from prokt_deploy.train.build import build_teacher
 
     recipe = load_recipe(RECIPES / "fashion-mnist.yaml")
     assert recipe.teacher.checkpoint and recipe.teacher.checkpoint.startswith("shipped:")

@@ -7,12 +7,12 @@ import signal
 
 import pytest
 import torch
+from conftest import RECIPES
 from safetensors.torch import load_file
 
-from conftest import RECIPES
 from prokt_deploy import apply_overrides, distill, load_recipe
 from prokt_deploy.errors import InterruptedRun, RunError, TrainingError
-from prokt_deploy.runs import CHECKPOINT, partial_path
+from prokt_deploy.run.workspace import CHECKPOINT, partial_path
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +119,7 @@ class PoisonAfterFirstEpoch(CrashAt):
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import prokt_deploy.api as api
+    import prokt_deploy.train.distill as api
 
     holder = []
     original = api._student_method

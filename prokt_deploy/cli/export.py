@@ -9,11 +9,11 @@ import typer
 from rich import box
 from rich.table import Table
 
-from prokt_deploy import deploy
-from prokt_deploy.benchmark import resolve_targets
+from prokt_deploy.bench.bench import runtime_targets
 from prokt_deploy.budget import format_size
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json
+from prokt_deploy.deploy import export as deploy
 from prokt_deploy.errors import ExportFailed, GateFailed
 
 
@@ -39,7 +39,7 @@ def export(
     if precision is not None:
         deploy.check_precision_name(precision)
     path, planned_formats, planned_precision = deploy.run_defaults(run)
-    resolve_targets("GPU" if device.lower().startswith("cuda") else device)  # an unavailable device fails before anything is exported
+    runtime_targets("GPU" if device.lower().startswith("cuda") else device)  # an unavailable device fails before anything is exported
     with err.status("exporting", spinner="dots") as status:  # transient: nothing is left on a non-terminal stderr
         try:
             results = deploy.export_run(

@@ -16,7 +16,7 @@ from prokt_deploy.cli import recipe as recipe_cmd
 from prokt_deploy.cli import run as run_cmd
 from prokt_deploy.cli import train as train_cmd
 from prokt_deploy.errors import EXIT_FILESYSTEM, EXIT_INTERRUPTED, ProktError
-from prokt_deploy.runs import filesystem_cause
+from prokt_deploy.run.workspace import filesystem_cause
 
 app = typer.Typer(
     name="prokt-deploy",
@@ -59,7 +59,7 @@ def _fail(message: str, code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI. Errors print one line on stderr and exit with the code documented in the README."""
+    """Run the CLI. Errors print one line on stderr and exit with the code documented in docs/cli.md (Exit codes)."""
     global _debug
     _debug = os.environ.get("PROKT_DEPLOY_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv[1:])
     try:

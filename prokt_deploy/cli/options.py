@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -15,28 +19,95 @@ from prokt_deploy.recipe import DEFAULT_RECIPE, RECIPES_DIR, Recipe, apply_overr
 TEXT_DEFAULT_RECIPE = RECIPES_DIR / "tweets-minilm.yaml"
 
 RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Recipe YAML, or a shipped recipe by name (digits, fashion-mnist, tweets-minilm; default: fashion-mnist).")]
-BudgetOpt = Annotated[Optional[str], typer.Option(help="Size budget of the deployed artifact, e.g. 5MB, 200KB, 1.5MiB (kB/MB = 1000, KiB/MiB = 1024).")]
-MethodOpt = Annotated[Optional[str], typer.Option(help="prokt | kd | scratch.")]
-EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs.")]
-SeedOpt = Annotated[Optional[int], typer.Option(help="Random seed (data split, init, order).")]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="Training device: cpu, cuda, cuda:N or auto.")]
-MaxTrainOpt = Annotated[Optional[int], typer.Option("--max-train-samples", help="Use only the first N (seeded) training samples: a quick run.")]
-DataDirOpt = Annotated[Optional[Path], typer.Option(
-    "--data", "--data-dir",
-    help="Your dataset; its kind picks data.source: a .npz file (npz), a folder of class folders (image-folder), a folder with the "
-         "Fashion-MNIST IDX .gz files (fashion-mnist), a .csv/.tsv/.jsonl file (text-file: a text task). Shape, channels and classes come from the data.")]
-DataSourceOpt = Annotated[Optional[str], typer.Option("--data-source", help="Force data.source instead of inferring it from --data: digits, fashion-mnist, image-folder, npz, tweets or text-file.")]
-MinStepsOpt = Annotated[Optional[int], typer.Option("--min-steps", help="train.min_steps: raise the epochs of a training phase until it gets at least N optimizer steps (0: off).")]
-TeacherCkptOpt = Annotated[Optional[Path], typer.Option("--teacher-checkpoint", help="Teacher weights (.safetensors or a state_dict).")]
-TeacherInitOpt = Annotated[Optional[str], typer.Option("--teacher-init", help="scratch | checkpoint | checkpoint-reset-head | pretrain (CE first in this run, then ProKT with the head reset).")]
-TeacherFactoryOpt = Annotated[Optional[str], typer.Option("--teacher-factory", help="'module:function' returning the teacher nn.Module.")]
-TargetOpt = Annotated[Optional[str], typer.Option("--target", help="Plan by latency too: time the fitting candidates and the teacher in onnx or openvino[:DEVICE] (recipe budget.target).")]
-LatencyBudgetOpt = Annotated[Optional[str], typer.Option("--latency-budget", help="Only students whose batch-1 p50 is within it, e.g. 0.2ms (recipe budget.latency; implies --target onnx).")]
-FamilyOpt = Annotated[Optional[str], typer.Option("--family", help="Student families to search: one (resnet), several (resnet,wide) or auto (every family for the data).")]
 LatenciesOpt = Annotated[Optional[Path], typer.Option("--latencies", help="Plan from latencies measured on the device: the device-results.json of a 'plan --bundle' bundle (exit 12 if unreadable).")]
-StudentOpt = Annotated[Optional[str], typer.Option("--student", help="Pin the student architecture instead of planning it, e.g. resnet-w8-d1.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
 TrustCodeOpt = Annotated[bool, typer.Option("--trust-recipe-code", help="Allow the recipe (or the run's saved recipe) to name code to import and run (teacher.factory). Only for recipes you trust.")]
+
+
+def _size(text: str) -> str:
+    parse_size(text)  # a malformed budget is a usage error (exit 2) before the recipe is read; the schema keeps the string
+    return text
+
+
+@dataclass(frozen=True)
+class Override:
+    """One command-line flag that overrides a recipe field: ``--budget 5MB`` sets ``budget.size``."""
+
+    name: str  # the command function's parameter
+    flags: tuple[str, ...]
+    type: type
+    help: str
+    path: str | None  # the recipe field it sets; None: resolve_recipe handles it (the data flags)
+    convert: Callable[[Any], Any] | None = None  # flag value -> recipe value (and the usage check)
+
+    def annotation(self) -> Any:
+        return Annotated[Optional[self.type], typer.Option(*self.flags, help=self.help)]
+
+
+#: Every recipe override of the CLI, in the order the commands list them. A new flag is one line here
+#: (and its name in the commands' ``@takes_overrides``).
+OVERRIDES: dict[str, Override] = {o.name: o for o in (
+    Override("budget", ("--budget",), str, "Size budget of the deployed artifact, e.g. 5MB, 200KB, 1.5MiB (kB/MB = 1000, KiB/MiB = 1024).",
+             "budget.size", _size),
+    Override("method", ("--method",), str, "prokt | kd | scratch.", "method"),
+    Override("epochs", ("--epochs",), int, "Training epochs.", "train.epochs"),
+    Override("seed", ("--seed",), int, "Random seed (data split, init, order).", "seed"),
+    Override("device", ("--device",), str, "Training device: cpu, cuda, cuda:N or auto.", "device"),
+    Override("max_train_samples", ("--max-train-samples",), int, "Use only the first N (seeded) training samples: a quick run.",
+             "data.max_train_samples"),
+    Override("data_dir", ("--data", "--data-dir"), Path,
+             "Your dataset; its kind picks data.source: a .npz file (npz), a folder of class folders (image-folder), a folder with the "
+             "Fashion-MNIST IDX .gz files (fashion-mnist), a .csv/.tsv/.jsonl file (text-file: a text task). Shape, channels and classes come from the data.",
+             None),
+    Override("data_source", ("--data-source",), str,
+             "Force data.source instead of inferring it from --data: digits, fashion-mnist, image-folder, npz, tweets or text-file.", None),
+    Override("min_steps", ("--min-steps",), int,
+             "train.min_steps: raise the epochs of a training phase until it gets at least N optimizer steps (0: off).", "train.min_steps"),
+    Override("teacher_checkpoint", ("--teacher-checkpoint",), Path, "Teacher weights (.safetensors or a state_dict).", "teacher.checkpoint", str),
+    Override("teacher_init", ("--teacher-init",), str,
+             "scratch | checkpoint | checkpoint-reset-head | pretrain (CE first in this run, then ProKT with the head reset).", "teacher.init"),
+    Override("teacher_factory", ("--teacher-factory",), str, "'module:function' returning the teacher nn.Module.", "teacher.factory"),
+    Override("student", ("--student",), str, "Pin the student architecture instead of planning it, e.g. resnet-w8-d1.", "student.arch"),
+    Override("family", ("--family",), str, "Student families to search: one (resnet), several (resnet,wide) or auto (every family for the data).",
+             "student.family", lambda text: parse_families(text)),
+    Override("target", ("--target",), str,
+             "Plan by latency too: time the fitting candidates and the teacher in onnx or openvino[:DEVICE] (recipe budget.target).", "budget.target"),
+    Override("latency_budget", ("--latency-budget",), str,
+             "Only students whose batch-1 p50 is within it, e.g. 0.2ms (recipe budget.latency; implies --target onnx).", "budget.latency"),
+)}
+#: the overrides of the training commands (distill, run)
+TRAINING = tuple(OVERRIDES)
+
+
+def takes_overrides(*names: str) -> Callable[[Callable], Callable]:
+    """Give a Typer command the override flags ``names`` (from :data:`OVERRIDES`), in place of its parameter
+    ``overrides``; the command receives ``overrides``: a dict of the given flags' values by name (None when not
+    given), for :func:`resolve_recipe`."""
+    table = [OVERRIDES[n] for n in names]
+
+    def decorate(command: Callable) -> Callable:
+        sig = inspect.signature(command, eval_str=True)
+        params = list(sig.parameters.values())
+        at = [p.name for p in params].index("overrides")
+        added = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=o.annotation()) for o in table]
+        new_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[:at]] + added + \
+                     [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[at + 1:]]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            given = {o.name: kwargs.pop(o.name) for o in table}
+            return command(**kwargs, overrides=given)
+
+        wrapper.__signature__ = sig.replace(parameters=new_params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in new_params}
+        return wrapper
+
+    return decorate
+
+
+def given_flags(overrides: dict[str, Any]) -> list[str]:
+    """The flags of the overrides that were given (for messages such as --resume's refusal)."""
+    return [OVERRIDES[n].flags[0] for n, v in overrides.items() if v is not None]
 
 
 def code_hooks(teacher_factory: str | None) -> list[str]:
@@ -56,58 +127,20 @@ def require_code_consent(hooks: list[str], trusted: bool, source: str) -> None:
                           "pass --trust-recipe-code if you trust it, or name the factory yourself with --teacher-factory")
 
 
-def resolve_recipe(
-    recipe: Path | None,
-    *,
-    budget: str | None = None,
-    method: str | None = None,
-    epochs: int | None = None,
-    seed: int | None = None,
-    device: str | None = None,
-    max_train_samples: int | None = None,
-    data_dir: Path | None = None,
-    data_source: str | None = None,
-    min_steps: int | None = None,
-    teacher_checkpoint: Path | None = None,
-    teacher_init: str | None = None,
-    teacher_factory: str | None = None,
-    student: str | None = None,
-    trust_recipe_code: bool = False,
-    family: str | None = None,
-    target: str | None = None,
-    latency_budget: str | None = None,
-) -> Recipe:
-    """Load the recipe and apply command-line overrides (flags win over the file). A recipe that names
-    code is refused unless ``trust_recipe_code`` or the code is named on the command line."""
-    if budget is not None:
-        parse_size(budget)  # a malformed budget is a usage error (exit 2), not a recipe error
+def resolve_recipe(recipe: Path | None, overrides: dict[str, Any] | None = None, *, trust_recipe_code: bool = False) -> Recipe:
+    """Load the recipe and apply the command-line ``overrides`` (by :data:`OVERRIDES` name; flags win over
+    the file). A recipe that names code is refused unless ``trust_recipe_code`` or the code is named on
+    the command line."""
+    given = {n: v for n, v in (overrides or {}).items() if v is not None}
+    values = {n: (OVERRIDES[n].convert(v) if OVERRIDES[n].convert else v) for n, v in given.items()}  # usage errors first
     base = load_recipe(recipe)
-    if data_dir is not None or data_source is not None:
-        base = with_data(base, recipe, data_dir, data_source)
-    if teacher_factory is None:
+    if "data_dir" in given or "data_source" in given:
+        base = with_data(base, recipe, given.get("data_dir"), given.get("data_source"))
+    if "teacher_factory" not in given:
         require_code_consent(code_hooks(base.teacher.factory), trust_recipe_code, f"recipe {str(recipe or DEFAULT_RECIPE)!r}")
-    init = teacher_init
-    if teacher_checkpoint is not None and init is None and base.teacher.init in ("scratch", "pretrain"):
-        init = "checkpoint"  # a given checkpoint is used as it is unless --teacher-init says otherwise
-    return apply_overrides(
-        base,
-        {
-            "budget.size": budget,
-            "method": method,
-            "train.epochs": epochs,
-            "seed": seed,
-            "device": device,
-            "data.max_train_samples": max_train_samples,
-            "train.min_steps": min_steps,
-            "teacher.checkpoint": str(teacher_checkpoint) if teacher_checkpoint is not None else None,
-            "teacher.init": init,
-            "teacher.factory": teacher_factory,
-            "student.arch": student,
-            "student.family": parse_families(family) if family is not None else None,
-            "budget.target": target,
-            "budget.latency": latency_budget,
-        },
-    )
+    if "teacher_checkpoint" in given and "teacher_init" not in given and base.teacher.init in ("scratch", "pretrain"):
+        values["teacher_init"] = "checkpoint"  # a given checkpoint is used as it is unless --teacher-init says otherwise
+    return apply_overrides(base, {OVERRIDES[n].path: v for n, v in values.items() if OVERRIDES[n].path is not None})
 
 
 def parse_families(text: str) -> str | list[str]:

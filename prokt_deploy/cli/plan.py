@@ -9,23 +9,20 @@ import typer
 from rich import box
 from rich.table import Table
 
-from prokt_deploy.api import plan as run_plan
-from prokt_deploy.budget import format_size
-from prokt_deploy.planner import parse_latency, parse_target
+from prokt_deploy.budget import format_size, parse_latency, parse_target
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import out, print_json
+from prokt_deploy.data import load_recipe_data
+from prokt_deploy.deploy.bundle import plan_bundle_writer
 from prokt_deploy.errors import UsageError
+from prokt_deploy.run.workspace import check_out_dir
+from prokt_deploy.train.planner import plan as run_plan
 
 
+@o.takes_overrides("budget", "data_dir", "data_source", "teacher_checkpoint", "teacher_factory", "student", "family")
 def plan(
     recipe: o.RecipeOpt = None,
-    budget: o.BudgetOpt = None,
-    data_dir: o.DataDirOpt = None,
-    data_source: o.DataSourceOpt = None,
-    teacher_checkpoint: o.TeacherCkptOpt = None,
-    teacher_factory: o.TeacherFactoryOpt = None,
-    student: o.StudentOpt = None,
-    family: o.FamilyOpt = None,
+    overrides: dict | None = None,
     exact: Annotated[bool, typer.Option("--exact", help="Measure every candidate's artifact, not only those needed to decide.")] = False,
     latency_budget: Annotated[Optional[str], typer.Option("--latency-budget", help="Keep only students whose batch-1 p50 in --target is within it, e.g. 0.2ms (times every fitting candidate).")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="Time the fitting candidates and the teacher in this runtime: onnx or openvino[:DEVICE] (default with --latency-budget: onnx).")] = None,
@@ -41,12 +38,15 @@ def plan(
     latency_ms = parse_latency(latency_budget) if latency_budget is not None else None
     if target is not None:
         parse_target(target)
-    r = o.resolve_recipe(recipe, budget=budget, data_dir=data_dir, data_source=data_source, teacher_checkpoint=teacher_checkpoint, teacher_factory=teacher_factory, student=student,
-                         trust_recipe_code=trust_recipe_code, family=family)
+    r = o.resolve_recipe(recipe, overrides, trust_recipe_code=trust_recipe_code)
     if bundle is not None and latencies is not None:
         raise UsageError("--bundle writes the artifacts to measure on the device and --latencies reads what was measured: use one at a time")
-    p = run_plan(r, exact=exact, target=target, latency_budget_ms=latency_ms, latencies=latencies, bundle_dir=bundle,
-                 recipe_path=str(recipe) if recipe is not None else None)
+    writer = data = None
+    if bundle is not None:
+        check_out_dir(bundle)  # before the data is loaded
+        data = load_recipe_data(r)
+        writer = plan_bundle_writer(bundle, r, data, recipe_path=str(recipe) if recipe is not None else None)
+    p = run_plan(r, data, exact=exact, target=target, latency_budget_ms=latency_ms, latencies=latencies, bundle=writer)
     if bundle is not None:
         if not as_json:
             out.print(f"plan bundle written to {bundle} (fitting candidates and the teacher, {', '.join(p.formats)}); on the device: "

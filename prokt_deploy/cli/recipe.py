@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from prokt_deploy.budget import parse_size
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out
 from prokt_deploy.cli.options import code_hooks
@@ -28,19 +27,18 @@ def check(files: Annotated[list[Path], typer.Argument(help="Recipe YAML files to
 
 
 @app.command("new")
+@o.takes_overrides("data_source", "teacher_checkpoint", "teacher_factory", "budget")
 def new(
     data: Annotated[Path, typer.Option("--data", help="Your dataset: a .npz file, a folder of class folders, a folder with the Fashion-MNIST IDX files, or a .csv/.tsv/.jsonl file.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="The recipe file to write (never overwritten).")],
-    data_source: o.DataSourceOpt = None,
-    teacher_checkpoint: o.TeacherCkptOpt = None,
-    teacher_factory: o.TeacherFactoryOpt = None,
-    budget: o.BudgetOpt = None,
+    overrides: dict | None = None,
 ) -> None:
     """Write a commented recipe for your data: the default recipe's settings with the data's source, path, shape, classes and split sizes filled in."""
     from prokt_deploy.recipe_writer import check_new_path, new_recipe, write_new
 
+    data_source, teacher_checkpoint, teacher_factory, budget = (overrides[k] for k in ("data_source", "teacher_checkpoint", "teacher_factory", "budget"))
     if budget is not None:
-        parse_size(budget)  # usage errors before the data is read
+        o.OVERRIDES["budget"].convert(budget)  # usage errors before the data is read
     check_new_path(out_file)
     r, d, text = new_recipe(data, source=data_source, teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
                             teacher_factory=teacher_factory, budget=budget)

@@ -8,19 +8,19 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from prokt_deploy.api import distill
-from prokt_deploy.benchmark import bench, check_gates, resolve_targets
+import exporters
+from prokt_deploy.bench.bench import bench, check_gates, runtime_targets
 from prokt_deploy.cli import bench as b
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, err
 from prokt_deploy.cli.train import OutOpt
 from prokt_deploy.compare import compare, parse_methods
-from prokt_deploy.deploy import export_run
+from prokt_deploy.deploy.export import export_run
 from prokt_deploy.errors import GateFailed, UsageError
-from prokt_deploy.runs import check_out_dir
+from prokt_deploy.run.workspace import check_out_dir
+from prokt_deploy.train.distill import distill
 
 STAGES = ("distill", "compare", "export", "bench")
-EXPORT_FORMATS = ("onnx", "openvino")
 
 
 class PipelineProgress(RichProgress):
@@ -34,7 +34,7 @@ class PipelineProgress(RichProgress):
         self._stages = self._display.add_task("run", total=len(STAGES), stats="")
         self._status = None
 
-    def __enter__(self) -> "PipelineProgress":
+    def __enter__(self) -> PipelineProgress:
         self._display.start()
         return self
 
@@ -75,26 +75,12 @@ class PipelineProgress(RichProgress):
         self._progress = None
 
 
+@o.takes_overrides(*o.TRAINING)
 def run(
     recipe_file: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help="Recipe YAML (the same as --recipe).", show_default=False)] = None,
     recipe: o.RecipeOpt = None,
-    budget: o.BudgetOpt = None,
-    method: o.MethodOpt = None,
-    epochs: o.EpochsOpt = None,
-    seed: o.SeedOpt = None,
+    overrides: dict | None = None,
     out_dir: OutOpt = None,
-    device: o.DeviceOpt = None,
-    max_train_samples: o.MaxTrainOpt = None,
-    data_dir: o.DataDirOpt = None,
-    data_source: o.DataSourceOpt = None,
-    min_steps: o.MinStepsOpt = None,
-    teacher_checkpoint: o.TeacherCkptOpt = None,
-    teacher_init: o.TeacherInitOpt = None,
-    teacher_factory: o.TeacherFactoryOpt = None,
-    student: o.StudentOpt = None,
-    family: o.FamilyOpt = None,
-    target: o.TargetOpt = None,
-    latency_budget: o.LatencyBudgetOpt = None,
     latencies: o.LatenciesOpt = None,
     threads: b.ThreadsOpt = b.D["threads"],
     batch: b.BatchOpt = b.D["batch"],
@@ -115,12 +101,8 @@ def run(
     """
     if recipe_file is not None and recipe is not None and recipe_file != recipe:
         raise UsageError(f"two recipes given ({recipe_file} and --recipe {recipe}); give one")
-    r = o.resolve_recipe(
-        recipe_file or recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
-        data_dir=data_dir, data_source=data_source, min_steps=min_steps, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
-        trust_recipe_code=trust_recipe_code, family=family, target=target, latency_budget=latency_budget,
-    )
-    resolve_targets(bench_device)  # an unavailable device fails now, not after training
+    r = o.resolve_recipe(recipe_file or recipe, overrides, trust_recipe_code=trust_recipe_code)
+    runtime_targets(bench_device)  # an unavailable device fails now, not after training
     b.check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
     if out_dir is not None:
         check_out_dir(out_dir)  # before the data is loaded
@@ -133,7 +115,7 @@ def run(
             compare(result.path, baselines, progress=progress, status=progress.status)
         progress.stage("export")
         try:
-            export_run(result.path, EXPORT_FORMATS, r.budget.precision, progress=progress.status)
+            export_run(result.path, list(exporters.FORMATS), r.budget.precision, progress=progress.status)
             export_failure = None
         except GateFailed as exc:  # the passed artifacts are kept and benchmarked; the report lists the others
             export_failure = exc

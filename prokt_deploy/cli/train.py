@@ -10,40 +10,26 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from prokt_deploy import distributed
-from prokt_deploy.api import distill as run_distill
-from prokt_deploy.api import load_recipe_data
-from prokt_deploy.api import plan as run_plan
-from prokt_deploy.api import train_teacher as run_train_teacher
 from prokt_deploy.budget import format_size
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, out, print_json
+from prokt_deploy.data import load_recipe_data
 from prokt_deploy.errors import TrainingError, UsageError
 from prokt_deploy.recipe import load_recipe
-from prokt_deploy.runs import check_out_dir, final_path, find_resumable
+from prokt_deploy.run.workspace import check_out_dir, final_path, find_resumable
+from prokt_deploy.train import distributed
+from prokt_deploy.train.distill import distill as run_distill
+from prokt_deploy.train.distill import train_teacher as run_train_teacher
+from prokt_deploy.train.planner import plan as run_plan
 
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create (default: runs/<time>-<recipe>-<method>).")]
 
 
+@o.takes_overrides(*o.TRAINING)
 def distill(
     recipe: o.RecipeOpt = None,
-    budget: o.BudgetOpt = None,
-    method: o.MethodOpt = None,
-    epochs: o.EpochsOpt = None,
-    seed: o.SeedOpt = None,
+    overrides: dict | None = None,
     out_dir: OutOpt = None,
-    device: o.DeviceOpt = None,
-    max_train_samples: o.MaxTrainOpt = None,
-    data_dir: o.DataDirOpt = None,
-    data_source: o.DataSourceOpt = None,
-    min_steps: o.MinStepsOpt = None,
-    teacher_checkpoint: o.TeacherCkptOpt = None,
-    teacher_init: o.TeacherInitOpt = None,
-    teacher_factory: o.TeacherFactoryOpt = None,
-    student: o.StudentOpt = None,
-    family: o.FamilyOpt = None,
-    target: o.TargetOpt = None,
-    latency_budget: o.LatencyBudgetOpt = None,
     latencies: o.LatenciesOpt = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run (its --out directory) from its checkpoint, with the recipe it was started with.")] = None,
     nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Train with DistributedDataParallel on N local processes (torchrun).")] = 1,
@@ -53,18 +39,10 @@ def distill(
     """Plan the student that fits the budget and distill the teacher into it (ProKT by default)."""
     r = None
     if resume is None:
-        r = o.resolve_recipe(
-            recipe, budget=budget, method=method, epochs=epochs, seed=seed, device=device, max_train_samples=max_train_samples,
-            data_dir=data_dir, data_source=data_source, min_steps=min_steps, teacher_checkpoint=teacher_checkpoint, teacher_init=teacher_init, teacher_factory=teacher_factory, student=student,
-            trust_recipe_code=trust_recipe_code, family=family,
-            target=target, latency_budget=latency_budget,
-        )
+        r = o.resolve_recipe(recipe, overrides, trust_recipe_code=trust_recipe_code)
     else:
-        given = {"--recipe": recipe, "--budget": budget, "--method": method, "--epochs": epochs, "--seed": seed, "--out": out_dir, "--device": device,
-                 "--max-train-samples": max_train_samples, "--data-dir": data_dir, "--teacher-checkpoint": teacher_checkpoint,
-                 "--teacher-init": teacher_init, "--teacher-factory": teacher_factory, "--student": student,
-                 "--family": family, "--latencies": latencies, "--target": target, "--latency-budget": latency_budget}
-        check_resume(resume, [k for k, v in given.items() if v is not None], trust_recipe_code)
+        given = {"--recipe": recipe, "--out": out_dir, "--latencies": latencies}
+        check_resume(resume, [k for k, v in given.items() if v is not None] + o.given_flags(overrides), trust_recipe_code)
     if nproc_per_node > 1 and not distributed.launched_by_torchrun():
         _launch_distributed(r, nproc_per_node, out_dir)
         return
@@ -162,22 +140,17 @@ def print_summary(s: dict) -> None:
     out.print(table)
 
 
+@o.takes_overrides("epochs", "seed", "device", "max_train_samples", "data_dir", "data_source", "min_steps")
 def train_teacher(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory to create for the teacher.")],
     recipe: o.RecipeOpt = None,
-    epochs: o.EpochsOpt = None,
-    seed: o.SeedOpt = None,
-    device: o.DeviceOpt = None,
-    max_train_samples: o.MaxTrainOpt = None,
-    data_dir: o.DataDirOpt = None,
+    overrides: dict | None = None,
     trust_recipe_code: o.TrustCodeOpt = False,
-    data_source: o.DataSourceOpt = None,
-    min_steps: o.MinStepsOpt = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Train a converged teacher with cross-entropy (for `--method kd` or a ProKT warm start)."""
-    r = o.resolve_recipe(recipe, seed=seed, device=device, max_train_samples=max_train_samples, data_dir=data_dir, data_source=data_source, min_steps=min_steps,
-                         trust_recipe_code=trust_recipe_code)
+    epochs = overrides.pop("epochs")  # the teacher's epochs (teacher.epochs), not the student's
+    r = o.resolve_recipe(recipe, overrides, trust_recipe_code=trust_recipe_code)
     if epochs is not None:
         r = r.model_copy(update={"teacher": r.teacher.model_copy(update={"epochs": epochs})})
     result = run_train_teacher(r, out=out_dir, progress=RichProgress())

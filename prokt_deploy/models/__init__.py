@@ -8,6 +8,12 @@ the student candidates it offers to the planner. Adding a family is one module a
 ``@register_family`` decorator.
 """
 
+from prokt_deploy.models import cnn as _cnn  # noqa: F401  (registers the family)
+from prokt_deploy.models import external as _external  # noqa: F401
+from prokt_deploy.models import resnet as _resnet  # noqa: F401
+from prokt_deploy.models import text as _text  # noqa: F401
+from prokt_deploy.models import vgg as _vgg  # noqa: F401
+from prokt_deploy.models import wide as _wide  # noqa: F401
 from prokt_deploy.models.registry import (
     Family,
     classifier_head,
@@ -20,12 +26,6 @@ from prokt_deploy.models.registry import (
     student_families,
     zero_init_head,
 )
-from prokt_deploy.models import cnn as _cnn  # noqa: F401  (registers the family)
-from prokt_deploy.models import resnet as _resnet  # noqa: F401
-from prokt_deploy.models import text as _text  # noqa: F401
-from prokt_deploy.models import vgg as _vgg  # noqa: F401
-from prokt_deploy.models import external as _external  # noqa: F401
-from prokt_deploy.models import wide as _wide  # noqa: F401
 
 __all__ = [
     "Family",

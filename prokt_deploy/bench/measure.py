@@ -4,7 +4,7 @@ Standalone on purpose: only the standard library and numpy are imported at modul
 runtime (onnxruntime, openvino; torch for the host's PyTorch rows) only inside the engine that uses
 it. The same file serves two callers, so host and board are measured the same way:
 
-- ``prokt-deploy bench`` (:mod:`prokt_deploy.benchmark`) calls :func:`measure` on the host;
+- ``prokt-deploy bench`` (:mod:`prokt_deploy.bench.bench`) calls :func:`measure` on the host;
 - ``prokt-deploy bundle`` copies it into a bundle as ``bench_bundle.py`` (with ``fingerprint.py``);
   ``python bench_bundle.py`` then measures the bundle's artifacts on a board that has numpy and a
   runtime only, and writes a JSON that ``prokt-deploy bench RUN --merge`` adds to the report.
@@ -57,7 +57,7 @@ __all__ = [
     "artifact_engine",
     "bench_bundle",
     "measure",
-    "resolve_device",
+    "runtime_targets",
     "summarize",
 ]
 
@@ -197,12 +197,12 @@ class OpenVINOEngine:
 
 
 class TorchEngine:
-    """A run's PyTorch model (host only: needs torch and prokt_deploy), eval mode, no autograd."""
+    """A PyTorch model (host only), eval mode, no autograd. The spec names its ``loader`` (``"module:function"``,
+    called as ``function(spec["run"], spec["model"])`` and returning the nn.Module): this module imports nothing
+    of the project that made the model (prokt-deploy's bench names ``prokt_deploy.run.reader:load_model``)."""
 
     def __init__(self, spec: dict, threads: int) -> None:
         import torch
-
-        from prokt_deploy.benchmark import load_run_model
 
         torch.set_num_threads(threads)
         try:
@@ -211,7 +211,7 @@ class TorchEngine:
             pass
         torch.set_grad_enabled(False)  # this process only ever runs inference
         self._torch = torch
-        self._model = load_run_model(Path(spec["run"]), spec["model"]).eval()
+        self._model = _loader(spec)(spec["run"], spec["model"]).eval()
         self._x = None
         self.runtime = f"torch {torch.__version__.split('+')[0]}"
         self.device = "cpu"
@@ -227,11 +227,16 @@ class TorchEngine:
         self._model(self._x)
 
 
+def _loader(spec: dict) -> Callable:
+    module, _, name = str(spec["loader"]).partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 ENGINES: dict[str, tuple[type, tuple[str, ...]]] = {
     # runtime -> (engine class, modules to import before the load is timed)
     "onnxruntime": (OrtEngine, ("onnxruntime",)),
     "openvino": (OpenVINOEngine, ("openvino",)),
-    "torch": (TorchEngine, ("torch", "prokt_deploy.benchmark")),
+    "torch": (TorchEngine, ("torch",)),  # and the spec's loader module, imported in `load` before the timed part
 }
 
 
@@ -262,7 +267,7 @@ def available_devices() -> dict[str, list[str]]:
     return out
 
 
-def resolve_device(device: str) -> dict:
+def runtime_targets(device: str) -> dict:
     """Map ``--device`` (CPU, GPU, NPU, AUTO or an OpenVINO id such as GPU.1) to each runtime.
 
     Returns ``{"openvino": device, "onnxruntime": [providers], "fallbacks": [notes]}``. A runtime that
@@ -369,6 +374,8 @@ class _Served:
             # text: the timed inputs are cut to a realistic length (the caller's choice), not max_length
             self.x_time = np.ascontiguousarray(f["x_time"], dtype=np.int64) if "x_time" in f.files else self.x
         self.prepare(engine["runtime"])  # a no-op after `prepare`: the import is never part of load_s
+        if "loader" in engine:
+            _loader(engine)  # nor the import of a PyTorch model's loader
         gc.collect()
         self.rss_before = _proc_status("VmRSS") or _peak_rss()
         _reset_peak_rss()
@@ -588,6 +595,26 @@ def measure(
             w.close()
 
 
+def read_results(path: Path) -> dict:
+    """A ``bench_bundle.py`` result file (what :func:`main` writes), checked enough to merge or plan from safely;
+    MeasureError with one line otherwise."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise MeasureError(f"cannot read device results {str(path)!r}: {exc}") from None
+    if not isinstance(data, dict) or data.get("kind") != RESULTS_KIND:
+        raise MeasureError(f"{path} is not a device result file (write it with 'python bench_bundle.py' in a bundle)")
+    if data.get("schema_version") != RESULTS_SCHEMA_VERSION:
+        raise MeasureError(f"{path} has schema_version {data.get('schema_version')!r}; this version reads {RESULTS_SCHEMA_VERSION}")
+    for row in data.get("rows", []):
+        missing = [k for k in ("id", "model", "format", "precision", "test_accuracy", "latency_ms", "batch_latency_ms") if k not in row]
+        if missing:
+            raise MeasureError(f"{path}: a row lacks {', '.join(missing)}")
+    if "id" not in data.get("fingerprint", {}):
+        raise MeasureError(f"{path}: no device fingerprint")
+    return data
+
+
 def measure_steps(n_engines: int, repeats: int, *, accuracy: bool = True) -> int:
     """How many times :func:`measure` calls its ``progress`` (``accuracy``: some engine measures it)."""
     return n_engines * (1 + repeats) + int(accuracy)
@@ -602,7 +629,7 @@ def bench_bundle(bundle: Path, *, device: str = "CPU", **settings: int) -> dict:
 
     spec = json.loads((bundle / BUNDLE_SPEC).read_text())
     settings = {**DEFAULTS, **spec.get("settings", {}), **{k: v for k, v in settings.items() if v is not None}}
-    targets = resolve_device(device)
+    targets = runtime_targets(device)
     rows, engines, skipped = [], [], []
     for art in spec["artifacts"]:
         runtime = RUNTIME_OF_FORMAT.get(art["format"], art["format"])

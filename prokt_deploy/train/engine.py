@@ -19,20 +19,21 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prokt_deploy.augment import step_generator
 from prokt_deploy.data import DataBundle, Split, trim_padding
-from prokt_deploy.distributed import all_ok, is_main, shard, sum_metrics, unwrap
 from prokt_deploy.errors import TrainingError
-from prokt_deploy.losses import kd_loss, kl_to_target, prokt_constrained_teacher_loss, prokt_student_loss, prokt_teacher_loss
 from prokt_deploy.recipe import KDConfig, OptimizerConfig, ProktConfig
+from prokt_deploy.train.augment import step_generator
+from prokt_deploy.train.distributed import all_ok, is_main, shard, sum_metrics, unwrap
+from prokt_deploy.train.losses import kd_loss, kl_to_target, prokt_constrained_teacher_loss, prokt_student_loss, prokt_teacher_loss
 
 log = logging.getLogger("prokt_deploy")
 
@@ -66,7 +67,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
+def torch_device(name: str) -> torch.device:
     """'cpu', 'cuda', 'cuda:1' or 'auto' (CUDA when present, else CPU)."""
     from prokt_deploy.errors import UsageError
 

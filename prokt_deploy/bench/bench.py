@@ -26,29 +26,28 @@ Accuracy is a property of an artifact, not of a timing round: it is measured onc
 where the manifest already records it on the same test split (the export gates, the PyTorch models'
 test accuracy after training, the teacher int8 gate), reused instead of measured again.
 
-Each row is measured in its own worker process (see :mod:`prokt_deploy.measure` for how), the int8
-rows are compared with their fp32 counterparts (:mod:`prokt_deploy.int8_diagnosis`), the fastest
+Each row is measured in its own worker process (see :mod:`prokt_deploy.bench.measure` for how), the int8
+rows are compared with their fp32 counterparts (:mod:`prokt_deploy.bench.int8_diagnosis`), the fastest
 artifact that passes the accuracy gate is recommended, the gates are checked against it, and the
 report is written to ``report.json``, ``report.md`` and ``report.html`` in the run directory
-(:mod:`prokt_deploy.report`).
+(:mod:`prokt_deploy.bench.report`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from prokt_deploy import int8_diagnosis, measure, report
-from prokt_deploy.errors import BenchError, BenchGateFailed, ExportFailed, RunError, UsageError
-from prokt_deploy.fingerprint import fingerprint
-from prokt_deploy.runs import filesystem_cause, read_manifest, resolve_run, run_lock
+from prokt_deploy.bench import int8_diagnosis, measure, report
+from prokt_deploy.bench.fingerprint import fingerprint
+from prokt_deploy.deploy.references import INT8_FORMATS, ensure_fp32_export, ensure_int8_export
+from prokt_deploy.errors import BenchError, BenchGateFailed, RunError, UsageError
+from prokt_deploy.run.reader import FinishedRun, open_run
+from prokt_deploy.run.workspace import resolve_run, run_lock
 
 BASELINE = "teacher/onnx/fp32"
 BASELINE_PYTORCH = "teacher/pytorch/fp32"
@@ -56,146 +55,24 @@ BASELINE_PYTORCH = "teacher/pytorch/fp32"
 Progress = Callable[[str], None]
 
 
-def load_run_model(run: Path, which: str):  # noqa: ANN201 - torch.nn.Module (torch is imported lazily)
-    """The run's ``"teacher"`` or ``"student"`` as a PyTorch module in eval mode, with its weights."""
-    from prokt_deploy.checkpoint import build_from_factory, load_weights
-    from prokt_deploy.models import create_model
-
-    manifest = read_manifest(run)
-    spec = manifest[which]
-    if not spec.get("weights"):
-        raise RunError(f"{run} has no {which} weights (method {manifest.get('method')!r} does not keep a {which})")
-    from prokt_deploy.data import model_kwargs
-
-    kwargs = {"num_classes": len(manifest["classes"]), **model_kwargs(manifest["input"])}
-    model = build_from_factory(spec["factory"], **kwargs) if spec.get("factory") else create_model(spec["arch"], **kwargs)
-    load_weights(model, run / spec["weights"])
-    return model.eval()
-
-
-def ensure_fp32_export(run: Path, which: str, fmt: str, example: np.ndarray) -> list[Path]:
-    """``<run>/artifacts/<which>-<fmt>-fp32/``, exported once and reused by later benches."""
-    out = run / "artifacts" / f"{which}-{fmt}-fp32"
-    expected = [out / "model.onnx"] if fmt == "onnx" else [out / "model.xml", out / "model.bin"]
-    if all(f.is_file() for f in expected):
-        return expected
-    import torch
-
-    import exporters
-
-    model = load_run_model(run, which)
-    out.parent.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))  # never a half-written export in place
-    try:
-        try:
-            artifact = exporters.export(model, fmt, "fp32", staging, example_input=torch.from_numpy(example[:2]))
-        except (exporters.ExportError, RuntimeError, OSError) as exc:
-            cause = filesystem_cause(exc, staging)
-            if cause is not None:
-                raise cause from None
-            raise ExportFailed(f"could not export the {which} to {fmt} fp32 for the benchmark: {exc}") from None
-        os.chmod(staging, 0o755)
-        if out.exists():  # an incomplete earlier export (or one written since by another bench)
-            if all(f.is_file() for f in expected):
-                return expected
-            shutil.rmtree(out)
-        os.rename(staging, out)
-        return [out / f.name for f in artifact.files]
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-GATE_RECORD = "gate.json"
-DEFAULT_CALIBRATION_SAMPLES = 300  # as prokt_deploy.deploy (not imported: it imports torch at module level)
-DEFAULT_MAX_ACCURACY_DROP = 1.0
-
-
-def int8_settings(manifest: dict) -> tuple[int, float]:
-    """Calibration samples and accuracy gate (points) of the student's int8 export, else the export defaults:
-    the teacher's int8 is made exactly as the student's was."""
-    records = [a for a in manifest.get("artifacts", []) if a.get("precision") == "int8"]
-    calibration = next((int(a["calibration_samples"]) for a in records if a.get("calibration_samples")), DEFAULT_CALIBRATION_SAMPLES)
-    drop = next((float(a["max_accuracy_drop"]) for a in records if a.get("max_accuracy_drop") is not None), DEFAULT_MAX_ACCURACY_DROP)
-    return calibration, drop
-
-
-def ensure_int8_export(run: Path, which: str, fmt: str, data, *, calibration_samples: int, max_accuracy_drop: float,  # noqa: ANN001 - DataBundle
-                       budget_bytes: int | None, progress: Progress, cache: dict | None = None) -> dict:
-    """``<run>/artifacts/<which>-<fmt>-int8/``: the model exported to int8 with the exporters the student
-    uses, calibrated on the first ``calibration_samples`` training samples, and gated like the student's
-    int8 (accuracy drop against the same model in PyTorch on the test split <= ``max_accuracy_drop``).
-
-    Returns the gate record (also written to ``gate.json`` in that directory, and reused by later benches
-    and bundles while the settings are the same): ``files`` (relative to the run; empty when it failed),
-    ``bytes``, ``test_accuracy``, ``reference_accuracy``, ``accuracy_drop``, ``test_samples``,
-    ``within_budget``, ``budget_bytes``, ``passed``, ``failures``. An export error is a failed record, not
-    an exception: a baseline that cannot be made must not stop the benchmark.
-
-    ``cache``: a dict shared by the calls for one model's formats (one dict per model); the model and its PyTorch test logits
-    (the gate's reference) are loaded and computed once into it, not once per format.
-    """
-    out = run / "artifacts" / f"{which}-{fmt}-int8"
-    wanted = {"calibration_samples": calibration_samples, "max_accuracy_drop": max_accuracy_drop, "test_samples": len(data.test)}
-    try:
-        record = json.loads((out / GATE_RECORD).read_text())
-        if {k: record.get(k) for k in wanted} == wanted and all((run / f).is_file() for f in record["files"]):
-            return {**record, "budget_bytes": budget_bytes, "within_budget": None if budget_bytes is None else record["bytes"] <= budget_bytes}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    import exporters
-
-    progress(f"exporting the {which} to {fmt} int8 (calibrating on {calibration_samples} training samples, gate {max_accuracy_drop:g} points)")
-    cache = {} if cache is None else cache
-    if "model" not in cache:
-        cache["model"] = load_run_model(run, which)
-    model = cache["model"]
-    root = run / "artifacts"
-    root.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{out.name}.partial-"))
-    os.chmod(staging, 0o755)
-    record = {**wanted, "format": fmt, "precision": "int8", "files": [], "bytes": None, "test_accuracy": None, "reference_accuracy": None,
-              "accuracy_drop": None, "passed": False, "failures": []}
-    try:
-        try:
-            artifact = exporters.export(model, fmt, "int8", staging, example_input=data.train.x[:2],
-                                        calibration=data.train.x[:calibration_samples].numpy())
-            # text in length-sorted batches cut to their longest sample: the project's text models (MiniLM,
-            # the tfm students) mask their padding, so the logits are the same and MiniLM's gate costs about half
-            if "logits" not in cache:
-                progress(f"running the {which} in PyTorch on the {len(data.test)} test samples (the int8 gates' reference, once)")
-                cache["logits"] = exporters.reference_logits(model, data.test.x.numpy(), trim_padding=True)
-            report = exporters.validate(exporters.load(artifact, fmt), None, data.test.x.numpy(), data.test.y.numpy(), tolerance=None,
-                                        max_accuracy_drop=max_accuracy_drop, reference_outputs=cache["logits"], trim_padding=True)
-            record.update(bytes=artifact.bytes, test_accuracy=round(report.test_accuracy, 6), reference_accuracy=round(report.reference_accuracy, 6),
-                          accuracy_drop=round(report.accuracy_drop, 4), passed=report.passed, failures=list(report.failures),
-                          files=[str((out / f.name).relative_to(run)) for f in artifact.files] if report.passed else [])
-        except exporters.ExportError as exc:
-            record["failures"] = [f"export failed: {exc}"]
-        if not record["passed"]:
-            for f in list(staging.iterdir()):
-                f.unlink()
-        (staging / GATE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {**record, "budget_bytes": budget_bytes, "within_budget": None if budget_bytes is None or record["bytes"] is None else record["bytes"] <= budget_bytes}
-
-
 def _main_file(files: list[Path]) -> Path:
     return next(f for f in files if f.suffix in (".onnx", ".xml"))
 
 
-def _rows_to_measure(run: Path, manifest: dict, data, targets: dict, progress: Progress) -> tuple[list[dict], list[dict]]:  # noqa: ANN001
+#: the loader bench's PyTorch rows name (the worker imports it; bench.measure itself imports nothing of the project)
+TORCH_LOADER = "prokt_deploy.run.reader:load_model"
+
+
+def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress) -> tuple[list[dict], list[dict]]:  # noqa: ANN001
     """The rows of the report, each with the worker spec (``engine``) that measures it, and the teacher
     int8 artifacts that missed their gate (``not_benchmarked`` entries)."""
+    run, manifest = fr.path, fr.manifest
     rows: list[dict] = []
     failed: list[dict] = []
     x = data.test.x.numpy()
     n_test = len(data.test)
-    budget = manifest.get("budget_bytes")
-    metrics = manifest.get("metrics") or {}
+    budget = manifest.budget_bytes
+    metrics = manifest.metrics
 
     def known(accuracy: float | None) -> dict:
         """An accuracy already measured on this test split: the worker does not measure it again."""
@@ -207,7 +84,7 @@ def _rows_to_measure(run: Path, manifest: dict, data, targets: dict, progress: P
                      "files": [str(f.relative_to(run)) for f in files], "bytes": sum(f.stat().st_size for f in files),
                      "engine": {"id": row_id, **engine}, **extra})
 
-    artifacts = [a for a in manifest.get("artifacts", []) if a.get("passed")]
+    artifacts = manifest.passed_artifacts()
     missing = [f for a in artifacts for f in a["files"] if not (run / f).is_file()]
     if missing:
         raise RunError(f"artifact file {missing[0]!r} listed in {run / 'manifest.json'} is missing; export again")
@@ -215,16 +92,16 @@ def _rows_to_measure(run: Path, manifest: dict, data, targets: dict, progress: P
         size = sum(f.stat().st_size for f in files)
         return {"within_budget": None if budget is None else size <= budget, "budget_bytes": budget}
 
-    if manifest["teacher"].get("weights"):
-        add("teacher", "pytorch", "fp32", "reference", [run / manifest["teacher"]["weights"]],
-            {"runtime": "torch", "run": str(run), "model": "teacher", **known(metrics.get("teacher_test_accuracy"))})
+    if manifest.teacher.weights:
+        add("teacher", "pytorch", "fp32", "reference", [run / manifest.teacher.weights],
+            {"runtime": "torch", "loader": TORCH_LOADER, "run": str(run), "model": "teacher", **known(metrics.get("teacher_test_accuracy"))})
         progress("exporting the teacher to ONNX fp32 (the baseline)")
-        files = ensure_fp32_export(run, "teacher", "onnx", x)
+        files = ensure_fp32_export(fr, "teacher", "onnx", x)
         add("teacher", "onnx", "fp32", "reference", files, measure.artifact_engine("onnx", _main_file(files), targets), **fits(files))
-        calibration, max_drop = int8_settings(manifest)
+        calibration, max_drop = manifest.int8_settings()
         teacher_cache: dict = {}
         for fmt in sorted({a["format"] for a in artifacts} & set(INT8_FORMATS)):
-            gate = ensure_int8_export(run, "teacher", fmt, data, calibration_samples=calibration, max_accuracy_drop=max_drop,
+            gate = ensure_int8_export(fr, "teacher", fmt, data, calibration_samples=calibration, max_accuracy_drop=max_drop,
                                       budget_bytes=budget, progress=progress, cache=teacher_cache)
             if not gate["passed"]:
                 failed.append({"id": f"teacher/{fmt}/int8", "format": fmt, "precision": "int8", "failures": gate["failures"]})
@@ -233,12 +110,12 @@ def _rows_to_measure(run: Path, manifest: dict, data, targets: dict, progress: P
             add("teacher", fmt, "int8", "reference", files,
                 {**measure.artifact_engine(fmt, _main_file(files), targets), **known(gate["test_accuracy"])},
                 within_budget=gate["within_budget"], budget_bytes=budget)
-    add("student", "pytorch", "fp32", "reference", [run / manifest["student"]["weights"]],
-        {"runtime": "torch", "run": str(run), "model": "student", **known(metrics.get("student_test_accuracy"))})
+    add("student", "pytorch", "fp32", "reference", [run / manifest.student.weights],
+        {"runtime": "torch", "loader": TORCH_LOADER, "run": str(run), "model": "student", **known(metrics.get("student_test_accuracy"))})
     have_fp32 = {a["format"] for a in artifacts if a["precision"] == "fp32"}
     for fmt in sorted({a["format"] for a in artifacts if a["precision"] == "int8"} - have_fp32):
         progress(f"exporting the student to {fmt} fp32 (the int8 counterpart)")
-        files = ensure_fp32_export(run, "student", fmt, x)
+        files = ensure_fp32_export(fr, "student", fmt, x)
         add("student", fmt, "fp32", "reference", files, measure.artifact_engine(fmt, _main_file(files), targets), **fits(files))
     for a in artifacts:
         files = [run / f for f in a["files"]]
@@ -261,7 +138,6 @@ def relative_to_baseline(rows: list[dict], baseline_id: str) -> None:
 
 
 #: Formats that have an int8 precision (the teacher's own int8 baselines are made in these).
-INT8_FORMATS = ("onnx", "openvino")
 
 
 def deployable(row: dict) -> bool:
@@ -358,11 +234,11 @@ def check_gates(rep: dict) -> None:
         raise BenchGateFailed(f"benchmark gate missed: {'; '.join(missed)} (report: {Path(rep['run']) / report.REPORT_MD})")
 
 
-def resolve_targets(device: str) -> dict:
-    """What ``device`` means for each runtime (:func:`prokt_deploy.measure.resolve_device`); an
+def runtime_targets(device: str) -> dict:
+    """What ``device`` means for each runtime (:func:`prokt_deploy.bench.measure.runtime_targets`); an
     unavailable device is a usage error (exit 2) that lists the available ones."""
     try:
-        return measure.resolve_device(device)
+        return measure.runtime_targets(device)
     except measure.DeviceUnavailable as exc:
         raise UsageError(str(exc)) from None
 
@@ -395,21 +271,16 @@ def bench(
     ``max_accuracy_drop`` is in percentage points of test accuracy below the teacher; ``min_speedup``
     is the recommended artifact's batch-1 speed-up over the teacher's ONNX fp32 baseline.
     """
-    from prokt_deploy.api import load_recipe_data
-    from prokt_deploy.recipe import load_recipe
-
     progress = progress or (lambda text: None)
     settings = {"threads": threads, "batch": batch, "runs": runs, "warmup": warmup, "repeats": repeats}
     _validate_settings(settings)
-    run = resolve_run(run)
-    manifest = read_manifest(run)
-    if manifest.get("kind") != "distill":
-        raise RunError(f"{run} is not a distill run (kind {manifest.get('kind')!r}); bench a directory written by 'prokt-deploy distill' or 'run'")
-    targets = resolve_targets(device)
+    fr = open_run(run)
+    run, manifest = fr.path, fr.manifest
+    targets = runtime_targets(device)
     progress("loading the test split")
-    data = load_recipe_data(load_recipe(run / "recipe.yaml"))
+    data = fr.data()
     x, y = data.test.x.numpy(), data.test.y.numpy()
-    rows, teacher_failed = _rows_to_measure(run, manifest, data, targets, progress)
+    rows, teacher_failed = _rows_to_measure(fr, data, targets, progress)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prokt-bench-") as tmp:
         test_npz = Path(tmp) / "test.npz"
@@ -436,22 +307,22 @@ def bench(
     settings.update({"device": device, "fallbacks": targets["fallbacks"], "baseline": BASELINE, "accuracy_split": "test",
                      "measure_s": round(time.perf_counter() - started, 2), "faster_threshold": int8_diagnosis.FASTER})
     progress("explaining int8 vs fp32")
-    findings = _int8_findings(run, rows, manifest, fp, settings, targets)
+    findings = _int8_findings(run, rows, manifest.student.macs, fp, settings, targets)
     recommendation = recommend(rows, max_accuracy_drop, findings)
     gates = evaluate_gates(rows, recommendation, max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup)
     not_benchmarked = [{"id": f"student/{a['format']}/{a['precision']}", "format": a["format"], "precision": a["precision"], "failures": a.get("failures", [])}
-                       for a in manifest.get("artifacts", []) if not a.get("passed")] + teacher_failed
+                       for a in manifest.artifacts if not a.get("passed")] + teacher_failed
     rep = report.new_report(run, manifest, fingerprint=fp, settings=settings, rows=rows, int8=findings, recommendation=recommendation,
                             gates=gates, not_benchmarked=not_benchmarked)
     rep["versus_teacher"] = versus_teacher(rows, recommendation)
     progress("per-class accuracy of the recommended artifact and the teacher")
-    rep["per_class"] = per_class_accuracy(run, rows, recommendation, data, threads, predictions)
+    rep["per_class"] = per_class_accuracy(fr, rows, recommendation, data, threads, predictions)
     with run_lock(run):  # not in the middle of a --merge's read-modify-write
         report.write_reports(run, rep)
     return rep
 
 
-def per_class_accuracy(run: Path, rows: list[dict], recommendation: dict | None, data, threads: int,  # noqa: ANN001
+def per_class_accuracy(fr: FinishedRun, rows: list[dict], recommendation: dict | None, data, threads: int,  # noqa: ANN001
                        predictions: dict[str, np.ndarray] | None = None) -> dict | None:
     """Test accuracy per class of the recommended artifact (in its runtime, or the PyTorch student) and of the
     teacher (its ONNX fp32 file, the bench baseline, else the PyTorch teacher): where the lost points go.
@@ -460,6 +331,7 @@ def per_class_accuracy(run: Path, rows: list[dict], recommendation: dict | None,
 
     if recommendation is None:
         return None
+    run = fr.path
     by_id = {r["id"]: r for r in rows}
     x, y = data.test.x.numpy(), data.test.y.numpy()
 
@@ -472,7 +344,7 @@ def per_class_accuracy(run: Path, rows: list[dict], recommendation: dict | None,
     def torch_predictions(which: str) -> np.ndarray:
         import torch
 
-        model = load_run_model(run, which)
+        model = fr.model(which)
         with torch.no_grad():
             return np.concatenate([model(torch.from_numpy(x[i : i + 256])).argmax(1).numpy() for i in range(0, len(x), 256)])
 
@@ -483,7 +355,7 @@ def per_class_accuracy(run: Path, rows: list[dict], recommendation: dict | None,
     base = by_id.get(BASELINE)
     if base is not None and base.get("files"):
         teacher, source = file_predictions(base), BASELINE
-    elif read_manifest(run)["teacher"].get("weights"):
+    elif fr.manifest.teacher.weights:
         teacher, source = torch_predictions("teacher"), "teacher/pytorch"
     else:
         teacher, source = None, "none"
@@ -497,7 +369,7 @@ def per_class_accuracy(run: Path, rows: list[dict], recommendation: dict | None,
             "artifact_accuracy": per_class(student), "teacher": per_class(teacher) if teacher is not None else [None] * len(classes)}
 
 
-def _int8_findings(run: Path, rows: list[dict], manifest: dict, fp: dict, settings: dict, targets: dict) -> list[dict]:
+def _int8_findings(run: Path, rows: list[dict], macs: int | None, fp: dict, settings: dict, targets: dict) -> list[dict]:
     by_id = {r["id"]: r for r in rows}
     findings = []
     for row in rows:
@@ -509,8 +381,16 @@ def _int8_findings(run: Path, rows: list[dict], manifest: dict, fp: dict, settin
         graphs = [int8_diagnosis.executed_graph(r["format"], _main_file([run / f for f in r["files"]]), targets=targets, threads=settings["threads"])
                   for r in (row, counterpart)]
         findings.append(int8_diagnosis.explain(row, counterpart, graph=graphs[0], fp32_graph=graphs[1], fingerprint=fp, settings=settings,
-                                               macs=manifest["student"].get("macs")))
+                                               macs=macs))
     return findings
+
+
+def read_device_results(path: Path) -> dict:
+    """A ``bench_bundle.py`` result file, checked enough to merge safely (BenchError, exit 12, otherwise)."""
+    try:
+        return measure.read_results(path)
+    except measure.MeasureError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def merge_device_results(run: str | Path | None, files: list[Path]) -> dict:
@@ -518,7 +398,7 @@ def merge_device_results(run: str | Path | None, files: list[Path]) -> dict:
     the same device) and rewrite the reports. The host rows are not measured again."""
     run = resolve_run(run)
     report.read_report(run)  # no report: refused before the result files are read
-    results = [report.read_device_results(f) for f in files]  # every file checked before anything is written
+    results = [read_device_results(f) for f in files]  # every file checked before anything is written
     with run_lock(run):  # read-modify-write: another merge or bench must not be lost
         rep = report.read_report(run)
         for data in results:

@@ -3,7 +3,7 @@
 One module-scoped run is distilled on recipes/digits.yaml (student pinned to keep planning short,
 planned against both formats at 40 kB so both int8 artifacts can fit). The tests that make an export
 fail work on copies of it, so the shared run's manifest only ever holds passing artifacts.
-tests/test_exporters.py covers the exporters on a hand-written CNN (every format x precision, file
+tests/test_exporters_image.py covers the exporters on a hand-written CNN (every format x precision, file
 layout, fallbacks); this file adds the registered student families, the run workflow and the CLI.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RECIPES
 
 import exporters
-from conftest import RECIPES
 from prokt_deploy import apply_overrides, distill, export_run, load_recipe
 from prokt_deploy.data import load_data
 from prokt_deploy.errors import ExportFailed, GateFailed, UsageError
@@ -219,7 +219,7 @@ def test_int8_onnx_runs_in_int8_in_onnxruntime(arch: str, digits_arrays, single_
     dropped): the generic copy the size measurement uses.
     """
     from exporters.size import generic_copy
-    from prokt_deploy.int8_diagnosis import onnxruntime_executed_graph
+    from prokt_deploy.bench.int8_diagnosis import onnxruntime_executed_graph
 
     x_train = digits_arrays[0]
     model = _PooledTeacher() if arch == "pooled-teacher" else create_model(arch, num_classes=10, in_channels=1)

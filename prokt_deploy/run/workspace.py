@@ -1,7 +1,7 @@
 """Run directories: created under a temporary name, moved into place only when complete.
 
 A run directory holds ``student.safetensors``, ``teacher.safetensors``, ``recipe.yaml`` (the
-resolved recipe), ``log.txt`` and ``manifest.json`` (schema in the README). ``runs/latest`` is
+resolved recipe), ``log.txt`` and ``manifest.json`` (schema in docs/manifest.md). ``runs/latest`` is
 a symlink to the most recent completed run.
 """
 
@@ -14,9 +14,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from prokt_deploy.errors import RunError
 
@@ -200,7 +200,7 @@ class RunWorkspace:
         self.path = partial_path(final)
         self._lock_fd: int | None = None
 
-    def open(self, *, resume: bool) -> "RunWorkspace":
+    def open(self, *, resume: bool) -> RunWorkspace:
         if resume:
             if not self.path.is_dir():
                 raise RunError(f"no unfinished run at {str(self.path)!r}")

@@ -1,6 +1,9 @@
-"""The library's public functions: ``plan``, ``distill``, ``train_teacher``.
+"""``distill`` and ``train_teacher``: train a run's models and write its directory.
 
-The CLI only parses arguments and calls these.
+``distill`` reads top to bottom: :func:`_prepare` (a new or resumed run: recipe, data, teacher, plan,
+student; every check before anything is written), :func:`_train_phases` (the teacher's CE phase when the
+method needs one, then the method), :func:`_write_run` (scores, weights, manifest), :func:`_finish` (the
+directory moved into place). :func:`_keeping_the_checkpoint` is what happens on every way it can stop.
 """
 
 from __future__ import annotations
@@ -8,23 +11,21 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from prokt_deploy import distributed, engine
-from prokt_deploy.budget import parse_size
-from prokt_deploy.checkpoint import build_from_factory, load_weights, save_weights
-from prokt_deploy.data import DataBundle, load_data
-from prokt_deploy.errors import InterruptedRun, ModelError, RecipeError, RunError, TrainingError
+from prokt_deploy.data import DataBundle, load_recipe_data
+from prokt_deploy.errors import InterruptedRun, RecipeError, RunError, TrainingError
 from prokt_deploy.models import count_params, create_model, zero_init_head
-from prokt_deploy.models.external import check_teacher_output, is_external
-from prokt_deploy.planner import Plan, plan_student
 from prokt_deploy.recipe import Recipe, dump_recipe, load_recipe
-from prokt_deploy.runs import (
+from prokt_deploy.run.checkpoint import save_weights
+from prokt_deploy.run.workspace import (
     CHECKPOINT,
     DEFAULT_RUNS_ROOT,
     MANIFEST,
@@ -40,6 +41,9 @@ from prokt_deploy.runs import (
     write_json_atomic,
     write_text_atomic,
 )
+from prokt_deploy.train import distributed, engine
+from prokt_deploy.train.build import build_teacher, student_zero_head
+from prokt_deploy.train.planner import Plan, plan
 
 log = logging.getLogger("prokt_deploy")
 MANIFEST_SCHEMA_VERSION = 1
@@ -61,113 +65,8 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def load_recipe_data(recipe: Recipe) -> DataBundle:
-    d = recipe.data
-    return load_data(
-        d.source,
-        path=d.path,
-        seed=recipe.seed if d.split_seed is None else d.split_seed,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        max_train_samples=d.max_train_samples,
-        image_size=d.image_size,
-        channels=d.channels,
-        text=text_options(recipe),
-    )
-
-
-def text_options(recipe: Recipe) -> dict | None:
-    """Tokenizer and columns for text data; the tokenizer defaults to the hf: teacher's own."""
-    d = recipe.data
-    if recipe.task != "text-classification":
-        return None
-    tokenizer = d.tokenizer or (recipe.teacher.arch[3:] if recipe.teacher.arch.startswith("hf:") else None)
-    return {"tokenizer": tokenizer, "max_length": d.max_length, "text_column": d.text_column, "label_column": d.label_column}
-
-
-def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module:
-    """The teacher as the recipe asks: registered arch or factory; from scratch or a checkpoint."""
-    t = recipe.teacher
-    num_classes = data.num_classes
-    if t.factory:
-        teacher = build_from_factory(t.factory, num_classes=num_classes, **data.model_kwargs)
-    else:
-        teacher = create_model(t.arch, num_classes=num_classes, **data.model_kwargs)
-        if not data.is_text and is_external(t.arch):
-            check_teacher_output(teacher, data.example(2), num_classes, t.arch)
-    if t.init in ("checkpoint", "checkpoint-reset-head"):
-        if not t.checkpoint:
-            raise RecipeError(f"teacher.init is {t.init!r} but no teacher.checkpoint is set; pass --teacher-checkpoint PATH")
-        load_weights(teacher, t.checkpoint)
-    zero_head = t.init == "checkpoint-reset-head" or (recipe.method == "prokt" and recipe.prokt.zero_init_heads and t.init == "scratch")
-    if zero_head:
-        zero_init_head(teacher)
-    return teacher
-
-
 #: the device result file a run was planned from (``distill --latencies``), kept in the run for --resume
 PLAN_LATENCIES = "plan-latencies.json"
-
-
-def plan_families(recipe: Recipe, data: DataBundle) -> list[str]:
-    """The student families the recipe's ``student.family`` names for this data (RecipeError if it cannot)."""
-    from prokt_deploy.models import student_families
-
-    try:
-        return student_families(recipe.student.family, "text" if data.is_text else "image")
-    except ModelError as exc:
-        raise RecipeError(f"student.family: {exc}") from None
-
-
-def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | None = None, *, exact: bool = False,
-         target: str | None = None, latency_budget_ms: float | None = None, latencies: str | Path | None = None,
-         bundle_dir: str | Path | None = None, recipe_path: str | None = None) -> Plan:
-    """Plan the student for the recipe's budget (raises BudgetError when none fits); ``target`` /
-    ``latency_budget_ms``: also time the fitting candidates (see :mod:`prokt_deploy.planner`).
-
-    ``latencies``: take the candidates' latencies from a plan bundle's device result file instead of
-    timing them here (BenchError, exit 12, for a bad file). ``bundle_dir``: write every fitting candidate's
-    untrained artifact and the teacher's into an on-device bundle there (nothing is timed here);
-    ``recipe_path`` is named in its README. ``target`` / ``latency_budget_ms`` default to the recipe's
-    ``budget.target`` / ``budget.latency``."""
-    from prokt_deploy.budget import parse_latency
-    from prokt_deploy.planner import read_device_latencies
-
-    target = target or recipe.budget.target
-    if latency_budget_ms is None and recipe.budget.latency is not None:
-        latency_budget_ms = parse_latency(recipe.budget.latency)
-    device_latencies = read_device_latencies(latencies) if latencies is not None else None  # a bad file fails before any work
-    if bundle_dir is not None:
-        check_out_dir(Path(bundle_dir))
-    data = data or load_recipe_data(recipe)
-    fams = plan_families(recipe, data)
-    writer = None
-    if bundle_dir is not None:
-        from prokt_deploy.bundle import write_plan_bundle
-
-        def writer(models: dict, kept) -> None:
-            write_plan_bundle(bundle_dir, models, kept, formats=recipe.budget.formats, example=data.example(2), data=data,
-                              recipe_name=recipe.name, recipe_path=recipe_path or "RECIPE", budget=recipe.budget.size)
-    teacher = teacher if teacher is not None else build_teacher(recipe.model_copy(update={"method": "kd"}), data)
-    return plan_student(
-        parse_size(recipe.budget.size),
-        family=fams,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        model_kwargs=data.model_kwargs,
-        example=data.example(2),
-        teacher=teacher,
-        teacher_arch=recipe.teacher.factory or recipe.teacher.arch,
-        precision=recipe.budget.precision,
-        formats=recipe.budget.formats,
-        max_teacher_fraction=recipe.budget.max_teacher_fraction,
-        student_arch=recipe.student.arch,
-        exact=exact,
-        target=target,
-        latency_budget_ms=latency_budget_ms,
-        device_latencies=device_latencies,
-        bundle=writer,
-    )
 
 
 def _attach_log(run_dir: Path) -> logging.Handler:
@@ -221,17 +120,10 @@ def _resume_point(ckpt: dict | None, phase: str) -> engine.Resume | None:
 
 def _fit_options(recipe: Recipe, data: DataBundle) -> dict:
     """What every training phase of a run shares: augmentation of the training split, best-epoch keeping."""
-    from prokt_deploy.augment import from_recipe
+    from prokt_deploy.train.augment import from_recipe
 
     augment = None if data.is_text else from_recipe(recipe.data.augment, data.input)
     return {"augment": augment, "keep_best": recipe.train.keep_best}
-
-
-def student_zero_head(recipe: Recipe) -> bool:
-    """Whether the student's head starts at zero: student.zero_init_head, else ProKT's zero_init_heads for prokt."""
-    if recipe.student.zero_init_head is not None:
-        return recipe.student.zero_init_head
-    return recipe.method == "prokt" and recipe.prokt.zero_init_heads
 
 
 def distill(
@@ -252,11 +144,45 @@ def distill(
     complete. ``resume`` continues an unfinished run from its checkpoint, with the recipe it was
     started with (pass ``recipe=None``); the result equals an uninterrupted run on the same
     machine. ``latest=False`` leaves ``runs/latest`` where it is. ``latencies``: plan from a plan
-    bundle's device result file (see :func:`plan`); the file is kept in the run as
-    ``plan-latencies.json`` and a resume plans from it again.
+    bundle's device result file (see :func:`prokt_deploy.train.planner.plan`); the file is kept in the
+    run as ``plan-latencies.json`` and a resume plans from it again.
     """
     if recipe is None and resume is None:
         raise ValueError("distill needs a recipe, or resume= to continue an unfinished run")
+    run = _prepare(recipe, out=out, runs_root=Path(runs_root), resume=resume, latencies=latencies)
+    ws = _open_workspace(run)
+    with _logging_to(ws.path, run.main), _keeping_the_checkpoint(ws, run):
+        _start_log(run, ws)
+        history, best_epochs = _train_phases(run, ws, progress)
+        manifest = _write_run(run, ws, history, best_epochs)
+    _finish(run, ws, latest=latest, runs_root=Path(runs_root))
+    return RunResult(run.final, manifest)
+
+
+@dataclass
+class _Run:
+    """What :func:`_prepare` set up for one distill run: everything checked, nothing written yet."""
+
+    recipe: Recipe
+    final: Path  # the run directory once complete
+    resumed: bool
+    ckpt: dict | None  # the checkpoint a resume continues from (None: from step 0)
+    latencies: Path | str | None
+    device: torch.device
+    main: bool  # rank 0 (the only writer) or a single process
+    data: DataBundle
+    teacher: nn.Module
+    plan: Plan
+    student_arch: str
+    student: nn.Module
+    timings: dict[str, float]
+    t0: float
+    schedules: dict[str, dict] = field(default_factory=dict)  # per phase, set by _train_phases
+
+
+def _prepare(recipe: Recipe | None, *, out, runs_root: Path, resume, latencies) -> _Run:  # noqa: ANN001
+    """A new run (its directory checked to be creatable) or a resumed one (its saved recipe, checkpoint and
+    plan latencies); then the data, the teacher, the plan and the student, built as the recipe asks."""
     t0 = time.perf_counter()
     ckpt = None
     if resume is not None:
@@ -268,12 +194,11 @@ def distill(
         if (partial / PLAN_LATENCIES).is_file():
             latencies = partial / PLAN_LATENCIES
     else:
-        final = Path(out) if out is not None else default_run_path(Path(runs_root), recipe.name, recipe.method)
+        final = Path(out) if out is not None else default_run_path(runs_root, recipe.name, recipe.method)
         check_out_dir(final)
     timings: dict[str, float] = dict(ckpt["timings"]) if ckpt else {}
     engine.set_seed(recipe.seed)
-    device = distributed.init(engine.resolve_device(recipe.device))
-    main = distributed.is_main()  # only rank 0 writes
+    device = distributed.init(engine.torch_device(recipe.device))
     data = load_recipe_data(recipe)
     timings.setdefault("load_data_s", time.perf_counter() - t0)
 
@@ -294,88 +219,45 @@ def distill(
         zero_init_head(student)
     teacher.to(device)
     student.to(device)
+    return _Run(recipe=recipe, final=final, resumed=resume is not None, ckpt=ckpt, latencies=latencies, device=device,
+                main=distributed.is_main(), data=data, teacher=teacher, plan=the_plan, student_arch=student_arch, student=student,
+                timings=timings, t0=t0)
 
-    ws = RunWorkspace(final)
+
+def _open_workspace(run: _Run) -> RunWorkspace:
+    """The run's ``.NAME.partial`` directory, opened by rank 0 (every rank learns whether it could)."""
+    ws = RunWorkspace(run.final)
     opened = True
-    if main:
+    if run.main:
         try:
-            ws.open(resume=resume is not None)
+            ws.open(resume=run.resumed)
         except BaseException:
             opened = False
             if not distributed.active():
                 raise
     if not distributed.all_ok(opened):
-        raise RunError(f"rank 0 could not open the run directory {final}")
-    handler = _attach_log(ws.path) if main else logging.NullHandler()
-    history: dict[str, list[dict]] = dict(ckpt["completed"]) if ckpt else {}
+        raise RunError(f"rank 0 could not open the run directory {run.final}")
+    return ws
+
+
+@contextmanager
+def _logging_to(run_dir: Path, main: bool) -> Iterator[None]:
+    """The run's ``log.txt`` (rank 0 only) while the body runs."""
+    handler = _attach_log(run_dir) if main else logging.NullHandler()
     try:
-        if main and ckpt is None:
-            write_text_atomic(ws.path / "recipe.yaml", dump_recipe(recipe))  # whole or absent: --resume reads it
-            if latencies is not None:
-                write_text_atomic(ws.path / PLAN_LATENCIES, Path(latencies).read_text())
-            log.info("plan: %s -> %s (%s bytes)", the_plan.note, student_arch, the_plan.chosen.estimated_bytes)
-        if main and ckpt is None and resume is not None:
-            log.info("resumed a run stopped before its first checkpoint: starting again from step 0")
-        elif main and ckpt is not None:
-            log.info("resuming %s phase at epoch %d step %d", ckpt["current"]["phase"], ckpt["current"]["epoch"] + 1, ckpt["current"]["step"])
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
-        def saver(done: dict[str, list[dict]], best_done: dict | None = None):
-            def save(state: dict) -> None:
-                save_checkpoint(ws.checkpoint, {"student_arch": student_arch, "completed": done, "current": state, "timings": timings,
-                                                "best_epochs": dict(best_done or {})})
 
-            return save
-
-        fit = dict(seed=recipe.seed, device=device, progress=progress, batch_size=recipe.train.batch_size, **_fit_options(recipe, data))
-        best_epochs: dict[str, int | None] = dict(ckpt.get("best_epochs", {})) if ckpt else {}
-        teacher_used = recipe.method != "scratch"
-        pretrain = (recipe.method == "kd" and recipe.teacher.init != "checkpoint") or (recipe.method == "prokt" and recipe.teacher.init == "pretrain")
-        schedules = {"teacher": _teacher_schedule(recipe, data)} if pretrain else {}
-        schedules["student"] = _student_schedule(recipe, data)
-        if main:
-            for phase, sched in schedules.items():
-                _log_schedule(phase, sched)
-        if pretrain and "teacher" not in history:
-            t = time.perf_counter()
-            method = _teacher_method(recipe, distributed.wrap(teacher, device), data)
-            history["teacher"] = engine.fit(method, data, epochs=schedules["teacher"]["epochs"], phase="teacher (CE)", save=saver({}), resume=_resume_point(ckpt, "teacher (CE)"), **fit)
-            best_epochs["teacher"] = method.best_epoch
-            timings["teacher_train_s"] = timings.get("teacher_train_s", 0.0) + time.perf_counter() - t
-            if recipe.method == "prokt":
-                # the reference's start (PROKT.md): a trained backbone, the head reset to zero, fine-tuned jointly.
-                # Only here, right after pretraining: a resumed ProKT phase loads the teacher from its checkpoint.
-                zero_init_head(teacher)
-        trained_teacher = distributed.wrap(teacher, device) if recipe.method == "prokt" else teacher  # kd's teacher is frozen
-        method = _student_method(recipe, distributed.wrap(student, device), trained_teacher, data)
-        t = time.perf_counter()
-        history["student"] = engine.fit(method, data, epochs=schedules["student"]["epochs"], phase=recipe.method, save=saver(dict(history), best_epochs), resume=_resume_point(ckpt, recipe.method), **fit)
-        best_epochs["student"] = method.best_epoch
-        timings["train_s"] = timings.get("train_s", 0.0) + time.perf_counter() - t
-
-        metrics = {
-            "student_test_accuracy": engine.accuracy(student, data.test, device),
-            "student_val_accuracy": engine.accuracy(student, data.val, device),
-            "teacher_test_accuracy": engine.accuracy(teacher, data.test, device) if teacher_used else None,
-            "teacher_val_accuracy": engine.accuracy(teacher, data.val, device) if teacher_used else None,
-            "history": history,
-            "best_epoch": best_epochs.get("student"),
-            "teacher_best_epoch": best_epochs.get("teacher"),
-            "epochs": schedules["student"]["epochs"],  # run, after train.min_steps (see schedule)
-            "schedule": schedules,
-        }
-        timings["total_s"] = timings.get("total_s", 0.0) + time.perf_counter() - t0
-        manifest = _manifest(recipe, the_plan, student_arch, data, student, teacher, teacher_used, metrics, device, timings, final)
-        manifest["distributed"] = {"world_size": distributed.world_size(), "backend": distributed.backend()}
-        if ckpt is not None:
-            manifest["resumed"] = True
-        if main:
-            save_weights(student, ws.path / "student.safetensors")
-            if data.is_text:
-                manifest["input"]["tokenizer_files"] = copy_tokenizer(data.input["tokenizer"], ws.path / "tokenizer")
-            if teacher_used:
-                save_weights(teacher, ws.path / "teacher.safetensors")
-            write_json_atomic(ws.path / MANIFEST, manifest)
-            log.info("student test accuracy %.4f", metrics["student_test_accuracy"])
+@contextmanager
+def _keeping_the_checkpoint(ws: RunWorkspace, run: _Run) -> Iterator[None]:
+    """On any failure the partial directory is abandoned with its last checkpoint kept (when one was
+    written), and the error says how to continue: Ctrl-C, a training error (NaN loss ...), a full disk."""
+    final, main = run.final, run.main
+    try:
+        yield
     except engine.Interrupted:
         if main:
             ws.abandon()
@@ -395,16 +277,113 @@ def distill(
         if kept:
             log.info("stopped; checkpoint kept in %s", ws.path)
         raise
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-    if main:
+
+
+def _start_log(run: _Run, ws: RunWorkspace) -> None:
+    """Before the first checkpoint, the resolved recipe (whole or absent: --resume reads it) and the plan
+    latencies are written; the log says whether the run starts, starts again or resumes."""
+    if not run.main:
+        return
+    if run.ckpt is None:
+        write_text_atomic(ws.path / "recipe.yaml", dump_recipe(run.recipe))
+        if run.latencies is not None:
+            write_text_atomic(ws.path / PLAN_LATENCIES, Path(run.latencies).read_text())
+        log.info("plan: %s -> %s (%s bytes)", run.plan.note, run.student_arch, run.plan.chosen.estimated_bytes)
+        if run.resumed:
+            log.info("resumed a run stopped before its first checkpoint: starting again from step 0")
+    else:
+        cur = run.ckpt["current"]
+        log.info("resuming %s phase at epoch %d step %d", cur["phase"], cur["epoch"] + 1, cur["step"])
+
+
+def _pretrains_teacher(recipe: Recipe) -> bool:
+    """KD without a converged teacher checkpoint, and ProKT with ``teacher.init: pretrain``, train the teacher with CE first."""
+    return (recipe.method == "kd" and recipe.teacher.init != "checkpoint") or (recipe.method == "prokt" and recipe.teacher.init == "pretrain")
+
+
+def _train_phases(run: _Run, ws: RunWorkspace, progress: engine.Progress | None) -> tuple[dict[str, list[dict]], dict[str, int | None]]:
+    """The teacher's cross-entropy phase (when the method needs a converged teacher it does not have),
+    then the method's phase; each resumes from the checkpoint when it is the one that was stopped.
+    Returns the per-epoch history and the best epoch of each phase."""
+    recipe, data, ckpt, device = run.recipe, run.data, run.ckpt, run.device
+    history: dict[str, list[dict]] = dict(ckpt["completed"]) if ckpt else {}
+    best_epochs: dict[str, int | None] = dict(ckpt.get("best_epochs", {})) if ckpt else {}
+
+    def saver(done: dict[str, list[dict]], best_done: dict | None = None):  # noqa: ANN202
+        def save(state: dict) -> None:
+            save_checkpoint(ws.checkpoint, {"student_arch": run.student_arch, "completed": done, "current": state, "timings": run.timings,
+                                            "best_epochs": dict(best_done or {})})
+
+        return save
+
+    fit = dict(seed=recipe.seed, device=device, progress=progress, batch_size=recipe.train.batch_size, **_fit_options(recipe, data))
+    pretrain = _pretrains_teacher(recipe)
+    run.schedules = {"teacher": _teacher_schedule(recipe, data)} if pretrain else {}
+    run.schedules["student"] = _student_schedule(recipe, data)
+    if run.main:
+        for phase, sched in run.schedules.items():
+            _log_schedule(phase, sched)
+    if pretrain and "teacher" not in history:
+        t = time.perf_counter()
+        method = _teacher_method(recipe, distributed.wrap(run.teacher, device), data)
+        history["teacher"] = engine.fit(method, data, epochs=run.schedules["teacher"]["epochs"], phase="teacher (CE)", save=saver({}),
+                                        resume=_resume_point(ckpt, "teacher (CE)"), **fit)
+        best_epochs["teacher"] = method.best_epoch
+        run.timings["teacher_train_s"] = run.timings.get("teacher_train_s", 0.0) + time.perf_counter() - t
+        if recipe.method == "prokt":
+            # the reference's start (PROKT.md): a trained backbone, the head reset to zero, fine-tuned jointly.
+            # Only here, right after pretraining: a resumed ProKT phase loads the teacher from its checkpoint.
+            zero_init_head(run.teacher)
+    trained_teacher = distributed.wrap(run.teacher, device) if recipe.method == "prokt" else run.teacher  # kd's teacher is frozen
+    method = _student_method(recipe, distributed.wrap(run.student, device), trained_teacher, data)
+    t = time.perf_counter()
+    history["student"] = engine.fit(method, data, epochs=run.schedules["student"]["epochs"], phase=recipe.method,
+                                    save=saver(dict(history), best_epochs), resume=_resume_point(ckpt, recipe.method), **fit)
+    best_epochs["student"] = method.best_epoch
+    run.timings["train_s"] = run.timings.get("train_s", 0.0) + time.perf_counter() - t
+    return history, best_epochs
+
+
+def _write_run(run: _Run, ws: RunWorkspace, history: dict[str, list[dict]], best_epochs: dict[str, int | None]) -> dict:
+    """Score the trained models once on validation and test (the test split's only use), and write the
+    weights, the tokenizer (text) and the manifest into the partial directory (rank 0)."""
+    recipe, data, device, student, teacher = run.recipe, run.data, run.device, run.student, run.teacher
+    teacher_used = recipe.method != "scratch"
+    metrics = {
+        "student_test_accuracy": engine.accuracy(student, data.test, device),
+        "student_val_accuracy": engine.accuracy(student, data.val, device),
+        "teacher_test_accuracy": engine.accuracy(teacher, data.test, device) if teacher_used else None,
+        "teacher_val_accuracy": engine.accuracy(teacher, data.val, device) if teacher_used else None,
+        "history": history,
+        "best_epoch": best_epochs.get("student"),
+        "teacher_best_epoch": best_epochs.get("teacher"),
+        "epochs": run.schedules["student"]["epochs"],  # run, after train.min_steps (see schedule)
+        "schedule": run.schedules,
+    }
+    run.timings["total_s"] = run.timings.get("total_s", 0.0) + time.perf_counter() - run.t0
+    manifest = _manifest(recipe, run.plan, run.student_arch, data, student, teacher, teacher_used, metrics, device, run.timings, run.final)
+    manifest["distributed"] = {"world_size": distributed.world_size(), "backend": distributed.backend()}
+    if run.ckpt is not None:
+        manifest["resumed"] = True
+    if run.main:
+        save_weights(student, ws.path / "student.safetensors")
+        if data.is_text:
+            manifest["input"]["tokenizer_files"] = copy_tokenizer(data.input["tokenizer"], ws.path / "tokenizer")
+        if teacher_used:
+            save_weights(teacher, ws.path / "teacher.safetensors")
+        write_json_atomic(ws.path / MANIFEST, manifest)
+        log.info("student test accuracy %.4f", metrics["student_test_accuracy"])
+    return manifest
+
+
+def _finish(run: _Run, ws: RunWorkspace, *, latest: bool, runs_root: Path) -> None:
+    """Rank 0 renames the partial directory into place (and points runs/latest at it); the other ranks wait for it."""
+    if run.main:
         ws.commit()
         if latest:  # compare's baseline runs live inside a run and do not move runs/latest
-            mark_latest(Path(runs_root), final)
-    if not distributed.all_ok(True):  # wait until rank 0 has moved the run into place
+            mark_latest(runs_root, run.final)
+    if not distributed.all_ok(True):
         raise RunError("a rank failed at the end of the run")
-    return RunResult(final, manifest)
 
 
 def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teacher_used, metrics, device, timings, final) -> dict:
@@ -465,7 +444,7 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
     final = Path(out)
     check_out_dir(final)  # before the data is loaded and the teacher built: nothing wasted on a refusal
     engine.set_seed(recipe.seed)
-    device = engine.resolve_device(recipe.device)
+    device = engine.torch_device(recipe.device)
     data = load_recipe_data(recipe)
     teacher = build_teacher(recipe.model_copy(update={"method": "kd"}), data).to(device)
     with staged_run_dir(final) as run_dir:

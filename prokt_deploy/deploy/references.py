@@ -1,0 +1,124 @@
+"""The reference artifacts a run's student is measured against, exported on demand into the run.
+
+- ``<run>/artifacts/<which>-<format>-fp32/`` (:func:`ensure_fp32_export`): the teacher's ONNX fp32 file
+  (bench's baseline) and the student's fp32 file of a format it only has int8 of;
+- ``<run>/artifacts/<which>-<format>-int8/`` (:func:`ensure_int8_export`): the teacher's own int8
+  artifacts, made with the student's quantizers, calibration and accuracy gate (the first thing a user
+  tries instead of distilling), with the gate's record in ``gate.json``.
+
+Each is exported once and reused by later benches and bundles; none is listed in the manifest (they
+are not the run's deliverables). Used by :mod:`prokt_deploy.bench.bench` and :mod:`prokt_deploy.deploy.bundle`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import exporters
+from prokt_deploy.errors import ExportFailed
+from prokt_deploy.run.reader import FinishedRun
+from prokt_deploy.run.workspace import filesystem_cause
+
+GATE_RECORD = "gate.json"
+#: the formats the exporter registry can write at int8 (the teacher's own int8 is made in each the student has)
+INT8_FORMATS = tuple(fmt for fmt, precisions in exporters.PRECISIONS.items() if "int8" in precisions)
+Progress = Callable[[str], None]
+
+
+def ensure_fp32_export(run: FinishedRun, which: str, fmt: str, example: np.ndarray) -> list[Path]:
+    """``<run>/artifacts/<which>-<fmt>-fp32/``, exported once and reused by later benches."""
+    out = run.path / "artifacts" / f"{which}-{fmt}-fp32"
+    expected = [out / "model.onnx"] if fmt == "onnx" else [out / "model.xml", out / "model.bin"]
+    if all(f.is_file() for f in expected):
+        return expected
+    import torch
+
+    model = run.model(which)
+    out.parent.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))  # never a half-written export in place
+    try:
+        try:
+            artifact = exporters.export(model, fmt, "fp32", staging, example_input=torch.from_numpy(example[:2]))
+        except (exporters.ExportError, RuntimeError, OSError) as exc:
+            cause = filesystem_cause(exc, staging)
+            if cause is not None:
+                raise cause from None
+            raise ExportFailed(f"could not export the {which} to {fmt} fp32 for the benchmark: {exc}") from None
+        os.chmod(staging, 0o755)
+        if out.exists():  # an incomplete earlier export (or one written since by another bench)
+            if all(f.is_file() for f in expected):
+                return expected
+            shutil.rmtree(out)
+        os.rename(staging, out)
+        return [out / f.name for f in artifact.files]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_int8_export(run: FinishedRun, which: str, fmt: str, data, *, calibration_samples: int, max_accuracy_drop: float,  # noqa: ANN001 - DataBundle
+                       budget_bytes: int | None, progress: Progress, cache: dict | None = None) -> dict:
+    """``<run>/artifacts/<which>-<fmt>-int8/``: the model exported to int8 with the exporters the student
+    uses, calibrated on the first ``calibration_samples`` training samples, and gated like the student's
+    int8 (accuracy drop against the same model in PyTorch on the test split <= ``max_accuracy_drop``).
+
+    Returns the gate record (also written to ``gate.json`` in that directory, and reused by later benches
+    and bundles while the settings are the same): ``files`` (relative to the run; empty when it failed),
+    ``bytes``, ``test_accuracy``, ``reference_accuracy``, ``accuracy_drop``, ``test_samples``,
+    ``within_budget``, ``budget_bytes``, ``passed``, ``failures``. An export error is a failed record, not
+    an exception: a baseline that cannot be made must not stop the benchmark.
+
+    ``cache``: a dict shared by the calls for one model's formats (one dict per model); the model and its PyTorch test logits
+    (the gate's reference) are loaded and computed once into it, not once per format.
+    """
+    out = run.path / "artifacts" / f"{which}-{fmt}-int8"
+    wanted = {"calibration_samples": calibration_samples, "max_accuracy_drop": max_accuracy_drop, "test_samples": len(data.test)}
+    try:
+        record = json.loads((out / GATE_RECORD).read_text())
+        if {k: record.get(k) for k in wanted} == wanted and all((run.path / f).is_file() for f in record["files"]):
+            return {**record, "budget_bytes": budget_bytes, "within_budget": None if budget_bytes is None else record["bytes"] <= budget_bytes}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    progress(f"exporting the {which} to {fmt} int8 (calibrating on {calibration_samples} training samples, gate {max_accuracy_drop:g} points)")
+    cache = {} if cache is None else cache
+    if "model" not in cache:
+        cache["model"] = run.model(which)
+    model = cache["model"]
+    root = run.path / "artifacts"
+    root.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{out.name}.partial-"))
+    os.chmod(staging, 0o755)
+    record = {**wanted, "format": fmt, "precision": "int8", "files": [], "bytes": None, "test_accuracy": None, "reference_accuracy": None,
+              "accuracy_drop": None, "passed": False, "failures": []}
+    try:
+        try:
+            artifact = exporters.export(model, fmt, "int8", staging, example_input=data.train.x[:2],
+                                        calibration=data.train.x[:calibration_samples].numpy())
+            # text in length-sorted batches cut to their longest sample: the project's text models (MiniLM,
+            # the tfm students) mask their padding, so the logits are the same and MiniLM's gate costs about half
+            if "logits" not in cache:
+                progress(f"running the {which} in PyTorch on the {len(data.test)} test samples (the int8 gates' reference, once)")
+                cache["logits"] = exporters.reference_logits(model, data.test.x.numpy(), trim_padding=True)
+            report = exporters.validate(exporters.load(artifact, fmt), None, data.test.x.numpy(), data.test.y.numpy(), tolerance=None,
+                                        max_accuracy_drop=max_accuracy_drop, reference_outputs=cache["logits"], trim_padding=True)
+            record.update(bytes=artifact.bytes, test_accuracy=round(report.test_accuracy, 6), reference_accuracy=round(report.reference_accuracy, 6),
+                          accuracy_drop=round(report.accuracy_drop, 4), passed=report.passed, failures=list(report.failures),
+                          files=[str((out / f.name).relative_to(run.path)) for f in artifact.files] if report.passed else [])
+        except exporters.ExportError as exc:
+            record["failures"] = [f"export failed: {exc}"]
+        if not record["passed"]:
+            for f in list(staging.iterdir()):
+                f.unlink()
+        (staging / GATE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**record, "budget_bytes": budget_bytes, "within_budget": None if budget_bytes is None or record["bytes"] is None else record["bytes"] <= budget_bytes}

@@ -1,0 +1,115 @@
+"""The boundaries of the code, checked on the source (imports read with ast, nothing executed) and on a fresh
+interpreter: the stages only import downwards, no import circle, the standalone parts stay standalone.
+
+Stages, lowest first (the map is in the README, "Where the code lives"): the foundation (errors, budget, recipe,
+data, models) < run (workspace, checkpoint, reader) < train (and recipe_writer) < deploy < bench < compare
+< cli. bench.measure and bench.fingerprint are the standalone harness shipped in bundles: any stage may
+import them, and they import nothing of the project.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "prokt_deploy"
+STANDALONE = ("prokt_deploy.bench.measure", "prokt_deploy.bench.fingerprint")
+RANK = {"errors": 0, "budget": 0, "recipe": 0, "data": 0, "models": 0, "run": 1, "train": 2, "recipe_writer": 2, "deploy": 3,
+        "bench": 4, "compare": 5, "cli": 6, "__main__": 7}
+
+
+def _modules(root: Path, package: str) -> dict[str, Path]:
+    out = {}
+    for f in root.rglob("*.py"):
+        name = ".".join((package, *f.relative_to(root).with_suffix("").parts))
+        out[name.removesuffix(".__init__")] = f
+    return out
+
+
+MODULES = _modules(PKG, "prokt_deploy")
+
+
+def _imports(path: Path, *, module_level_only: bool = False) -> set[str]:
+    """Absolute module names ``path`` imports (function-level imports too, unless ``module_level_only``):
+    ``from a.b import c`` is ``a.b.c`` when that is a module of the project, else ``a.b``."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module for a in node.names}
+    return found
+
+
+GRAPH = {m: {i for i in _imports(f) if i in MODULES and i not in (m, "prokt_deploy")} for m, f in MODULES.items()}
+
+
+def _rank(module: str) -> int:
+    return RANK[module.split(".")[1]]
+
+
+def test_every_module_has_a_stage():
+    assert all(m == "prokt_deploy" or m.split(".")[1] in RANK for m in MODULES), sorted(m for m in MODULES if m != "prokt_deploy" and m.split(".")[1] not in RANK)
+
+
+def test_stages_import_only_downwards():
+    upward = [(m, i) for m, deps in GRAPH.items() if m != "prokt_deploy" for i in deps if i not in STANDALONE and _rank(i) > _rank(m)]
+    assert upward == [], f"a stage imports a later one: {upward}"
+
+
+def test_no_import_circle():
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for dep in sorted(GRAPH[m]):
+            if state.get(dep) == 1:
+                return [*path, m, dep]
+            if dep not in state and (cycle := visit(dep, [*path, m])):
+                return cycle
+        state[m] = 2
+        return None
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            assert (cycle := visit(m, [])) is None, " -> ".join(cycle)
+
+
+def test_the_standalone_harness_imports_nothing_of_the_project_and_no_torch_at_module_level():
+    for name in STANDALONE:
+        path = MODULES[name]
+        assert not {i for i in _imports(path) if i.split(".")[0] == "prokt_deploy"}, f"{name} imports prokt_deploy"
+        top = {i.split(".")[0] for i in _imports(path, module_level_only=True)}
+        assert top <= set(sys.stdlib_module_names) | {"numpy", "__future__", "fingerprint"}, f"{name} imports {sorted(top)} at module level"
+
+
+def test_exporters_never_import_prokt_deploy():
+    for path in (ROOT / "exporters").rglob("*.py"):
+        assert not {i for i in _imports(path) if i.split(".")[0] == "prokt_deploy"}, f"{path} imports prokt_deploy"
+
+
+def test_importing_the_package_loads_no_runtime():
+    code = "import sys, prokt_deploy, prokt_deploy.cli.main; print([m for m in ('onnxruntime', 'openvino', 'nncf') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_cli_lists_the_same_options_as_before_the_regrouping():
+    """tests/data/cli_options.json: every command's options as they were before the overrides moved into one table."""
+    import typer
+
+    from prokt_deploy.cli.main import app
+
+    def walk(cmd, prefix: list[str]) -> dict[str, list[str]]:  # noqa: ANN001 - click command
+        if hasattr(cmd, "commands"):
+            return {k: v for name, sub in sorted(cmd.commands.items()) for k, v in walk(sub, [*prefix, name]).items()}
+        return {" ".join(prefix): sorted(o for p in cmd.params for o in ([*p.opts, *p.secondary_opts] if p.param_type_name == "option" else ["ARG:" + p.name]))}
+
+    expected = json.loads((ROOT / "tests" / "data" / "cli_options.json").read_text())
+    assert walk(typer.main.get_command(app), []) == expected
