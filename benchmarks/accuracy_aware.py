@@ -68,15 +68,29 @@ def export_pair(model, fmt, data, out: Path, max_drop: float, calibration: np.nd
     plain_s = time.perf_counter() - t
     t = time.perf_counter()
     aware = exporters.export_accuracy_aware(
-        model, fmt, out / f"{fmt}-aware", example_input=data.train.x[:2], calibration=calibration,
-        validation_x=data.val.x.numpy(), validation_y=data.val.y.numpy(), max_accuracy_drop=max_drop)
+        model,
+        fmt,
+        out / f"{fmt}-aware",
+        example_input=data.train.x[:2],
+        calibration=calibration,
+        validation_x=data.val.x.numpy(),
+        validation_y=data.val.y.numpy(),
+        max_accuracy_drop=max_drop,
+    )
     aware_s = time.perf_counter() - t
     for mode, art, seconds in (("plain", plain, plain_s), ("accuracy-aware", aware.artifact, aware_s)):
         v = exporters.validate(exporters.load(art, fmt, threads=1), model, x_test, y_test, max_accuracy_drop=max_drop)
-        row = {"format": fmt, "mode": mode, "bytes": art.bytes, "test_accuracy": round(v.test_accuracy, 6),
-               "reference_accuracy": round(v.reference_accuracy, 6), "accuracy_drop": round(v.accuracy_drop, 4),
-               "passes_gate": v.accuracy_drop <= max_drop, "export_s": round(seconds, 2),
-               "main_file": str(next(f for f in art.files if f.suffix in (".onnx", ".xml")))}
+        row = {
+            "format": fmt,
+            "mode": mode,
+            "bytes": art.bytes,
+            "test_accuracy": round(v.test_accuracy, 6),
+            "reference_accuracy": round(v.reference_accuracy, 6),
+            "accuracy_drop": round(v.accuracy_drop, 4),
+            "passes_gate": v.accuracy_drop <= max_drop,
+            "export_s": round(seconds, 2),
+            "main_file": str(next(f for f in art.files if f.suffix in (".onnx", ".xml"))),
+        }
         if mode == "accuracy-aware":
             row["search"] = aware.to_dict()
         rows.append(row)
@@ -95,8 +109,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy_aware.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    results = {"machine": {"processor": platform.processor() or platform.machine(), "cpu": _cpu_name()},
-               "max_accuracy_drop": args.max_accuracy_drop, "recipes": []}
+    results = {
+        "machine": {"processor": platform.processor() or platform.machine(), "cpu": _cpu_name()},
+        "max_accuracy_drop": args.max_accuracy_drop,
+        "recipes": [],
+    }
     targets = runtime_targets("CPU")
     with tempfile.TemporaryDirectory(prefix="aa-bench-") as tmp_str:
         tmp = Path(tmp_str)
@@ -108,8 +125,14 @@ def main() -> None:
             data = load_recipe_data(recipe)
             student = load_model(run, "student")
             calibration = data.train.x[: args.calibration_samples].numpy()
-            entry = {"recipe": name, "student": json.loads((run / "manifest.json").read_text())["student"]["arch"],
-                     "distill_s": round(distill_s, 1), "test_samples": len(data.test), "val_samples": len(data.val), "cases": []}
+            entry = {
+                "recipe": name,
+                "student": json.loads((run / "manifest.json").read_text())["student"]["arch"],
+                "distill_s": round(distill_s, 1),
+                "test_samples": len(data.test),
+                "val_samples": len(data.val),
+                "cases": [],
+            }
             cases = [("trained", student), ("outlier", outlier_copy(student))]
             npz = tmp / name / "test.npz"
             np.savez(npz, x=data.test.x.numpy(), y=data.test.y.numpy())
@@ -128,8 +151,11 @@ def main() -> None:
                 entry["cases"].append({"case": case, "rows": rows})
                 for r in rows:
                     kept = r.get("search", {}).get("kept_fp32")
-                    print(f"  {r['format']:8} {r['mode']:14} drop {r['accuracy_drop']:+7.2f}  {r['bytes']:7,} B  "
-                          f"p50 {r['latency_ms_p50']:.4f} ms" + (f"  fp32: {[k['name'] for k in kept]}" if kept is not None else ""), flush=True)
+                    print(
+                        f"  {r['format']:8} {r['mode']:14} drop {r['accuracy_drop']:+7.2f}  {r['bytes']:7,} B  "
+                        f"p50 {r['latency_ms_p50']:.4f} ms" + (f"  fp32: {[k['name'] for k in kept]}" if kept is not None else ""),
+                        flush=True,
+                    )
             results["recipes"].append(entry)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -53,8 +53,14 @@ def export_artifacts(arch: str, shape: tuple[int, int, int], out: Path) -> list[
     files = []
     for fmt in ("onnx", "openvino"):
         for precision in ("fp32", "int8"):
-            art = exporters.export(model, fmt, precision, out / f"{arch}-{fmt}-{precision}", example_input=example,
-                                   calibration=calibration if precision == "int8" else None)
+            art = exporters.export(
+                model,
+                fmt,
+                precision,
+                out / f"{arch}-{fmt}-{precision}",
+                example_input=example,
+                calibration=calibration if precision == "int8" else None,
+            )
             files.append((fmt, precision, next(f for f in art.files if f.suffix in (".onnx", ".xml"))))
     return files
 
@@ -62,9 +68,29 @@ def export_artifacts(arch: str, shape: tuple[int, int, int], out: Path) -> list[
 def benchmark_app_p50_ms(path: Path, shape: tuple[int, int, int], runs: int, config: Path) -> float:
     """benchmark_app's median latency (its 'Median:' line) for ``path`` at batch 1."""
     with tempfile.TemporaryDirectory() as report:
-        cmd = [str(Path(sys.executable).with_name("benchmark_app")), "-m", str(path), "-d", "CPU", "-hint", "latency", "-load_config", str(config),
-               "-api", "sync", "-inference_only", "true", "-niter", str(runs), "-data_shape", f"[1,{','.join(map(str, shape))}]",
-               "-report_type", "no_counters", "-report_folder", report]
+        cmd = [
+            str(Path(sys.executable).with_name("benchmark_app")),
+            "-m",
+            str(path),
+            "-d",
+            "CPU",
+            "-hint",
+            "latency",
+            "-load_config",
+            str(config),
+            "-api",
+            "sync",
+            "-inference_only",
+            "true",
+            "-niter",
+            str(runs),
+            "-data_shape",
+            f"[1,{','.join(map(str, shape))}]",
+            "-report_type",
+            "no_counters",
+            "-report_folder",
+            report,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     match = re.search(r"Median:\s+([\d.]+)\s*(us|ms)", proc.stdout)
     if proc.returncode != 0 or not match:
@@ -93,8 +119,11 @@ def main() -> None:
             data = tmp / f"{arch}.npz"
             np.savez(data, x=np.random.default_rng(1).standard_normal((8, *shape)).astype(np.float32), y=np.zeros(8, dtype=np.int64))
             engines = [{"id": f"{fmt}-{precision}-openvino", "runtime": "openvino", "path": str(f), "device": "CPU"} for fmt, precision, f in files]
-            engines += [{"id": f"{fmt}-{precision}-onnxruntime", "runtime": "onnxruntime", "path": str(f), "providers": ["CPUExecutionProvider"]}
-                        for fmt, precision, f in files if fmt == "onnx"]
+            engines += [
+                {"id": f"{fmt}-{precision}-onnxruntime", "runtime": "onnxruntime", "path": str(f), "providers": ["CPUExecutionProvider"]}
+                for fmt, precision, f in files
+                if fmt == "onnx"
+            ]
             ours: dict[str, list[dict]] = {e["id"]: [] for e in engines}
             theirs: dict[str, list[float]] = {f"{fmt}-{precision}": [] for fmt, precision, _ in files}
             for r in range(args.rounds):
@@ -112,31 +141,56 @@ def main() -> None:
                 app = statistics.median(theirs[key])
                 ort = statistics.median(r["latency_ms"]["p50"] for r in ours[f"{key}-onnxruntime"]) if fmt == "onnx" else None
                 size = sum(p.stat().st_size for p in (f, f.with_suffix(".bin")) if p.exists())
-                rows.append({
-                    "model": arch, "params": params, "input": [1, *shape], "file": f"{fmt} {precision} ({f.name})", "bytes": size,
-                    "benchmark_app_p50_ms": round(app, 5), "ours_openvino_timer_p50_ms": round(timer, 5), "ours_wall_p50_ms": round(wall, 5),
-                    "ratio_timer": round(timer / app, 3), "ratio_wall": round(wall / app, 3), "python_call_overhead_ms": round(wall - timer, 5),
-                    "ours_onnxruntime_p50_ms": round(ort, 5) if ort is not None else None,
-                    "rounds": {"benchmark_app_p50_ms": theirs[key], "ours_wall_p50_ms": [r["latency_ms"]["p50"] for r in ov],
-                               "ours_openvino_timer_p50_ms": [r["runtime_latency_ms"]["p50"] for r in ov]},
-                })
+                rows.append(
+                    {
+                        "model": arch,
+                        "params": params,
+                        "input": [1, *shape],
+                        "file": f"{fmt} {precision} ({f.name})",
+                        "bytes": size,
+                        "benchmark_app_p50_ms": round(app, 5),
+                        "ours_openvino_timer_p50_ms": round(timer, 5),
+                        "ours_wall_p50_ms": round(wall, 5),
+                        "ratio_timer": round(timer / app, 3),
+                        "ratio_wall": round(wall / app, 3),
+                        "python_call_overhead_ms": round(wall - timer, 5),
+                        "ours_onnxruntime_p50_ms": round(ort, 5) if ort is not None else None,
+                        "rounds": {
+                            "benchmark_app_p50_ms": theirs[key],
+                            "ours_wall_p50_ms": [r["latency_ms"]["p50"] for r in ov],
+                            "ours_openvino_timer_p50_ms": [r["runtime_latency_ms"]["p50"] for r in ov],
+                        },
+                    }
+                )
 
     header = f"{'model':<14} {'file':<28} {'benchmark_app':>13} {'ours (OV timer)':>15} {'ratio':>6} {'ours (wall)':>11} {'ratio':>6} {'ORT wall':>9}"
     print(header)
     for r in rows:
         ort = f"{r['ours_onnxruntime_p50_ms']:.4f}" if r["ours_onnxruntime_p50_ms"] is not None else "-"
-        print(f"{r['model']:<14} {r['file']:<28} {r['benchmark_app_p50_ms']:>13.4f} {r['ours_openvino_timer_p50_ms']:>15.4f} {r['ratio_timer']:>6.2f} "
-              f"{r['ours_wall_p50_ms']:>11.4f} {r['ratio_wall']:>6.2f} {ort:>9}")
+        print(
+            f"{r['model']:<14} {r['file']:<28} {r['benchmark_app_p50_ms']:>13.4f} {r['ours_openvino_timer_p50_ms']:>15.4f} {r['ratio_timer']:>6.2f} "
+            f"{r['ours_wall_p50_ms']:>11.4f} {r['ratio_wall']:>6.2f} {ort:>9}"
+        )
     print("p50 in ms at batch 1, 1 thread, 1 stream, latency hint; ratio = ours / benchmark_app")
     result = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python benchmarks/bench_agreement.py " + " ".join(sys.argv[1:]),
         "fingerprint": fingerprint(),
-        "settings": {"rounds": args.rounds, "runs": args.runs, "warmup": args.warmup, "threads": 1, "streams": 1, "batch": 1,
-                     "benchmark_app_config": BENCHMARK_APP_CONFIG["CPU"], "statistic": "median over rounds of each round's p50"},
+        "settings": {
+            "rounds": args.rounds,
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "threads": 1,
+            "streams": 1,
+            "batch": 1,
+            "benchmark_app_config": BENCHMARK_APP_CONFIG["CPU"],
+            "statistic": "median over rounds of each round's p50",
+        },
         "rows": rows,
-        "within_10_percent": {"openvino_timer": all(abs(r["ratio_timer"] - 1) <= 0.10 for r in rows),
-                              "wall_clock": all(abs(r["ratio_wall"] - 1) <= 0.10 for r in rows)},
+        "within_10_percent": {
+            "openvino_timer": all(abs(r["ratio_timer"] - 1) <= 0.10 for r in rows),
+            "wall_clock": all(abs(r["ratio_wall"] - 1) <= 0.10 for r in rows),
+        },
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

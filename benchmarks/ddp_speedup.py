@@ -25,8 +25,23 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(recipe: str, nproc: int, epochs: int, samples: int, threads: int, method: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "prokt_deploy", "distill", "--recipe", recipe, "--epochs", str(epochs), "--method", method,
-               "--max-train-samples", str(samples), "--out", str(out), "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "prokt_deploy",
+            "distill",
+            "--recipe",
+            recipe,
+            "--epochs",
+            str(epochs),
+            "--method",
+            method,
+            "--max-train-samples",
+            str(samples),
+            "--out",
+            str(out),
+            "--json",
+        ]
         if nproc > 1:
             cmd += ["--nproc-per-node", str(nproc)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -54,8 +69,12 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     samples = args.epochs * args.max_train_samples
     result = {
-        "recipe": Path(args.recipe).name, "method": args.method, "epochs": args.epochs, "train_samples": args.max_train_samples,
-        "cores": cores, "train_seconds": {str(k): v for k, v in times.items()},
+        "recipe": Path(args.recipe).name,
+        "method": args.method,
+        "epochs": args.epochs,
+        "train_samples": args.max_train_samples,
+        "cores": cores,
+        "train_seconds": {str(k): v for k, v in times.items()},
         "samples_per_s_median": {str(k): round(samples / v, 1) for k, v in med.items()},
         "speedup": round(med[1] / med[args.nproc], 3),
     }

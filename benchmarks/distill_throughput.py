@@ -124,7 +124,11 @@ def main() -> None:
         "rounds": args.rounds,
         "samples_per_s": {k: {"median": round(v, 1), "all": [round(r, 1) for r in rates[k]]} for k, v in med.items()},
         "unit_seconds_per_batch": {k: round(v, 5) for k, v in u.items()},
-        "prokt_over_kd_time": {"measured": round(measured, 3), "predicted_from_passes": round(predicted, 3), "excess": round(measured / predicted - 1, 3)},
+        "prokt_over_kd_time": {
+            "measured": round(measured, 3),
+            "predicted_from_passes": round(predicted, 3),
+            "excess": round(measured / predicted - 1, 3),
+        },
         "prokt_over_scratch_time": round(med["scratch"] / med["prokt"], 3),
         "versions": library_versions(),
     }

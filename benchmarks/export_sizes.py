@@ -73,10 +73,20 @@ def compare(arch: str, data, combos, steps: int) -> list[dict]:  # noqa: ANN001 
     for fmt, precision in combos:
         planned = measure_artifact_bytes(untrained, arch, fmt, precision, data.input_shape, data.num_classes)
         with tempfile.TemporaryDirectory() as tmp:
-            real = exporters.export(model, fmt, precision, Path(tmp), example_input=data.train.x[:2],
-                                    calibration=calibration if precision == "int8" else None).bytes
-        rows.append({"arch": arch, "params": count_params(model), "format": fmt, "precision": precision,
-                     "planned_bytes": planned, "real_bytes": real, "diff_bytes": real - planned})
+            real = exporters.export(
+                model, fmt, precision, Path(tmp), example_input=data.train.x[:2], calibration=calibration if precision == "int8" else None
+            ).bytes
+        rows.append(
+            {
+                "arch": arch,
+                "params": count_params(model),
+                "format": fmt,
+                "precision": precision,
+                "planned_bytes": planned,
+                "real_bytes": real,
+                "diff_bytes": real - planned,
+            }
+        )
         print(f"  {arch:<14} {fmt:<9} {precision:<5} planned {planned:>10,}  real {real:>10,}  diff {real - planned:+,}", flush=True)
     return rows
 
@@ -112,26 +122,42 @@ def main() -> None:
             rows = compared.get(arch) or compare(arch, data, COMBOS, args.train_steps)
             compared[arch] = rows
             real_int8 = {x["format"]: x["real_bytes"] for x in rows if x["precision"] == plan.precision}
-            budgets.append({
-                "family": family, "data": data.name, "input_shape": list(data.input_shape), "budget": budget,
-                "budget_bytes": parse_size(budget), "formats": formats, "teacher": recipe.teacher.arch,
-                "teacher_int8_bytes": plan.teacher_bytes, "binding": plan.binding, "arch": arch,
-                "params": plan.chosen.params, "planned_int8_bytes": plan.chosen.bytes, "real_int8_bytes": real_int8,
-                "real_within_budget": all(real_int8[f] <= parse_size(budget) for f in formats),
-                "int8_over_fp32": ratios(rows), "artifacts": rows,
-            })
+            budgets.append(
+                {
+                    "family": family,
+                    "data": data.name,
+                    "input_shape": list(data.input_shape),
+                    "budget": budget,
+                    "budget_bytes": parse_size(budget),
+                    "formats": formats,
+                    "teacher": recipe.teacher.arch,
+                    "teacher_int8_bytes": plan.teacher_bytes,
+                    "binding": plan.binding,
+                    "arch": arch,
+                    "params": plan.chosen.params,
+                    "planned_int8_bytes": plan.chosen.bytes,
+                    "real_int8_bytes": real_int8,
+                    "real_within_budget": all(real_int8[f] <= parse_size(budget) for f in formats),
+                    "int8_over_fp32": ratios(rows),
+                    "artifacts": rows,
+                }
+            )
         if args.all_candidates:
             print(f"{family}: every candidate", flush=True)
             for arch in families()[family].candidates():
                 candidates.extend({"family": family, **row} for row in compare(arch, data, DEPLOY_COMBOS, args.train_steps))
 
-    print(f"\n{'family':<7} {'budget':>6} {'formats':<14} {'student':<14} {'format':<9} {'prec':<5} {'planned':>10} {'real':>10} {'diff':>5} {'int8/fp32':>9}")
+    print(
+        f"\n{'family':<7} {'budget':>6} {'formats':<14} {'student':<14} {'format':<9} {'prec':<5} {'planned':>10} {'real':>10} {'diff':>5} {'int8/fp32':>9}"
+    )
     for b in budgets:
         for row in b["artifacts"]:
             ratio = b["int8_over_fp32"].get(row["format"]) if row["precision"] == "int8" else None
-            print(f"{b['family']:<7} {b['budget']:>6} {'+'.join(b['formats']):<14} {b['arch']:<14} {row['format']:<9} "
-                  f"{row['precision']:<5} {row['planned_bytes']:>10,} {row['real_bytes']:>10,} {row['diff_bytes']:>+5} "
-                  f"{'' if ratio is None else f'{ratio:.3f}':>9}")
+            print(
+                f"{b['family']:<7} {b['budget']:>6} {'+'.join(b['formats']):<14} {b['arch']:<14} {row['format']:<9} "
+                f"{row['precision']:<5} {row['planned_bytes']:>10,} {row['real_bytes']:>10,} {row['diff_bytes']:>+5} "
+                f"{'' if ratio is None else f'{ratio:.3f}':>9}"
+            )
     rows = [r for b in budgets for r in b["artifacts"]] + candidates
     worst = max(rows, key=lambda r: abs(r["diff_bytes"]) / r["real_bytes"])
     summary = {
@@ -141,14 +167,22 @@ def main() -> None:
         "max_rel_diff": round(abs(worst["diff_bytes"]) / worst["real_bytes"], 6),
         "every_planned_student_within_budget": all(b["real_within_budget"] for b in budgets),
     }
-    print(f"\n{summary['exact']} of {summary['comparisons']} planned sizes equal the real export to the byte; "
-          f"largest difference {summary['max_abs_diff_bytes']} B ({100 * summary['max_rel_diff']:.3f}%); "
-          f"every planned student within budget: {summary['every_planned_student_within_budget']}")
+    print(
+        f"\n{summary['exact']} of {summary['comparisons']} planned sizes equal the real export to the byte; "
+        f"largest difference {summary['max_abs_diff_bytes']} B ({100 * summary['max_rel_diff']:.3f}%); "
+        f"every planned student within budget: {summary['every_planned_student_within_budget']}"
+    )
     out = {
-        "benchmark": "export_sizes", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - t0, 1),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "versions": library_versions(),
-        "calibration_samples": CALIBRATION_SAMPLES, "train_steps": args.train_steps,
-        "summary": summary, "budgets": budgets, "all_candidates": candidates,
+        "benchmark": "export_sizes",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "versions": library_versions(),
+        "calibration_samples": CALIBRATION_SAMPLES,
+        "train_steps": args.train_steps,
+        "summary": summary,
+        "budgets": budgets,
+        "all_candidates": candidates,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

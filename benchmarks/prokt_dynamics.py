@@ -74,8 +74,11 @@ def run_variant(variant: str, recipe, data, args: argparse.Namespace, seed: int)
         teacher = build_teacher(r, data)
         method = engine.kd_method(student, teacher, t.student_optimizer, KDConfig(alpha=1.0, temperature=1.0), total, t.grad_clip)
     else:
-        over = {"method": "prokt", "teacher.init": args.prokt_teacher,
-                "prokt.teacher_targets": "batch-stats" if variant == "prokt-batch-stats" else "eval"}
+        over = {
+            "method": "prokt",
+            "teacher.init": args.prokt_teacher,
+            "prokt.teacher_targets": "batch-stats" if variant == "prokt-batch-stats" else "eval",
+        }
         if args.prokt_teacher != "scratch":
             over["teacher.checkpoint"] = args.teacher_checkpoint
         r = apply_overrides(recipe, over)
@@ -100,8 +103,16 @@ def run_variant(variant: str, recipe, data, args: argparse.Namespace, seed: int)
                     point["kl_q_p"] = round(metrics["kl_q_p"], 4)
                 path.append(point)
     final = path[-1]
-    return {"variant": variant, "seed": seed, "student": args.student, "steps": step, "seconds": round(time.perf_counter() - t0, 1),
-            "student_val_accuracy": final["student_val"], "teacher_val_accuracy": final.get("teacher_val"), "path": path}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "student": args.student,
+        "steps": step,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "student_val_accuracy": final["student_val"],
+        "teacher_val_accuracy": final.get("teacher_val"),
+        "path": path,
+    }
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -109,20 +120,31 @@ def summarise(records: list[dict]) -> list[dict]:
     for v in dict.fromkeys(r["variant"] for r in records):
         rs = [r for r in records if r["variant"] == v]
         half = [next(p["student_val"] for p in r["path"] if p["step"] >= r["steps"] // 2) for r in rs]
-        rows.append({"variant": v, "seeds": len(rs),
-                     "student_val": mean_std([r["student_val_accuracy"] for r in rs]),
-                     "teacher_val": mean_std([r["teacher_val_accuracy"] for r in rs if r["teacher_val_accuracy"] is not None]),
-                     "student_val_halfway": mean_std(half),
-                     "seconds": statistics.mean(r["seconds"] for r in rs)})
+        rows.append(
+            {
+                "variant": v,
+                "seeds": len(rs),
+                "student_val": mean_std([r["student_val_accuracy"] for r in rs]),
+                "teacher_val": mean_std([r["teacher_val_accuracy"] for r in rs if r["teacher_val_accuracy"] is not None]),
+                "student_val_halfway": mean_std(half),
+                "seconds": statistics.mean(r["seconds"] for r in rs),
+            }
+        )
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     def pct(ms):
         return "-" if ms[0] is None else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}"
-    lines = ["| variant | seeds | student val % halfway | student val % at the end | teacher val % at the end | seconds |", "|---|---|---|---|---|---|"]
+
+    lines = [
+        "| variant | seeds | student val % halfway | student val % at the end | teacher val % at the end | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['seeds']} | {pct(r['student_val_halfway'])} | {pct(r['student_val'])} | {pct(r['teacher_val'])} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['variant']} | {r['seeds']} | {pct(r['student_val_halfway'])} | {pct(r['student_val'])} | {pct(r['teacher_val'])} | {r['seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -143,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         for v in variants:
             rec = run_variant(v, recipe, data, args, seed)
             records.append(rec)
-            print(f"seed {seed} {v:<18} student val {rec['student_val_accuracy']:.4f} teacher val {rec['teacher_val_accuracy']} ({rec['seconds']:.0f}s)", flush=True)
+            print(
+                f"seed {seed} {v:<18} student val {rec['student_val_accuracy']:.4f} teacher val {rec['teacher_val_accuracy']} ({rec['seconds']:.0f}s)",
+                flush=True,
+            )
     rows = summarise(records)
     table = markdown(rows)
     print(table)

@@ -42,16 +42,29 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None, desc
     ap.add_argument("--teacher-epochs", type=int, default=None, help="epochs of the converged KD teacher (default: --epochs)")
     ap.add_argument("--max-train-samples", type=int, default=None)
     ap.add_argument("--prokt-teacher", choices=["scratch", "checkpoint-reset-head", "checkpoint"], default="scratch")
-    ap.add_argument("--teacher-checkpoint", default=None, metavar="PATH|shipped:NAME",
-                    help="one converged teacher for every seed (e.g. the recipe's shipped one): KD uses it as it is, ProKT as --prokt-teacher says "
-                         "(checkpoint-reset-head when --prokt-teacher is scratch); no per-seed teacher is trained")
-    ap.add_argument("--tune", action=argparse.BooleanOptionalAction, default=False,
-                    help="first choose each method's settings on validation (seed --tune-seed, first budget, the same number of runs per "
-                         "method: TUNING), then run the grid with the chosen settings; tuning runs are kept as phase 'tune' records")
+    ap.add_argument(
+        "--teacher-checkpoint",
+        default=None,
+        metavar="PATH|shipped:NAME",
+        help="one converged teacher for every seed (e.g. the recipe's shipped one): KD uses it as it is, ProKT as --prokt-teacher says "
+        "(checkpoint-reset-head when --prokt-teacher is scratch); no per-seed teacher is trained",
+    )
+    ap.add_argument(
+        "--tune",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="first choose each method's settings on validation (seed --tune-seed, first budget, the same number of runs per "
+        "method: TUNING), then run the grid with the chosen settings; tuning runs are kept as phase 'tune' records",
+    )
     ap.add_argument("--tune-seed", type=int, default=0)
-    ap.add_argument("--tune-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="recipe override for the tuning runs only, the same for every method (e.g. data.max_train_samples=6000 to tune on a "
-                         "subset when the grid's runs are long); KD's tuning teacher is trained on the same data")
+    ap.add_argument(
+        "--tune-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override for the tuning runs only, the same for every method (e.g. data.max_train_samples=6000 to tune on a "
+        "subset when the grid's runs are long); KD's tuning teacher is trained on the same data",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra recipe override, e.g. prokt.lam=0.5 (YAML value)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--teacher-dir", default=None, help="keep converged teachers here (teacher-seed<N>/) and reuse them across invocations")
@@ -109,8 +122,13 @@ def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | 
         torch.set_num_threads(args.threads)
     teachers = {} if teachers is None else teachers
     base = load_recipe(args.recipe)
-    common = {"train.epochs": args.epochs, "data.max_train_samples": args.max_train_samples, "budget.formats": ["onnx"], "budget.precision": "int8",
-              "train.min_steps": 0}  # --epochs is the schedule compared; --set train.min_steps=N brings the floor back
+    common = {
+        "train.epochs": args.epochs,
+        "data.max_train_samples": args.max_train_samples,
+        "budget.formats": ["onnx"],
+        "budget.precision": "int8",
+        "train.min_steps": 0,
+    }  # --epochs is the schedule compared; --set train.min_steps=N brings the floor back
     common.update(extra_overrides(args.set))
     # --resume: cells already in --out (same budget, method, seed, phase and settings) are kept, not re-run;
     # every finished cell is written at once, so a long grid can stop and continue.
@@ -157,15 +175,24 @@ class Grid:
             if key not in self.teachers:
                 self.teachers[key] = (shared, _teacher_accuracy(r_teacher, shared))
             return self.teachers[key]
-        key = (seed, r_teacher.teacher.arch, r_teacher.teacher.epochs, r_teacher.data.model_dump_json(), r_teacher.train.teacher_optimizer.model_dump_json())
+        key = (
+            seed,
+            r_teacher.teacher.arch,
+            r_teacher.teacher.epochs,
+            r_teacher.data.model_dump_json(),
+            r_teacher.train.teacher_optimizer.model_dump_json(),
+        )
         name = f"teacher-seed{seed}" + ("-tune" if extra else "")
         kept = Path(args.teacher_dir) / name if getattr(args, "teacher_dir", None) else None
         while kept is not None and not kept.exists() and any(kept.parent.glob(f".{kept.name}.partial-*")):
             time.sleep(10)  # another invocation (e.g. another method's grid) is training this teacher
         if key not in self.teachers and kept is not None and (kept / "manifest.json").is_file():
             m = json.loads((kept / "manifest.json").read_text())
-            if m["teacher"]["arch"] == r_teacher.teacher.arch and len(m["metrics"]["history"]) == r_teacher.teacher.epochs \
-                    and _kept_data(kept) == r_teacher.data.model_dump():
+            if (
+                m["teacher"]["arch"] == r_teacher.teacher.arch
+                and len(m["metrics"]["history"]) == r_teacher.teacher.epochs
+                and _kept_data(kept) == r_teacher.data.model_dump()
+            ):
                 self.teachers[key] = (str(kept / "teacher.safetensors"), m["metrics"]["teacher_test_accuracy"])
                 print(f"seed {seed}: reusing converged teacher {kept} (test {self.teachers[key][1]:.4f})", flush=True)
         if key not in self.teachers:
@@ -173,7 +200,9 @@ class Grid:
             t0 = time.perf_counter()
             teacher = train_teacher(r_teacher, out=teacher_dir)
             self.teachers[key] = (str(teacher_dir / "teacher.safetensors"), teacher.manifest["metrics"]["teacher_test_accuracy"])
-            print(f"seed {seed}: converged teacher {r_seed.teacher.arch} test {self.teachers[key][1]:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            print(
+                f"seed {seed}: converged teacher {r_seed.teacher.arch} test {self.teachers[key][1]:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True
+            )
         return self.teachers[key]
 
     def _known_teacher_accuracy(self, seed: int, phase: str, settings: dict) -> float | None:
@@ -205,8 +234,9 @@ class Grid:
         def same(r: dict) -> bool:
             # the checkpoint's path may differ between machines; min_steps 0 is the same as none (records made before it existed)
             strip = lambda d: {k: v for k, v in d.items() if k != "teacher.checkpoint" and (k, v) != ("train.min_steps", 0)}  # noqa: E731
-            return ((r["budget"], label(r), r["seed"], r.get("phase", "grid")) == (budget, name, seed, phase)
-                    and strip(r["settings"]) == strip(settings))
+            return (r["budget"], label(r), r["seed"], r.get("phase", "grid")) == (budget, name, seed, phase) and strip(r["settings"]) == strip(
+                settings
+            )
 
         previous = [r for r in self.done + self.records if same(r)]
         if not previous and phase == "grid":  # the tuning run with the chosen settings is this cell: the same run, not run twice
@@ -262,14 +292,18 @@ class Grid:
             "seconds": round(seconds, 1),
             "settings": settings,
             # per-epoch validation path: student/teacher accuracy and teacher-student KL
-            "history": [{k: v for k, v in h.items() if k.startswith(("val_", "epoch", "train_", "beta"))}
-                        for h in m["metrics"]["history"].get("student", [])],
+            "history": [
+                {k: v for k, v in h.items() if k.startswith(("val_", "epoch", "train_", "beta"))} for h in m["metrics"]["history"].get("student", [])
+            ],
         }
         self.records.append(rec)
         if getattr(args, "incremental", True):
             _write_records(Path(args.out), [r for r in self.done if r not in self.records] + self.records)
-        print(f"  {budget:>6} {name:<12} {rec['student']:<14} ({phase}) val {rec['student_val_accuracy']:.4f} fp32 {rec['student_test_accuracy']:.4f} "
-              f"int8 {rec['int8_test_accuracy']:.4f} best epoch {rec['best_epoch']} ({seconds:.0f}s)", flush=True)
+        print(
+            f"  {budget:>6} {name:<12} {rec['student']:<14} ({phase}) val {rec['student_val_accuracy']:.4f} fp32 {rec['student_test_accuracy']:.4f} "
+            f"int8 {rec['int8_test_accuracy']:.4f} best epoch {rec['best_epoch']} ({seconds:.0f}s)",
+            flush=True,
+        )
         return rec
 
 
@@ -322,14 +356,25 @@ def summarise(records: list[dict]) -> list[dict]:
         cells.setdefault((r["budget_bytes"], r["budget"], label(r)), []).append(r)
     rows = []
     for (_, budget, method), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][2]) if kv[0][2] in ORDER else 9)):
+
         def ms(key, rs=rs):
             return mean_std([r[key] for r in rs if r[key] is not None])
 
         drops = [r["student_test_accuracy"] - r["int8_test_accuracy"] for r in rs if r["int8_test_accuracy"] is not None]
-        rows.append({"budget": budget, "method": method, "student": rs[0]["student"], "n": len(rs),
-                     "val": ms("student_val_accuracy"), "fp32": ms("student_test_accuracy"), "int8": ms("int8_test_accuracy"),
-                     "int8_drop": mean_std(drops),
-                     "teacher": ms("teacher_test_accuracy"), "seconds": ms("seconds")})
+        rows.append(
+            {
+                "budget": budget,
+                "method": method,
+                "student": rs[0]["student"],
+                "n": len(rs),
+                "val": ms("student_val_accuracy"),
+                "fp32": ms("student_test_accuracy"),
+                "int8": ms("int8_test_accuracy"),
+                "int8_drop": mean_std(drops),
+                "teacher": ms("teacher_test_accuracy"),
+                "seconds": ms("seconds"),
+            }
+        )
     return rows
 
 
@@ -354,18 +399,24 @@ def markdown(rows: list[dict]) -> str:
     def pts(ms):
         return "-" if ms[0] is None else f"{100 * ms[0]:+.2f} ± {100 * ms[1]:.2f}"
 
-    lines = ["| budget | method | student | seeds | student val % | student fp32 test % | int8 ONNX test % | int8 drop (points) | teacher test % | seconds/run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| budget | method | student | seeds | student val % | student fp32 test % | int8 ONNX test % | int8 drop (points) | teacher test % | seconds/run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['budget']} | {r['method']} | {r['student']} | {r['n']} | {pct(r['val'])} | {pct(r['fp32'])} | {pct(r['int8'])} | {pts(r['int8_drop'])} "
-                     f"| {pct(r['teacher'])} | {r['seconds'][0]:.0f} |")
+        lines.append(
+            f"| {r['budget']} | {r['method']} | {r['student']} | {r['n']} | {pct(r['val'])} | {pct(r['fp32'])} | {pct(r['int8'])} | {pts(r['int8_drop'])} "
+            f"| {pct(r['teacher'])} | {r['seconds'][0]:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def markdown_paired(diffs: list[dict]) -> str:
     lines = ["| budget | comparison | seeds | fp32 test difference (points, mean ± std) | seeds where the first is better |", "|---|---|---|---|---|"]
     for d in diffs:
-        lines.append(f"| {d['budget']} | {d['a']} - {d['b']} | {d['seeds']} | {100 * d['mean']:+.2f} ± {100 * d['std']:.2f} | {d['wins']}/{d['seeds']} |")
+        lines.append(
+            f"| {d['budget']} | {d['a']} - {d['b']} | {d['seeds']} | {100 * d['mean']:+.2f} ± {100 * d['std']:.2f} | {d['wins']}/{d['seeds']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -379,9 +430,17 @@ def main(argv: list[str] | None = None, defaults: dict | None = None, descriptio
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=2) + "\n")
     table = markdown(summarise(grid_records(records)))
-    pairs = [("prokt", "kd"), ("prokt", "scratch"), ("kd", "scratch"),
-             ("prokt+label", "prokt"), ("prokt+label", "kd"), ("prokt+label", "scratch"),
-             ("prokt+batch-stats", "prokt"), ("prokt+batch-stats", "kd"), ("prokt+batch-stats", "scratch")]
+    pairs = [
+        ("prokt", "kd"),
+        ("prokt", "scratch"),
+        ("kd", "scratch"),
+        ("prokt+label", "prokt"),
+        ("prokt+label", "kd"),
+        ("prokt+label", "scratch"),
+        ("prokt+batch-stats", "prokt"),
+        ("prokt+batch-stats", "kd"),
+        ("prokt+batch-stats", "scratch"),
+    ]
     diffs = [d for a, b in pairs for d in paired(grid_records(records), a, b)]
     tuned = [r for r in records if r.get("phase") == "tune"]
     if tuned:

@@ -89,23 +89,39 @@ def run_case(name: str, overrides: dict, args, tmp: Path, targets: dict) -> dict
     plan_s = time.perf_counter() - t0
     arch = p.chosen.arch
     student = generic_copy(create_model(arch, num_classes=data.num_classes, **data.model_kwargs), 0).eval()
-    print(f"{name}: teacher {recipe.teacher.arch} ({count_params(teacher):,} params) -> student {arch} ({p.chosen.params:,}); "
-          f"plan {plan_s:.0f}s: {p.note}", flush=True)
+    print(
+        f"{name}: teacher {recipe.teacher.arch} ({count_params(teacher):,} params) -> student {arch} ({p.chosen.params:,}); "
+        f"plan {plan_s:.0f}s: {p.note}",
+        flush=True,
+    )
     calibration = data.train.x[:300].numpy()
     example = data.train.x[:2]
     rows = []
     for model_name, model in (("teacher", teacher), ("student", student)):
         for fmt in FORMATS:
             for precision in PRECISIONS:
-                art = exporters.export(copy.deepcopy(model), fmt, precision, tmp / name.replace("/", "-") / f"{model_name}-{fmt}-{precision}",
-                                       example_input=example, calibration=calibration if precision == "int8" else None)
+                art = exporters.export(
+                    copy.deepcopy(model),
+                    fmt,
+                    precision,
+                    tmp / name.replace("/", "-") / f"{model_name}-{fmt}-{precision}",
+                    example_input=example,
+                    calibration=calibration if precision == "int8" else None,
+                )
                 main = next(f for f in art.files if f.suffix in (".onnx", ".xml"))
-                rows.append({"id": f"{model_name}/{fmt}/{precision}", "model": model_name, "format": fmt, "precision": precision,
-                             "bytes": art.bytes, "main": main})
+                rows.append(
+                    {
+                        "id": f"{model_name}/{fmt}/{precision}",
+                        "model": model_name,
+                        "format": fmt,
+                        "precision": precision,
+                        "bytes": art.bytes,
+                        "main": main,
+                    }
+                )
     npz = tmp / "x.npz"
     np.savez(npz, x=data.test.x[:64].numpy(), y=data.test.y[:64].numpy())
-    engines = [{"id": r["id"], **measure.artifact_engine(r["format"], r["main"], targets), "accuracy": {"accuracy": 0.0, "samples": 0}}
-               for r in rows]
+    engines = [{"id": r["id"], **measure.artifact_engine(r["format"], r["main"], targets), "accuracy": {"accuracy": 0.0, "samples": 0}} for r in rows]
     timed = measure.measure(engines, npz, threads=1, batch=args.batch, runs=args.runs, warmup=args.warmup, repeats=args.repeats)
     for r, m in zip(rows, timed):
         r.pop("main")
@@ -118,17 +134,31 @@ def run_case(name: str, overrides: dict, args, tmp: Path, targets: dict) -> dict
 
 def summarize(name: str, recipe, teacher, p, rows: list[dict], batch: int) -> dict:  # noqa: ANN001
     by = {r["id"]: r for r in rows}
-    out = {"case": name, "teacher": recipe.teacher.arch, "teacher_params": count_params(teacher), "student": p.chosen.arch,
-           "student_params": p.chosen.params, "families": p.families, "budget_bytes": p.budget_bytes, "plan_note": p.note, "rows": rows}
+    out = {
+        "case": name,
+        "teacher": recipe.teacher.arch,
+        "teacher_params": count_params(teacher),
+        "student": p.chosen.arch,
+        "student_params": p.chosen.params,
+        "families": p.families,
+        "budget_bytes": p.budget_bytes,
+        "plan_note": p.note,
+        "rows": rows,
+    }
     for b in (1, batch):
         key = f"p50_ms_b{b}"
         fitting = [r for r in rows if r["model"] == "student" and r["fits_budget"]] or [r for r in rows if r["model"] == "student"]
         s = min(fitting, key=lambda r: r[key])  # bench recommends among the student's files that fit (and pass their gates)
         t = min((r for r in rows if r["model"] == "teacher"), key=lambda r: r[key])
-        out[f"b{b}"] = {"recommended_student": s["id"], "student_ms": s[key], "teacher_fastest": t["id"], "teacher_ms": t[key],
-                        "speedup_vs_teacher_fastest": round(t[key] / s[key], 3),
-                        "onnx_int8_vs_fp32": round(by["student/onnx/fp32"][key] / by["student/onnx/int8"][key], 3),
-                        "openvino_int8_vs_fp32": round(by["student/openvino/fp32"][key] / by["student/openvino/int8"][key], 3)}
+        out[f"b{b}"] = {
+            "recommended_student": s["id"],
+            "student_ms": s[key],
+            "teacher_fastest": t["id"],
+            "teacher_ms": t[key],
+            "speedup_vs_teacher_fastest": round(t[key] / s[key], 3),
+            "onnx_int8_vs_fp32": round(by["student/onnx/fp32"][key] / by["student/onnx/int8"][key], 3),
+            "openvino_int8_vs_fp32": round(by["student/openvino/fp32"][key] / by["student/openvino/int8"][key], 3),
+        }
     return out
 
 
@@ -148,8 +178,11 @@ def main() -> None:
     isa = fp["cpu"].get("int8_dot_product")
     targets = runtime_targets("CPU")
     t0 = time.perf_counter()
-    results = {"machine": {"cpu": fp["cpu"]["model"], "int8_dot_product": isa, "flags": fp["cpu"]["flags"], "fingerprint": fp["id"]},
-               "settings": {"threads": 1, "batch": args.batch, "runs": args.runs, "warmup": args.warmup, "repeats": args.repeats}, "cases": []}
+    results = {
+        "machine": {"cpu": fp["cpu"]["model"], "int8_dot_product": isa, "flags": fp["cpu"]["flags"], "fingerprint": fp["id"]},
+        "settings": {"threads": 1, "batch": args.batch, "runs": args.runs, "warmup": args.warmup, "repeats": args.repeats},
+        "cases": [],
+    }
     with tempfile.TemporaryDirectory(prefix="student-speed-") as tmp:
         for name, overrides in cases(args.cases.split(","), args.family):
             results["cases"].append(run_case(name, overrides, args, Path(tmp), targets))
@@ -164,13 +197,16 @@ def main() -> None:
             int8_recommended = d["recommended_student"].endswith("/int8")
             slower = {"onnx": d["onnx_int8_vs_fp32"] < 1.0, "openvino": d["openvino_int8_vs_fp32"] < 1.0}
             fmt = d["recommended_student"].split("/")[1]
-            checks.append((f"{c['case']}: batch {b}: an int8 file is not recommended when slower than its fp32", not (int8_recommended and slower[fmt])))
+            checks.append(
+                (f"{c['case']}: batch {b}: an int8 file is not recommended when slower than its fp32", not (int8_recommended and slower[fmt]))
+            )
         if isa:
             checks.append((f"{c['case']}: ONNX int8 >= 1.3x its fp32 at batch {args.batch} ({isa})", bn["onnx_int8_vs_fp32"] >= 1.3))
     results["checks"] = [{"check": text, "passed": ok} for text, ok in checks]
     if not isa:
-        results["checks"].append({"check": f"ONNX int8 >= 1.3x fp32 at batch {args.batch}: not applied (no VNNI-class int8 dot products)",
-                                  "passed": None})
+        results["checks"].append(
+            {"check": f"ONNX int8 >= 1.3x fp32 at batch {args.batch}: not applied (no VNNI-class int8 dot products)", "passed": None}
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
@@ -182,12 +218,16 @@ def main() -> None:
         fastn = c[f"b{args.batch}"]["teacher_ms"]
         print(f"  {'artifact':24} {'bytes':>9} {'fits':>4} {'b1 p50':>9} {'x':>6} {'b' + str(args.batch) + ' p50':>9} {'x':>6}")
         for r in c["rows"]:
-            print(f"  {r['id']:24} {r['bytes']:>9,} {'yes' if r['fits_budget'] else 'no':>4} {r['p50_ms_b1']:>9.4f} {fast1 / r['p50_ms_b1']:>6.2f} "
-                  f"{r[key_n]:>9.4f} {fastn / r[key_n]:>6.2f}")
+            print(
+                f"  {r['id']:24} {r['bytes']:>9,} {'yes' if r['fits_budget'] else 'no':>4} {r['p50_ms_b1']:>9.4f} {fast1 / r['p50_ms_b1']:>6.2f} "
+                f"{r[key_n]:>9.4f} {fastn / r[key_n]:>6.2f}"
+            )
         for b in ("b1", f"b{args.batch}"):
             d = c[b]
-            print(f"  {b}: recommended {d['recommended_student']} {d['speedup_vs_teacher_fastest']:.2f}x the teacher's fastest "
-                  f"({d['teacher_fastest']}); ONNX int8/fp32 {d['onnx_int8_vs_fp32']:.2f}x, OpenVINO int8/fp32 {d['openvino_int8_vs_fp32']:.2f}x")
+            print(
+                f"  {b}: recommended {d['recommended_student']} {d['speedup_vs_teacher_fastest']:.2f}x the teacher's fastest "
+                f"({d['teacher_fastest']}); ONNX int8/fp32 {d['onnx_int8_vs_fp32']:.2f}x, OpenVINO int8/fp32 {d['openvino_int8_vs_fp32']:.2f}x"
+            )
     print()
     for ch in results["checks"]:
         print(f"  [{'pass' if ch['passed'] else ('n/a' if ch['passed'] is None else 'FAIL')}] {ch['check']}")

@@ -162,8 +162,14 @@ def _onnx_search(model, example_input, calibration, val_x, val_y, target, out_di
         return AccuracyAwareResult(
             artifact=Artifact(format="onnx", precision="int8", files=files, runtime=ort_runtime()),
             method="onnxruntime quantize_static, nodes_to_exclude ranked by validation accuracy",
-            target_drop=target, reference_accuracy=reference, plain_accuracy=plain_acc, accuracy=acc, met=met,
-            kept_fp32=kept, plain_bytes=plain_bytes, evaluations=len(built) + 1,
+            target_drop=target,
+            reference_accuracy=reference,
+            plain_accuracy=plain_acc,
+            accuracy=acc,
+            met=met,
+            kept_fp32=kept,
+            plain_bytes=plain_bytes,
+            evaluations=len(built) + 1,
         )
 
 
@@ -237,9 +243,15 @@ def _ov_search(model, example_input, calibration, val_x, val_y, target, out_dir,
             try:
                 with quiet():
                     restored = nncf.quantize_with_accuracy_control(
-                        convert(), nncf.Dataset(samples), nncf.Dataset(val), validate,
-                        max_drop=target / 100.0, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(samples),
-                        fast_bias_correction=False, **{k: v for k, v in options.items() if k != "advanced_parameters"},
+                        convert(),
+                        nncf.Dataset(samples),
+                        nncf.Dataset(val),
+                        validate,
+                        max_drop=target / 100.0,
+                        drop_type=nncf.DropType.ABSOLUTE,
+                        subset_size=len(samples),
+                        fast_bias_correction=False,
+                        **{k: v for k, v in options.items() if k != "advanced_parameters"},
                         **({"advanced_quantization_parameters": options["advanced_parameters"]} if "advanced_parameters" in options else {}),
                     )
             except Exception as exc:  # noqa: BLE001 - NNCF raises many types
@@ -256,8 +268,14 @@ def _ov_search(model, example_input, calibration, val_x, val_y, target, out_dir,
         return AccuracyAwareResult(
             artifact=Artifact(format="openvino", precision="int8", files=files, runtime=ov_runtime()),
             method="nncf.quantize_with_accuracy_control (absolute drop)",
-            target_drop=target, reference_accuracy=reference, plain_accuracy=plain_acc, accuracy=acc, met=met,
-            kept_fp32=kept, plain_bytes=plain_bytes, evaluations=evaluations,
+            target_drop=target,
+            reference_accuracy=reference,
+            plain_accuracy=plain_acc,
+            accuracy=acc,
+            met=met,
+            kept_fp32=kept,
+            plain_bytes=plain_bytes,
+            evaluations=evaluations,
         )
 
 

@@ -179,10 +179,7 @@ def _batch_problem(path: Path, example: torch.Tensor | np.ndarray) -> str | None
         session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         if is_text_names(names):
-            feeds = [
-                (f"batch {b}, sequence {n}", b, text_feed(example_text_batch(sample, b, n)))
-                for b, n in text_check_shapes(sample.shape[2])
-            ]
+            feeds = [(f"batch {b}, sequence {n}", b, text_feed(example_text_batch(sample, b, n))) for b, n in text_check_shapes(sample.shape[2])]
         else:
             image = sample[:1].astype(np.float32)
             feeds = [(f"batch {b}", b, {names[0]: np.repeat(image, b, axis=0)}) for b in (1, 3)]
@@ -351,11 +348,7 @@ def export_onnx_fp32(model: torch.nn.Module, example_input: torch.Tensor, path: 
                     **names,
                 )
         except Exception as exc:
-            expected = (
-                "one int64 (B,2,L) packed tensor (input_ids, attention_mask)"
-                if text
-                else "one float32 (B,C,H,W) tensor"
-            )
+            expected = "one int64 (B,2,L) packed tensor (input_ids, attention_mask)" if text else "one float32 (B,C,H,W) tensor"
             raise ExportError(
                 f"ONNX export failed ({problem}; TorchScript fallback at opset {legacy_opset} failed too: "
                 f"{type(exc).__name__}: {exc}). Make sure forward() takes {expected} and "
@@ -372,10 +365,7 @@ def export_onnx_fp32(model: torch.nn.Module, example_input: torch.Tensor, path: 
                 if text
                 else "Remove batch-size dependent code (e.g. x.view(2, -1)) from forward(); use x.flatten(1)."
             )
-            raise ExportError(
-                f"ONNX export has no working dynamic {dims} ({problem}; TorchScript fallback: "
-                f"{legacy_problem}). {hint}"
-            )
+            raise ExportError(f"ONNX export has no working dynamic {dims} ({problem}; TorchScript fallback: {legacy_problem}). {hint}")
         warnings.warn(f"ONNX export used the TorchScript fallback at opset {legacy_opset}: {problem}", stacklevel=3)
     sidecar = path.with_name(path.name + ".data")
     if sidecar.exists():
@@ -463,9 +453,7 @@ def _pool_as_global_average(path: Path) -> int:
     model = onnx.load(str(path))
     graph = model.graph
     ranks = {
-        v.name: len(v.type.tensor_type.shape.dim)
-        for v in (*graph.value_info, *graph.input, *graph.output)
-        if v.type.tensor_type.HasField("shape")
+        v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.value_info, *graph.input, *graph.output) if v.type.tensor_type.HasField("shape")
     }
     inits = {t.name: t for t in graph.initializer}
     nodes, rewritten = [], 0
@@ -491,8 +479,7 @@ def _pool_as_global_average(path: Path) -> int:
     return rewritten
 
 
-def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp: Path,
-                   nodes_to_exclude: list[str] | None = None) -> None:
+def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp: Path, nodes_to_exclude: list[str] | None = None) -> None:
     """Static QDQ int8 of ``fp32_path``; ``nodes_to_exclude`` (names in ``tmp/preprocessed.onnx``) stay
     fp32 (the accuracy-aware search of ``exporters/accuracy_aware.py``)."""
     q = require("onnxruntime.quantization", "onnxruntime")
@@ -537,10 +524,7 @@ def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp
         ) from exc
     dims = "batch/sequence dimensions" if text else "batch dimension"
     if not batch_is_symbolic(out_path) or (problem := _batch_problem(out_path, calibration[:1])):
-        raise ExportError(
-            f"int8 ONNX model lost its dynamic {dims} during quantization"
-            + (f" ({problem})" if batch_is_symbolic(out_path) else "")
-        )
+        raise ExportError(f"int8 ONNX model lost its dynamic {dims} during quantization" + (f" ({problem})" if batch_is_symbolic(out_path) else ""))
     _store_ints_as_raw(out_path)
     try:
         onnx.checker.check_model(str(out_path), full_check=True)
@@ -583,9 +567,7 @@ class OrtPredictor:
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
             else:
-                warnings.warn(
-                    "CUDAExecutionProvider is not available (pip install onnxruntime-gpu); using CPU", stacklevel=3
-                )
+                warnings.warn("CUDAExecutionProvider is not available (pip install onnxruntime-gpu); using CPU", stacklevel=3)
         elif dev != "cpu":
             raise ExportError(f"unknown onnxruntime device {device!r}; use 'CPU' or 'cuda'")
         try:

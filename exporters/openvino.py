@@ -212,8 +212,7 @@ class OpenVINOPredictor:
             self._compiled = core.compile_model(str(xml), dev, config)
         except Exception as exc:
             raise ExportError(
-                f"OpenVINO could not compile {xml} on {device!r} (available devices: "
-                f"{', '.join(core.available_devices)}): {exc}"
+                f"OpenVINO could not compile {xml} on {device!r} (available devices: {', '.join(core.available_devices)}): {exc}"
             ) from exc
         self._request = self._compiled.create_infer_request()
         self._output = self._compiled.output(0)

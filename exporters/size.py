@@ -40,9 +40,18 @@ def generic_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return clone
 
 
-def measure_bytes(model: torch.nn.Module, fmt: str, precision: str, *, example_input: torch.Tensor,
-                  calibration_samples: int = 100, seed: int = 0, calibration: np.ndarray | None = None,
-                  vocab_size: int | None = None, keep_dir: Path | None = None) -> int:
+def measure_bytes(
+    model: torch.nn.Module,
+    fmt: str,
+    precision: str,
+    *,
+    example_input: torch.Tensor,
+    calibration_samples: int = 100,
+    seed: int = 0,
+    calibration: np.ndarray | None = None,
+    vocab_size: int | None = None,
+    keep_dir: Path | None = None,
+) -> int:
     """Bytes of the artifact ``export(model, fmt, precision)`` would produce (all files counted).
 
     The model may be untrained: the size depends on the architecture, not on the weight values, as long

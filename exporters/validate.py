@@ -105,8 +105,7 @@ def _as_input(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.int64 if text else np.float32)
     if not (text or x.ndim == 4) or len(x) == 0:
         raise ExportError(
-            f"validate expects a non-empty float (N,C,H,W) image array or packed (N,2,L) integer text array, "
-            f"got a {x.dtype} array of shape {x.shape}"
+            f"validate expects a non-empty float (N,C,H,W) image array or packed (N,2,L) integer text array, got a {x.dtype} array of shape {x.shape}"
         )
     return x
 

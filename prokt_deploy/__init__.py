@@ -25,4 +25,18 @@ from prokt_deploy.recipe import apply_overrides, load_recipe  # noqa: E402
 from prokt_deploy.train.distill import distill, train_teacher  # noqa: E402
 from prokt_deploy.train.planner import plan
 
-__all__ = ["__version__", "apply_overrides", "bench", "compare", "distill", "export_run", "format_size", "load_recipe", "parse_size", "plan", "train_teacher", "write_bundle", "ProktError"]
+__all__ = [
+    "__version__",
+    "apply_overrides",
+    "bench",
+    "compare",
+    "distill",
+    "export_run",
+    "format_size",
+    "load_recipe",
+    "parse_size",
+    "plan",
+    "train_teacher",
+    "write_bundle",
+    "ProktError",
+]

@@ -86,10 +86,17 @@ def compare(run: str | Path, methods: str | Sequence[str], *, progress=None, sta
 
 def _row(method: str, path: str, manifest: Manifest, deployed: float | None) -> dict:
     m = manifest.metrics
-    return {"method": method, "run": path, "student_arch": manifest.student.arch,
-            "student_test_accuracy": m["student_test_accuracy"], "student_val_accuracy": m.get("student_val_accuracy"),
-            "deployed_test_accuracy": deployed, "best_epoch": m.get("best_epoch"), "epochs": m.get("epochs"),
-            "val_curve": [e.get("val_student_accuracy") for e in (m.get("history") or {}).get("student", [])]}
+    return {
+        "method": method,
+        "run": path,
+        "student_arch": manifest.student.arch,
+        "student_test_accuracy": m["student_test_accuracy"],
+        "student_val_accuracy": m.get("student_val_accuracy"),
+        "deployed_test_accuracy": deployed,
+        "best_epoch": m.get("best_epoch"),
+        "epochs": m.get("epochs"),
+        "val_curve": [e.get("val_student_accuracy") for e in (m.get("history") or {}).get("student", [])],
+    }
 
 
 def _add_gains(fr: FinishedRun, rows: list[dict]) -> None:

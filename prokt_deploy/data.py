@@ -322,17 +322,22 @@ def _image_folder(root: Path, image_size: tuple[int, int] | None, channels: int 
     return np.stack(images), np.asarray(labels, dtype=np.int64), classes, 255.0
 
 
-def _check_same_image_kind(first: tuple[Path, str, tuple[int, int]], file: Path, own: tuple[str, tuple[int, int]],
-                           mode: str | None, image_size: tuple[int, int] | None) -> None:
+def _check_same_image_kind(
+    first: tuple[Path, str, tuple[int, int]], file: Path, own: tuple[str, tuple[int, int]], mode: str | None, image_size: tuple[int, int] | None
+) -> None:
     """Images of one folder must share channels and size unless the recipe says what to convert them
     to: resizing or converting them all to the first file's kind would be a silent, arbitrary choice."""
     channels = {"L": "1 channel", "RGB": "3 channels"}
     if mode is None and own[0] != first[1]:
-        raise DataError(f"images of different channels: {first[0]} has {channels[first[1]]}, {file} has {channels[own[0]]}; "
-                        "set data.channels: 1 or 3 to convert them all")
+        raise DataError(
+            f"images of different channels: {first[0]} has {channels[first[1]]}, {file} has {channels[own[0]]}; "
+            "set data.channels: 1 or 3 to convert them all"
+        )
     if image_size is None and own[1] != first[2]:
         (h0, w0), (h, w) = first[2], own[1]
-        raise DataError(f"images of different sizes: {first[0]} is {h0}x{w0}, {file} is {h}x{w} (HxW); set data.image_size: [H, W] to resize them all")
+        raise DataError(
+            f"images of different sizes: {first[0]} is {h0}x{w0}, {file} is {h}x{w} (HxW); set data.image_size: [H, W] to resize them all"
+        )
 
 
 def check_labels(name: str, y: np.ndarray, classes: list[str], splits: dict[str, np.ndarray], fix: dict[str, str]) -> None:
@@ -349,18 +354,25 @@ def check_labels(name: str, y: np.ndarray, classes: list[str], splits: dict[str,
     counts = np.bincount(y, minlength=len(classes))
     empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
     if empty:
-        raise DataError(f"{name}: class {empty[0]!r} has no samples ({len(empty)} of {len(classes)} classes empty); "
-                        f"labels must be 0..K-1 integers or class names, each class with samples")
+        raise DataError(
+            f"{name}: class {empty[0]!r} has no samples ({len(empty)} of {len(classes)} classes empty); "
+            f"labels must be 0..K-1 integers or class names, each class with samples"
+        )
     for split, idx in splits.items():
         present = np.bincount(y[idx], minlength=len(classes)) > 0
         if not present.all():
             missing = classes[int(np.flatnonzero(~present)[0])]
-            raise DataError(f"{name}: class {missing!r} has no samples in the {split} split ({len(idx)} samples for {len(classes)} classes); "
-                            f"the split is too small: {fix[split]}")
+            raise DataError(
+                f"{name}: class {missing!r} has no samples in the {split} split ({len(idx)} samples for {len(classes)} classes); "
+                f"the split is too small: {fix[split]}"
+            )
 
 
-_FIX = {"train": "use more training samples (--max-train-samples) or add data", "validation": "raise data.val_fraction or add data",
-        "test": "raise data.test_fraction or add data"}
+_FIX = {
+    "train": "use more training samples (--max-train-samples) or add data",
+    "validation": "raise data.val_fraction or add data",
+    "test": "raise data.test_fraction or add data",
+}
 
 
 # --------------------------------------------------------------------------------------- text
@@ -420,7 +432,9 @@ def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[s
     for n, row in enumerate(rows, 1):
         if text_column not in row or label_column not in row:
             missing = text_column if text_column not in row else label_column
-            raise DataError(f"{path}: example {n} has no {missing!r} field (fields: {', '.join(map(str, row))}); set data.text_column / data.label_column")
+            raise DataError(
+                f"{path}: example {n} has no {missing!r} field (fields: {', '.join(map(str, row))}); set data.text_column / data.label_column"
+            )
     texts = [str(r[text_column] or "") for r in rows]
     labels = [str(r[label_column]).strip() for r in rows]
     if any(lab in ("", "None") for lab in labels):
@@ -464,8 +478,15 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> torch.Tensor:  # n
     return torch.from_numpy(np.stack([ids, mask], axis=1))
 
 
-def _load_text(source: str, path, seed: int, val_fraction: float, test_fraction: float,  # noqa: ANN001
-               max_train_samples: int | None, text: dict) -> DataBundle:
+def _load_text(
+    source: str,
+    path,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,  # noqa: ANN001
+    max_train_samples: int | None,
+    text: dict,
+) -> DataBundle:
     max_length = int(text.get("max_length") or 64)
     if max_length < 2:
         raise DataError(f"data.max_length must be at least 2 tokens, got {max_length}")

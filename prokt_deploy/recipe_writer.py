@@ -36,14 +36,14 @@ SHOWN = {
 
 SECTION_NOTES = {
     "data": "The data. path is absolute, so the recipe works from any directory. augment.hflip mirrors training images:\n"
-            "turn it off where a mirror image is another class (digits, letters).",
+    "turn it off where a mirror image is another class (digits, letters).",
     "teacher": "The teacher. init: checkpoint-reset-head loads teacher.checkpoint and zeroes its head (ProKT's reference start);\n"
-               "pretrain trains it with cross-entropy in the run first (teacher.epochs, default train.epochs), then zeroes its head.",
+    "pretrain trains it with cross-entropy in the run first (teacher.epochs, default train.epochs), then zeroes its head.",
     "student": "The student family; the planner picks the largest member whose artifact fits budget.size.",
     "budget": "The deployed artifact's size budget, precision and formats.",
     "train": "The schedule. Each training phase runs at least train.min_steps optimizer steps: when epochs x steps per epoch\n"
-             "is fewer, the epochs are raised (the run's manifest records the epochs run and why). keep_best keeps the epoch\n"
-             "with the best validation accuracy.",
+    "is fewer, the epochs are raised (the run's manifest records the epochs run and why). keep_best keeps the epoch\n"
+    "with the best validation accuracy.",
     "prokt": "ProKT (PROKT.md): lam weighs the teacher's KL to the student.",
     "kd": "The kd baseline (run --compare kd, or method: kd).",
 }
@@ -133,8 +133,11 @@ def _section(recipe: Recipe, key: str) -> dict:
 def render(recipe: Recipe, data: DataBundle, path: Path, *, inferred: bool = True, teacher_note: str | None = None) -> str:
     """The recipe as commented YAML: a header of data facts, then each section with a note."""
     split_seed = recipe.seed if recipe.data.split_seed is None else recipe.data.split_seed
-    lines = [f"# Written by `prokt-deploy recipe new` on {time.strftime('%Y-%m-%d')}; check it with `prokt-deploy recipe check FILE`,",
-             "# run it with `prokt-deploy run FILE`. Every key is documented in docs/data.md (Recipes).", "#"]
+    lines = [
+        f"# Written by `prokt-deploy recipe new` on {time.strftime('%Y-%m-%d')}; check it with `prokt-deploy recipe check FILE`,",
+        "# run it with `prokt-deploy run FILE`. Every key is documented in docs/data.md (Recipes).",
+        "#",
+    ]
     lines += [f"# {line}" for line in _facts(data, path, recipe.data.source, inferred, split_seed)]
     steps = -(-len(data.train) // recipe.train.batch_size)
     lines.append(f"#   {steps} optimizer steps per epoch at batch {recipe.train.batch_size}")

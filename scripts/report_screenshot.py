@@ -35,12 +35,24 @@ def chromium() -> str:
 
 def screenshot(page: Path, out: Path, width: int = 1400, height: int = 3000) -> None:
     with tempfile.TemporaryDirectory(prefix="report-shot-") as profile:
-        cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
-               "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND", "--no-first-run", "--disable-extensions",
-               f"--window-size={width},{height}", f"--screenshot={out}", page.resolve().as_uri()]
+        cmd = [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--proxy-server=127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--no-first-run",
+            "--disable-extensions",
+            f"--window-size={width},{height}",
+            f"--screenshot={out}",
+            page.resolve().as_uri(),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0 or not out.is_file():
-        sys.exit(f"Error: chromium failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:] }")
+        sys.exit(f"Error: chromium failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
 
 
 def pixels_near(pixels: np.ndarray, rgb: tuple[int, int, int], tol: int = 6) -> int:

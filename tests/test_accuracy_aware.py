@@ -34,10 +34,16 @@ def broken_run(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("aa")
-    recipe = apply_overrides(load_recipe(RECIPES / "digits.yaml"), {
-        "method": "scratch", "student.arch": "cnn-w8-d1", "train.epochs": 4,
-        "budget.size": f"{BUDGET}B", "budget.formats": ["onnx", "openvino"],
-    })
+    recipe = apply_overrides(
+        load_recipe(RECIPES / "digits.yaml"),
+        {
+            "method": "scratch",
+            "student.arch": "cnn-w8-d1",
+            "train.epochs": 4,
+            "budget.size": f"{BUDGET}B",
+            "budget.formats": ["onnx", "openvino"],
+        },
+    )
     run = distill(recipe, out=root / "run", runs_root=root / "runs").path
     student = load_model(run, "student")
     bn, conv = student.features[4], student.features[6]
@@ -95,8 +101,13 @@ def test_cli_flag(broken_run: Path, tmp_path: Path) -> None:
     from conftest import ROOT
 
     run = Path(shutil.copytree(broken_run, tmp_path / "run"))
-    p = subprocess.run([sys.executable, "-m", "prokt_deploy", "export", str(run), "-f", "onnx", "--accuracy-aware"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env={**__import__("os").environ, "COLUMNS": "400"})
+    p = subprocess.run(
+        [sys.executable, "-m", "prokt_deploy", "export", str(run), "-f", "onnx", "--accuracy-aware"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "COLUMNS": "400"},
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "accuracy-aware" in p.stdout and "kept in fp32 node_Conv" in p.stdout, p.stdout

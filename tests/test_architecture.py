@@ -18,8 +18,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "prokt_deploy"
 STANDALONE = ("prokt_deploy.bench.measure", "prokt_deploy.bench.fingerprint")
-RANK = {"errors": 0, "budget": 0, "recipe": 0, "data": 0, "models": 0, "run": 1, "train": 2, "recipe_writer": 2, "deploy": 3,
-        "bench": 4, "compare": 5, "cli": 6, "__main__": 7}
+RANK = {
+    "errors": 0,
+    "budget": 0,
+    "recipe": 0,
+    "data": 0,
+    "models": 0,
+    "run": 1,
+    "train": 2,
+    "recipe_writer": 2,
+    "deploy": 3,
+    "bench": 4,
+    "compare": 5,
+    "cli": 6,
+    "__main__": 7,
+}
 
 
 def _modules(root: Path, package: str) -> dict[str, Path]:
@@ -55,7 +68,9 @@ def _rank(module: str) -> int:
 
 
 def test_every_module_has_a_stage():
-    assert all(m == "prokt_deploy" or m.split(".")[1] in RANK for m in MODULES), sorted(m for m in MODULES if m != "prokt_deploy" and m.split(".")[1] not in RANK)
+    assert all(m == "prokt_deploy" or m.split(".")[1] in RANK for m in MODULES), sorted(
+        m for m in MODULES if m != "prokt_deploy" and m.split(".")[1] not in RANK
+    )
 
 
 def test_stages_import_only_downwards():
@@ -109,7 +124,19 @@ def test_the_cli_lists_the_same_options_as_before_the_regrouping():
     def walk(cmd, prefix: list[str]) -> dict[str, list[str]]:  # noqa: ANN001 - click command
         if hasattr(cmd, "commands"):
             return {k: v for name, sub in sorted(cmd.commands.items()) for k, v in walk(sub, [*prefix, name]).items()}
-        return {" ".join(prefix): sorted(o for p in cmd.params for o in ([*p.opts, *p.secondary_opts] if p.param_type_name == "option" else ["ARG:" + p.name]))}
+        return {
+            " ".join(prefix): sorted(
+                o for p in cmd.params for o in ([*p.opts, *p.secondary_opts] if p.param_type_name == "option" else ["ARG:" + p.name])
+            )
+        }
 
     expected = json.loads((ROOT / "tests" / "data" / "cli_options.json").read_text())
     assert walk(typer.main.get_command(app), []) == expected
+
+
+def test_the_code_is_linted_and_formatted():
+    """``ruff check`` and ``ruff format --check`` (configuration in pyproject.toml) pass on the repository."""
+    ruff = Path(sys.executable).with_name("ruff")
+    for args in (["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]):
+        p = subprocess.run([str(ruff), *args], capture_output=True, text=True, cwd=ROOT)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]

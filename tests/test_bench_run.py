@@ -28,8 +28,14 @@ ENV_1_THREAD = {"OMP_NUM_THREADS": "1"}  # training in the subprocess: 2 threads
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prokt_deploy", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **ENV_1_THREAD, **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "prokt_deploy", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV_1_THREAD, **(env or {})},
+        timeout=600,
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *match: str) -> str:
@@ -47,8 +53,25 @@ def run_dir(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     student is pinned to one whose OpenVINO int8 IR (~32 kB) fits 64 kB too: both engines get rows."""
     work = tmp_path_factory.mktemp("bench")
     out = work / "run"
-    proc = cli("run", "--recipe", DIGITS, "--budget", "64KB", "--student", "cnn-w8-d1", "--epochs", "2", "--out", str(out), *FAST,
-               "--max-accuracy-drop", "100", "--min-speedup", "0.0001", cwd=work)
+    proc = cli(
+        "run",
+        "--recipe",
+        DIGITS,
+        "--budget",
+        "64KB",
+        "--student",
+        "cnn-w8-d1",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        *FAST,
+        "--max-accuracy-drop",
+        "100",
+        "--min-speedup",
+        "0.0001",
+        cwd=work,
+    )
     return out, proc
 
 
@@ -77,13 +100,36 @@ def test_report_schema_rows_and_percentiles(run_dir):
     ids = [r["id"] for r in report["rows"]]
     # every engine: teacher in PyTorch and as the ONNX baseline, the student in PyTorch, the fp32
     # counterparts the bench exports for the int8 comparison, and every passed artifact
-    assert ids == ["teacher/pytorch/fp32", "teacher/onnx/fp32", "teacher/onnx/int8", "teacher/openvino/int8", "student/pytorch/fp32",
-                   "student/onnx/fp32", "student/openvino/fp32", "student/onnx/int8", "student/openvino/int8"]
+    assert ids == [
+        "teacher/pytorch/fp32",
+        "teacher/onnx/fp32",
+        "teacher/onnx/int8",
+        "teacher/openvino/int8",
+        "student/pytorch/fp32",
+        "student/onnx/fp32",
+        "student/openvino/fp32",
+        "student/onnx/int8",
+        "student/openvino/int8",
+    ]
     runtimes = {r["id"]: r["runtime"].split()[0] for r in report["rows"]}
     assert runtimes["teacher/pytorch/fp32"] == "torch" and runtimes["student/openvino/int8"] == "openvino"
     for row in report["rows"]:
-        for key in ("model", "format", "precision", "runtime", "bytes", "test_accuracy", "latency_ms", "batch_latency_ms",
-                    "throughput", "load_s", "peak_mem_mb", "speedup_vs_teacher", "rounds_p50_ms", "engine_config"):
+        for key in (
+            "model",
+            "format",
+            "precision",
+            "runtime",
+            "bytes",
+            "test_accuracy",
+            "latency_ms",
+            "batch_latency_ms",
+            "throughput",
+            "load_s",
+            "peak_mem_mb",
+            "speedup_vs_teacher",
+            "rounds_p50_ms",
+            "engine_config",
+        ):
             assert key in row, (row["id"], key)
         for stats in (row["latency_ms"], row["batch_latency_ms"]):
             assert set(stats) == {"p50", "p90", "p99", "mean", "std"}
@@ -204,8 +250,15 @@ def test_bundle_benchmarks_without_torch_and_merges_back(run_dir, tmp_path):
     assert spec["samples"] == 200 and len(spec["classes"]) == 10 and spec["input"]["shape"] == [None, 1, 8, 8]
     with np.load(bundle / "samples.npz") as f:
         assert f["x"].shape == (200, 1, 8, 8) and f["x"].dtype == np.float32 and f["y"].shape == (200,)
-    assert {a["id"] for a in spec["artifacts"]} == {"teacher/onnx/fp32", "teacher/onnx/int8", "teacher/openvino/int8", "student/onnx/fp32",
-                                                    "student/openvino/fp32", "student/onnx/int8", "student/openvino/int8"}
+    assert {a["id"] for a in spec["artifacts"]} == {
+        "teacher/onnx/fp32",
+        "teacher/onnx/int8",
+        "teacher/openvino/int8",
+        "student/onnx/fp32",
+        "student/openvino/fp32",
+        "student/onnx/int8",
+        "student/openvino/int8",
+    }
 
     shim = tmp_path / "shim"
     shim.mkdir()
@@ -217,8 +270,14 @@ def test_bundle_benchmarks_without_torch_and_merges_back(run_dir, tmp_path):
     check = subprocess.run([sys.executable, "-c", "import numpy, onnxruntime, openvino"], env=board, capture_output=True, text=True, cwd=tmp_path)
     assert check.returncode == 0, check.stderr
 
-    device = subprocess.run([sys.executable, str(bundle / "bench_bundle.py"), "--out", str(tmp_path / "device.json")], env=board,
-                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    device = subprocess.run(
+        [sys.executable, str(bundle / "bench_bundle.py"), "--out", str(tmp_path / "device.json")],
+        env=board,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert device.returncode == 0, device.stderr
     results = json.loads((tmp_path / "device.json").read_text())
     assert results["kind"] == "device-bench" and results["fingerprint"]["cpu"]["model"]
@@ -249,8 +308,18 @@ def _row(row_id: str, kind: str, p50: float, acc: float, *, batch_p50: float | N
     model, fmt, precision = row_id.split("/")
     stats = {"p50": p50, "p90": p50, "p99": p50, "mean": p50, "std": 0.0}
     batch_stats = {**stats, "p50": batch_p50 if batch_p50 is not None else p50 * batch}
-    return {"id": row_id, "model": model, "format": fmt, "precision": precision, "kind": kind, "latency_ms": stats,
-            "batch_latency_ms": batch_stats, "batch": batch, "test_accuracy": acc, "bytes": 1000}
+    return {
+        "id": row_id,
+        "model": model,
+        "format": fmt,
+        "precision": precision,
+        "kind": kind,
+        "latency_ms": stats,
+        "batch_latency_ms": batch_stats,
+        "batch": batch,
+        "test_accuracy": acc,
+        "bytes": 1000,
+    }
 
 
 def _with_relative(rows: list[dict]) -> list[dict]:
@@ -267,9 +336,16 @@ def test_summary_statistics_are_ordered_medians_over_rounds():
 
 
 def test_recommendation_and_gates():
-    rows = _with_relative([_row("teacher/onnx/fp32", "reference", 1.0, 0.90), _row("teacher/onnx/int8", "reference", 0.05, 0.90),
-                           _row("student/pytorch/fp32", "reference", 0.01, 0.90), _row("student/onnx/fp32", "reference", 0.1, 0.85),
-                           _row("student/onnx/int8", "artifact", 0.2, 0.80), _row("student/openvino/int8", "artifact", 0.4, 0.89)])
+    rows = _with_relative(
+        [
+            _row("teacher/onnx/fp32", "reference", 1.0, 0.90),
+            _row("teacher/onnx/int8", "reference", 0.05, 0.90),
+            _row("student/pytorch/fp32", "reference", 0.01, 0.90),
+            _row("student/onnx/fp32", "reference", 0.1, 0.85),
+            _row("student/onnx/int8", "artifact", 0.2, 0.80),
+            _row("student/openvino/int8", "artifact", 0.4, 0.89),
+        ]
+    )
     rows[3].update(within_budget=False, budget_bytes=1000)
     rec = recommend(rows, None)
     assert rec["id"] == "student/onnx/int8"  # never a teacher or PyTorch row; the faster fp32 file is over the budget
@@ -296,31 +372,46 @@ def test_int8_not_faster_lists_the_detected_causes():
     vnni = {"cpu": {"arch": "x86_64", "flags": ["avx2", "avx512_vnni"], "int8_dot_product": "AVX512-VNNI", "usable_cores": 2}}
     fp32 = _row("student/onnx/fp32", "reference", 0.010, 0.9, batch_p50=0.040, batch=32)
     int8 = _row("student/onnx/int8", "artifact", 0.012, 0.9, batch_p50=0.030, batch=32)
-    graph = {"runtime": "onnxruntime", "int8_layers": 3, "float_layers": ["head (Gemm, float)"], "float_ops_between_qdq": [],
-             "conversions": {"QuantizeLinear": 2, "DequantizeLinear": 2}, "threads_used": 2}
+    graph = {
+        "runtime": "onnxruntime",
+        "int8_layers": 3,
+        "float_layers": ["head (Gemm, float)"],
+        "float_ops_between_qdq": [],
+        "conversions": {"QuantizeLinear": 2, "DequantizeLinear": 2},
+        "threads_used": 2,
+    }
     settings = {"threads": 4}
     finding = int8_diagnosis.explain(int8, fp32, graph=graph, fp32_graph={"conversions": {}}, fingerprint=no_vnni, settings=settings, macs=40_000)
     assert not finding["faster"] and finding["speedup"] == pytest.approx(0.833, abs=1e-3)
     text = " | ".join(finding["causes"])
-    for expected in ("no int8 dot-product", "1 of 4 compute layers still run in fp32", "4 more conversion",
-                     "exceeds the 2 usable cores", "used 2 threads although 4", "tiny model dominated by per-call overhead"):
+    for expected in (
+        "no int8 dot-product",
+        "1 of 4 compute layers still run in fp32",
+        "4 more conversion",
+        "exceeds the 2 usable cores",
+        "used 2 threads although 4",
+        "tiny model dominated by per-call overhead",
+    ):
         assert expected in text, expected
     with_vnni = int8_diagnosis.explain(int8, fp32, graph=None, fp32_graph=None, fingerprint=vnni, settings={"threads": 1}, macs=None)
     assert not any("dot-product" in c for c in with_vnni["causes"])
-    faster = int8_diagnosis.explain(_row("student/onnx/int8", "artifact", 0.005, 0.9), fp32, graph=None, fp32_graph=None,
-                                    fingerprint=no_vnni, settings=settings, macs=None)
+    faster = int8_diagnosis.explain(
+        _row("student/onnx/int8", "artifact", 0.005, 0.9), fp32, graph=None, fp32_graph=None, fingerprint=no_vnni, settings=settings, macs=None
+    )
     assert faster["faster"] and faster["causes"] == []
 
 
 def test_scatter_labels_do_not_overlap_even_for_close_points():
     from prokt_deploy.bench.report import _CHAR_W, svg_scatter
 
-    rows = [{"id": f"{m}/{f}/{p}", "model": m, "kind": "artifact", "test_accuracy": 0.9 + 0.001 * i, "latency_ms": {"p50": 0.05 * (1 + 0.01 * i)}}
-            for i, (m, f, p) in enumerate([(m, f, p) for m in ("teacher", "student") for f in ("onnx", "openvino") for p in ("fp32", "int8")])]
+    rows = [
+        {"id": f"{m}/{f}/{p}", "model": m, "kind": "artifact", "test_accuracy": 0.9 + 0.001 * i, "latency_ms": {"p50": 0.05 * (1 + 0.01 * i)}}
+        for i, (m, f, p) in enumerate([(m, f, p) for m in ("teacher", "student") for f in ("onnx", "openvino") for p in ("fp32", "int8")])
+    ]
     svg = svg_scatter(rows)
     labels = [(float(x), float(y), t) for x, y, t in re.findall(r'<text x="([\d.-]+)" y="([\d.-]+)" font-size="9">([^<]+)</text>', svg)]
     assert sorted(t for _, _, t in labels) == sorted(r["id"] for r in rows)
     boxes = [(x, y - 8, x + _CHAR_W * len(t), y + 2) for x, y, t in labels]
     for i, a in enumerate(boxes):
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)

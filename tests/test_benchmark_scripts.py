@@ -28,8 +28,27 @@ def test_distill_throughput(tmp_path):
 
 def test_quality_and_ablation_tiny(tmp_path):
     out = tmp_path / "q.json"
-    bench("quality.py", "--recipe", DIGITS, "--budgets", "20KB", "--seeds", "0", "--epochs", "1", "--teacher-epochs", "1",
-          "--max-train-samples", "300", "--methods", "scratch,kd,prokt", "--tune", "--out", str(out), cwd=tmp_path)
+    bench(
+        "quality.py",
+        "--recipe",
+        DIGITS,
+        "--budgets",
+        "20KB",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--teacher-epochs",
+        "1",
+        "--max-train-samples",
+        "300",
+        "--methods",
+        "scratch,kd,prokt",
+        "--tune",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     everything = json.loads(out.read_text())
     tuning = [r for r in everything if r["phase"] == "tune"]
     records = [r for r in everything if r["phase"] == "grid"]
@@ -40,15 +59,45 @@ def test_quality_and_ablation_tiny(tmp_path):
         best = max(tried, key=lambda r: r["student_val_accuracy"])
         assert next(r for r in records if r["method"] == method)["tuned"] == best["tuned"]
     for r in records:
-        for key in ("budget_bytes", "method", "seed", "student_test_accuracy", "int8_test_accuracy", "student_int8_test_accuracy",
-                    "teacher_test_accuracy", "teacher_params", "student_params", "best_epoch", "epochs", "seconds"):
+        for key in (
+            "budget_bytes",
+            "method",
+            "seed",
+            "student_test_accuracy",
+            "int8_test_accuracy",
+            "student_int8_test_accuracy",
+            "teacher_test_accuracy",
+            "teacher_params",
+            "student_params",
+            "best_epoch",
+            "epochs",
+            "seconds",
+        ):
             assert r[key] is not None, key
     assert len({r["student"] for r in records}) == 1  # same student for every method
     assert "| 20KB | prokt |" in out.with_suffix(".md").read_text()
 
     out = tmp_path / "a.json"
-    bench("ablation.py", "--recipe", DIGITS, "--budgets", "20KB", "--seeds", "0", "--epochs", "1", "--teacher-epochs", "1",
-          "--max-train-samples", "300", "--variants", "lam=0.7,constrained,teacher=checkpoint-reset-head", "--out", str(out), cwd=tmp_path)
+    bench(
+        "ablation.py",
+        "--recipe",
+        DIGITS,
+        "--budgets",
+        "20KB",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--teacher-epochs",
+        "1",
+        "--max-train-samples",
+        "300",
+        "--variants",
+        "lam=0.7,constrained,teacher=checkpoint-reset-head",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     records = json.loads(out.read_text())
     assert [r["variant"] for r in records] == ["lam=0.7", "constrained", "teacher=checkpoint-reset-head"]
     assert records[0]["settings"]["prokt.lam"] == 0.7
@@ -59,10 +108,32 @@ def test_text_quality_tiny(tmp_path):
     the tuning runs use the --tune-set subset, the grid cells the full (here: capped) split, and a second
     invocation with --resume keeps every cell and the kept KD teachers."""
     out = tmp_path / "t.json"
-    args = ["--methods", "kd", "--budgets", "1.3MB", "--seeds", "0", "--max-train-samples", "64", "--epochs", "1",
-            "--tune-set", "data.max_train_samples=32", "--teacher-dir", str(tmp_path / "teachers"),
-            "--set", "teacher.arch=bert-h64-l1", "--set", "data.tokenizer=all-minilm-l6-v2", "--set", "data.max_length=24",
-            "--set", "student.init_embeddings=random", "--out", str(out)]
+    args = [
+        "--methods",
+        "kd",
+        "--budgets",
+        "1.3MB",
+        "--seeds",
+        "0",
+        "--max-train-samples",
+        "64",
+        "--epochs",
+        "1",
+        "--tune-set",
+        "data.max_train_samples=32",
+        "--teacher-dir",
+        str(tmp_path / "teachers"),
+        "--set",
+        "teacher.arch=bert-h64-l1",
+        "--set",
+        "data.tokenizer=all-minilm-l6-v2",
+        "--set",
+        "data.max_length=24",
+        "--set",
+        "student.init_embeddings=random",
+        "--out",
+        str(out),
+    ]
     bench("text_quality.py", *args, cwd=tmp_path)
     records = json.loads(out.read_text())
     tuning = [r for r in records if r["phase"] == "tune"]
@@ -84,8 +155,24 @@ def test_prokt_dynamics_tiny(tmp_path):
     ckpt = tmp_path / "teacher.safetensors"
     save_weights(create_model("resnet-w16-d1", num_classes=10, in_channels=1), ckpt)
     out = tmp_path / "d.json"
-    bench("prokt_dynamics.py", "--recipe", DIGITS, "--student", "resnet-w4-d1", "--max-train-samples", "200", "--epochs", "1",
-          "--every", "1", "--teacher-checkpoint", str(ckpt), "--out", str(out), cwd=tmp_path)
+    bench(
+        "prokt_dynamics.py",
+        "--recipe",
+        DIGITS,
+        "--student",
+        "resnet-w4-d1",
+        "--max-train-samples",
+        "200",
+        "--epochs",
+        "1",
+        "--every",
+        "1",
+        "--teacher-checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     records = json.loads(out.read_text())["records"]
     assert [r["variant"] for r in records] == ["scratch", "soft-targets", "prokt", "prokt-batch-stats"]
     for r in records:

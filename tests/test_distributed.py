@@ -10,9 +10,27 @@ from conftest import RECIPES
 def test_ddp_two_processes_on_digits(tmp_path):
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "prokt_deploy", "distill", "--recipe", str(RECIPES / "digits.yaml"), "--epochs", "2",
-         "--max-train-samples", "512", "--nproc-per-node", "2", "--out", str(out), "--json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "prokt_deploy",
+            "distill",
+            "--recipe",
+            str(RECIPES / "digits.yaml"),
+            "--epochs",
+            "2",
+            "--max-train-samples",
+            "512",
+            "--nproc-per-node",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # only rank 0 prints

@@ -73,8 +73,10 @@ def test_int8_both_formats_pass_and_are_recorded(run: Path, int8_results: list[d
     recorded = {(a["format"], a["precision"]): a for a in manifest_of(run)["artifacts"]}
     planned = manifest_of(run)["student"]["bytes_by_format"]
     for r in int8_results:
-        print(f"\n{r['format']} int8: {r['bytes']} B (planned {planned[r['format']]} B), drop {r['accuracy_drop']:+.2f} pts, "
-              f"agreement {r['top1_agreement']:.4f}, max|diff| {r['max_abs_diff']:.3g}")
+        print(
+            f"\n{r['format']} int8: {r['bytes']} B (planned {planned[r['format']]} B), drop {r['accuracy_drop']:+.2f} pts, "
+            f"agreement {r['top1_agreement']:.4f}, max|diff| {r['max_abs_diff']:.3g}"
+        )
         assert r["passed"] and r["failures"] == []
         assert r["accuracy_drop"] <= 1.0  # the default gate; int8 keeps the trained student's accuracy
         assert r["top1_agreement"] >= 0.95
@@ -182,15 +184,23 @@ def test_every_family_exports_every_format_and_precision(family: str, digits_arr
     model.eval()
     for fmt, precisions in exporters.PRECISIONS.items():
         for precision in precisions:
-            art = exporters.export(model, fmt, precision, tmp_path / f"{fmt}-{precision}", example_input=x_train[:2],
-                                   calibration=x_train[:300].numpy() if precision == "int8" else None)
-            report = exporters.validate(exporters.load(art, fmt), model, x_test, y_test,
-                                        tolerance=exporters.default_tolerance(precision), max_accuracy_drop=1.0)
-            print(f"\n{arch} {fmt} {precision}: {art.bytes} B, acc {report.reference_accuracy:.4f} -> "
-                  f"{report.test_accuracy:.4f}, max|diff| {report.max_abs_diff:.3g}")
+            art = exporters.export(
+                model,
+                fmt,
+                precision,
+                tmp_path / f"{fmt}-{precision}",
+                example_input=x_train[:2],
+                calibration=x_train[:300].numpy() if precision == "int8" else None,
+            )
+            report = exporters.validate(
+                exporters.load(art, fmt), model, x_test, y_test, tolerance=exporters.default_tolerance(precision), max_accuracy_drop=1.0
+            )
+            print(
+                f"\n{arch} {fmt} {precision}: {art.bytes} B, acc {report.reference_accuracy:.4f} -> "
+                f"{report.test_accuracy:.4f}, max|diff| {report.max_abs_diff:.3g}"
+            )
             assert report.reference_accuracy > 0.8, "the model did not train"
             assert report.passed, (arch, fmt, precision, report.failures)
-
 
 
 class _PooledTeacher(torch.nn.Module):
@@ -199,9 +209,14 @@ class _PooledTeacher(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+            torch.nn.Conv2d(1, 8, 3, padding=1),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            torch.nn.BatchNorm2d(16),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
         )
         self.head = torch.nn.Linear(16, 10)
 
@@ -209,8 +224,9 @@ class _PooledTeacher(torch.nn.Module):
         return self.head(self.features(x))
 
 
-@pytest.mark.parametrize("arch", [*sorted(fam.candidates()[0] for fam in families().values() if fam.modality == "image" and fam.candidates()),
-                                  "pooled-teacher"])
+@pytest.mark.parametrize(
+    "arch", [*sorted(fam.candidates()[0] for fam in families().values() if fam.modality == "image" and fam.candidates()), "pooled-teacher"]
+)
 def test_int8_onnx_runs_in_int8_in_onnxruntime(arch: str, digits_arrays, single_thread, tmp_path: Path) -> None:
     """Every Conv/Gemm/MatMul of the int8 ONNX file runs as an int8 kernel in onnxruntime's optimized graph,
     and nothing (residual Add, pooling) runs in float between DequantizeLinear and QuantizeLinear.
@@ -238,8 +254,9 @@ def test_int8_onnx_runs_in_int8_in_onnxruntime(arch: str, digits_arrays, single_
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prokt_deploy", "export", *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "prokt_deploy", "export", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ}, timeout=600
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, match: str) -> None:

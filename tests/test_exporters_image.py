@@ -110,18 +110,14 @@ def test_reference_model_is_trained(trained: TinyCNN, digits: dict[str, np.ndarr
 
 
 @pytest.mark.parametrize(("fmt", "precision"), COMBOS)
-def test_export_passes_validation(
-    fmt: str, precision: str, artifacts: dict, trained: TinyCNN, digits: dict[str, np.ndarray]
-) -> None:
+def test_export_passes_validation(fmt: str, precision: str, artifacts: dict, trained: TinyCNN, digits: dict[str, np.ndarray]) -> None:
     art, seconds = artifacts[(fmt, precision)]
     assert (art.format, art.precision) == (fmt, precision)
     assert art.runtime.startswith({"onnx": "onnxruntime ", "openvino": "openvino "}[fmt])
     predictor = exporters.load(art, fmt, threads=1)
     assert predictor.runtime == art.runtime
     tol = exporters.default_tolerance(precision)
-    report = exporters.validate(
-        predictor, trained, digits["x_test"], digits["y_test"], tolerance=tol, max_accuracy_drop=1.0, batch_size=64
-    )
+    report = exporters.validate(predictor, trained, digits["x_test"], digits["y_test"], tolerance=tol, max_accuracy_drop=1.0, batch_size=64)
     print(
         f"\n{fmt}/{precision}: {art.bytes} B, export {seconds:.2f} s, max|diff| {report.max_abs_diff:.3g}, "
         f"agreement {report.top1_agreement:.4f}, acc {report.reference_accuracy:.4f} -> {report.test_accuracy:.4f} "
@@ -224,9 +220,7 @@ def test_int8_requires_valid_calibration(trained: TinyCNN, tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-def test_static_batch_falls_back_to_torchscript_exporter(
-    trained: TinyCNN, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_static_batch_falls_back_to_torchscript_exporter(trained: TinyCNN, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import exporters.onnx as onnx_format
 
     real = onnx_format.batch_is_symbolic
@@ -275,18 +269,14 @@ def test_validation_gate_can_fail(artifacts: dict, trained: TinyCNN, digits: dic
         def predict(self, x: np.ndarray) -> np.ndarray:
             return np.zeros((len(x), 10), dtype=np.float32)  # always class 0
 
-    report = exporters.validate(
-        Garbage(), trained, digits["x_test"], digits["y_test"], tolerance=1.0, max_accuracy_drop=1.0
-    )
+    report = exporters.validate(Garbage(), trained, digits["x_test"], digits["y_test"], tolerance=1.0, max_accuracy_drop=1.0)
     assert not report.passed
     assert len(report.failures) == 2  # every failed check is reported, not just the first
     assert any("tolerance" in f for f in report.failures) and any("accuracy drop" in f for f in report.failures)
     assert report.accuracy_drop is not None and report.accuracy_drop > 50
 
 
-def test_measure_bytes_independent_of_weights(
-    artifacts: dict, digits: dict, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_measure_bytes_independent_of_weights(artifacts: dict, digits: dict, capfd: pytest.CaptureFixture[str]) -> None:
     torch.manual_seed(123)
     untrained = TinyCNN()  # left in train mode on purpose
     example = torch.from_numpy(digits["x_train"][:2])
@@ -303,9 +293,6 @@ def test_measure_bytes_independent_of_weights(
 
 
 def test_import_is_lazy() -> None:
-    code = (
-        "import sys, exporters; "
-        "print(sorted(m for m in ('onnxruntime', 'openvino', 'nncf', 'onnx', 'onnxscript') if m in sys.modules))"
-    )
+    code = "import sys, exporters; print(sorted(m for m in ('onnxruntime', 'openvino', 'nncf', 'onnx', 'onnxscript') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

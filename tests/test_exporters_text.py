@@ -197,9 +197,7 @@ def test_reference_models_learned(models: dict[str, nn.Module], data: dict[str, 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_fp32_matches_pytorch_at_new_shapes(
-    name: str, fmt: str, artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray]
-) -> None:
+def test_fp32_matches_pytorch_at_new_shapes(name: str, fmt: str, artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray]) -> None:
     predictor = exporters.load(artifacts[(name, fmt, "fp32")], fmt, threads=1)
     model = models[name]
     for batch, length in SHAPES:
@@ -240,16 +238,12 @@ def test_graph_inputs_are_named_int64_and_dynamic(name: str, artifacts: dict) ->
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_int8_runs_agrees_and_is_small(
-    name: str, fmt: str, artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray]
-) -> None:
+def test_int8_runs_agrees_and_is_small(name: str, fmt: str, artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray]) -> None:
     art8, art32 = artifacts[(name, fmt, "int8")], artifacts[(name, fmt, "fp32")]
     predictor = exporters.load(art8, fmt, threads=1)
     for batch, length in SHAPES:
         assert predictor.predict(_batch(data["x_test"], batch, length)).shape == (batch, CLASSES)
-    report = exporters.validate(
-        predictor, models[name], data["x_test"], data["y_test"], max_accuracy_drop=3.0, batch_size=64
-    )
+    report = exporters.validate(predictor, models[name], data["x_test"], data["y_test"], max_accuracy_drop=3.0, batch_size=64)
     ratio = art8.bytes / art32.bytes
     print(
         f"\n{name} {fmt}: int8 {art8.bytes} B / fp32 {art32.bytes} B = {ratio:.2f}x, agreement "
@@ -271,9 +265,7 @@ def test_onnx_int8_quantizes_the_embedding(artifacts: dict) -> None:
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
 
 
-def test_transformer_is_padding_invariant(
-    artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray]
-) -> None:
+def test_transformer_is_padding_invariant(artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray]) -> None:
     # Only the transformer: a BiLSTM run over padded input reads the padding before the sentence in its
     # backward direction, so its PyTorch logits depend on the padding too (its parity is tested above).
     predictor = exporters.load(artifacts[("transformer", "onnx", "fp32")], "onnx", threads=1)
@@ -299,9 +291,7 @@ class _LengthSpy(nn.Module):
         return self.model(x)
 
 
-def test_validate_trims_padding_and_reuses_reference_logits(
-    artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray]
-) -> None:
+def test_validate_trims_padding_and_reuses_reference_logits(artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray]) -> None:
     x, y = data["x_test"], data["y_test"]
     spy = _LengthSpy(models["transformer"])
     full = exporters.reference_logits(spy, x, batch_size=16)
@@ -321,9 +311,7 @@ def test_validate_trims_padding_and_reuses_reference_logits(
         exporters.validate(predictor, None, x, y)
 
 
-def test_bad_calibration_and_inputs_are_rejected(
-    artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray], tmp_path: Path
-) -> None:
+def test_bad_calibration_and_inputs_are_rejected(artifacts: dict, models: dict[str, nn.Module], data: dict[str, np.ndarray], tmp_path: Path) -> None:
     model, example = models["transformer"], torch.from_numpy(data["x_train"][:2])
     images = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
     for fmt in ("onnx", "openvino"):
@@ -365,7 +353,7 @@ def test_text_helpers() -> None:
     assert sample.shape == (50, 2, 12) and sample.dtype == np.int64 and sample[:, 0].max() < 7
     lengths = sample[:, 1].sum(1)
     assert lengths.min() >= 1 and len(set(lengths)) > 3  # random real lengths, right-padded
-    assert all((row[1, : n] == 1).all() and (row[:, n:] == 0).all() for row, n in zip(sample, lengths))
+    assert all((row[1, :n] == 1).all() and (row[:, n:] == 0).all() for row, n in zip(sample, lengths))
 
 
 def test_measure_bytes_calibrates_text_with_random_token_ids(

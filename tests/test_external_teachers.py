@@ -38,8 +38,7 @@ def _one_thread():
 def hf_dir(tmp_path_factory):
     """A tiny random ResNet image classifier for 3-channel images and 5 labels (the task has 10, grey)."""
     torch.manual_seed(0)
-    config = transformers.ResNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1],
-                                       layer_type="basic", num_labels=5)
+    config = transformers.ResNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], layer_type="basic", num_labels=5)
     path = tmp_path_factory.mktemp("hf-resnet")
     transformers.ResNetForImageClassification(config).save_pretrained(path)
     return path
@@ -94,22 +93,29 @@ def test_unloadable_teachers_are_model_errors(tmp_path, hf_dir):
     wrong_classes = tmp_path / "five.pt"
     torch.jit.save(torch.jit.trace(create_model("cnn-w8-d1", num_classes=5, in_channels=1).eval(), torch.randn(2, 1, 8, 8)), str(wrong_classes))
     text_dir = tmp_path / "bert"
-    transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(text_dir)
+    transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(
+        text_dir
+    )
     from prokt_deploy.data import load_recipe_data
     from prokt_deploy.train.build import build_teacher
 
     data = load_recipe_data(recipe)
-    cases = {f"torchscript:{bad}": "not a TorchScript file", f"torchscript:{tmp_path / 'missing.pt'}": "no such file",
-             f"torchscript:{wrong_classes}": "expected logits of shape (2, 10)", f"hf:{text_dir}": "not an image classifier",
-             f"hf:{tmp_path}": "no config.json"}
+    cases = {
+        f"torchscript:{bad}": "not a TorchScript file",
+        f"torchscript:{tmp_path / 'missing.pt'}": "no such file",
+        f"torchscript:{wrong_classes}": "expected logits of shape (2, 10)",
+        f"hf:{text_dir}": "not an image classifier",
+        f"hf:{tmp_path}": "no config.json",
+    }
     for arch, match in cases.items():
         with pytest.raises(ModelError, match=match.replace("(", r"\(").replace(")", r"\)")):
             build_teacher(apply_overrides(recipe, {"teacher.arch": arch}), data)
     # through the CLI: one line on stderr, exit 6
     yaml_file = tmp_path / "r.yaml"
     yaml_file.write_text((RECIPES / "digits.yaml").read_text().replace("arch: resnet-w16-d1", f"arch: torchscript:{bad}"))
-    p = subprocess.run([sys.executable, "-m", "prokt_deploy", "plan", "--recipe", str(yaml_file)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "prokt_deploy", "plan", "--recipe", str(yaml_file)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 6, p.stderr
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("Error: torchscript:"), p.stderr
 

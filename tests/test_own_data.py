@@ -79,8 +79,9 @@ def test_recipe_new_passes_recipe_check_and_distills_one_step(tmp_path, capsys):
 
     # one step, as `distill --recipe my.yaml --epochs 1 --max-train-samples 64 --min-steps 1` would run it; planned
     # against ONNX only with the smallest student pinned: measuring OpenVINO int8 candidates costs minutes on 2 shared cores
-    r = apply_overrides(r, {"train.epochs": 1, "data.max_train_samples": 64, "train.min_steps": 1, "budget.formats": ["onnx"],
-                            "student.arch": "resnet-w4-d1"})
+    r = apply_overrides(
+        r, {"train.epochs": 1, "data.max_train_samples": 64, "train.min_steps": 1, "budget.formats": ["onnx"], "student.arch": "resnet-w4-d1"}
+    )
     m = distill(r, out=tmp_path / "run", runs_root=tmp_path).manifest
     assert m["data"]["source"] == "npz" and m["input"]["shape"] == [None, 1, 8, 8]
     assert m["metrics"]["schedule"]["student"] == {"epochs_requested": 1, "epochs": 1, "steps_per_epoch": 1, "steps": 1, "min_steps": 1}
@@ -110,9 +111,18 @@ def test_min_steps_gives_at_least_its_steps_on_a_500_image_npz(tmp_path):
     assert schedule(5, 1000, 100, 20) == {"epochs_requested": 5, "epochs": 5, "steps_per_epoch": 10, "steps": 50, "min_steps": 20}
     assert schedule(5, 1000, 100, 0)["epochs"] == 5
     npz = _digits_npz(tmp_path / "d500.npz", 500)
-    r = apply_overrides(load_recipe(RECIPES / "digits.yaml"), {"data.source": "npz", "data.path": str(npz), "method": "scratch",
-                                                               "train.epochs": 1, "train.batch_size": 64, "train.min_steps": 20,
-                                                               "student.arch": "cnn-w4-d1"})
+    r = apply_overrides(
+        load_recipe(RECIPES / "digits.yaml"),
+        {
+            "data.source": "npz",
+            "data.path": str(npz),
+            "method": "scratch",
+            "train.epochs": 1,
+            "train.batch_size": 64,
+            "train.min_steps": 20,
+            "student.arch": "cnn-w4-d1",
+        },
+    )
     counter = _Steps()
     res = distill(r, out=tmp_path / "run", runs_root=tmp_path, progress=counter)
     per_epoch = math.ceil(350 / 64)  # 500 images: 350 train

@@ -29,16 +29,29 @@ def test_student_families_resolve_lists_and_auto() -> None:
     assert student_families("auto", "image") == ["cnn", "resnet", "wide"]
     assert set(student_families("auto", "text")) == {"bilstm", "tfm"}
     assert student_families(["wide", "resnet", "wide"], "image") == ["wide", "resnet"]
-    for bad, match in ((["tfm"], "text family but the data is image"), ("vgg", "not a student family"), ([], "empty list"),
-                       (["auto", "cnn"], "stands alone"), ("nope", "unknown model family")):
+    for bad, match in (
+        (["tfm"], "text family but the data is image"),
+        ("vgg", "not a student family"),
+        ([], "empty list"),
+        (["auto", "cnn"], "stands alone"),
+        ("nope", "unknown model family"),
+    ):
         with pytest.raises(ModelError, match=match):
             student_families(bad, "image")
 
 
 def test_several_families_form_one_pool_ranked_by_capacity(tmp_path: Path) -> None:
     teacher = create_model("resnet-w24-d1", num_classes=10, in_channels=1)
-    p = plan_student(30_000, family=["cnn", "wide"], input_shape=(1, 28, 28), num_classes=10, teacher=teacher, teacher_arch="resnet-w24-d1",
-                     formats=["onnx"], cache=SizeCache(tmp_path / "sizes.json"))
+    p = plan_student(
+        30_000,
+        family=["cnn", "wide"],
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        teacher=teacher,
+        teacher_arch="resnet-w24-d1",
+        formats=["onnx"],
+        cache=SizeCache(tmp_path / "sizes.json"),
+    )
     archs = [c.arch for c in p.candidates]
     assert {a.split("-")[0] for a in archs} == {"cnn", "wide"} and p.families == ["cnn", "wide"]
     keys = [(_capacity(create_model(a, num_classes=10, in_channels=1)), c.macs) for a, c in zip(archs, p.candidates)]
@@ -57,15 +70,34 @@ def measured_bundle(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp / "bundle"
 
     def writer(models: dict, kept) -> None:
-        write_plan_bundle(out, models, kept, formats=["onnx"], example=data.example(2), data=data, recipe_name="digits",
-                          recipe_path=DIGITS, budget="100KB", samples=16)
+        write_plan_bundle(
+            out,
+            models,
+            kept,
+            formats=["onnx"],
+            example=data.example(2),
+            data=data,
+            recipe_name="digits",
+            recipe_path=DIGITS,
+            budget="100KB",
+            samples=16,
+        )
 
-    kwargs = dict(family="cnn", input_shape=data.input_shape, num_classes=10, teacher=teacher, teacher_arch="resnet-w16-d1",
-                  formats=["onnx"], candidates=[BIG, SMALL], cache=SizeCache(tmp / "sizes.json"))
+    kwargs = dict(
+        family="cnn",
+        input_shape=data.input_shape,
+        num_classes=10,
+        teacher=teacher,
+        teacher_arch="resnet-w16-d1",
+        formats=["onnx"],
+        candidates=[BIG, SMALL],
+        cache=SizeCache(tmp / "sizes.json"),
+    )
     p = plan_student(100_000, **kwargs, bundle=writer)
     assert all(c.latency_ms is None for c in p.candidates)  # a bundle is written, nothing is timed here
-    proc = subprocess.run([sys.executable, "bench_bundle.py", "--runs", "20", "--warmup", "5", "--repeats", "1"], cwd=out,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "bench_bundle.py", "--runs", "20", "--warmup", "5", "--repeats", "1"], cwd=out, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     return out, kwargs
 
@@ -110,18 +142,38 @@ def test_device_latencies_drive_the_plan(measured_bundle, tmp_path: Path) -> Non
 
 def _device_file(path: Path, p50: dict[str, float]) -> Path:
     """A device result file as bench_bundle.py writes it, with chosen latencies (model -> ms, onnx int8)."""
-    rows = [{"id": f"{m}/onnx/{prec}", "model": m, "format": "onnx", "precision": prec, "test_accuracy": 0.1, "latency_ms": {"p50": ms},
-             "batch_latency_ms": {"p50": ms}} for (m, prec), ms in p50.items()]
-    path.write_text(json.dumps({"schema_version": RESULTS_SCHEMA_VERSION, "kind": RESULTS_KIND, "run": "plan:digits@11KB",
-                                "fingerprint": {"id": "board-1", "cpu": {"model": "Test Board"}}, "rows": rows}))
+    rows = [
+        {
+            "id": f"{m}/onnx/{prec}",
+            "model": m,
+            "format": "onnx",
+            "precision": prec,
+            "test_accuracy": 0.1,
+            "latency_ms": {"p50": ms},
+            "batch_latency_ms": {"p50": ms},
+        }
+        for (m, prec), ms in p50.items()
+    ]
+    path.write_text(
+        json.dumps(
+            {
+                "schema_version": RESULTS_SCHEMA_VERSION,
+                "kind": RESULTS_KIND,
+                "run": "plan:digits@11KB",
+                "fingerprint": {"id": "board-1", "cpu": {"model": "Test Board"}},
+                "rows": rows,
+            }
+        )
+    )
     return path
 
 
 def test_distill_plans_from_device_latencies(tmp_path: Path) -> None:
     # at 11 KB only wide-w12-d2 (~10.2 kB) and wide-w8-d2 (~8.4 kB) fit; the device says the more capable
     # one is slower than the teacher, so distill must take the other and keep the file for --resume
-    device = _device_file(tmp_path / "device.json", {("wide-w12-d2", "int8"): 1.0, ("wide-w8-d2", "int8"): 0.01,
-                                                      ("teacher", "fp32"): 0.05, ("teacher", "int8"): 0.04})
+    device = _device_file(
+        tmp_path / "device.json", {("wide-w12-d2", "int8"): 1.0, ("wide-w8-d2", "int8"): 0.01, ("teacher", "fp32"): 0.05, ("teacher", "int8"): 0.04}
+    )
     base = ["--recipe", DIGITS, "--family", "wide", "--budget", "11KB"]
     proc = cli("plan", *base, "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -131,8 +183,20 @@ def test_distill_plans_from_device_latencies(tmp_path: Path) -> None:
     assert "…" not in table and max(map(len, rows)) <= 80, table  # nothing cut in an 80-column terminal
     (chosen,) = [line.split() for line in table.splitlines() if line.strip().startswith("->")]
     assert chosen[1] == "wide-w8-d2" and chosen[-2:] == ["0.0100", "yes"] and "Test Board" in table
-    proc = cli("distill", *base, "--latencies", str(device), "--epochs", "1", "--max-train-samples", "128", "--out", str(tmp_path / "run"),
-               "--json", cwd=tmp_path)
+    proc = cli(
+        "distill",
+        *base,
+        "--latencies",
+        str(device),
+        "--epochs",
+        "1",
+        "--max-train-samples",
+        "128",
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["student"]["arch"] == "wide-w8-d2"

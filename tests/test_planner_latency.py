@@ -18,9 +18,18 @@ BIG, SMALL = "cnn-w24-d1", "cnn-w4-d1"  # ~52k vs ~1.6k parameters: ~30x the MAC
 def test_latency_budget_excludes_the_candidate_measured_above_it(tmp_path: Path) -> None:
     # a budget below the teacher's int8 weights (~175 kB): it binds without exporting the teacher to size it
     teacher = create_model("resnet-w24-d1", num_classes=10, in_channels=1)
-    kwargs = dict(family="cnn", input_shape=(1, 28, 28), num_classes=10, teacher=teacher, teacher_arch="resnet-w24-d1", formats=["onnx"],
-                  candidates=[BIG, SMALL], target="onnx",
-                  cache=SizeCache(tmp_path / "sizes.json"), latency_cache=LatencyCache(tmp_path / "latency.json"))
+    kwargs = dict(
+        family="cnn",
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        teacher=teacher,
+        teacher_arch="resnet-w24-d1",
+        formats=["onnx"],
+        candidates=[BIG, SMALL],
+        target="onnx",
+        cache=SizeCache(tmp_path / "sizes.json"),
+        latency_cache=LatencyCache(tmp_path / "latency.json"),
+    )
     timed = plan_student(100_000, **kwargs)
     lat = {c.arch: c.latency_ms for c in timed.candidates}
     assert lat[BIG] > lat[SMALL] > 0  # the ordering, measured side by side

@@ -77,8 +77,9 @@ class Sizes:
                 opt.step()
             model.eval()
             with tempfile.TemporaryDirectory() as tmp:
-                art = exporters.export(model, fmt, precision, Path(tmp), example_input=self.x[:2],
-                                       calibration=self.calibration if precision == "int8" else None)
+                art = exporters.export(
+                    model, fmt, precision, Path(tmp), example_input=self.x[:2], calibration=self.calibration if precision == "int8" else None
+                )
                 self._real[key] = art.bytes
         return self._real[key]
 
@@ -93,8 +94,17 @@ def sizes(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize(("family", "budget", "formats"), PLANS, ids=[f"{f}-{b // 1000}kB-{'+'.join(fm)}" for f, b, fm in PLANS])
 def test_planned_student_fits_its_budget(sizes: Sizes, family: str, budget: int, formats: list[str]) -> None:
-    plan = plan_student(budget, family=family, input_shape=SHAPE, num_classes=10, teacher=sizes.teacher,
-                        teacher_arch=TEACHER, precision="int8", formats=formats, cache=sizes.cache)
+    plan = plan_student(
+        budget,
+        family=family,
+        input_shape=SHAPE,
+        num_classes=10,
+        teacher=sizes.teacher,
+        teacher_arch=TEACHER,
+        precision="int8",
+        formats=formats,
+        cache=sizes.cache,
+    )
     assert plan.binding
     chosen = plan.chosen
     for fmt in formats:
@@ -125,8 +135,7 @@ def test_estimate_does_not_depend_on_the_untrained_weights(sizes: Sizes) -> None
     int8: 13,244 B untrained, 15,077 B trained; measure_bytes now exports a copy with generic weights)."""
     untrained = create_model("cnn-w8-d1", num_classes=10, in_channels=1).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        raw = exporters.export(untrained, "onnx", "int8", Path(tmp), example_input=torch.zeros(2, *SHAPE),
-                               calibration=sizes.calibration).bytes
+        raw = exporters.export(untrained, "onnx", "int8", Path(tmp), example_input=torch.zeros(2, *SHAPE), calibration=sizes.calibration).bytes
     measured = exporters.measure_bytes(untrained, "onnx", "int8", example_input=torch.zeros(1, *SHAPE))
     print(f"\nuntrained as is {raw:,} B, measured {measured:,} B")
     assert raw < measured == sizes.real("cnn-w8-d1", "onnx", "int8")

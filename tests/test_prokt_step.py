@@ -102,7 +102,15 @@ def test_lambda_one_moves_teacher_toward_student():
         q = F.softmax(student(x), -1)
         before = kl_to_target(q, teacher(x)).item()
     frozen_student = copy.deepcopy(student)
-    method = prokt_method(student, teacher, OptimizerConfig(name="sgd", lr=0.1, momentum=0.0, schedule="constant"), SGD, ProktConfig(lam=1.0, zero_init_heads=False), 10, 1.0)
+    method = prokt_method(
+        student,
+        teacher,
+        OptimizerConfig(name="sgd", lr=0.1, momentum=0.0, schedule="constant"),
+        SGD,
+        ProktConfig(lam=1.0, zero_init_heads=False),
+        10,
+        1.0,
+    )
     method.step(x, y)
     teacher.eval()
     with torch.no_grad():
@@ -176,8 +184,9 @@ def test_pretrain_trains_the_teacher_then_resets_its_head(tmp_path):
     from prokt_deploy import apply_overrides, distill, load_recipe
 
     torch.set_num_threads(1)
-    r = apply_overrides(load_recipe(RECIPES / "digits.yaml"),
-                        {"teacher.init": "pretrain", "teacher.epochs": 3, "train.epochs": 1, "data.max_train_samples": 400})
+    r = apply_overrides(
+        load_recipe(RECIPES / "digits.yaml"), {"teacher.init": "pretrain", "teacher.epochs": 3, "train.epochs": 1, "data.max_train_samples": 400}
+    )
     sink = Steps()
     res = distill(r, out=tmp_path / "run", runs_root=tmp_path / "runs", progress=sink)
     hist = res.manifest["metrics"]["history"]

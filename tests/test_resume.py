@@ -68,16 +68,21 @@ def assert_same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("method,init,crash_step", [
-    ("prokt", "scratch", 10),  # 7 steps per epoch (400 samples, batch 64): mid second epoch
-    ("kd", "scratch", 7 * 2 + 10),  # after the 2 teacher epochs, mid second KD epoch
-    ("prokt", "pretrain", 7 * 2 + 3),  # mid first ProKT epoch: the last checkpoint is the pretrained teacher's
-])
+@pytest.mark.parametrize(
+    "method,init,crash_step",
+    [
+        ("prokt", "scratch", 10),  # 7 steps per epoch (400 samples, batch 64): mid second epoch
+        ("kd", "scratch", 7 * 2 + 10),  # after the 2 teacher epochs, mid second KD epoch
+        ("prokt", "pretrain", 7 * 2 + 3),  # mid first ProKT epoch: the last checkpoint is the pretrained teacher's
+    ],
+)
 def test_resume_after_crash_equals_uninterrupted(tmp_path, method, init, crash_step):
     ref = distill(recipe(method, **{"teacher.init": init}), out=tmp_path / "ref", runs_root=tmp_path / "runs")
     out = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="power cut"):
-        distill(recipe(method, **{"teacher.init": init}), out=out, runs_root=tmp_path / "runs", progress=CrashAt(crash_step, RuntimeError("power cut")))
+        distill(
+            recipe(method, **{"teacher.init": init}), out=out, runs_root=tmp_path / "runs", progress=CrashAt(crash_step, RuntimeError("power cut"))
+        )
     assert not out.exists() and (partial_path(out) / CHECKPOINT).is_file()
     resumed = distill(None, resume=out, runs_root=tmp_path / "runs")
     assert resumed.path == out and out.is_dir() and not partial_path(out).exists()

@@ -106,7 +106,9 @@ def test_recipe_code_needs_consent(run, tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     marker = tmp_path / "imported.marker"
     recipe = tmp_path / "downloaded.yaml"
-    recipe.write_text((RECIPES / "digits.yaml").read_text().replace("  arch: resnet-w16-d1\n", "  arch: resnet-w16-d1\n  factory: recipe_hook:build\n"))
+    recipe.write_text(
+        (RECIPES / "digits.yaml").read_text().replace("  arch: resnet-w16-d1\n", "  arch: resnet-w16-d1\n  factory: recipe_hook:build\n")
+    )
 
     for command in (["plan"], ["distill", "--out", tmp_path / "r1"], ["train-teacher", "--out", tmp_path / "r2"], ["run", "--out", tmp_path / "r3"]):
         code, err = cli(capsys, *command, "--recipe", recipe)
@@ -204,15 +206,18 @@ def _images(root: Path, specs: dict[str, list[tuple[int, int, str]]]) -> Path:
     return root
 
 
-@pytest.mark.parametrize("case,match", [
-    ("one-class", "found a single class ('0')"),
-    ("label-gap", "class '1' has no samples"),
-    ("missing-from-validation", "has no samples in the validation split"),
-    ("nan", "NaN or inf"),
-    ("images-mixed-sizes", "images of different sizes"),
-    ("images-mixed-channels", "images of different channels"),
-    ("text-one-class", "a single class"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("one-class", "found a single class ('0')"),
+        ("label-gap", "class '1' has no samples"),
+        ("missing-from-validation", "has no samples in the validation split"),
+        ("nan", "NaN or inf"),
+        ("images-mixed-sizes", "images of different sizes"),
+        ("images-mixed-channels", "images of different channels"),
+        ("text-one-class", "a single class"),
+    ],
+)
 def test_data_sanity(tmp_path, case, match):
     rng = np.random.default_rng(0)
     x = rng.random((60, 4, 4)).astype(np.float32)
@@ -326,8 +331,13 @@ def test_checkpoint_write_cut_short_keeps_the_previous_one_and_copied_runs_resum
     import prokt_deploy.run.workspace as runs
 
     with monkeypatch.context() as m:
-        m.setattr(runs.os, "fdopen", lambda fd, mode: type("F", (), {"__enter__": lambda s: s, "__exit__": lambda s, *a: False,
-                                                                     "write": lambda s, d: dies_mid_write(fd, d)})())
+        m.setattr(
+            runs.os,
+            "fdopen",
+            lambda fd, mode: type(
+                "F", (), {"__enter__": lambda s: s, "__exit__": lambda s, *a: False, "write": lambda s, d: dies_mid_write(fd, d)}
+            )(),
+        )
         with pytest.raises(Killed):
             save_checkpoint(ckpt, {**state, "timings": {"changed": 1.0}})
     assert ckpt.read_bytes() == good  # the previous checkpoint is whole and loads
@@ -379,11 +389,18 @@ def test_disk_full_is_exit_13_and_leaves_nothing_half_written(run, tmp_path, rec
     manifest["artifacts"] = []
     (mine / "manifest.json").write_text(json.dumps(manifest, indent=2))
     before = snapshot(mine)
-    commands = [["distill", "--recipe", str(recipe_file), "--out", str(tmp_path / "new")],
-                ["export", str(mine), "--format", "onnx", "--precision", "fp32"]]
-    proc = subprocess.run(["bash", "-c", f'ulimit -f 16 && exec "{sys.executable}" -c "$0" "$1"', DISK_FULL, json.dumps(commands)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    commands = [
+        ["distill", "--recipe", str(recipe_file), "--out", str(tmp_path / "new")],
+        ["export", str(mine), "--format", "onnx", "--precision", "fp32"],
+    ]
+    proc = subprocess.run(
+        ["bash", "-c", f'ulimit -f 16 && exec "{sys.executable}" -c "$0" "$1"', DISK_FULL, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     codes = json.loads(proc.stdout.strip().splitlines()[-1])
     outputs = [s.strip() for s in proc.stderr.split("=== next\n")[1:]]
@@ -423,8 +440,10 @@ def test_concurrent_exports_are_both_recorded(run, tmp_path):
     sync.mkdir()
     rounds = 2
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(mine), fmt, str(sync), str(rounds)], env=env, stderr=subprocess.PIPE, text=True)
-             for fmt in ("onnx", "openvino")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RACER, str(mine), fmt, str(sync), str(rounds)], env=env, stderr=subprocess.PIPE, text=True)
+        for fmt in ("onnx", "openvino")
+    ]
     try:
         for i in range(rounds):
             manifest = json.loads((mine / "manifest.json").read_text())
@@ -448,7 +467,6 @@ def test_concurrent_exports_are_both_recorded(run, tmp_path):
     assert not [p.name for p in (mine / "artifacts").iterdir() if p.name.startswith(".")]
 
 
-
 def test_disk_full_after_a_checkpoint_keeps_the_run_resumable(tmp_path, monkeypatch):
     """The disk fills up when the weights are written at the end: the last checkpoint is kept and
     named in the error, nothing finished-looking is left, and --resume completes once there is room."""
@@ -458,6 +476,7 @@ def test_disk_full_after_a_checkpoint_keeps_the_run_resumable(tmp_path, monkeypa
 
     out = tmp_path / "run"
     with monkeypatch.context() as m:
+
         def full(model, path):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
 

@@ -155,7 +155,9 @@ def test_tiny_text_distill_export_and_dynamic_length(tmp_path, family):
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
     tok = load_tokenizer(str(res.path / "artifacts" / "onnx-int8" / "tokenizer"))  # the artifact tokenizes alone
     for length in (5, 20):
-        enc = tok(["self-driving cars are great", "I do not trust them"], padding="max_length", truncation=True, max_length=length, return_tensors="np")
+        enc = tok(
+            ["self-driving cars are great", "I do not trust them"], padding="max_length", truncation=True, max_length=length, return_tensors="np"
+        )
         (logits,) = session.run(None, {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)})
         assert logits.shape == (2, 2) and np.isfinite(logits).all()
 

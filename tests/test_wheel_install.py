@@ -58,18 +58,24 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
 
 def test_wheel_ships_recipes_and_is_what_gets_imported(installed):
     venv, env, work = installed
-    p = _run([str(venv / "bin" / "python"), "-c",
-              "import prokt_deploy, exporters; from prokt_deploy.recipe import RECIPES_DIR, DEFAULT_RECIPE;"
-              "print(prokt_deploy.__file__); print(exporters.__file__); print(DEFAULT_RECIPE.is_file());"
-              "print(sorted(p.name for p in RECIPES_DIR.glob('*.yaml')));"
-              "from prokt_deploy.run.checkpoint import resolve_checkpoint; print(resolve_checkpoint('shipped:fashion-mnist-vgg-w32').is_file())"],
-             cwd=work, env=env)
+    p = _run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import prokt_deploy, exporters; from prokt_deploy.recipe import RECIPES_DIR, DEFAULT_RECIPE;"
+            "print(prokt_deploy.__file__); print(exporters.__file__); print(DEFAULT_RECIPE.is_file());"
+            "print(sorted(p.name for p in RECIPES_DIR.glob('*.yaml')));"
+            "from prokt_deploy.run.checkpoint import resolve_checkpoint; print(resolve_checkpoint('shipped:fashion-mnist-vgg-w32').is_file())",
+        ],
+        cwd=work,
+        env=env,
+    )
     pkg_file, exp_file, default_exists, names, teacher_shipped = p.stdout.strip().splitlines()
     assert teacher_shipped == "True"  # the default recipe's teacher travels in the wheel
     assert Path(pkg_file).is_relative_to(venv), pkg_file
     assert Path(exp_file).is_relative_to(venv), exp_file
     assert default_exists == "True"
-    assert names == str(sorted(p.name for p in RECIPES.glob('*.yaml')))  # every shipped recipe, the teacher's included
+    assert names == str(sorted(p.name for p in RECIPES.glob("*.yaml")))  # every shipped recipe, the teacher's included
 
 
 def test_installed_cli_checks_and_plans_from_another_directory(installed):

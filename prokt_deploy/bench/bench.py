@@ -80,38 +80,77 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress) -
 
     def add(model: str, fmt: str, precision: str, kind: str, files: list[Path], engine: dict, **extra: object) -> None:
         row_id = f"{model}/{fmt}/{precision}"
-        rows.append({"id": row_id, "model": model, "format": fmt, "precision": precision, "kind": kind,
-                     "files": [str(f.relative_to(run)) for f in files], "bytes": sum(f.stat().st_size for f in files),
-                     "engine": {"id": row_id, **engine}, **extra})
+        rows.append(
+            {
+                "id": row_id,
+                "model": model,
+                "format": fmt,
+                "precision": precision,
+                "kind": kind,
+                "files": [str(f.relative_to(run)) for f in files],
+                "bytes": sum(f.stat().st_size for f in files),
+                "engine": {"id": row_id, **engine},
+                **extra,
+            }
+        )
 
     artifacts = manifest.passed_artifacts()
     missing = [f for a in artifacts for f in a["files"] if not (run / f).is_file()]
     if missing:
         raise RunError(f"artifact file {missing[0]!r} listed in {run / 'manifest.json'} is missing; export again")
+
     def fits(files: list[Path]) -> dict:
         size = sum(f.stat().st_size for f in files)
         return {"within_budget": None if budget is None else size <= budget, "budget_bytes": budget}
 
     if manifest.teacher.weights:
-        add("teacher", "pytorch", "fp32", "reference", [run / manifest.teacher.weights],
-            {"runtime": "torch", "loader": TORCH_LOADER, "run": str(run), "model": "teacher", **known(metrics.get("teacher_test_accuracy"))})
+        add(
+            "teacher",
+            "pytorch",
+            "fp32",
+            "reference",
+            [run / manifest.teacher.weights],
+            {"runtime": "torch", "loader": TORCH_LOADER, "run": str(run), "model": "teacher", **known(metrics.get("teacher_test_accuracy"))},
+        )
         progress("exporting the teacher to ONNX fp32 (the baseline)")
         files = ensure_fp32_export(fr, "teacher", "onnx", x)
         add("teacher", "onnx", "fp32", "reference", files, measure.artifact_engine("onnx", _main_file(files), targets), **fits(files))
         calibration, max_drop = manifest.int8_settings()
         teacher_cache: dict = {}
         for fmt in sorted({a["format"] for a in artifacts} & set(INT8_FORMATS)):
-            gate = ensure_int8_export(fr, "teacher", fmt, data, calibration_samples=calibration, max_accuracy_drop=max_drop,
-                                      budget_bytes=budget, progress=progress, cache=teacher_cache)
+            gate = ensure_int8_export(
+                fr,
+                "teacher",
+                fmt,
+                data,
+                calibration_samples=calibration,
+                max_accuracy_drop=max_drop,
+                budget_bytes=budget,
+                progress=progress,
+                cache=teacher_cache,
+            )
             if not gate["passed"]:
                 failed.append({"id": f"teacher/{fmt}/int8", "format": fmt, "precision": "int8", "failures": gate["failures"]})
                 continue
             files = [run / f for f in gate["files"]]
-            add("teacher", fmt, "int8", "reference", files,
+            add(
+                "teacher",
+                fmt,
+                "int8",
+                "reference",
+                files,
                 {**measure.artifact_engine(fmt, _main_file(files), targets), **known(gate["test_accuracy"])},
-                within_budget=gate["within_budget"], budget_bytes=budget)
-    add("student", "pytorch", "fp32", "reference", [run / manifest.student.weights],
-        {"runtime": "torch", "loader": TORCH_LOADER, "run": str(run), "model": "student", **known(metrics.get("student_test_accuracy"))})
+                within_budget=gate["within_budget"],
+                budget_bytes=budget,
+            )
+    add(
+        "student",
+        "pytorch",
+        "fp32",
+        "reference",
+        [run / manifest.student.weights],
+        {"runtime": "torch", "loader": TORCH_LOADER, "run": str(run), "model": "student", **known(metrics.get("student_test_accuracy"))},
+    )
     have_fp32 = {a["format"] for a in artifacts if a["precision"] == "fp32"}
     for fmt in sorted({a["format"] for a in artifacts if a["precision"] == "int8"} - have_fp32):
         progress(f"exporting the student to {fmt} fp32 (the int8 counterpart)")
@@ -120,9 +159,17 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress) -
     for a in artifacts:
         files = [run / f for f in a["files"]]
         reuse = known(a.get("test_accuracy")) if a.get("test_samples") == n_test else {}
-        add("student", a["format"], a["precision"], "artifact", files,
+        add(
+            "student",
+            a["format"],
+            a["precision"],
+            "artifact",
+            files,
             {**measure.artifact_engine(a["format"], _main_file(files), targets), **reuse},
-            passed=True, within_budget=a.get("within_budget"), budget_bytes=a.get("budget_bytes"))
+            passed=True,
+            within_budget=a.get("within_budget"),
+            budget_bytes=a.get("budget_bytes"),
+        )
     return rows, failed
 
 
@@ -132,7 +179,9 @@ def relative_to_baseline(rows: list[dict], baseline_id: str) -> None:
     pytorch = next((r for r in rows if r["id"] == BASELINE_PYTORCH), None)
     for r in rows:
         r["speedup_vs_teacher"] = round(base["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3) if base else None
-        r["batch_speedup_vs_teacher"] = round(base["batch_latency_ms"]["p50"] / r["batch_latency_ms"]["p50"], 3) if base and base["batch"] == r["batch"] else None
+        r["batch_speedup_vs_teacher"] = (
+            round(base["batch_latency_ms"]["p50"] / r["batch_latency_ms"]["p50"], 3) if base and base["batch"] == r["batch"] else None
+        )
         r["accuracy_drop_vs_teacher"] = round(100 * (base["test_accuracy"] - r["test_accuracy"]), 3) if base else None
         r["speedup_vs_teacher_pytorch"] = round(pytorch["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3) if pytorch else None
 
@@ -150,7 +199,11 @@ def recommend(rows: list[dict], max_accuracy_drop: float | None, int8: list[dict
     and is within ``max_accuracy_drop``; the reason names a faster file left out for its size, and, when
     an fp32 file wins, how fast the int8 file of its format was (``int8``: the int8 findings)."""
     candidates = [r for r in rows if deployable(r)]
-    accurate = [r for r in candidates if max_accuracy_drop is None or (r["accuracy_drop_vs_teacher"] is not None and r["accuracy_drop_vs_teacher"] <= max_accuracy_drop)]
+    accurate = [
+        r
+        for r in candidates
+        if max_accuracy_drop is None or (r["accuracy_drop_vs_teacher"] is not None and r["accuracy_drop_vs_teacher"] <= max_accuracy_drop)
+    ]
     ok = [r for r in accurate if r.get("within_budget") is not False]
     if not ok:
         return None
@@ -192,13 +245,27 @@ def versus_teacher(rows: list[dict], recommendation: dict | None) -> dict | None
     fitting = [r["id"] for r in int8_rows if r["within_budget"]]
     if int8_rows:
         verdict += "; the teacher's own int8 " + (f"fits the budget ({', '.join(fitting)})" if fitting else "does not fit the budget")
-    return {"teacher_artifact": fastest["id"], "student_artifact": student["id"], "speedup": round(speedup, 3), "batch_speedup": round(batch_speedup, 3),
-            "size_ratio": round(size_ratio, 3), "beats_on_speed": speedup >= 1.0, "beats_on_size": size_ratio > 1.0, "teacher_int8": int8_rows,
-            "verdict": verdict}
+    return {
+        "teacher_artifact": fastest["id"],
+        "student_artifact": student["id"],
+        "speedup": round(speedup, 3),
+        "batch_speedup": round(batch_speedup, 3),
+        "size_ratio": round(size_ratio, 3),
+        "beats_on_speed": speedup >= 1.0,
+        "beats_on_size": size_ratio > 1.0,
+        "teacher_int8": int8_rows,
+        "verdict": verdict,
+    }
 
 
-def evaluate_gates(rows: list[dict], recommendation: dict | None, *, max_latency_ms: float | None = None,
-                   max_accuracy_drop: float | None = None, min_speedup: float | None = None) -> list[dict]:
+def evaluate_gates(
+    rows: list[dict],
+    recommendation: dict | None,
+    *,
+    max_latency_ms: float | None = None,
+    max_accuracy_drop: float | None = None,
+    min_speedup: float | None = None,
+) -> list[dict]:
     """Check the gates against the recommended artifact; one entry per gate that was set."""
     best = next((r for r in rows if recommendation and r["id"] == recommendation["id"]), None)
     has_artifacts = any(r["kind"] == "artifact" for r in rows)
@@ -218,12 +285,24 @@ def evaluate_gates(rows: list[dict], recommendation: dict | None, *, max_latency
         value = best["latency_ms"]["p50"] if best else None
         ok = value is not None and value <= max_latency_ms
         what = f"p50 {value:.4f} ms" if value is not None else "no deployable artifact"
-        gate("max_latency_ms", max_latency_ms, value, ok, f"latency {what} {'<=' if ok else 'exceeds'} {max_latency_ms:g} ms" + (f" ({best['id']})" if best else ""))
+        gate(
+            "max_latency_ms",
+            max_latency_ms,
+            value,
+            ok,
+            f"latency {what} {'<=' if ok else 'exceeds'} {max_latency_ms:g} ms" + (f" ({best['id']})" if best else ""),
+        )
     if min_speedup is not None:
         value = best["speedup_vs_teacher"] if best else None
         ok = value is not None and value >= min_speedup
         what = f"{value:.2f}x" if value is not None else ("no teacher baseline" if best else "no deployable artifact")
-        gate("min_speedup", min_speedup, value, ok, f"speed-up vs teacher {what} {'>=' if ok else 'below'} {min_speedup:g}x" + (f" ({best['id']})" if best else ""))
+        gate(
+            "min_speedup",
+            min_speedup,
+            value,
+            ok,
+            f"speed-up vs teacher {what} {'>=' if ok else 'below'} {min_speedup:g}x" + (f" ({best['id']})" if best else ""),
+        )
     return gates
 
 
@@ -304,16 +383,36 @@ def bench(
     fp = fingerprint()
     if seq_len is not None:
         settings["seq_len"] = seq_len  # text: tokens per timed sample
-    settings.update({"device": device, "fallbacks": targets["fallbacks"], "baseline": BASELINE, "accuracy_split": "test",
-                     "measure_s": round(time.perf_counter() - started, 2), "faster_threshold": int8_diagnosis.FASTER})
+    settings.update(
+        {
+            "device": device,
+            "fallbacks": targets["fallbacks"],
+            "baseline": BASELINE,
+            "accuracy_split": "test",
+            "measure_s": round(time.perf_counter() - started, 2),
+            "faster_threshold": int8_diagnosis.FASTER,
+        }
+    )
     progress("explaining int8 vs fp32")
     findings = _int8_findings(run, rows, manifest.student.macs, fp, settings, targets)
     recommendation = recommend(rows, max_accuracy_drop, findings)
     gates = evaluate_gates(rows, recommendation, max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup)
-    not_benchmarked = [{"id": f"student/{a['format']}/{a['precision']}", "format": a["format"], "precision": a["precision"], "failures": a.get("failures", [])}
-                       for a in manifest.artifacts if not a.get("passed")] + teacher_failed
-    rep = report.new_report(run, manifest, fingerprint=fp, settings=settings, rows=rows, int8=findings, recommendation=recommendation,
-                            gates=gates, not_benchmarked=not_benchmarked)
+    not_benchmarked = [
+        {"id": f"student/{a['format']}/{a['precision']}", "format": a["format"], "precision": a["precision"], "failures": a.get("failures", [])}
+        for a in manifest.artifacts
+        if not a.get("passed")
+    ] + teacher_failed
+    rep = report.new_report(
+        run,
+        manifest,
+        fingerprint=fp,
+        settings=settings,
+        rows=rows,
+        int8=findings,
+        recommendation=recommendation,
+        gates=gates,
+        not_benchmarked=not_benchmarked,
+    )
     rep["versus_teacher"] = versus_teacher(rows, recommendation)
     progress("per-class accuracy of the recommended artifact and the teacher")
     rep["per_class"] = per_class_accuracy(fr, rows, recommendation, data, threads, predictions)
@@ -322,8 +421,14 @@ def bench(
     return rep
 
 
-def per_class_accuracy(fr: FinishedRun, rows: list[dict], recommendation: dict | None, data, threads: int,  # noqa: ANN001
-                       predictions: dict[str, np.ndarray] | None = None) -> dict | None:
+def per_class_accuracy(
+    fr: FinishedRun,
+    rows: list[dict],
+    recommendation: dict | None,
+    data,
+    threads: int,  # noqa: ANN001
+    predictions: dict[str, np.ndarray] | None = None,
+) -> dict | None:
     """Test accuracy per class of the recommended artifact (in its runtime, or the PyTorch student) and of the
     teacher (its ONNX fp32 file, the bench baseline, else the PyTorch teacher): where the lost points go.
     ``predictions``: per-sample classes the bench's accuracy pass already has, by row id (not run again)."""
@@ -365,8 +470,14 @@ def per_class_accuracy(fr: FinishedRun, rows: list[dict], recommendation: dict |
     def per_class(pred: np.ndarray) -> list[float | None]:
         return [round(float((pred[y == k] == k).mean()), 6) if n else None for k, n in enumerate(support)]
 
-    return {"artifact": recommendation["id"], "teacher_source": source, "classes": classes, "support": support,
-            "artifact_accuracy": per_class(student), "teacher": per_class(teacher) if teacher is not None else [None] * len(classes)}
+    return {
+        "artifact": recommendation["id"],
+        "teacher_source": source,
+        "classes": classes,
+        "support": support,
+        "artifact_accuracy": per_class(student),
+        "teacher": per_class(teacher) if teacher is not None else [None] * len(classes),
+    }
 
 
 def _int8_findings(run: Path, rows: list[dict], macs: int | None, fp: dict, settings: dict, targets: dict) -> list[dict]:
@@ -378,10 +489,11 @@ def _int8_findings(run: Path, rows: list[dict], macs: int | None, fp: dict, sett
         counterpart = by_id.get(f"student/{row['format']}/fp32")
         if counterpart is None:
             continue
-        graphs = [int8_diagnosis.executed_graph(r["format"], _main_file([run / f for f in r["files"]]), targets=targets, threads=settings["threads"])
-                  for r in (row, counterpart)]
-        findings.append(int8_diagnosis.explain(row, counterpart, graph=graphs[0], fp32_graph=graphs[1], fingerprint=fp, settings=settings,
-                                               macs=macs))
+        graphs = [
+            int8_diagnosis.executed_graph(r["format"], _main_file([run / f for f in r["files"]]), targets=targets, threads=settings["threads"])
+            for r in (row, counterpart)
+        ]
+        findings.append(int8_diagnosis.explain(row, counterpart, graph=graphs[0], fp32_graph=graphs[1], fingerprint=fp, settings=settings, macs=macs))
     return findings
 
 

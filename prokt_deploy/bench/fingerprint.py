@@ -27,10 +27,28 @@ __all__ = ["INT8_FLAGS", "PACKAGES", "fingerprint", "fingerprint_id", "int8_dot_
 
 #: /proc/cpuinfo flags recorded in the fingerprint (x86 names, then ARM ``Features`` names).
 INT8_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c",
-    "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
-    "amx_tile", "amx_int8", "amx_bf16",
-    "neon", "asimd", "asimddp", "i8mm", "sve", "sve2", "bf16",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "neon",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+    "sve2",
+    "bf16",
 )
 
 #: Packages whose versions are recorded (``None`` when not installed).
@@ -83,7 +101,13 @@ def _cpu_quota() -> float | None:
 def int8_dot_product(flags: list[str]) -> str | None:
     """The int8 dot-product instructions the CPU has (``None`` when it has none)."""
     have = set(flags)
-    for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"), ("i8mm", "I8MM"), ("asimddp", "ASIMD-DotProd")):
+    for flag, name in (
+        ("amx_int8", "AMX-INT8"),
+        ("avx512_vnni", "AVX512-VNNI"),
+        ("avx_vnni", "AVX-VNNI"),
+        ("i8mm", "I8MM"),
+        ("asimddp", "ASIMD-DotProd"),
+    ):
         if flag in have:
             return name
     return None

@@ -33,7 +33,17 @@ TINY_MACS = 5_000_000
 
 OV_COMPUTE = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "GroupDeconvolution"}
 OV_CONVERSIONS = {"FakeQuantize", "Reorder", "Convert", "Quantize", "Dequantize"}
-ORT_INT8_COMPUTE = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QLinearConvTranspose"}
+ORT_INT8_COMPUTE = {
+    "QLinearConv",
+    "QGemm",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "QAttention",
+    "QLinearConvTranspose",
+}
 ORT_FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "ConvTranspose", "Attention"}
 ORT_CONVERSIONS = {"QuantizeLinear", "DequantizeLinear", "Transpose", "ReorderInput", "ReorderOutput", "DynamicQuantizeLinear"}
 
@@ -87,7 +97,14 @@ def onnxruntime_executed_graph(path: Path, *, providers: list[str], threads: int
             conversions[node.op_type] += 1
         elif any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input):
             between.append(f"{node.name} ({node.op_type})")  # a float op between DequantizeLinear and QuantizeLinear
-    return {"runtime": "onnxruntime", "int8_layers": int8, "float_layers": fp, "float_ops_between_qdq": between, "conversions": dict(conversions), "threads_used": threads}
+    return {
+        "runtime": "onnxruntime",
+        "int8_layers": int8,
+        "float_layers": fp,
+        "float_ops_between_qdq": between,
+        "conversions": dict(conversions),
+        "threads_used": threads,
+    }
 
 
 def executed_graph(fmt: str, path: Path, *, targets: dict, threads: int) -> dict | None:
@@ -121,16 +138,23 @@ def _graph_causes(graph: dict | None, fp32_graph: dict | None) -> list[str]:
     causes = []
     if graph["float_layers"]:
         names = ", ".join(graph["float_layers"][:5]) + (" ..." if len(graph["float_layers"]) > 5 else "")
-        causes.append(f"{len(graph['float_layers'])} of {len(graph['float_layers']) + graph['int8_layers']} compute layers still run in fp32 in {graph['runtime']}'s executed graph: {names}")
+        causes.append(
+            f"{len(graph['float_layers'])} of {len(graph['float_layers']) + graph['int8_layers']} compute layers still run in fp32 in {graph['runtime']}'s executed graph: {names}"
+        )
     if graph.get("float_ops_between_qdq"):
-        causes.append(f"{len(graph['float_ops_between_qdq'])} op(s) run in float between DequantizeLinear and QuantizeLinear: {', '.join(graph['float_ops_between_qdq'][:5])}")
+        causes.append(
+            f"{len(graph['float_ops_between_qdq'])} op(s) run in float between DequantizeLinear and QuantizeLinear: {', '.join(graph['float_ops_between_qdq'][:5])}"
+        )
     fp32_conversions = (fp32_graph or {}).get("conversions", {})
     extra = sum(graph["conversions"].values()) - sum(fp32_conversions.values())
     if extra > 0:
+
         def listing(c: dict) -> str:
             return ", ".join(f"{n} {k}" for k, n in sorted(c.items())) or "none"
 
-        causes.append(f"the int8 graph runs {extra} more conversion node(s) than the fp32 one (int8: {listing(graph['conversions'])}; fp32: {listing(fp32_conversions)})")
+        causes.append(
+            f"the int8 graph runs {extra} more conversion node(s) than the fp32 one (int8: {listing(graph['conversions'])}; fp32: {listing(fp32_conversions)})"
+        )
     return causes
 
 
@@ -142,7 +166,9 @@ def _thread_causes(settings: dict, fingerprint: dict, graph: dict | None, macs: 
     if graph and graph.get("threads_used") not in (None, threads):
         causes.append(f"the runtime used {graph['threads_used']} threads although {threads} were asked")
     if threads > 1 and macs is not None and macs < TINY_MACS:
-        causes.append(f"{threads} threads on a {macs / 1e6:.2f} M-MAC model: per-layer thread synchronisation costs more than the split work saves; try --threads 1")
+        causes.append(
+            f"{threads} threads on a {macs / 1e6:.2f} M-MAC model: per-layer thread synchronisation costs more than the split work saves; try --threads 1"
+        )
     return causes
 
 
@@ -163,8 +189,9 @@ def _overhead_cause(row: dict, counterpart: dict, macs: int | None) -> str | Non
     )
 
 
-def explain(row: dict, counterpart: dict, *, graph: dict | None, fp32_graph: dict | None, fingerprint: dict, settings: dict,
-            macs: int | None) -> dict:
+def explain(
+    row: dict, counterpart: dict, *, graph: dict | None, fp32_graph: dict | None, fingerprint: dict, settings: dict, macs: int | None
+) -> dict:
     """The int8-vs-fp32 finding for one int8 row; ``causes`` is filled only when int8 is not faster.
     ``graph`` / ``fp32_graph`` are :func:`executed_graph` summaries of the two rows' artifacts."""
     speedup = counterpart["latency_ms"]["p50"] / row["latency_ms"]["p50"]
@@ -183,7 +210,14 @@ def explain(row: dict, counterpart: dict, *, graph: dict | None, fp32_graph: dic
     if faster:
         finding["verdict"] = f"int8 is {speedup:.2f}x faster than fp32 at batch 1 ({batch_speedup:.2f}x at batch {row['batch']})"
         return finding
-    finding["verdict"] = f"int8 is not faster than fp32: {speedup:.2f}x at batch 1, {batch_speedup:.2f}x at batch {row['batch']} (faster means >= {FASTER:.2f}x)"
-    causes = [_cpu_cause(fingerprint), *_graph_causes(graph, fp32_graph), *_thread_causes(settings, fingerprint, graph, macs), _overhead_cause(row, counterpart, macs)]
+    finding["verdict"] = (
+        f"int8 is not faster than fp32: {speedup:.2f}x at batch 1, {batch_speedup:.2f}x at batch {row['batch']} (faster means >= {FASTER:.2f}x)"
+    )
+    causes = [
+        _cpu_cause(fingerprint),
+        *_graph_causes(graph, fp32_graph),
+        *_thread_causes(settings, fingerprint, graph, macs),
+        _overhead_cause(row, counterpart, macs),
+    ]
     finding["causes"] = [c for c in causes if c]
     return finding

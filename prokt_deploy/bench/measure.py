@@ -466,7 +466,11 @@ class _Worker:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _BOOTSTRAP, str(Path(__file__).resolve()), "--serve"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=env,
         )
 
     def send(self, cmd: str, **kwargs: object) -> None:

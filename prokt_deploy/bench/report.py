@@ -72,8 +72,18 @@ REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
 CPU_DEVICES = ("cpu", "CPU", "CPUExecutionProvider")  # not repeated in the tables' runtime column
 
 
-def new_report(run: Path, manifest: Manifest, *, fingerprint: dict, settings: dict, rows: list[dict], int8: list[dict],
-               recommendation: dict | None, gates: list[dict], not_benchmarked: list[dict]) -> dict:
+def new_report(
+    run: Path,
+    manifest: Manifest,
+    *,
+    fingerprint: dict,
+    settings: dict,
+    rows: list[dict],
+    int8: list[dict],
+    recommendation: dict | None,
+    gates: list[dict],
+    not_benchmarked: list[dict],
+) -> dict:
     student, teacher = manifest.student, manifest.teacher
     return {
         "schema_version": SCHEMA_VERSION,
@@ -108,7 +118,9 @@ def read_report(run: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise RunError(f"cannot read {path}: {exc}") from None
     if rep.get("schema_version") != SCHEMA_VERSION:
-        raise RunError(f"{path} has schema_version {rep.get('schema_version')!r}, this version reads {SCHEMA_VERSION}; run 'prokt-deploy bench' again")
+        raise RunError(
+            f"{path} has schema_version {rep.get('schema_version')!r}, this version reads {SCHEMA_VERSION}; run 'prokt-deploy bench' again"
+        )
     return rep
 
 
@@ -129,19 +141,42 @@ def _num(value: float | None, fmt: str = ".4f", suffix: str = "") -> str:
 def table_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the results table (used by the Markdown report and the terminal)."""
     batch = rep["settings"]["batch"]
-    header = ["row", "runtime", "accuracy", "p50 ms", "p90 ms", "p99 ms", f"b{batch} p50 ms", "samples/s", "size", "fits", "load s", "peak MB",
-              "vs teacher"]
+    header = [
+        "row",
+        "runtime",
+        "accuracy",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        f"b{batch} p50 ms",
+        "samples/s",
+        "size",
+        "fits",
+        "load s",
+        "peak MB",
+        "vs teacher",
+    ]
     cells = []
     for r in rep["rows"]:
         lat, blat = r["latency_ms"], r["batch_latency_ms"]
         mark = " *" if rep.get("recommendation") and rep["recommendation"]["id"] == r["id"] else ""
-        cells.append([
-            r["id"] + mark, r["runtime"] + ("" if r["device"] in CPU_DEVICES else f" ({r['device']})"), _num(r["test_accuracy"]),
-            _num(lat["p50"]), _num(lat["p90"]), _num(lat["p99"]), _num(blat["p50"]), _num(r.get("throughput"), ".0f"),
-            format_size(r["bytes"]) if r.get("bytes") is not None else "-", {True: "yes", False: "no"}.get(r.get("within_budget"), "-"),
-            _num(r.get("load_s"), ".3f"), _num(r.get("peak_mem_mb"), ".1f"),
-            _num(r.get("speedup_vs_teacher"), ".2f", "x"),
-        ])
+        cells.append(
+            [
+                r["id"] + mark,
+                r["runtime"] + ("" if r["device"] in CPU_DEVICES else f" ({r['device']})"),
+                _num(r["test_accuracy"]),
+                _num(lat["p50"]),
+                _num(lat["p90"]),
+                _num(lat["p99"]),
+                _num(blat["p50"]),
+                _num(r.get("throughput"), ".0f"),
+                format_size(r["bytes"]) if r.get("bytes") is not None else "-",
+                {True: "yes", False: "no"}.get(r.get("within_budget"), "-"),
+                _num(r.get("load_s"), ".3f"),
+                _num(r.get("peak_mem_mb"), ".1f"),
+                _num(r.get("speedup_vs_teacher"), ".2f", "x"),
+            ]
+        )
     return header, cells
 
 
@@ -154,9 +189,11 @@ def versus_line(v: dict) -> str:
 
 def _machine_line(fp: dict) -> str:
     cpu = fp["cpu"]
-    return (f"{cpu['model']} ({cpu['arch']}), {cpu['usable_cores']} usable of {cpu['logical_cores']} logical cores; "
-            f"ISA: {', '.join(cpu['flags']) or 'none recorded'}; int8 dot product: {cpu['int8_dot_product'] or 'none'}; "
-            f"{fp['os']['platform']}, Python {fp['python']}")
+    return (
+        f"{cpu['model']} ({cpu['arch']}), {cpu['usable_cores']} usable of {cpu['logical_cores']} logical cores; "
+        f"ISA: {', '.join(cpu['flags']) or 'none recorded'}; int8 dot product: {cpu['int8_dot_product'] or 'none'}; "
+        f"{fp['os']['platform']}, Python {fp['python']}"
+    )
 
 
 def _versions_line(fp: dict) -> str:
@@ -177,11 +214,21 @@ def compare_cells(comp: dict | None) -> tuple[list[str], list[list[str]], list[s
         gain_text = "-" if gain is None else f"{gain:+.2f} pt (± {r['gain_standard_error_points']:.2f})"
         if r.get("within_noise"):
             gain_text += " within noise"
-            notes.append(f"{r['method']}'s gain over scratch ({gain:+.2f} points) is within twice its paired standard error over the "
-                         "test samples: on this data it is not shown to beat training the student on labels alone")
+            notes.append(
+                f"{r['method']}'s gain over scratch ({gain:+.2f} points) is within twice its paired standard error over the "
+                "test samples: on this data it is not shown to beat training the student on labels alone"
+            )
         deployed = r.get("deployed_test_accuracy")
-        cells.append([r["method"], r["student_arch"], f"{r.get('best_epoch')}/{r.get('epochs')}", f"{r['student_test_accuracy'] * 100:.2f}%",
-                      "-" if deployed is None else f"{deployed * 100:.2f}%", gain_text])
+        cells.append(
+            [
+                r["method"],
+                r["student_arch"],
+                f"{r.get('best_epoch')}/{r.get('epochs')}",
+                f"{r['student_test_accuracy'] * 100:.2f}%",
+                "-" if deployed is None else f"{deployed * 100:.2f}%",
+                gain_text,
+            ]
+        )
     return header, cells, notes
 
 
@@ -189,8 +236,12 @@ def compare_markdown(comp: dict | None) -> list[str]:
     header, cells, notes = compare_cells(comp)
     if not header:
         return []
-    out = ["## Did distillation help? (same split, student, epochs and seed)", "", "| " + " | ".join(header) + " |",
-           "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+    out = [
+        "## Did distillation help? (same split, student, epochs and seed)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
+    ]
     out += ["| " + " | ".join(c) + " |" for c in cells]
     out += ["", "± is the paired standard error of the difference over the test samples; seed-to-seed spread is not measured in one run."]
     out += [f"Warning: {n}." for n in notes]
@@ -200,11 +251,17 @@ def compare_markdown(comp: dict | None) -> list[str]:
 def render_markdown(rep: dict) -> str:
     s = rep["settings"]
     out = [f"# Benchmark: {Path(rep['run']).name}", ""]
-    out.append(f"Recipe `{rep['recipe']}` ({rep['method']}): student `{rep['student']['arch']}` ({rep['student']['params']:,} params) "
-               f"vs teacher `{rep['teacher']['arch']}` ({rep['teacher']['params']:,} params). Written {rep['created']}.")
+    out.append(
+        f"Recipe `{rep['recipe']}` ({rep['method']}): student `{rep['student']['arch']}` ({rep['student']['params']:,} params) "
+        f"vs teacher `{rep['teacher']['arch']}` ({rep['teacher']['params']:,} params). Written {rep['created']}."
+    )
     out.append("")
     rec = rep.get("recommendation")
-    out.append(f"**Recommended artifact: `{rec['id']}`** -- {rec['reason']}." if rec else "**No artifact to recommend**: the run has no passed artifact within the accuracy gate.")
+    out.append(
+        f"**Recommended artifact: `{rec['id']}`** -- {rec['reason']}."
+        if rec
+        else "**No artifact to recommend**: the run has no passed artifact within the accuracy gate."
+    )
     out.append("")
     if rep.get("versus_teacher"):
         out.append(f"**Versus the teacher's own artifacts**: {versus_line(rep['versus_teacher'])}.")
@@ -216,9 +273,11 @@ def render_markdown(rep: dict) -> str:
     out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
     out += ["| " + " | ".join(c) + " |" for c in cells]
     out.append("")
-    out.append(f"`*` recommended. Speed-ups are relative to `{s['baseline']}`. Each latency statistic is the median over "
-               f"{s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls (fewer for an engine slower than "
-               f"{measure.ROUND_SECONDS:g} s per round: its `timed_runs` in report.json); every engine ran in its own process.")
+    out.append(
+        f"`*` recommended. Speed-ups are relative to `{s['baseline']}`. Each latency statistic is the median over "
+        f"{s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls (fewer for an engine slower than "
+        f"{measure.ROUND_SECONDS:g} s per round: its `timed_runs` in report.json); every engine ran in its own process."
+    )
     for note in s.get("fallbacks", []):
         out.append(f"Note: {note}.")
     for a in rep.get("not_benchmarked", []):
@@ -235,19 +294,36 @@ def render_markdown(rep: dict) -> str:
     out += compare_markdown(rep.get("compare"))
     pc_header, pc_cells = per_class_cells(rep.get("per_class"))
     if pc_header:
-        out += ["## Per-class test accuracy", "", f"The recommended artifact vs the teacher ({rep['per_class']['teacher_source']}).", "",
-                "| " + " | ".join(pc_header) + " |", "|---|" + "---:|" * (len(pc_header) - 1)]
+        out += [
+            "## Per-class test accuracy",
+            "",
+            f"The recommended artifact vs the teacher ({rep['per_class']['teacher_source']}).",
+            "",
+            "| " + " | ".join(pc_header) + " |",
+            "|---|" + "---:|" * (len(pc_header) - 1),
+        ]
         out += ["| " + " | ".join(c) + " |" for c in pc_cells]
         out.append("")
     if rep["gates"]:
         out += ["## Gates", "", "| gate | limit | value | result |", "|---|---:|---:|---|"]
         out += [f"| {g['name']} | {g['limit']:g} | {_num(g['value'])} | {'pass' if g['passed'] else 'FAIL'}: {g['message']} |" for g in rep["gates"]]
         out.append("")
-    out += ["## Machine", "", f"- {_machine_line(rep['fingerprint'])}", f"- versions: {_versions_line(rep['fingerprint'])}",
-            f"- fingerprint id: `{rep['fingerprint']['id']}`"]
+    out += [
+        "## Machine",
+        "",
+        f"- {_machine_line(rep['fingerprint'])}",
+        f"- versions: {_versions_line(rep['fingerprint'])}",
+        f"- fingerprint id: `{rep['fingerprint']['id']}`",
+    ]
     for dev_id, dev in rep.get("devices", {}).items():
-        out += ["", f"## Device `{dev_id}`", "", f"- {_machine_line(dev['fingerprint'])}", f"- versions: {_versions_line(dev['fingerprint'])}",
-                f"- measured {dev['created']}, threads {dev['settings'].get('threads')}, batch {dev['settings'].get('batch')}"]
+        out += [
+            "",
+            f"## Device `{dev_id}`",
+            "",
+            f"- {_machine_line(dev['fingerprint'])}",
+            f"- versions: {_versions_line(dev['fingerprint'])}",
+            f"- measured {dev['created']}, threads {dev['settings'].get('threads')}, batch {dev['settings'].get('batch')}",
+        ]
         out += [f"- skipped {s}" for s in dev.get("skipped", [])]
     out.append("")
     return "\n".join(out)
@@ -312,15 +388,29 @@ def _place_labels(points: list[tuple[float, float, str]], box: tuple[float, floa
     return out
 
 
-def _frame(width: int, height: int, aria: str, title: str, title_x: float, y_ticks: list[float], py, x0: float, x1: float,  # noqa: ANN001
-           css_class: str = "") -> list[str]:
+def _frame(
+    width: int,
+    height: int,
+    aria: str,
+    title: str,
+    title_x: float,
+    y_ticks: list[float],
+    py,
+    x0: float,
+    x1: float,  # noqa: ANN001
+    css_class: str = "",
+) -> list[str]:
     """An SVG's opening tag, its title and the horizontal grid lines with their y labels (``py``: value -> pixel)."""
     cls = f' class="{css_class}"' if css_class else ""
-    parts = [f'<svg{cls} width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{aria}">',
-             f'<text x="{title_x}" y="18" text-anchor="middle" font-size="13" font-weight="600">{title}</text>']
+    parts = [
+        f'<svg{cls} width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{aria}">',
+        f'<text x="{title_x}" y="18" text-anchor="middle" font-size="13" font-weight="600">{title}</text>',
+    ]
     for t in y_ticks:
-        parts.append(f'<line x1="{x0}" x2="{x1}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#e3e3e3"/>'
-                     f'<text x="{x0 - 6}" y="{py(t) + 3:.1f}" text-anchor="end" font-size="10">{t:g}</text>')
+        parts.append(
+            f'<line x1="{x0}" x2="{x1}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#e3e3e3"/>'
+            f'<text x="{x0 - 6}" y="{py(t) + 3:.1f}" text-anchor="end" font-size="10">{t:g}</text>'
+        )
     return parts
 
 
@@ -342,14 +432,20 @@ def svg_scatter(rows: list[dict], *, width: int = 600, height: int = 360) -> str
 
     parts = _frame(width, height, "accuracy vs latency", "Accuracy vs latency (batch 1)", width / 2, _nice_ticks(y_lo, y_hi), py, ml, width - mr)
     for t in _log_ticks(x_lo, x_hi):
-        parts.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{mt}" y2="{height - mb}" stroke="#e3e3e3"/>'
-                     f'<text x="{px(t):.1f}" y="{height - mb + 14}" text-anchor="middle" font-size="10">{t:g}</text>')
-    parts.append(f'<text x="{(ml + width - mr) / 2}" y="{height - 8}" text-anchor="middle" font-size="11">p50 latency, ms (log scale)</text>'
-                 f'<text x="14" y="{(mt + height - mb) / 2}" text-anchor="middle" font-size="11" transform="rotate(-90 14 {(mt + height - mb) / 2})">test accuracy, %</text>')
+        parts.append(
+            f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{mt}" y2="{height - mb}" stroke="#e3e3e3"/>'
+            f'<text x="{px(t):.1f}" y="{height - mb + 14}" text-anchor="middle" font-size="10">{t:g}</text>'
+        )
+    parts.append(
+        f'<text x="{(ml + width - mr) / 2}" y="{height - 8}" text-anchor="middle" font-size="11">p50 latency, ms (log scale)</text>'
+        f'<text x="14" y="{(mt + height - mb) / 2}" text-anchor="middle" font-size="11" transform="rotate(-90 14 {(mt + height - mb) / 2})">test accuracy, %</text>'
+    )
     for r, x, y in zip(rows, xs, ys):
         dash = "3,2" if r["kind"] == "device" else "none"
-        parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" fill="{_color(r)}" fill-opacity=".8" stroke="#333" stroke-dasharray="{dash}">'
-                     f'<title>{html.escape(r["id"])}: {y:.2f}% at {x:.4f} ms</title></circle>')
+        parts.append(
+            f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" fill="{_color(r)}" fill-opacity=".8" stroke="#333" stroke-dasharray="{dash}">'
+            f"<title>{html.escape(r['id'])}: {y:.2f}% at {x:.4f} ms</title></circle>"
+        )
     points = sorted(((px(x), py(y), r["id"]) for r, x, y in zip(rows, xs, ys)), key=lambda p: (p[1], p[0]))
     for lx, ly, text in _place_labels(points, (ml, mt, width - mr, height - mb)):
         parts.append(f'<text x="{lx:.1f}" y="{ly:.1f}" font-size="9">{html.escape(text)}</text>')
@@ -357,8 +453,17 @@ def svg_scatter(rows: list[dict], *, width: int = 600, height: int = 360) -> str
     return "".join(parts)
 
 
-def svg_bars(rows: list[dict], values: list[float], reference: float | None, *, title: str, label, bar_area: int = 220,
-             limit: float | None = None, limit_label: str = "budget") -> str:
+def svg_bars(
+    rows: list[dict],
+    values: list[float],
+    reference: float | None,
+    *,
+    title: str,
+    label,
+    bar_area: int = 220,
+    limit: float | None = None,
+    limit_label: str = "budget",
+) -> str:
     """Horizontal bars, one per row, labelled with the value and its ratio to the teacher's value
     (``reference``, also drawn as a dashed line); ``limit`` (e.g. the size budget) is a solid labelled line."""
     texts = [label(v) + (f" ({v / reference:.2f}x teacher)" if reference else "") for v in values]
@@ -368,20 +473,26 @@ def svg_bars(rows: list[dict], values: list[float], reference: float | None, *, 
     height = mt + len(rows) * (bar + gap) + 10 + (14 if limit else 0)
     top = max(values + ([reference] if reference else []) + ([limit] if limit else [])) or 1.0
     scale = bar_area / top
-    parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
-             f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="600">{html.escape(title)}</text>']
+    parts = [
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13" font-weight="600">{html.escape(title)}</text>',
+    ]
     for i, (r, v, text) in enumerate(zip(rows, values, texts)):
         y = mt + i * (bar + gap)
-        parts.append(f'<text x="{ml - 6:.1f}" y="{y + bar - 3}" text-anchor="end" font-size="10">{html.escape(r["id"])}</text>'
-                     f'<rect x="{ml:.1f}" y="{y}" width="{max(v * scale, 1):.1f}" height="{bar}" fill="{_color(r)}" fill-opacity=".8"/>'
-                     f'<text x="{ml + v * scale + 4:.1f}" y="{y + bar - 3}" font-size="10">{html.escape(text)}</text>')
+        parts.append(
+            f'<text x="{ml - 6:.1f}" y="{y + bar - 3}" text-anchor="end" font-size="10">{html.escape(r["id"])}</text>'
+            f'<rect x="{ml:.1f}" y="{y}" width="{max(v * scale, 1):.1f}" height="{bar}" fill="{_color(r)}" fill-opacity=".8"/>'
+            f'<text x="{ml + v * scale + 4:.1f}" y="{y + bar - 3}" font-size="10">{html.escape(text)}</text>'
+        )
     if reference:
         x = ml + reference * scale
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt - 4}" y2="{height - 6}" stroke="#c0392b" stroke-dasharray="4,3"/>')
     if limit:
         x = ml + limit * scale
-        parts.append(f'<line class="budget" x1="{x:.1f}" x2="{x:.1f}" y1="{mt - 4}" y2="{height - 16}" stroke="#1a7f37" stroke-width="2"/>'
-                     f'<text x="{x:.1f}" y="{height - 4}" text-anchor="middle" font-size="10" fill="#1a7f37">{html.escape(limit_label)}</text>')
+        parts.append(
+            f'<line class="budget" x1="{x:.1f}" x2="{x:.1f}" y1="{mt - 4}" y2="{height - 16}" stroke="#1a7f37" stroke-width="2"/>'
+            f'<text x="{x:.1f}" y="{height - 4}" text-anchor="middle" font-size="10" fill="#1a7f37">{html.escape(limit_label)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -430,8 +541,18 @@ def svg_curves(series: list[tuple[str, list[float]]], *, width: int = 600, heigh
     def py(v: float) -> float:
         return height - mb - (v - y_lo) / (y_hi - y_lo) * (height - mt - mb)
 
-    parts = _frame(total_w, height, "learning curves", "Validation accuracy per epoch", (ml + total_w - mr) / 2, _nice_ticks(y_lo, y_hi), py,
-                   ml, total_w - mr, css_class="curves")
+    parts = _frame(
+        total_w,
+        height,
+        "learning curves",
+        "Validation accuracy per epoch",
+        (ml + total_w - mr) / 2,
+        _nice_ticks(y_lo, y_hi),
+        py,
+        ml,
+        total_w - mr,
+        css_class="curves",
+    )
     step = max(1, math.ceil(n / 10))
     for e in range(1, n + 1, step):
         parts.append(f'<text x="{px(e):.1f}" y="{height - mb + 14}" text-anchor="middle" font-size="10">{e}</text>')
@@ -439,12 +560,19 @@ def svg_curves(series: list[tuple[str, list[float]]], *, width: int = 600, heigh
     for i, (name, values) in enumerate(series):
         color = _LINE_COLORS[i % len(_LINE_COLORS)]
         pts = " ".join(f"{px(e + 1):.1f},{py(100 * v):.1f}" for e, v in enumerate(values))
-        parts.append(f'<polyline class="curve" points="{pts}" fill="none" stroke="{color}" stroke-width="2"><title>{html.escape(name)}</title></polyline>')
-        parts += [f'<circle cx="{px(e + 1):.1f}" cy="{py(100 * v):.1f}" r="2.5" fill="{color}"><title>{html.escape(name)}, epoch {e + 1}: '
-                  f'{100 * v:.2f}%</title></circle>' for e, v in enumerate(values)]
+        parts.append(
+            f'<polyline class="curve" points="{pts}" fill="none" stroke="{color}" stroke-width="2"><title>{html.escape(name)}</title></polyline>'
+        )
+        parts += [
+            f'<circle cx="{px(e + 1):.1f}" cy="{py(100 * v):.1f}" r="2.5" fill="{color}"><title>{html.escape(name)}, epoch {e + 1}: '
+            f"{100 * v:.2f}%</title></circle>"
+            for e, v in enumerate(values)
+        ]
         ly = mt + 8 + 16 * i
-        parts.append(f'<line x1="{total_w - legend_w}" x2="{total_w - legend_w + 16}" y1="{ly - 3}" y2="{ly - 3}" stroke="{color}" stroke-width="2"/>'
-                     f'<text x="{total_w - legend_w + 20}" y="{ly}" font-size="10">{html.escape(name)}</text>')
+        parts.append(
+            f'<line x1="{total_w - legend_w}" x2="{total_w - legend_w + 16}" y1="{ly - 3}" y2="{ly - 3}" stroke="{color}" stroke-width="2"/>'
+            f'<text x="{total_w - legend_w + 20}" y="{ly}" font-size="10">{html.escape(name)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -456,8 +584,15 @@ def per_class_cells(pc: dict | None) -> tuple[list[str], list[list[str]]]:
     header = ["class", "test samples", "teacher %", f"{pc['artifact']} %", "difference"]
     cells = []
     for name, n, t, a in zip(pc["classes"], pc["support"], pc["teacher"], pc["artifact_accuracy"]):
-        cells.append([str(name), str(n), "-" if t is None else f"{100 * t:.1f}", "-" if a is None else f"{100 * a:.1f}",
-                      "-" if t is None or a is None else f"{100 * (a - t):+.1f}"])
+        cells.append(
+            [
+                str(name),
+                str(n),
+                "-" if t is None else f"{100 * t:.1f}",
+                "-" if a is None else f"{100 * a:.1f}",
+                "-" if t is None or a is None else f"{100 * (a - t):+.1f}",
+            ]
+        )
     return header, cells
 
 
@@ -468,44 +603,73 @@ def render_html(rep: dict) -> str:
     esc = html.escape
     header, cells = table_rows(rep)
     rec = rep.get("recommendation")
-    body = [f"<h1>Benchmark: {esc(Path(rep['run']).name)}</h1>",
-            f"<p>Recipe <code>{esc(str(rep['recipe']))}</code> ({esc(str(rep['method']))}): student <code>{esc(rep['student']['arch'])}</code> "
-            f"({rep['student']['params']:,} params) vs teacher <code>{esc(str(rep['teacher']['arch']))}</code> ({rep['teacher']['params']:,} params). "
-            f"Written {esc(rep['created'])}.</p>",
-            f"<p><b>Recommended artifact: <code>{esc(rec['id'])}</code></b> &mdash; {esc(rec['reason'])}.</p>" if rec
-            else "<p><b>No artifact to recommend</b>: the run has no passed artifact within the accuracy gate.</p>"]
+    body = [
+        f"<h1>Benchmark: {esc(Path(rep['run']).name)}</h1>",
+        f"<p>Recipe <code>{esc(str(rep['recipe']))}</code> ({esc(str(rep['method']))}): student <code>{esc(rep['student']['arch'])}</code> "
+        f"({rep['student']['params']:,} params) vs teacher <code>{esc(str(rep['teacher']['arch']))}</code> ({rep['teacher']['params']:,} params). "
+        f"Written {esc(rep['created'])}.</p>",
+        f"<p><b>Recommended artifact: <code>{esc(rec['id'])}</code></b> &mdash; {esc(rec['reason'])}.</p>"
+        if rec
+        else "<p><b>No artifact to recommend</b>: the run has no passed artifact within the accuracy gate.</p>",
+    ]
     if rep.get("versus_teacher"):
         body.append(f"<p><b>Versus the teacher's own artifacts</b>: {esc(versus_line(rep['versus_teacher']))}.</p>")
     body.append('<div class="plots">')
     body.append(svg_scatter(rows))
-    body.append(svg_bars(rows, [r["latency_ms"]["p50"] for r in rows], base["latency_ms"]["p50"] if base else None,
-                         title="p50 latency at batch 1 (dashed: teacher ONNX)", label=lambda v: f"{v:.4f} ms"))
+    body.append(
+        svg_bars(
+            rows,
+            [r["latency_ms"]["p50"] for r in rows],
+            base["latency_ms"]["p50"] if base else None,
+            title="p50 latency at batch 1 (dashed: teacher ONNX)",
+            label=lambda v: f"{v:.4f} ms",
+        )
+    )
     budget = rep.get("budget_bytes")
-    body.append(svg_bars(rows, [float(r["bytes"]) for r in rows], float(base["bytes"]) if base else None,
-                         title="Size on disk (dashed: teacher ONNX; solid: the budget)" if budget else "Size on disk (dashed: teacher ONNX)",
-                         label=format_size, limit=float(budget) if budget else None, limit_label=f"budget {format_size(budget)}" if budget else ""))
+    body.append(
+        svg_bars(
+            rows,
+            [float(r["bytes"]) for r in rows],
+            float(base["bytes"]) if base else None,
+            title="Size on disk (dashed: teacher ONNX; solid: the budget)" if budget else "Size on disk (dashed: teacher ONNX)",
+            label=format_size,
+            limit=float(budget) if budget else None,
+            limit_label=f"budget {format_size(budget)}" if budget else "",
+        )
+    )
     series = curve_series(rep)
     if series:
         body.append(svg_curves(series))
     body.append("</div>")
     pc_header, pc_cells = per_class_cells(rep.get("per_class"))
     if pc_header:
-        body.append("<h2>Where do the points go? Per-class test accuracy</h2>"
-                    f"<p>The recommended artifact <code>{esc(rep['per_class']['artifact'])}</code> in its runtime against the teacher "
-                    f"(<code>{esc(rep['per_class']['teacher_source'])}</code>) on the same {sum(rep['per_class']['support']):,} test samples.</p>")
-        body.append("<table class=\"per-class\"><tr>" + "".join(f"<th>{esc(h)}</th>" for h in pc_header) + "</tr>"
-                    + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in c) + "</tr>" for c in pc_cells) + "</table>")
-    body.append(f"<h2>Results</h2><p>Latency at batch 1, throughput at batch {s['batch']}; {s['threads']} thread(s); device {esc(s['device'])}; "
-                f"median over {s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls, one process per engine. "
-                f"Speed-ups relative to <code>{esc(s['baseline'])}</code>.</p>")
+        body.append(
+            "<h2>Where do the points go? Per-class test accuracy</h2>"
+            f"<p>The recommended artifact <code>{esc(rep['per_class']['artifact'])}</code> in its runtime against the teacher "
+            f"(<code>{esc(rep['per_class']['teacher_source'])}</code>) on the same {sum(rep['per_class']['support']):,} test samples.</p>"
+        )
+        body.append(
+            '<table class="per-class"><tr>'
+            + "".join(f"<th>{esc(h)}</th>" for h in pc_header)
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in c) + "</tr>" for c in pc_cells)
+            + "</table>"
+        )
+    body.append(
+        f"<h2>Results</h2><p>Latency at batch 1, throughput at batch {s['batch']}; {s['threads']} thread(s); device {esc(s['device'])}; "
+        f"median over {s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls, one process per engine. "
+        f"Speed-ups relative to <code>{esc(s['baseline'])}</code>.</p>"
+    )
     body.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
     for r, c in zip(rows, cells):
         cls = ' class="rec"' if rec and rec["id"] == r["id"] else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{esc(v)}</td>" for v in c) + "</tr>")
     body.append("</table>")
     body += [f"<p>Note: {esc(n)}.</p>" for n in s.get("fallbacks", [])]
-    body += [f"<p>Not benchmarked: <code>{esc(a['id'])}</code> failed its export gates ({esc('; '.join(a['failures']) or 'no reason recorded')}).</p>"
-             for a in rep.get("not_benchmarked", [])]
+    body += [
+        f"<p>Not benchmarked: <code>{esc(a['id'])}</code> failed its export gates ({esc('; '.join(a['failures']) or 'no reason recorded')}).</p>"
+        for a in rep.get("not_benchmarked", [])
+    ]
     body.append("<h2>int8 vs fp32</h2>")
     if not rep["int8"]:
         body.append("<p>No int8 artifact with an fp32 counterpart in this run.</p>")
@@ -515,19 +679,34 @@ def render_html(rep: dict) -> str:
             body.append("<ul>" + "".join(f"<li>{esc(c)}</li>" for c in f["causes"]) + "</ul>")
     header, cells, notes = compare_cells(rep.get("compare"))
     if header:
-        body.append("<h2>Did distillation help?</h2><p>Same split, student, epochs and seed; ± is the paired standard error over the test samples.</p>")
-        body.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
-                    + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in c) + "</tr>" for c in cells) + "</table>")
+        body.append(
+            "<h2>Did distillation help?</h2><p>Same split, student, epochs and seed; ± is the paired standard error over the test samples.</p>"
+        )
+        body.append(
+            "<table><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in header)
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in c) + "</tr>" for c in cells)
+            + "</table>"
+        )
         body += [f'<p class="fail">Warning: {esc(n)}.</p>' for n in notes]
     if rep["gates"]:
         body.append("<h2>Gates</h2><table><tr><th>gate</th><th>limit</th><th>value</th><th>result</th></tr>")
         for g in rep["gates"]:
             verdict = '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>'
-            body.append(f"<tr><td>{esc(g['name'])}</td><td>{g['limit']:g}</td><td>{esc(_num(g['value']))}</td><td>{verdict} {esc(g['message'])}</td></tr>")
+            body.append(
+                f"<tr><td>{esc(g['name'])}</td><td>{g['limit']:g}</td><td>{esc(_num(g['value']))}</td><td>{verdict} {esc(g['message'])}</td></tr>"
+            )
         body.append("</table>")
-    body.append(f"<h2>Machine</h2><p>{esc(_machine_line(rep['fingerprint']))}</p><p>{esc(_versions_line(rep['fingerprint']))}</p>"
-                f"<p>fingerprint id <code>{esc(rep['fingerprint']['id'])}</code></p>")
+    body.append(
+        f"<h2>Machine</h2><p>{esc(_machine_line(rep['fingerprint']))}</p><p>{esc(_versions_line(rep['fingerprint']))}</p>"
+        f"<p>fingerprint id <code>{esc(rep['fingerprint']['id'])}</code></p>"
+    )
     for dev_id, dev in rep.get("devices", {}).items():
-        body.append(f"<h3>Device <code>{esc(dev_id)}</code></h3><p>{esc(_machine_line(dev['fingerprint']))}</p><p>{esc(_versions_line(dev['fingerprint']))}</p>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>Benchmark {esc(Path(rep['run']).name)}</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+        body.append(
+            f"<h3>Device <code>{esc(dev_id)}</code></h3><p>{esc(_machine_line(dev['fingerprint']))}</p><p>{esc(_versions_line(dev['fingerprint']))}</p>"
+        )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>Benchmark {esc(Path(rep['run']).name)}</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

@@ -31,7 +31,9 @@ RepeatsOpt = Annotated[int, typer.Option(min=1, help="Rounds, interleaved across
 TargetOpt = Annotated[str, typer.Option("--device", help="CPU, GPU, NPU, AUTO or an OpenVINO device id; onnxruntime uses the matching provider.")]
 MaxLatencyOpt = Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: the recommended artifact's batch-1 p50 latency, ms.")]
 MaxDropOpt = Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: test accuracy below the teacher, percentage points.")]
-MinSpeedupOpt = Annotated[Optional[float], typer.Option("--min-speedup", help="Gate: batch-1 speed-up of the recommended artifact over the teacher's ONNX fp32.")]
+MinSpeedupOpt = Annotated[
+    Optional[float], typer.Option("--min-speedup", help="Gate: batch-1 speed-up of the recommended artifact over the teacher's ONNX fp32.")
+]
 
 
 class EngineBars:
@@ -61,7 +63,9 @@ def bench(
     max_latency_ms: MaxLatencyOpt = None,
     max_accuracy_drop: MaxDropOpt = None,
     min_speedup: MinSpeedupOpt = None,
-    merge: Annotated[Optional[list[Path]], typer.Option("--merge", help="Add a bench_bundle.py result file to the run's report (no new measurement); repeatable.")] = None,
+    merge: Annotated[
+        Optional[list[Path]], typer.Option("--merge", help="Add a bench_bundle.py result file to the run's report (no new measurement); repeatable.")
+    ] = None,
     trust_recipe_code: o.TrustCodeOpt = False,
     as_json: o.JsonOpt = False,
 ) -> None:
@@ -76,13 +80,25 @@ def bench(
         return
     check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
     check_run_code(run, trust_recipe_code)
-    display = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                       console=err, transient=True)  # transient: nothing is left on a non-terminal stderr
+    display = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), console=err, transient=True
+    )  # transient: nothing is left on a non-terminal stderr
     with display:
         line = display.add_task("bench", total=None, stats="")
         bars = EngineBars(display, lambda text: display.update(line, stats=text))
-        rep = run_bench(run, threads=threads, batch=batch, runs=runs, warmup=warmup, repeats=repeats, device=device,
-                        max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, progress=bars)
+        rep = run_bench(
+            run,
+            threads=threads,
+            batch=batch,
+            runs=runs,
+            warmup=warmup,
+            repeats=repeats,
+            device=device,
+            max_latency_ms=max_latency_ms,
+            max_accuracy_drop=max_accuracy_drop,
+            min_speedup=min_speedup,
+            progress=bars,
+        )
     show_report(rep, as_json)
     check_gates(rep)
 
@@ -121,7 +137,10 @@ def show_report(rep: dict, as_json: bool) -> None:
         table.add_row(*c, style="bold green" if rec and rec["id"] == r["id"] else ("magenta" if r["kind"] == "device" else None))
     # piped or redirected: Rich would squeeze the table into 80 columns; print it at its natural width
     (out if out.is_terminal else Console(file=out.file, width=200)).print(table)
-    out.print(f"speed-ups vs {s['baseline']}; * = recommended" + (f": {rec['id']} ({rec['reason']})" if rec else ": none (no passed artifact within the accuracy gate)"))
+    out.print(
+        f"speed-ups vs {s['baseline']}; * = recommended"
+        + (f": {rec['id']} ({rec['reason']})" if rec else ": none (no passed artifact within the accuracy gate)")
+    )
     if rep.get("versus_teacher"):
         out.print(f"versus the teacher's own artifacts: {versus_line(rep['versus_teacher'])}")
     for a in rep.get("not_benchmarked", []):
@@ -140,7 +159,9 @@ def bundle(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create (must not exist or be empty).")],
     run: RunArg = None,
     samples: Annotated[int, typer.Option(min=1, help="Test samples to include (all if the test split is smaller).")] = DEFAULT_SAMPLES,
-    no_teacher: Annotated[bool, typer.Option("--no-teacher", help="Leave out the teacher's ONNX fp32 baseline (then no speed-ups on the device).")] = False,
+    no_teacher: Annotated[
+        bool, typer.Option("--no-teacher", help="Leave out the teacher's ONNX fp32 baseline (then no speed-ups on the device).")
+    ] = False,
     threads: ThreadsOpt = D["threads"],
     batch: BatchOpt = D["batch"],
     runs: RunsOpt = D["runs"],

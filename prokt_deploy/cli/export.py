@@ -23,14 +23,24 @@ def export(
         Optional[list[str]],
         typer.Option("--format", "-f", help="onnx | openvino | all; repeatable (default: the formats the run was planned for)."),
     ] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 | fp16 | int8 (default: the run's deploy precision). ONNX has no fp16: 'all' skips it.")] = None,
-    calibration_samples: Annotated[int, typer.Option("--calibration-samples", help="Real training samples to calibrate int8 on.")] = deploy.DEFAULT_CALIBRATION_SAMPLES,
-    max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="int8 gate: most test accuracy lost vs PyTorch, in percentage points.")] = deploy.DEFAULT_MAX_ACCURACY_DROP,
+    precision: Annotated[
+        Optional[str], typer.Option(help="fp32 | fp16 | int8 (default: the run's deploy precision). ONNX has no fp16: 'all' skips it.")
+    ] = None,
+    calibration_samples: Annotated[
+        int, typer.Option("--calibration-samples", help="Real training samples to calibrate int8 on.")
+    ] = deploy.DEFAULT_CALIBRATION_SAMPLES,
+    max_accuracy_drop: Annotated[
+        float, typer.Option("--max-accuracy-drop", help="int8 gate: most test accuracy lost vs PyTorch, in percentage points.")
+    ] = deploy.DEFAULT_MAX_ACCURACY_DROP,
     tolerance: Annotated[Optional[float], typer.Option(help="Max |logit diff| vs PyTorch (default: fp32 1e-4, fp16 5e-2, int8 unchecked).")] = None,
     device: Annotated[str, typer.Option(help="Runtime device for validation (OpenVINO device name; onnxruntime: CPU or cuda).")] = "CPU",
-    accuracy_aware: Annotated[Optional[bool], typer.Option(
-        "--accuracy-aware/--no-accuracy-aware",
-        help="int8: keep the fewest layers in fp32 that meet --max-accuracy-drop (default: the recipe's budget.accuracy_aware, auto = only when plain int8 misses it).")] = None,
+    accuracy_aware: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--accuracy-aware/--no-accuracy-aware",
+            help="int8: keep the fewest layers in fp32 that meet --max-accuracy-drop (default: the recipe's budget.accuracy_aware, auto = only when plain int8 misses it).",
+        ),
+    ] = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Export, validate in each artifact's own runtime, check the size budget; keep only what passes."""
@@ -80,8 +90,10 @@ def _accuracy_aware_note(name: str, aware: dict) -> str:
     if not aware["kept_fp32"]:
         return f"{head}: nothing kept in fp32 (validation drop {aware['drop']:+.2f} points)"
     layers = ", ".join(f"{k['name']} ({k['op_type']}, {k['fp32_weight_bytes']:,} B fp32 weights)" for k in aware["kept_fp32"])
-    return (f"{head}: kept in fp32 {layers}; +{aware['extra_bytes']:,} B over plain int8; validation drop "
-            f"{aware['plain_drop']:+.2f} -> {aware['drop']:+.2f} points")
+    return (
+        f"{head}: kept in fp32 {layers}; +{aware['extra_bytes']:,} B over plain int8; validation drop "
+        f"{aware['plain_drop']:+.2f} -> {aware['drop']:+.2f} points"
+    )
 
 
 def print_results(run: Path, results: list[dict]) -> None:
@@ -120,7 +132,10 @@ def print_results(run: Path, results: list[dict]) -> None:
             notes.append(f"* {name}: the budget is only a gate at the precision the run was planned for")
     out.print(table)
     if reference is not None:
-        out.print(f"|diff|: max |logit difference| vs the PyTorch student; agree: top-1 agreement with the PyTorch student; acc: test accuracy in the artifact's runtime "
-                  f"(PyTorch student: {_pct(reference)}); drop: accuracy lost, in points", highlight=False)
+        out.print(
+            f"|diff|: max |logit difference| vs the PyTorch student; agree: top-1 agreement with the PyTorch student; acc: test accuracy in the artifact's runtime "
+            f"(PyTorch student: {_pct(reference)}); drop: accuracy lost, in points",
+            highlight=False,
+        )
     for note in notes:
         out.print(note, highlight=False)

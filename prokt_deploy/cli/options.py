@@ -18,10 +18,24 @@ from prokt_deploy.recipe import DEFAULT_RECIPE, RECIPES_DIR, Recipe, apply_overr
 
 TEXT_DEFAULT_RECIPE = RECIPES_DIR / "tweets-minilm.yaml"
 
-RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Recipe YAML, or a shipped recipe by name (digits, fashion-mnist, tweets-minilm; default: fashion-mnist).")]
-LatenciesOpt = Annotated[Optional[Path], typer.Option("--latencies", help="Plan from latencies measured on the device: the device-results.json of a 'plan --bundle' bundle (exit 12 if unreadable).")]
+RecipeOpt = Annotated[
+    Optional[Path],
+    typer.Option("--recipe", "-r", help="Recipe YAML, or a shipped recipe by name (digits, fashion-mnist, tweets-minilm; default: fashion-mnist)."),
+]
+LatenciesOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--latencies", help="Plan from latencies measured on the device: the device-results.json of a 'plan --bundle' bundle (exit 12 if unreadable)."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]
-TrustCodeOpt = Annotated[bool, typer.Option("--trust-recipe-code", help="Allow the recipe (or the run's saved recipe) to name code to import and run (teacher.factory). Only for recipes you trust.")]
+TrustCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-recipe-code",
+        help="Allow the recipe (or the run's saved recipe) to name code to import and run (teacher.factory). Only for recipes you trust.",
+    ),
+]
 
 
 def _size(text: str) -> str:
@@ -46,35 +60,84 @@ class Override:
 
 #: Every recipe override of the CLI, in the order the commands list them. A new flag is one line here
 #: (and its name in the commands' ``@takes_overrides``).
-OVERRIDES: dict[str, Override] = {o.name: o for o in (
-    Override("budget", ("--budget",), str, "Size budget of the deployed artifact, e.g. 5MB, 200KB, 1.5MiB (kB/MB = 1000, KiB/MiB = 1024).",
-             "budget.size", _size),
-    Override("method", ("--method",), str, "prokt | kd | scratch.", "method"),
-    Override("epochs", ("--epochs",), int, "Training epochs.", "train.epochs"),
-    Override("seed", ("--seed",), int, "Random seed (data split, init, order).", "seed"),
-    Override("device", ("--device",), str, "Training device: cpu, cuda, cuda:N or auto.", "device"),
-    Override("max_train_samples", ("--max-train-samples",), int, "Use only the first N (seeded) training samples: a quick run.",
-             "data.max_train_samples"),
-    Override("data_dir", ("--data", "--data-dir"), Path,
-             "Your dataset; its kind picks data.source: a .npz file (npz), a folder of class folders (image-folder), a folder with the "
-             "Fashion-MNIST IDX .gz files (fashion-mnist), a .csv/.tsv/.jsonl file (text-file: a text task). Shape, channels and classes come from the data.",
-             None),
-    Override("data_source", ("--data-source",), str,
-             "Force data.source instead of inferring it from --data: digits, fashion-mnist, image-folder, npz, tweets or text-file.", None),
-    Override("min_steps", ("--min-steps",), int,
-             "train.min_steps: raise the epochs of a training phase until it gets at least N optimizer steps (0: off).", "train.min_steps"),
-    Override("teacher_checkpoint", ("--teacher-checkpoint",), Path, "Teacher weights (.safetensors or a state_dict).", "teacher.checkpoint", str),
-    Override("teacher_init", ("--teacher-init",), str,
-             "scratch | checkpoint | checkpoint-reset-head | pretrain (CE first in this run, then ProKT with the head reset).", "teacher.init"),
-    Override("teacher_factory", ("--teacher-factory",), str, "'module:function' returning the teacher nn.Module.", "teacher.factory"),
-    Override("student", ("--student",), str, "Pin the student architecture instead of planning it, e.g. resnet-w8-d1.", "student.arch"),
-    Override("family", ("--family",), str, "Student families to search: one (resnet), several (resnet,wide) or auto (every family for the data).",
-             "student.family", lambda text: parse_families(text)),
-    Override("target", ("--target",), str,
-             "Plan by latency too: time the fitting candidates and the teacher in onnx or openvino[:DEVICE] (recipe budget.target).", "budget.target"),
-    Override("latency_budget", ("--latency-budget",), str,
-             "Only students whose batch-1 p50 is within it, e.g. 0.2ms (recipe budget.latency; implies --target onnx).", "budget.latency"),
-)}
+OVERRIDES: dict[str, Override] = {
+    o.name: o
+    for o in (
+        Override(
+            "budget",
+            ("--budget",),
+            str,
+            "Size budget of the deployed artifact, e.g. 5MB, 200KB, 1.5MiB (kB/MB = 1000, KiB/MiB = 1024).",
+            "budget.size",
+            _size,
+        ),
+        Override("method", ("--method",), str, "prokt | kd | scratch.", "method"),
+        Override("epochs", ("--epochs",), int, "Training epochs.", "train.epochs"),
+        Override("seed", ("--seed",), int, "Random seed (data split, init, order).", "seed"),
+        Override("device", ("--device",), str, "Training device: cpu, cuda, cuda:N or auto.", "device"),
+        Override(
+            "max_train_samples",
+            ("--max-train-samples",),
+            int,
+            "Use only the first N (seeded) training samples: a quick run.",
+            "data.max_train_samples",
+        ),
+        Override(
+            "data_dir",
+            ("--data", "--data-dir"),
+            Path,
+            "Your dataset; its kind picks data.source: a .npz file (npz), a folder of class folders (image-folder), a folder with the "
+            "Fashion-MNIST IDX .gz files (fashion-mnist), a .csv/.tsv/.jsonl file (text-file: a text task). Shape, channels and classes come from the data.",
+            None,
+        ),
+        Override(
+            "data_source",
+            ("--data-source",),
+            str,
+            "Force data.source instead of inferring it from --data: digits, fashion-mnist, image-folder, npz, tweets or text-file.",
+            None,
+        ),
+        Override(
+            "min_steps",
+            ("--min-steps",),
+            int,
+            "train.min_steps: raise the epochs of a training phase until it gets at least N optimizer steps (0: off).",
+            "train.min_steps",
+        ),
+        Override("teacher_checkpoint", ("--teacher-checkpoint",), Path, "Teacher weights (.safetensors or a state_dict).", "teacher.checkpoint", str),
+        Override(
+            "teacher_init",
+            ("--teacher-init",),
+            str,
+            "scratch | checkpoint | checkpoint-reset-head | pretrain (CE first in this run, then ProKT with the head reset).",
+            "teacher.init",
+        ),
+        Override("teacher_factory", ("--teacher-factory",), str, "'module:function' returning the teacher nn.Module.", "teacher.factory"),
+        Override("student", ("--student",), str, "Pin the student architecture instead of planning it, e.g. resnet-w8-d1.", "student.arch"),
+        Override(
+            "family",
+            ("--family",),
+            str,
+            "Student families to search: one (resnet), several (resnet,wide) or auto (every family for the data).",
+            "student.family",
+            lambda text: parse_families(text),
+        ),
+        Override(
+            "target",
+            ("--target",),
+            str,
+            "Plan by latency too: time the fitting candidates and the teacher in onnx or openvino[:DEVICE] (recipe budget.target).",
+            "budget.target",
+        ),
+        Override(
+            "latency_budget",
+            ("--latency-budget",),
+            str,
+            "Only students whose batch-1 p50 is within it, e.g. 0.2ms (recipe budget.latency; implies --target onnx).",
+            "budget.latency",
+        ),
+    )
+}
 #: the overrides of the training commands (distill, run)
 TRAINING = tuple(OVERRIDES)
 
@@ -90,8 +153,11 @@ def takes_overrides(*names: str) -> Callable[[Callable], Callable]:
         params = list(sig.parameters.values())
         at = [p.name for p in params].index("overrides")
         added = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=o.annotation()) for o in table]
-        new_params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[:at]] + added + \
-                     [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[at + 1:]]
+        new_params = (
+            [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[:at]]
+            + added
+            + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[at + 1 :]]
+        )
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:
@@ -123,8 +189,10 @@ def require_code_consent(hooks: list[str], trusted: bool, source: str) -> None:
     on the command line is consent for the factory it names.
     """
     if hooks and not trusted:
-        raise RecipeError(f"{source} names code to import and run ({', '.join(hooks)}); refused without consent: "
-                          "pass --trust-recipe-code if you trust it, or name the factory yourself with --teacher-factory")
+        raise RecipeError(
+            f"{source} names code to import and run ({', '.join(hooks)}); refused without consent: "
+            "pass --trust-recipe-code if you trust it, or name the factory yourself with --teacher-factory"
+        )
 
 
 def resolve_recipe(recipe: Path | None, overrides: dict[str, Any] | None = None, *, trust_recipe_code: bool = False) -> Recipe:

@@ -24,10 +24,27 @@ def plan(
     recipe: o.RecipeOpt = None,
     overrides: dict | None = None,
     exact: Annotated[bool, typer.Option("--exact", help="Measure every candidate's artifact, not only those needed to decide.")] = False,
-    latency_budget: Annotated[Optional[str], typer.Option("--latency-budget", help="Keep only students whose batch-1 p50 in --target is within it, e.g. 0.2ms (times every fitting candidate).")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", help="Time the fitting candidates and the teacher in this runtime: onnx or openvino[:DEVICE] (default with --latency-budget: onnx).")] = None,
+    latency_budget: Annotated[
+        Optional[str],
+        typer.Option(
+            "--latency-budget", help="Keep only students whose batch-1 p50 in --target is within it, e.g. 0.2ms (times every fitting candidate)."
+        ),
+    ] = None,
+    target: Annotated[
+        Optional[str],
+        typer.Option(
+            "--target",
+            help="Time the fitting candidates and the teacher in this runtime: onnx or openvino[:DEVICE] (default with --latency-budget: onnx).",
+        ),
+    ] = None,
     latencies: o.LatenciesOpt = None,
-    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Write every fitting candidate's untrained artifact, the teacher's and bench_bundle.py into DIR, to time them on the device itself.")] = None,
+    bundle: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--bundle",
+            help="Write every fitting candidate's untrained artifact, the teacher's and bench_bundle.py into DIR, to time them on the device itself.",
+        ),
+    ] = None,
     trust_recipe_code: o.TrustCodeOpt = False,
     as_json: o.JsonOpt = False,
 ) -> None:
@@ -49,8 +66,10 @@ def plan(
     p = run_plan(r, data, exact=exact, target=target, latency_budget_ms=latency_ms, latencies=latencies, bundle=writer)
     if bundle is not None:
         if not as_json:
-            out.print(f"plan bundle written to {bundle} (fitting candidates and the teacher, {', '.join(p.formats)}); on the device: "
-                      f"python bench_bundle.py, then: prokt-deploy plan ... --latencies {bundle}/device-results.json")
+            out.print(
+                f"plan bundle written to {bundle} (fitting candidates and the teacher, {', '.join(p.formats)}); on the device: "
+                f"python bench_bundle.py, then: prokt-deploy plan ... --latencies {bundle}/device-results.json"
+            )
     if as_json:
         print_json(p.to_dict())
         return
@@ -65,12 +84,15 @@ def plan(
         if not c.bytes and c.lower_bound_bytes > p.budget_bytes:
             fits, over_by_weights = "no*", True
         sizes = [format_size(c.bytes[f]) if f in c.bytes else "-" for f in p.formats]
-        latency = ([f"{c.latency_ms:.4f}" if c.latency_ms is not None else "-"] if p.target else [])
-        table.add_row("->" if c.chosen else "", c.arch, compact(c.params), compact(c.macs), *sizes, *latency, fits,
-                      style="bold green" if c.chosen else None)
+        latency = [f"{c.latency_ms:.4f}" if c.latency_ms is not None else "-"] if p.target else []
+        table.add_row(
+            "->" if c.chosen else "", c.arch, compact(c.params), compact(c.macs), *sizes, *latency, fits, style="bold green" if c.chosen else None
+        )
     out.print(table)
-    out.print(f"teacher {p.teacher_arch}: {p.teacher_params:,} params, {format_size(p.teacher_bytes)} at {p.precision}"
-              + (f"; p50 in {p.target}: " + ", ".join(f"{k} {v:.4f} ms" for k, v in p.teacher_latency_ms.items()) if p.teacher_latency_ms else ""))
+    out.print(
+        f"teacher {p.teacher_arch}: {p.teacher_params:,} params, {format_size(p.teacher_bytes)} at {p.precision}"
+        + (f"; p50 in {p.target}: " + ", ".join(f"{k} {v:.4f} ms" for k, v in p.teacher_latency_ms.items()) if p.teacher_latency_ms else "")
+    )
     if over_by_weights:
         out.print(f"no*: its {p.precision} weights alone exceed the budget (not exported); sizes are artifact bytes per format")
     out.print(p.note)

@@ -29,20 +29,36 @@ def check(files: Annotated[list[Path], typer.Argument(help="Recipe YAML files to
 @app.command("new")
 @o.takes_overrides("data_source", "teacher_checkpoint", "teacher_factory", "budget")
 def new(
-    data: Annotated[Path, typer.Option("--data", help="Your dataset: a .npz file, a folder of class folders, a folder with the Fashion-MNIST IDX files, or a .csv/.tsv/.jsonl file.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Your dataset: a .npz file, a folder of class folders, a folder with the Fashion-MNIST IDX files, or a .csv/.tsv/.jsonl file.",
+        ),
+    ],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="The recipe file to write (never overwritten).")],
     overrides: dict | None = None,
 ) -> None:
     """Write a commented recipe for your data: the default recipe's settings with the data's source, path, shape, classes and split sizes filled in."""
     from prokt_deploy.recipe_writer import check_new_path, new_recipe, write_new
 
-    data_source, teacher_checkpoint, teacher_factory, budget = (overrides[k] for k in ("data_source", "teacher_checkpoint", "teacher_factory", "budget"))
+    data_source, teacher_checkpoint, teacher_factory, budget = (
+        overrides[k] for k in ("data_source", "teacher_checkpoint", "teacher_factory", "budget")
+    )
     if budget is not None:
         o.OVERRIDES["budget"].convert(budget)  # usage errors before the data is read
     check_new_path(out_file)
-    r, d, text = new_recipe(data, source=data_source, teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
-                            teacher_factory=teacher_factory, budget=budget)
+    r, d, text = new_recipe(
+        data,
+        source=data_source,
+        teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
+        teacher_factory=teacher_factory,
+        budget=budget,
+    )
     write_new(out_file, text)
-    out.print(f"{out_file}: {r.data.source}, input {'x'.join(map(str, d.input_shape))}, {d.num_classes} classes, "
-              f"train/val/test {len(d.train)}/{len(d.val)}/{len(d.test)}; teacher {r.teacher.arch} ({r.teacher.init}); "
-              f"run it with: prokt-deploy run {out_file}", highlight=False)
+    out.print(
+        f"{out_file}: {r.data.source}, input {'x'.join(map(str, d.input_shape))}, {d.num_classes} classes, "
+        f"train/val/test {len(d.train)}/{len(d.val)}/{len(d.test)}; teacher {r.teacher.arch} ({r.teacher.init}); "
+        f"run it with: prokt-deploy run {out_file}",
+        highlight=False,
+    )

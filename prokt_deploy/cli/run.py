@@ -29,8 +29,14 @@ class PipelineProgress(RichProgress):
 
     def __init__(self) -> None:
         super().__init__(console=err)
-        self._display = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                                 TimeElapsedColumn(), console=err)
+        self._display = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=err,
+        )
         self._stages = self._display.add_task("run", total=len(STAGES), stats="")
         self._status = None
 
@@ -92,7 +98,12 @@ def run(
     max_accuracy_drop: b.MaxDropOpt = None,
     min_speedup: b.MinSpeedupOpt = None,
     trust_recipe_code: o.TrustCodeOpt = False,
-    compare_methods: Annotated[Optional[str], typer.Option("--compare", help="Also train these baselines on the same split, student and epochs, e.g. scratch,kd; the report compares them.")] = None,
+    compare_methods: Annotated[
+        Optional[str],
+        typer.Option(
+            "--compare", help="Also train these baselines on the same split, student and epochs, e.g. scratch,kd; the report compares them."
+        ),
+    ] = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Distill, export ONNX and OpenVINO at the deploy precision, benchmark and write the report, in one go.
@@ -120,9 +131,19 @@ def run(
         except GateFailed as exc:  # the passed artifacts are kept and benchmarked; the report lists the others
             export_failure = exc
         progress.stage("bench")
-        rep = bench(result.path, threads=threads, batch=batch, runs=runs, warmup=warmup, repeats=repeats, device=bench_device,
-                    max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup,
-                    progress=b.EngineBars(progress.display, progress.status))
+        rep = bench(
+            result.path,
+            threads=threads,
+            batch=batch,
+            runs=runs,
+            warmup=warmup,
+            repeats=repeats,
+            device=bench_device,
+            max_latency_ms=max_latency_ms,
+            max_accuracy_drop=max_accuracy_drop,
+            min_speedup=min_speedup,
+            progress=b.EngineBars(progress.display, progress.status),
+        )
     b.show_report(rep, as_json)
     check_gates(rep)
     planned_failed = [a for a in rep["not_benchmarked"] if a["format"] in r.budget.formats]

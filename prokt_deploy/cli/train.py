@@ -31,8 +31,13 @@ def distill(
     overrides: dict | None = None,
     out_dir: OutOpt = None,
     latencies: o.LatenciesOpt = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run (its --out directory) from its checkpoint, with the recipe it was started with.")] = None,
-    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", min=1, help="Train with DistributedDataParallel on N local processes (torchrun).")] = 1,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option("--resume", help="Continue an interrupted run (its --out directory) from its checkpoint, with the recipe it was started with."),
+    ] = None,
+    nproc_per_node: Annotated[
+        int, typer.Option("--nproc-per-node", min=1, help="Train with DistributedDataParallel on N local processes (torchrun).")
+    ] = 1,
     trust_recipe_code: o.TrustCodeOpt = False,
     as_json: o.JsonOpt = False,
 ) -> None:
@@ -64,8 +69,10 @@ def check_resume(resume: Path, overrides: list[str], trusted: bool) -> None:
     if overrides:
         what = ", ".join(overrides)
         hint = f" (the run trains {saved.train.epochs} epochs; for more, start a new run with --epochs)" if "--epochs" in overrides else ""
-        raise UsageError(f"--resume continues {final_path(partial)} with the recipe it was started with; {what} cannot change it{hint}: "
-                         f"drop {what}, or start a new run")
+        raise UsageError(
+            f"--resume continues {final_path(partial)} with the recipe it was started with; {what} cannot change it{hint}: "
+            f"drop {what}, or start a new run"
+        )
     o.require_code_consent(o.code_hooks(saved.teacher.factory), trusted, f"the run's recipe {str(partial / 'recipe.yaml')!r}")
 
 
@@ -155,8 +162,16 @@ def train_teacher(
         r = r.model_copy(update={"teacher": r.teacher.model_copy(update={"epochs": epochs})})
     result = run_train_teacher(r, out=out_dir, progress=RichProgress())
     met = result.manifest["metrics"]
-    summary = {"run": str(result.path), "teacher": result.manifest["teacher"], "teacher_test_accuracy": met["teacher_test_accuracy"], "teacher_val_accuracy": met["teacher_val_accuracy"], "checkpoint": str(result.path / "teacher.safetensors")}
+    summary = {
+        "run": str(result.path),
+        "teacher": result.manifest["teacher"],
+        "teacher_test_accuracy": met["teacher_test_accuracy"],
+        "teacher_val_accuracy": met["teacher_val_accuracy"],
+        "checkpoint": str(result.path / "teacher.safetensors"),
+    }
     if as_json:
         print_json(summary)
     else:
-        out.print(f"teacher {r.teacher.arch}: test accuracy {met['teacher_test_accuracy']:.4f}; use it with --teacher-checkpoint {result.path / 'teacher.safetensors'}")
+        out.print(
+            f"teacher {r.teacher.arch}: test accuracy {met['teacher_test_accuracy']:.4f}; use it with --teacher-checkpoint {result.path / 'teacher.safetensors'}"
+        )

@@ -95,8 +95,17 @@ def write_bundle(
         calibration, max_drop = manifest.int8_settings()
         teacher_cache: dict = {}
         for fmt in sorted({a["format"] for a in artifacts} & set(INT8_FORMATS), reverse=True):
-            gate = ensure_int8_export(fr, "teacher", fmt, data, calibration_samples=calibration, max_accuracy_drop=max_drop,
-                                      budget_bytes=manifest.budget_bytes, progress=lambda text: None, cache=teacher_cache)
+            gate = ensure_int8_export(
+                fr,
+                "teacher",
+                fmt,
+                data,
+                calibration_samples=calibration,
+                max_accuracy_drop=max_drop,
+                budget_bytes=manifest.budget_bytes,
+                progress=lambda text: None,
+                cache=teacher_cache,
+            )
             if gate["passed"]:
                 entries.insert(0, ("teacher", fmt, "int8", [run / f for f in gate["files"]], gate["test_accuracy"]))
         files = ensure_fp32_export(fr, "teacher", "onnx", x)
@@ -109,9 +118,16 @@ def write_bundle(
 
 def _spec(kind: str, run: str, input_spec: dict, classes: list, samples: int, settings: dict | None) -> dict:
     """bundle.json without its artifact list: what the board needs to know about the inputs and settings."""
-    return {"schema_version": SCHEMA_VERSION, "kind": kind, "run": run, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "input": {k: v for k, v in input_spec.items() if k not in ("tokenizer", "source_file")}, "classes": classes,
-            "samples": int(samples), "settings": {**measure.DEFAULTS, **(settings or {})}}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "run": run,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "input": {k: v for k, v in input_spec.items() if k not in ("tokenizer", "source_file")},
+        "classes": classes,
+        "samples": int(samples),
+        "settings": {**measure.DEFAULTS, **(settings or {})},
+    }
 
 
 def _sample_arrays(data, x: np.ndarray, y: np.ndarray) -> dict:
@@ -131,9 +147,17 @@ def _stage(out: Path, entries: list[tuple], spec: dict, arrays: dict, readme: st
             (staging / folder).mkdir(parents=True)
             for f in files:
                 shutil.copy2(f, staging / folder / f.name)
-            listed.append({"id": f"{model}/{fmt}/{precision}", "model": model, "format": fmt, "precision": precision,
-                           "files": [str(folder / f.name) for f in files], "bytes": sum(f.stat().st_size for f in files),
-                           "host_test_accuracy": accuracy})
+            listed.append(
+                {
+                    "id": f"{model}/{fmt}/{precision}",
+                    "model": model,
+                    "format": fmt,
+                    "precision": precision,
+                    "files": [str(folder / f.name) for f in files],
+                    "bytes": sum(f.stat().st_size for f in files),
+                    "host_test_accuracy": accuracy,
+                }
+            )
         if tokenizer:  # text: the device tokenizes with the teacher's tokenizer (bundle.json input spec)
             (staging / "tokenizer").mkdir()
             for f in tokenizer:
@@ -163,8 +187,20 @@ Then, on the host, plan (or distill) from the device's latencies:
 """
 
 
-def write_plan_bundle(out: str | Path, models: dict, kept, *, formats: list[str], example, data, recipe_name: str,
-                      recipe_path: str, budget: str, samples: int = 64, settings: dict | None = None) -> Path:
+def write_plan_bundle(
+    out: str | Path,
+    models: dict,
+    kept,
+    *,
+    formats: list[str],
+    example,
+    data,
+    recipe_name: str,
+    recipe_path: str,
+    budget: str,
+    samples: int = 64,
+    settings: dict | None = None,
+) -> Path:
     """Write the planner's ``models`` (label -> (module, precision), see
     :func:`prokt_deploy.train.planner._plan_student`'s ``bundle``) into an on-device bundle at ``out``: for each
     deploy format the artifact of every candidate at the deploy precision and the teacher's fp32 and int8,
@@ -197,7 +233,16 @@ def plan_bundle_writer(out: str | Path, recipe, data, *, recipe_path: str | None
     check_out_dir(Path(out))
 
     def write(models: dict, kept) -> None:  # noqa: ANN001
-        write_plan_bundle(out, models, kept, formats=recipe.budget.formats, example=data.example(2), data=data,
-                          recipe_name=recipe.name, recipe_path=recipe_path or "RECIPE", budget=recipe.budget.size)
+        write_plan_bundle(
+            out,
+            models,
+            kept,
+            formats=recipe.budget.formats,
+            example=data.example(2),
+            data=data,
+            recipe_name=recipe.name,
+            recipe_path=recipe_path or "RECIPE",
+            budget=recipe.budget.size,
+        )
 
     return write

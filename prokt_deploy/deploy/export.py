@@ -145,7 +145,11 @@ def _record_artifact(manifest: dict, run: Path, record: dict) -> None:
 
     def change(current: dict) -> None:
         artifacts = current.get("artifacts")
-        kept = [a for a in (artifacts if isinstance(artifacts, list) else []) if not (isinstance(a, dict) and (a.get("format"), a.get("precision")) == key)]
+        kept = [
+            a
+            for a in (artifacts if isinstance(artifacts, list) else [])
+            if not (isinstance(a, dict) and (a.get("format"), a.get("precision")) == key)
+        ]
         current["artifacts"] = [*kept, record]
 
     manifest.update(update_manifest(run, change))
@@ -180,8 +184,14 @@ def _export_one(
         if accuracy_aware:
             say(f"{fmt} {precision}: accuracy-aware search on {len(data.val)} validation samples")
             aware = exporters.export_accuracy_aware(
-                student, fmt, staging, example_input=data.train.x[:2], calibration=calibration,
-                validation_x=data.val.x.numpy(), validation_y=data.val.y.numpy(), max_accuracy_drop=max_accuracy_drop,
+                student,
+                fmt,
+                staging,
+                example_input=data.train.x[:2],
+                calibration=calibration,
+                validation_x=data.val.x.numpy(),
+                validation_y=data.val.y.numpy(),
+                max_accuracy_drop=max_accuracy_drop,
             )
             artifact = aware.artifact
         else:
@@ -200,8 +210,10 @@ def _export_one(
         )
         failures = list(report.failures)
         if aware is not None and not aware.met:
-            failures.append(f"accuracy-aware int8 found no layers to keep in fp32 that meet a {max_accuracy_drop:.2f} point drop "
-                            f"on the validation split (plain int8 lost {aware.to_dict()['plain_drop']:.2f} points there)")
+            failures.append(
+                f"accuracy-aware int8 found no layers to keep in fp32 that meet a {max_accuracy_drop:.2f} point drop "
+                f"on the validation split (plain int8 lost {aware.to_dict()['plain_drop']:.2f} points there)"
+            )
         within = size <= budget
         if budget_gated and not within:
             failures.append(
@@ -326,9 +338,18 @@ def export_run(
             continue
         try:
             one = dict(
-                run=path, fmt=fmt, precision=precision, student=student, data=data, calibration=calibration,
-                budget=budget, budget_gated=precision == planned_precision, tolerance=tolerance,
-                max_accuracy_drop=max_accuracy_drop, device=device, say=say,
+                run=path,
+                fmt=fmt,
+                precision=precision,
+                student=student,
+                data=data,
+                calibration=calibration,
+                budget=budget,
+                budget_gated=precision == planned_precision,
+                tolerance=tolerance,
+                max_accuracy_drop=max_accuracy_drop,
+                device=device,
+                say=say,
             )
             record = _export_one(**one, accuracy_aware=precision == "int8" and aware_mode == "on")
             if precision == "int8" and aware_mode == "auto" and _only_accuracy_missed(record):
@@ -360,7 +381,9 @@ def export_run(
         message = "; ".join(errors) + (f" (also missed a gate: {gate_summary})" if failed else "")
         err: ExportFailed | GateFailed = ExportFailed(message)
     elif failed:
-        err = GateFailed(f"{len(failed)} of {len(failed) + sum(1 for r in results if r.get('passed'))} artifacts missed a gate and were not kept: {gate_summary}")
+        err = GateFailed(
+            f"{len(failed)} of {len(failed) + sum(1 for r in results if r.get('passed'))} artifacts missed a gate and were not kept: {gate_summary}"
+        )
     else:
         return results
     err.results = results  # type: ignore[attr-defined]

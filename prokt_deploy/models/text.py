@@ -47,7 +47,6 @@ TFM_LAYERS = (1, 2, 3, 4)
 LSTM_SIZES = ((32, 32), (48, 48), (64, 64), (96, 96), (128, 128), (160, 160), (192, 192), (256, 256))
 
 
-
 def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``h`` (B, L, D) over positions where ``mask`` (B, L) is 1."""
     m = mask.unsqueeze(-1).to(h.dtype)
@@ -171,8 +170,12 @@ def build_hf(ref: str, num_classes: int) -> HFClassifier:
 def build_random_bert(hidden: int, layers: int, num_classes: int, vocab_size: int, max_length: int) -> HFClassifier:
     transformers = _transformers()
     config = transformers.BertConfig(
-        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 32),
-        intermediate_size=4 * hidden, max_position_embeddings=max(512, max_length),
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 32),
+        intermediate_size=4 * hidden,
+        max_position_embeddings=max(512, max_length),
     )
     return HFClassifier(transformers.BertModel(config, add_pooling_layer=False), num_classes)
 
@@ -209,11 +212,24 @@ def _parse_hf(name: str) -> dict | None:
     return {"ref": name[3:]} if name.startswith("hf:") and len(name) > 3 else None
 
 
-register_family(Family("tfm", _build_tfm, _parse(_TFM, ("hidden", "layers")),
-                       lambda: [f"tfm-h{h}-l{n}" for h in TFM_HIDDEN for n in TFM_LAYERS], "tfm-h128-l2", "text"))
-register_family(Family("bilstm", _build_lstm, _parse(_LSTM, ("embed", "hidden")),
-                       lambda: [f"bilstm-e{e}-h{h}" for e, h in LSTM_SIZES], "bilstm-e128-h128", "text"))
+register_family(
+    Family(
+        "tfm",
+        _build_tfm,
+        _parse(_TFM, ("hidden", "layers")),
+        lambda: [f"tfm-h{h}-l{n}" for h in TFM_HIDDEN for n in TFM_LAYERS],
+        "tfm-h128-l2",
+        "text",
+    )
+)
+register_family(
+    Family(
+        "bilstm", _build_lstm, _parse(_LSTM, ("embed", "hidden")), lambda: [f"bilstm-e{e}-h{h}" for e, h in LSTM_SIZES], "bilstm-e128-h128", "text"
+    )
+)
 register_family(Family("bert", _build_bert, _parse(_BERT, ("hidden", "layers")), lambda: [], "bert-h64-l2", "text"))
+
+
 def _build_hf_any(o: dict, *, num_classes: int, vocab_size: int | None = None, in_channels: int | None = None, **_: object) -> nn.Module:
     """``hf:`` on text data is an encoder teacher; on image data an image classifier (models/external.py)."""
     if vocab_size is None and in_channels is not None:

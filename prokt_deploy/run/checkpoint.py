@@ -39,8 +39,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ModelError(
-            f"checkpoint {str(path)!r} cannot be loaded safely: it holds pickled Python objects that could run code; "
-            f"refused. Use {SAFE_FORMATS}"
+            f"checkpoint {str(path)!r} cannot be loaded safely: it holds pickled Python objects that could run code; refused. Use {SAFE_FORMATS}"
         ) from None
     except Exception as e:  # RuntimeError for truncated or non-zip files
         raise ModelError(f"checkpoint {str(path)!r} cannot be loaded safely ({_first_line(e)}); use {SAFE_FORMATS}") from None

@@ -44,8 +44,14 @@ class ModelEntry:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelEntry:
-        return cls(arch=d.get("arch"), params=d.get("params"), weights=d.get("weights"), factory=d.get("factory"),
-                   macs=d.get("macs"), estimated_bytes=d.get("estimated_bytes"))
+        return cls(
+            arch=d.get("arch"),
+            params=d.get("params"),
+            weights=d.get("weights"),
+            factory=d.get("factory"),
+            macs=d.get("macs"),
+            estimated_bytes=d.get("estimated_bytes"),
+        )
 
 
 @dataclass(frozen=True)
@@ -85,10 +91,22 @@ class Manifest:
                 raise _corrupted(where, "'artifacts' is not a list")
             if not isinstance(formats, list):
                 raise _corrupted(where, "'formats' is not a list")
-            m = cls(kind=kind, method=d.get("method"), recipe=d.get("recipe"), teacher=ModelEntry.from_dict(d.get("teacher") or {}),
-                    student=student, classes=list(d.get("classes") or []), input=dict(d.get("input") or {}), metrics=dict(d.get("metrics") or {}),
-                    budget_bytes=None if budget is None else int(budget), precision=None if d.get("precision") is None else str(d["precision"]),
-                    formats=[str(f) for f in formats], artifacts=artifacts, data=dict(d.get("data") or {}), raw=d)
+            m = cls(
+                kind=kind,
+                method=d.get("method"),
+                recipe=d.get("recipe"),
+                teacher=ModelEntry.from_dict(d.get("teacher") or {}),
+                student=student,
+                classes=list(d.get("classes") or []),
+                input=dict(d.get("input") or {}),
+                metrics=dict(d.get("metrics") or {}),
+                budget_bytes=None if budget is None else int(budget),
+                precision=None if d.get("precision") is None else str(d["precision"]),
+                formats=[str(f) for f in formats],
+                artifacts=artifacts,
+                data=dict(d.get("data") or {}),
+                raw=d,
+            )
         except KeyError as e:
             raise _corrupted(where, f"no {e.args[0]!r}") from None
         except (TypeError, ValueError, AttributeError):

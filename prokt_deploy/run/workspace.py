@@ -183,8 +183,10 @@ def find_resumable(run: str | Path) -> Path:
     if (run / MANIFEST).is_file():
         raise RunError(f"run {str(run)!r} already finished; nothing to resume")
     if partial.is_dir():
-        raise RunError(f"the unfinished run {str(partial)!r} was stopped before it saved its recipe or a checkpoint; "
-                       f"nothing to resume: delete it and start the run again")
+        raise RunError(
+            f"the unfinished run {str(partial)!r} was stopped before it saved its recipe or a checkpoint; "
+            f"nothing to resume: delete it and start the run again"
+        )
     raise RunError(f"no unfinished run at {str(run)!r} (no {partial.name}/ beside it); pass the --out directory of the interrupted run")
 
 
@@ -207,9 +209,7 @@ class RunWorkspace:
         else:
             check_out_dir(self.final)
             if self.path.exists():
-                raise RunError(
-                    f"an unfinished run exists at {str(self.path)!r}: resume it with --resume {self.final} or delete it"
-                )
+                raise RunError(f"an unfinished run exists at {str(self.path)!r}: resume it with --resume {self.final} or delete it")
             self.final.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.mkdir(self.path)  # atomic: of two runs started together, one gets it
@@ -280,8 +280,16 @@ def load_checkpoint(path: Path) -> dict:
 
 
 # What a failed native write (torch's zip writer, OpenVINO's serializer) says instead of an OSError.
-_NATIVE_WRITE_FAILURES = ("inline_container.cc", "unexpected pos", "iostream error", "basic_ios", "No space left", "File too large",
-                          "Disk quota exceeded", "Read-only file system")
+_NATIVE_WRITE_FAILURES = (
+    "inline_container.cc",
+    "unexpected pos",
+    "iostream error",
+    "basic_ios",
+    "No space left",
+    "File too large",
+    "Disk quota exceeded",
+    "Read-only file system",
+)
 
 
 def filesystem_cause(exc: BaseException, directory: Path | None = None) -> OSError | None:

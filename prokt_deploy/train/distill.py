@@ -213,15 +213,30 @@ def _prepare(recipe: Recipe | None, *, out, runs_root: Path, resume, latencies) 
         from prokt_deploy.models.text import init_embeddings_from_teacher
 
         if not (data.is_text and init_embeddings_from_teacher(student, teacher, data.model_kwargs["vocab_size"])):
-            raise RecipeError(f"student.init_embeddings: teacher-pca needs text models whose token embeddings share the vocabulary "
-                              f"and a student no wider than the teacher ({student_arch} from {recipe.teacher.arch})")
+            raise RecipeError(
+                f"student.init_embeddings: teacher-pca needs text models whose token embeddings share the vocabulary "
+                f"and a student no wider than the teacher ({student_arch} from {recipe.teacher.arch})"
+            )
     if student_zero_head(recipe):
         zero_init_head(student)
     teacher.to(device)
     student.to(device)
-    return _Run(recipe=recipe, final=final, resumed=resume is not None, ckpt=ckpt, latencies=latencies, device=device,
-                main=distributed.is_main(), data=data, teacher=teacher, plan=the_plan, student_arch=student_arch, student=student,
-                timings=timings, t0=t0)
+    return _Run(
+        recipe=recipe,
+        final=final,
+        resumed=resume is not None,
+        ckpt=ckpt,
+        latencies=latencies,
+        device=device,
+        main=distributed.is_main(),
+        data=data,
+        teacher=teacher,
+        plan=the_plan,
+        student_arch=student_arch,
+        student=student,
+        timings=timings,
+        t0=t0,
+    )
 
 
 def _open_workspace(run: _Run) -> RunWorkspace:
@@ -270,8 +285,11 @@ def _keeping_the_checkpoint(ws: RunWorkspace, run: _Run) -> Iterator[None]:
         kept = ws.abandon() if main else False
         if not kept:
             raise
-        raise OSError(e.errno, f"{e.strerror or e}; the last checkpoint is kept in {ws.path}: free space, then "
-                               f"'prokt-deploy distill --resume {final}'", e.filename) from None
+        raise OSError(
+            e.errno,
+            f"{e.strerror or e}; the last checkpoint is kept in {ws.path}: free space, then 'prokt-deploy distill --resume {final}'",
+            e.filename,
+        ) from None
     except BaseException:
         kept = ws.abandon() if main else False
         if kept:
@@ -311,8 +329,10 @@ def _train_phases(run: _Run, ws: RunWorkspace, progress: engine.Progress | None)
 
     def saver(done: dict[str, list[dict]], best_done: dict | None = None):  # noqa: ANN202
         def save(state: dict) -> None:
-            save_checkpoint(ws.checkpoint, {"student_arch": run.student_arch, "completed": done, "current": state, "timings": run.timings,
-                                            "best_epochs": dict(best_done or {})})
+            save_checkpoint(
+                ws.checkpoint,
+                {"student_arch": run.student_arch, "completed": done, "current": state, "timings": run.timings, "best_epochs": dict(best_done or {})},
+            )
 
         return save
 
@@ -326,8 +346,15 @@ def _train_phases(run: _Run, ws: RunWorkspace, progress: engine.Progress | None)
     if pretrain and "teacher" not in history:
         t = time.perf_counter()
         method = _teacher_method(recipe, distributed.wrap(run.teacher, device), data)
-        history["teacher"] = engine.fit(method, data, epochs=run.schedules["teacher"]["epochs"], phase="teacher (CE)", save=saver({}),
-                                        resume=_resume_point(ckpt, "teacher (CE)"), **fit)
+        history["teacher"] = engine.fit(
+            method,
+            data,
+            epochs=run.schedules["teacher"]["epochs"],
+            phase="teacher (CE)",
+            save=saver({}),
+            resume=_resume_point(ckpt, "teacher (CE)"),
+            **fit,
+        )
         best_epochs["teacher"] = method.best_epoch
         run.timings["teacher_train_s"] = run.timings.get("teacher_train_s", 0.0) + time.perf_counter() - t
         if recipe.method == "prokt":
@@ -337,8 +364,15 @@ def _train_phases(run: _Run, ws: RunWorkspace, progress: engine.Progress | None)
     trained_teacher = distributed.wrap(run.teacher, device) if recipe.method == "prokt" else run.teacher  # kd's teacher is frozen
     method = _student_method(recipe, distributed.wrap(run.student, device), trained_teacher, data)
     t = time.perf_counter()
-    history["student"] = engine.fit(method, data, epochs=run.schedules["student"]["epochs"], phase=recipe.method,
-                                    save=saver(dict(history), best_epochs), resume=_resume_point(ckpt, recipe.method), **fit)
+    history["student"] = engine.fit(
+        method,
+        data,
+        epochs=run.schedules["student"]["epochs"],
+        phase=recipe.method,
+        save=saver(dict(history), best_epochs),
+        resume=_resume_point(ckpt, recipe.method),
+        **fit,
+    )
     best_epochs["student"] = method.best_epoch
     run.timings["train_s"] = run.timings.get("train_s", 0.0) + time.perf_counter() - t
     return history, best_epochs
@@ -401,10 +435,24 @@ def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teac
         "budget_bytes": the_plan.budget_bytes,
         "precision": the_plan.precision,
         "formats": the_plan.formats,
-        "plan": {"binding": the_plan.binding, "note": the_plan.note, "teacher_bytes": the_plan.teacher_bytes, "families": the_plan.families,
-                 "target": the_plan.target, "latency_source": the_plan.latency_source, "latency_ms": c.latency_ms,
-                 "teacher_latency_ms": the_plan.teacher_latency_ms},
-        "student": {"arch": student_arch, "params": count_params(student), "macs": c.macs, "estimated_bytes": c.estimated_bytes, "bytes_by_format": c.bytes, "weights": "student.safetensors"},
+        "plan": {
+            "binding": the_plan.binding,
+            "note": the_plan.note,
+            "teacher_bytes": the_plan.teacher_bytes,
+            "families": the_plan.families,
+            "target": the_plan.target,
+            "latency_source": the_plan.latency_source,
+            "latency_ms": c.latency_ms,
+            "teacher_latency_ms": the_plan.teacher_latency_ms,
+        },
+        "student": {
+            "arch": student_arch,
+            "params": count_params(student),
+            "macs": c.macs,
+            "estimated_bytes": c.estimated_bytes,
+            "bytes_by_format": c.bytes,
+            "weights": "student.safetensors",
+        },
         "teacher": {
             "arch": recipe.teacher.arch,
             "factory": recipe.teacher.factory,
@@ -452,8 +500,17 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
         method = _teacher_method(recipe, teacher, data)
         sched = _teacher_schedule(recipe, data)
         _log_schedule("teacher", sched)
-        history = engine.fit(method, data, epochs=sched["epochs"], batch_size=recipe.train.batch_size, seed=recipe.seed, device=device,
-                             progress=progress, phase="teacher (CE)", **_fit_options(recipe, data))
+        history = engine.fit(
+            method,
+            data,
+            epochs=sched["epochs"],
+            batch_size=recipe.train.batch_size,
+            seed=recipe.seed,
+            device=device,
+            progress=progress,
+            phase="teacher (CE)",
+            **_fit_options(recipe, data),
+        )
         save_weights(teacher, run_dir / "teacher.safetensors")
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
         manifest = {
@@ -461,7 +518,12 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
             "kind": "teacher",
             "recipe": recipe.name,
             "seed": recipe.seed,
-            "teacher": {"arch": recipe.teacher.arch, "factory": recipe.teacher.factory, "params": count_params(teacher), "weights": "teacher.safetensors"},
+            "teacher": {
+                "arch": recipe.teacher.arch,
+                "factory": recipe.teacher.factory,
+                "params": count_params(teacher),
+                "weights": "teacher.safetensors",
+            },
             "input": data.input,
             "classes": data.classes,
             "metrics": {

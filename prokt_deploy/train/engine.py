@@ -397,8 +397,19 @@ def fit(
         # step) and kept by rank 0 alone, which restores them on resume.
         sums, count = sum_metrics(sums, count)
         if save is not None and is_main():
-            save({"phase": phase, "epoch": epoch, "step": step, "sums": dict(sums), "count": count, "history": list(history),
-                  "method": method.state_dict(), "torch_rng": torch.get_rng_state(), "best": best})
+            save(
+                {
+                    "phase": phase,
+                    "epoch": epoch,
+                    "step": step,
+                    "sums": dict(sums),
+                    "count": count,
+                    "history": list(history),
+                    "method": method.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "best": best,
+                }
+            )
 
     with _sigint_flag() as stop:
         progress.start(phase, epochs * per_epoch, completed=first_epoch * per_epoch + (resume.step if resume else 0))

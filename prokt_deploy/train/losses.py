@@ -18,7 +18,9 @@ def kl_to_target(target_probs: torch.Tensor, logits: torch.Tensor) -> torch.Tens
     return (torch.special.xlogy(target_probs, target_probs) - target_probs * log_p).sum(dim=-1).mean()
 
 
-def prokt_teacher_loss(teacher_logits: torch.Tensor, labels: torch.Tensor, student_probs: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def prokt_teacher_loss(
+    teacher_logits: torch.Tensor, labels: torch.Tensor, student_probs: torch.Tensor, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ProKT step (a): L_T = (1 - lam) * CE(y, p_theta) + lam * KL(q || p_theta).
 
     ``student_probs`` is q = softmax(student(x)) from the current student in eval mode,

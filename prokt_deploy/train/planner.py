@@ -112,8 +112,11 @@ class Plan:
 
 def weight_elements(model: nn.Module) -> int:
     """Elements of conv, linear and embedding weights: what any artifact must store at least once."""
-    return sum(m.weight.numel() for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)) or getattr(m, "original_name", None) in _SCRIPTED_WEIGHTED)
+    return sum(
+        m.weight.numel()
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)) or getattr(m, "original_name", None) in _SCRIPTED_WEIGHTED
+    )
 
 
 #: the same layers inside a TorchScript teacher (RecursiveScriptModule keeps the class name)
@@ -159,8 +162,16 @@ def _versions_key() -> str:
 
 
 def measure_artifact_bytes(
-    model: nn.Module, label: str, fmt: str, precision: str, input_shape: tuple[int, ...], num_classes: int, cache: SizeCache | None = None,
-    example: torch.Tensor | None = None, vocab_size: int | None = None, keep_dir: Path | None = None,
+    model: nn.Module,
+    label: str,
+    fmt: str,
+    precision: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    cache: SizeCache | None = None,
+    example: torch.Tensor | None = None,
+    vocab_size: int | None = None,
+    keep_dir: Path | None = None,
 ) -> int:
     """Exact bytes of ``model`` exported to ``fmt`` at ``precision`` (cached by ``label``).
 
@@ -217,8 +228,9 @@ def generic_calibration(example: torch.Tensor, n: int = 100):
     return np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32)
 
 
-def generic_artifact(model: nn.Module, label: str, fmt: str, precision: str, example: torch.Tensor, calibration, out_dir: Path,
-                     done: Path | None = None) -> list[Path]:
+def generic_artifact(
+    model: nn.Module, label: str, fmt: str, precision: str, example: torch.Tensor, calibration, out_dir: Path, done: Path | None = None
+) -> list[Path]:
     """The files of ``model``'s ``fmt``/``precision`` artifact with generic weights (the real graph): those in
     ``done`` when it already holds them (the size measurement's export), else exported into ``out_dir``.
 
@@ -233,14 +245,22 @@ def generic_artifact(model: nn.Module, label: str, fmt: str, precision: str, exa
         return files
     try:
         as_exported = model if label.startswith(TEACHER_LABEL) else generic_copy(model, 0)  # export() evaluates in eval mode, mode restored
-        return exporters.export(as_exported, fmt, precision, out_dir, example_input=example,
-                                calibration=calibration if precision == "int8" else None).files
+        return exporters.export(
+            as_exported, fmt, precision, out_dir, example_input=example, calibration=calibration if precision == "int8" else None
+        ).files
     except exporters.ExportError as exc:
         raise ExportFailed(f"cannot export {label} to {fmt} {precision}: {exc}") from None
 
 
-def measure_latencies(models: dict[str, tuple[nn.Module, str]], target: str, *, example: torch.Tensor,
-                      cache: LatencyCache | None = None, key_extra: str = "", exported: dict[str, Path] | None = None) -> dict[str, float]:
+def measure_latencies(
+    models: dict[str, tuple[nn.Module, str]],
+    target: str,
+    *,
+    example: torch.Tensor,
+    cache: LatencyCache | None = None,
+    key_extra: str = "",
+    exported: dict[str, Path] | None = None,
+) -> dict[str, float]:
     """Batch-1 p50 (ms) of each labelled ``(model, precision)``'s artifact in ``target``, measured together
     (interleaved rounds, so the ratios between them hold on a noisy machine).
 
@@ -259,8 +279,10 @@ def measure_latencies(models: dict[str, tuple[nn.Module, str]], target: str, *, 
     cache = cache if cache is not None else LatencyCache()
     machine = fingerprint(runtimes=False)["id"]
     shape = tuple(example.shape[1:])
-    keys = {label: f"v{LATENCY_VERSION}|{machine}|{label}|{shape}{key_extra}|{fmt}:{device}|{precision}|{LATENCY_SETTINGS}|{_versions_key()}"
-            for label, (_, precision) in models.items()}
+    keys = {
+        label: f"v{LATENCY_VERSION}|{machine}|{label}|{shape}{key_extra}|{fmt}:{device}|{precision}|{LATENCY_SETTINGS}|{_versions_key()}"
+        for label, (_, precision) in models.items()
+    }
     result = {label: cache.get(k) for label, k in keys.items()}
     todo = [label for label, v in result.items() if v is None]
     if not todo:
@@ -305,8 +327,10 @@ def read_device_latencies(path: str | os.PathLike[str]) -> dict:
     except measure.MeasureError as exc:
         raise BenchError(str(exc)) from None
     if not str(data.get("run") or "").startswith(PLAN_BUNDLE_PREFIX):
-        raise BenchError(f"{path} holds the results of a run's bundle, not of a plan's: write one with 'prokt-deploy plan --bundle DIR', "
-                         "run 'python bench_bundle.py' in it on the device, and pass its device-results.json")
+        raise BenchError(
+            f"{path} holds the results of a run's bundle, not of a plan's: write one with 'prokt-deploy plan --bundle DIR', "
+            "run 'python bench_bundle.py' in it on the device, and pass its device-results.json"
+        )
     p50 = {}
     for row in data["rows"]:
         value = (row.get("latency_ms") or {}).get("p50")
@@ -332,8 +356,10 @@ def lookup_device_latencies(device: dict, models: dict[str, tuple[nn.Module, str
         model = model_name(label)
         value = device["p50"].get((model, fmt, precision))
         if value is None:
-            raise BenchError(f"{device['path']} has no {fmt} {precision} latency for {model}: it was measured for another recipe, budget or "
-                             "format; write the bundle again with 'prokt-deploy plan --bundle DIR' and measure it on the device")
+            raise BenchError(
+                f"{device['path']} has no {fmt} {precision} latency for {model}: it was measured for another recipe, budget or "
+                "format; write the bundle again with 'prokt-deploy plan --bundle DIR' and measure it on the device"
+            )
         out[label] = value
     return out
 
@@ -347,8 +373,10 @@ def choose_by_latency(fitting: list[Candidate], *, teacher_fastest_ms: float | N
         within = [c for c in fitting if c.latency_ms is not None and c.latency_ms <= latency_budget_ms]
         if not within:
             fastest = min(fitting, key=lambda c: c.latency_ms if c.latency_ms is not None else float("inf"))
-            raise BudgetError(f"no student that fits the size budget runs within {latency_budget_ms:g} ms: the fastest, {fastest.arch}, "
-                              f"takes {fastest.latency_ms:.4f} ms (p50, batch 1); raise --latency-budget or the size budget")
+            raise BudgetError(
+                f"no student that fits the size budget runs within {latency_budget_ms:g} ms: the fastest, {fastest.arch}, "
+                f"takes {fastest.latency_ms:.4f} ms (p50, batch 1); raise --latency-budget or the size budget"
+            )
         return within[0], f"the most capable student within {latency_budget_ms:g} ms (p50 {within[0].latency_ms:.4f} ms)"
     if teacher_fastest_ms is None:
         return fitting[0], "the most capable student that fits"
@@ -356,11 +384,15 @@ def choose_by_latency(fitting: list[Candidate], *, teacher_fastest_ms: float | N
     if faster:
         c = faster[0]
         skipped = fitting.index(c)
-        return c, (f"the most capable fitting student faster than the teacher's fastest artifact ({teacher_fastest_ms:.4f} ms): "
-                   f"p50 {c.latency_ms:.4f} ms" + (f"; {skipped} more capable one(s) were slower than the teacher" if skipped else ""))
-    return fitting[0], (f"NO student that fits is faster than the teacher's fastest artifact ({teacher_fastest_ms:.4f} ms; the fastest "
-                        f"fitting student takes {min(c.latency_ms for c in fitting if c.latency_ms is not None):.4f} ms): "
-                        "chose the most capable that fits; distilling buys size here, not speed")
+        return c, (
+            f"the most capable fitting student faster than the teacher's fastest artifact ({teacher_fastest_ms:.4f} ms): "
+            f"p50 {c.latency_ms:.4f} ms" + (f"; {skipped} more capable one(s) were slower than the teacher" if skipped else "")
+        )
+    return fitting[0], (
+        f"NO student that fits is faster than the teacher's fastest artifact ({teacher_fastest_ms:.4f} ms; the fastest "
+        f"fitting student takes {min(c.latency_ms for c in fitting if c.latency_ms is not None):.4f} ms): "
+        "chose the most capable that fits; distilling buys size here, not speed"
+    )
 
 
 def plan_student(budget_bytes: int, **kwargs) -> Plan:  # noqa: ANN003 - the keywords of _plan_student
@@ -433,7 +465,9 @@ def _plan_student(
     for name in names:
         model = create_model(name, num_classes=num_classes, **model_kwargs)
         ex = example[:1] if example is not None else None
-        cands.append((model, Candidate(name, count_params(model), count_macs(model, input_shape, ex), weight_elements(model) * BYTES_PER_ELEMENT[precision])))
+        cands.append(
+            (model, Candidate(name, count_params(model), count_macs(model, input_shape, ex), weight_elements(model) * BYTES_PER_ELEMENT[precision]))
+        )
     # Most capable first: by parameters for images; for text by parameters *outside* the embedding
     # tables (every text student of a tokenizer carries vocab x width embeddings, which buy width
     # but no depth), then MACs.
@@ -443,8 +477,10 @@ def _plan_student(
         return keep_root / label.replace("/", "_").replace(":", "_") / f"{fmt}-{precision}" if keep_root is not None else None
 
     def measure(model: nn.Module, label: str) -> dict[str, int]:
-        return {f: measure_artifact_bytes(model, label, f, precision, input_shape, num_classes, cache, example, vocab_size, kept(label, f))
-                for f in formats}
+        return {
+            f: measure_artifact_bytes(model, label, f, precision, input_shape, num_classes, cache, example, vocab_size, kept(label, f))
+            for f in formats
+        }
 
     teacher_params = count_params(teacher)
     teacher_label = teacher_arch if _is_registered(teacher_arch) else f"custom:{teacher_arch}:{teacher_params}"
@@ -498,7 +534,7 @@ def _plan_student(
         # the most capable of them, the latency rule may pick a less capable but faster one
         small = [(m, c) for m, c in cands if c.bytes and c.estimated_bytes <= budget_bytes and (_capacity(m) < limit or c is chosen)]
         if chosen is not None and small:
-            small = small[[c for _, c in small].index(chosen):]  # the size rule's choice and everything less capable
+            small = small[[c for _, c in small].index(chosen) :]  # the size rule's choice and everything less capable
             models = {c.arch: (m, precision) for m, c in small}
             for p_name in ("fp32", "int8"):  # the teacher's own artifacts: what the student must beat
                 models[f"{TEACHER_LABEL}{teacher_label}:{p_name}"] = (teacher, p_name)
@@ -519,16 +555,19 @@ def _plan_student(
                 c.latency_ms = round(lat[c.arch], 6)
             for c in (c for _, c in cands):
                 c.chosen = False
-            pick, latency_note = choose_by_latency([c for _, c in small], teacher_fastest_ms=min(teacher_latency.values()),
-                                                   latency_budget_ms=latency_budget_ms)
+            pick, latency_note = choose_by_latency(
+                [c for _, c in small], teacher_fastest_ms=min(teacher_latency.values()), latency_budget_ms=latency_budget_ms
+            )
             pick.chosen = True
             chosen = pick
             for _, c in small:
                 if latency_budget_ms is not None and c.latency_ms > latency_budget_ms:
                     c.fits = False
     if binding and not teacher_exact:
-        note = (f"budget {format_size(budget_bytes)} binds (the teacher's {precision} weights alone are "
-                f"{format_size(teacher_bytes)}): chose the most capable student that fits")
+        note = (
+            f"budget {format_size(budget_bytes)} binds (the teacher's {precision} weights alone are "
+            f"{format_size(teacher_bytes)}): chose the most capable student that fits"
+        )
     elif binding:
         note = f"budget {format_size(budget_bytes)} binds: chose the most capable student that fits"
     else:
@@ -542,9 +581,23 @@ def _plan_student(
     if latency_note:
         where = f" on the device of {device_latencies['path']}" if device_latencies else ""
         note += f"; latency in {target}{where}: {latency_note}"
-    return Plan(budget_bytes, precision, formats, [c for _, c in cands], chosen, teacher_arch, teacher_params, teacher_bytes, binding, note,
-                target=target, latency_budget_ms=latency_budget_ms, teacher_latency_ms=teacher_latency, families=fams,
-                latency_source=latency_source)
+    return Plan(
+        budget_bytes,
+        precision,
+        formats,
+        [c for _, c in cands],
+        chosen,
+        teacher_arch,
+        teacher_params,
+        teacher_bytes,
+        binding,
+        note,
+        target=target,
+        latency_budget_ms=latency_budget_ms,
+        teacher_latency_ms=teacher_latency,
+        families=fams,
+        latency_source=latency_source,
+    )
 
 
 def _families_text(fams: list[str]) -> str:
@@ -572,9 +625,17 @@ def plan_families(recipe: Recipe, data: DataBundle) -> list[str]:
         raise RecipeError(f"student.family: {exc}") from None
 
 
-def plan(recipe: Recipe, data: DataBundle | None = None, teacher: nn.Module | None = None, *, exact: bool = False,
-         target: str | None = None, latency_budget_ms: float | None = None, latencies: str | Path | None = None,
-         bundle: BundleWriter | None = None) -> Plan:
+def plan(
+    recipe: Recipe,
+    data: DataBundle | None = None,
+    teacher: nn.Module | None = None,
+    *,
+    exact: bool = False,
+    target: str | None = None,
+    latency_budget_ms: float | None = None,
+    latencies: str | Path | None = None,
+    bundle: BundleWriter | None = None,
+) -> Plan:
     """Plan the student for the recipe's budget (raises BudgetError when none fits); ``target`` /
     ``latency_budget_ms``: also time the fitting candidates (see :func:`plan_student`).
 
