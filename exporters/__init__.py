@@ -80,7 +80,7 @@ from ._text import TEXT_INPUT_NAMES, is_text_input
 from .accuracy_aware import AccuracyAwareResult, export_accuracy_aware  # noqa: E402
 from .registry import FORMATS, PRECISIONS, Exporter, get_exporter, register
 from .size import measure_bytes  # noqa: E402
-from .validate import Validation, default_tolerance, reference_logits, validate
+from .validate import Validation, default_tolerance, predict_logits, reference_logits, validate
 
 __all__ = [
     "AccuracyAwareResult",
@@ -95,6 +95,7 @@ __all__ = [
     "Validation",
     "artifact_bytes",
     "default_tolerance",
+    "predict_logits",
     "export",
     "export_accuracy_aware",
     "is_text_input",

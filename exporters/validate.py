@@ -10,7 +10,7 @@ import torch
 from ._common import ExportError, Predictor
 from ._text import is_text_input
 
-__all__ = ["TOLERANCES", "Validation", "default_tolerance", "reference_logits", "validate"]
+__all__ = ["TOLERANCES", "Validation", "default_tolerance", "predict_logits", "reference_logits", "validate"]
 
 #: Default max |logit difference| per precision.
 #: fp32: same math, only summation order differs -> 1e-4 on logits of O(10).
@@ -35,8 +35,8 @@ class Validation:
     """Result of :func:`validate`. Accuracies and agreement are fractions in [0, 1];
     ``max_accuracy_drop`` is in percentage points. ``failures`` lists every missed check."""
 
-    max_abs_diff: float
-    top1_agreement: float
+    max_abs_diff: float | None  # None: gated on a known reference accuracy, no reference logits
+    top1_agreement: float | None
     test_accuracy: float | None
     reference_accuracy: float | None
     tolerance: float | None
@@ -120,6 +120,7 @@ def validate(
     max_accuracy_drop: float | None = None,
     batch_size: int = 256,
     reference_outputs: np.ndarray | None = None,
+    reference_accuracy: float | None = None,
     trim_padding: bool = False,
 ) -> Validation:
     """Run ``predictor`` and ``reference`` on ``x`` in batches and check parity/accuracy.
@@ -134,10 +135,15 @@ def validate(
     ``reference_outputs``: the reference's logits on ``x``, computed once by :func:`reference_logits`
     (then ``reference`` is not run and may be ``None``; pass the same ``trim_padding``).
     ``trim_padding``: text batches of similar lengths, cut after their longest sample (see ``_batches``).
+    ``reference_accuracy``: with ``y``, the reference's accuracy on the same ``x`` measured before (for example
+    right after training): neither the reference nor its outputs are needed, only the accuracy is gated, and
+    ``max_abs_diff`` / ``top1_agreement`` are None (nothing to compare the logits with).
     """
     x = _as_input(x)
     if batch_size < 1:
         raise ExportError("batch_size must be >= 1")
+    if reference_outputs is None and reference is None and reference_accuracy is not None:
+        return _accuracy_gate(predictor, x, y, reference_accuracy, max_accuracy_drop, batch_size, trim_padding)
     if reference_outputs is not None:
         ref = np.asarray(reference_outputs)
         if len(ref) != len(x):
@@ -190,3 +196,46 @@ def validate(
         passed=not failures,
         failures=failures,
     )
+
+
+def _accuracy_gate(
+    predictor: Predictor,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    reference_accuracy: float,
+    max_accuracy_drop: float | None,
+    batch_size: int,
+    trim_padding: bool,
+) -> Validation:
+    """:func:`validate` against a reference accuracy measured before: the artifact's accuracy and drop only."""
+    if y is None:
+        raise ExportError("a reference accuracy needs the labels y")
+    y = np.asarray(y).reshape(-1)
+    if len(y) != len(x):
+        raise ExportError(f"y has {len(y)} labels for {len(x)} inputs")
+    art = _run(predictor.predict, x, batch_size, trim_padding)
+    failures: list[str] = []
+    if not np.isfinite(art).all():
+        failures.append("artifact produced non-finite logits (NaN/inf)")
+    test_acc = float(np.mean(art.argmax(axis=1) == y))
+    drop = 100.0 * (reference_accuracy - test_acc)
+    if max_accuracy_drop is not None and drop > max_accuracy_drop:
+        failures.append(
+            f"accuracy drop {drop:.2f} points (reference {100 * reference_accuracy:.2f}% -> artifact "
+            f"{100 * test_acc:.2f}%) exceeds the allowed {max_accuracy_drop:.2f} points"
+        )
+    return Validation(
+        max_abs_diff=None,
+        top1_agreement=None,
+        test_accuracy=test_acc,
+        reference_accuracy=float(reference_accuracy),
+        tolerance=None,
+        max_accuracy_drop=max_accuracy_drop,
+        passed=not failures,
+        failures=failures,
+    )
+
+
+def predict_logits(predictor: Predictor, x: np.ndarray, batch_size: int = 256, *, trim_padding: bool = False) -> np.ndarray:
+    """The artifact's logits on ``x``, batched as :func:`validate` runs it (``trim_padding``: see ``_batches``)."""
+    return _run(predictor.predict, _as_input(x), batch_size, trim_padding)

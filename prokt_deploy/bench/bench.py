@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+import exporters
 from prokt_deploy.bench import int8_diagnosis, measure, report
 from prokt_deploy.bench.fingerprint import fingerprint
 from prokt_deploy.deploy.references import INT8_FORMATS, ensure_fp32_export, ensure_int8_export
@@ -63,9 +64,10 @@ def _main_file(files: list[Path]) -> Path:
 TORCH_LOADER = "prokt_deploy.run.reader:load_model"
 
 
-def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress) -> tuple[list[dict], list[dict]]:  # noqa: ANN001
+def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, predictions: dict) -> tuple[list[dict], list[dict]]:  # noqa: ANN001
     """The rows of the report, each with the worker spec (``engine``) that measures it, and the teacher
-    int8 artifacts that missed their gate (``not_benchmarked`` entries)."""
+    int8 artifacts that missed their gate (``not_benchmarked`` entries). ``predictions`` receives the
+    per-sample classes of the rows whose accuracy is measured here (by row id)."""
     run, manifest = fr.path, fr.manifest
     rows: list[dict] = []
     failed: list[dict] = []
@@ -114,7 +116,13 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress) -
         )
         progress("exporting the teacher to ONNX fp32 (the baseline)")
         files = ensure_fp32_export(fr, "teacher", "onnx", x)
-        add("teacher", "onnx", "fp32", "reference", files, measure.artifact_engine("onnx", _main_file(files), targets), **fits(files))
+        # its accuracy once, here on every core, before anything is timed (a MiniLM pass at 1 thread in the
+        # timing worker took twice as long); its predictions also give the per-class table
+        progress(f"the teacher's ONNX fp32 file on the {n_test} test samples (its accuracy, once)")
+        baseline_pred = exporters.predict_logits(exporters.load(files, "onnx"), x, trim_padding=True).argmax(1)
+        predictions[BASELINE] = baseline_pred
+        accuracy = {"accuracy": {"accuracy": float((baseline_pred == data.test.y.numpy()).mean()), "samples": n_test}}
+        add("teacher", "onnx", "fp32", "reference", files, {**measure.artifact_engine("onnx", _main_file(files), targets), **accuracy}, **fits(files))
         calibration, max_drop = manifest.int8_settings()
         teacher_cache: dict = {}
         for fmt in sorted({a["format"] for a in artifacts} & set(INT8_FORMATS)):
@@ -128,6 +136,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress) -
                 budget_bytes=budget,
                 progress=progress,
                 cache=teacher_cache,
+                reference_accuracy=manifest.metrics.get("teacher_test_accuracy"),  # PyTorch, this split, after training
             )
             if not gate["passed"]:
                 failed.append({"id": f"teacher/{fmt}/int8", "format": fmt, "precision": "int8", "failures": gate["failures"]})
@@ -359,7 +368,8 @@ def bench(
     progress("loading the test split")
     data = fr.data()
     x, y = data.test.x.numpy(), data.test.y.numpy()
-    rows, teacher_failed = _rows_to_measure(fr, data, targets, progress)
+    predictions: dict[str, np.ndarray] = {}  # per-sample classes of the accuracy passes: per-class accuracy without another pass
+    rows, teacher_failed = _rows_to_measure(fr, data, targets, progress, predictions)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prokt-bench-") as tmp:
         test_npz = Path(tmp) / "test.npz"
@@ -372,7 +382,6 @@ def bench(
             results = measure.measure([r["engine"] for r in rows], test_npz, progress=progress, keep_predictions=True, **settings)
         except measure.MeasureError as exc:
             raise BenchError(str(exc)) from None
-    predictions = {}  # the accuracy pass's per-sample classes: per-class accuracy without another pass
     for row, res in zip(rows, results):
         del row["engine"]
         if "predictions" in res:

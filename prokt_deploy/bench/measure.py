@@ -67,11 +67,24 @@ DEFAULTS = {"threads": 1, "batch": 32, "runs": 200, "warmup": 50, "repeats": 3}
 #: Time one engine may spend on the timed calls of one batch size in one round; a slower engine gets
 #: fewer calls (never below MIN_RUNS). 200 calls of a 0.1-10 ms artifact fit; a 60 ms teacher gets ~33.
 ROUND_SECONDS = 2.0
+#: The share of ROUND_SECONDS for batch > 1 (read as throughput: the median of fewer, longer calls is as
+#: stable) and for the PyTorch rows (references, not deployables: the slow PyTorch teacher gets fewer calls).
+BATCHED_SHARE = 0.5
+TORCH_SHARE = 0.5
 MIN_RUNS = 30
 #: The floor at batch > 1, whose rows are read as throughput (the median): 10 calls of a 330 ms batch
 #: of MiniLM per round instead of 30 take the text bench's teacher rows from ~46 s to ~20 s a round.
 MIN_RUNS_BATCHED = 10
 MIN_WARMUP = 5
+#: warm-up calls of the second and later rounds: the engine is loaded and has run; a couple of calls
+#: refill the caches the other engines used in between
+MIN_WARMUP_LATER = 2
+
+
+def round_seconds(runtime: str, batch: int) -> float:
+    """The time one engine's timed calls at ``batch`` may take in one round (see :data:`ROUND_SECONDS`)."""
+    return ROUND_SECONDS * (BATCHED_SHARE if batch > 1 else 1.0) * (TORCH_SHARE if runtime == "torch" else 1.0)
+
 
 #: Latency statistics of every row, in milliseconds.
 STATS = ("p50", "p90", "p99", "mean", "std")
@@ -577,7 +590,13 @@ def measure(
                 i = (k + r) % len(engines)  # rotate the order every round
                 progress(f"round {r + 1}/{repeats}: {engines[i]['id']}")
                 for b in batches:
-                    timed = workers[i].call("time", batch=b, warmup=warmup, runs=runs, max_seconds=ROUND_SECONDS)
+                    timed = workers[i].call(
+                        "time",
+                        batch=b,
+                        warmup=warmup if r == 0 else min(warmup, MIN_WARMUP_LATER),
+                        runs=runs,
+                        max_seconds=round_seconds(engines[i]["runtime"], b),
+                    )
                     timed_runs[i] = min(timed_runs[i], timed["runs"])
                     rounds[i][b].append(summarize(timed["ns"]))
                     if b == 1 and timed["runtime_ns"]:

@@ -275,8 +275,9 @@ def render_markdown(rep: dict) -> str:
     out.append("")
     out.append(
         f"`*` recommended. Speed-ups are relative to `{s['baseline']}`. Each latency statistic is the median over "
-        f"{s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls (fewer for an engine slower than "
-        f"{measure.ROUND_SECONDS:g} s per round: its `timed_runs` in report.json); every engine ran in its own process."
+        f"{s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls ({measure.MIN_WARMUP_LATER} from the "
+        f"second round; fewer timed calls for an engine slower than {measure.ROUND_SECONDS:g} s per round at batch 1, half that at batch "
+        f"{s['batch']} and for the PyTorch rows: its `timed_runs` in report.json); every engine ran in its own process."
     )
     for note in s.get("fallbacks", []):
         out.append(f"Note: {note}.")

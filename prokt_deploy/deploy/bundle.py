@@ -105,6 +105,7 @@ def write_bundle(
                 budget_bytes=manifest.budget_bytes,
                 progress=lambda text: None,
                 cache=teacher_cache,
+                reference_accuracy=manifest.metrics.get("teacher_test_accuracy"),  # PyTorch, this split, after training
             )
             if gate["passed"]:
                 entries.insert(0, ("teacher", fmt, "int8", [run / f for f in gate["files"]], gate["test_accuracy"]))

@@ -73,6 +73,7 @@ def ensure_int8_export(
     budget_bytes: int | None,
     progress: Progress,
     cache: dict | None = None,
+    reference_accuracy: float | None = None,
 ) -> dict:
     """``<run>/artifacts/<which>-<fmt>-int8/``: the model exported to int8 with the exporters the student
     uses, calibrated on the first ``calibration_samples`` training samples, and gated like the student's
@@ -86,6 +87,9 @@ def ensure_int8_export(
 
     ``cache``: a dict shared by the calls for one model's formats (one dict per model); the model and its PyTorch test logits
     (the gate's reference) are loaded and computed once into it, not once per format.
+    ``reference_accuracy``: the model's PyTorch test accuracy on this same split, measured before (the run's
+    manifest records it right after training): the gate compares with it and PyTorch is not run again
+    (the record's ``reference`` says which: ``manifest`` or ``pytorch``).
     """
     out = run.path / "artifacts" / f"{which}-{fmt}-int8"
     wanted = {"calibration_samples": calibration_samples, "max_accuracy_drop": max_accuracy_drop, "test_samples": len(data.test)}
@@ -123,7 +127,7 @@ def ensure_int8_export(
             )
             # text in length-sorted batches cut to their longest sample: the project's text models (MiniLM,
             # the tfm students) mask their padding, so the logits are the same and MiniLM's gate costs about half
-            if "logits" not in cache:
+            if reference_accuracy is None and "logits" not in cache:
                 progress(f"running the {which} in PyTorch on the {len(data.test)} test samples (the int8 gates' reference, once)")
                 cache["logits"] = exporters.reference_logits(model, data.test.x.numpy(), trim_padding=True)
             report = exporters.validate(
@@ -133,9 +137,11 @@ def ensure_int8_export(
                 data.test.y.numpy(),
                 tolerance=None,
                 max_accuracy_drop=max_accuracy_drop,
-                reference_outputs=cache["logits"],
+                reference_outputs=cache.get("logits") if reference_accuracy is None else None,
+                reference_accuracy=reference_accuracy,
                 trim_padding=True,
             )
+            record["reference"] = "pytorch" if reference_accuracy is None else "manifest"
             record.update(
                 bytes=artifact.bytes,
                 test_accuracy=round(report.test_accuracy, 6),
