@@ -59,15 +59,16 @@ def format_size(n_bytes: int | float) -> str:
     raise AssertionError("unreachable")
 
 
-TARGET_FORMATS = {"onnx": "onnx", "openvino": "openvino"}
-
-
 def parse_target(target: str) -> tuple[str, str]:
-    """``onnx``, ``onnx:CPU``, ``openvino`` or ``openvino:GPU`` -> (format, device)."""
+    """``onnx``, ``onnx:CPU``, ``openvino`` or ``openvino:GPU`` -> (format, device): a format of the exporter
+    registry, timed in its runtime."""
+    import exporters
+
     fmt, _, device = target.partition(":")
     fmt = fmt.strip().lower()
-    if fmt not in TARGET_FORMATS:
-        raise UsageError(f"unknown --target {target!r}; use onnx or openvino, optionally with :DEVICE (e.g. openvino:CPU)")
+    if fmt not in exporters.FORMATS:
+        known = " or ".join(exporters.FORMATS)
+        raise UsageError(f"unknown --target {target!r}; use {known}, optionally with :DEVICE (e.g. openvino:CPU)")
     return fmt, (device.strip() or "CPU")
 
 

@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prokt_deploy.budget import TARGET_FORMATS, format_size, parse_latency, parse_target  # noqa: F401 (re-exported)
+from prokt_deploy.budget import format_size, parse_latency, parse_target  # noqa: F401 (re-exported)
 from prokt_deploy.data import DataBundle, load_recipe_data
 from prokt_deploy.errors import BudgetError, ExportFailed, ModelError, RecipeError, UsageError
 from prokt_deploy.models import count_macs, count_params, create_model, families, get_family, student_families
