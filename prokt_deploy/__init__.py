@@ -7,6 +7,7 @@ Library use (the CLI is a thin layer over these)::
     result = distill(recipe, out="runs/digits-20kb")
     artifacts = export_run(result.path, ["onnx"], "int8")  # gated int8 ONNX under runs/digits-20kb/artifacts/
     report = bench(result.path)  # teacher vs student vs artifacts: report.json, .md, .html in the run
+    run = open_run(result.path)  # a finished run read back: run.manifest (typed), run.data(), run.model("student")
 
 Importing this package does not import onnxruntime or OpenVINO.
 """
@@ -22,8 +23,9 @@ from prokt_deploy.deploy.bundle import write_bundle  # noqa: E402
 from prokt_deploy.deploy.export import export_run  # noqa: E402
 from prokt_deploy.errors import ProktError  # noqa: E402
 from prokt_deploy.recipe import apply_overrides, load_recipe  # noqa: E402
+from prokt_deploy.run.reader import open_run  # noqa: E402
 from prokt_deploy.train.distill import distill, train_teacher  # noqa: E402
-from prokt_deploy.train.planner import plan
+from prokt_deploy.train.planner import plan  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -34,6 +36,7 @@ __all__ = [
     "export_run",
     "format_size",
     "load_recipe",
+    "open_run",
     "parse_size",
     "plan",
     "train_teacher",
