@@ -12,7 +12,7 @@ shorten it), then exported at int8 twice per format: plain (``exporters.export``
   same function in fp32, as in tests/test_accuracy_aware.py), the case plain int8 fails.
 
 Accuracy is on the run's held-out test split, in each artifact's runtime, against the PyTorch
-student; latency is batch 1, 1 thread, one process per engine (``prokt_deploy.bench.measure``: warm-up,
+student; latency is batch 1, 1 thread, one process per engine (``prokt_deploy.benchmarking.measure``: warm-up,
 timed runs, rounds rotated, median of the rounds' p50). Only families whose second block is
 conv -> BatchNorm -> ReLU -> conv (``cnn``) get the outlier case.
 
@@ -36,8 +36,8 @@ import torch
 
 import exporters
 from prokt_deploy import apply_overrides, distill, load_recipe
-from prokt_deploy.bench import measure
-from prokt_deploy.bench.bench import runtime_targets
+from prokt_deploy.benchmarking import measure
+from prokt_deploy.benchmarking.bench import runtime_targets
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.run.reader import load_model
 

@@ -3,7 +3,7 @@
 For each case the planner picks the student as ``distill`` would (the recipe's budget, family and
 ``budget.target``; ``--family`` overrides the family), then the student and the teacher are exported to
 ONNX and OpenVINO at fp32 and int8 (int8 calibrated on 300 real training samples) and all eight files
-are timed together with bench's harness (``prokt_deploy.bench.measure``: one worker process per engine, 1
+are timed together with bench's harness (``prokt_deploy.benchmarking.measure``: one worker process per engine, 1
 thread, warm-up, rounds rotated, median of the rounds' p50) at batch 1 and at batch ``--batch`` (32).
 
 Cases:
@@ -43,9 +43,9 @@ import torch
 import exporters
 from exporters.size import generic_copy
 from prokt_deploy import apply_overrides, load_recipe
-from prokt_deploy.bench import measure
-from prokt_deploy.bench.bench import runtime_targets
-from prokt_deploy.bench.fingerprint import fingerprint
+from prokt_deploy.benchmarking import measure
+from prokt_deploy.benchmarking.bench import runtime_targets
+from prokt_deploy.benchmarking.fingerprint import fingerprint
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.models import count_params, create_model
 from prokt_deploy.train.build import build_teacher

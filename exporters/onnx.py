@@ -32,7 +32,7 @@ DequantizeLinear (the logits) left. Measured on resnet-w8-d1 (onnxruntime 1.32, 
   QLinearConv with S8S8; only the pooling changed) stayed at ~0.5x / ~0.4x, cnn-w32-d2 at 0.98x / 0.99x.
   Without int8 dot products (VNNI) an int8 convolution costs about as much as fp32 FMAs plus the
   requantization, so int8 is still slower here; the bench then recommends the fp32 file
-  (``prokt_deploy/bench/bench.py``). Accuracy: identical to S8S8 on the tests' digits CNN.
+  (``prokt_deploy/benchmarking/bench.py``). Accuracy: identical to S8S8 on the tests' digits CNN.
 
 * ``reduce_range=True`` is required on CPUs without VNNI (AVX2 only, like this one): onnxruntime's
   u8*s8 kernels use ``vpmaddubsw``, which saturates the int16 sum of two products when per-channel

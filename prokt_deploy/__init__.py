@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from prokt_deploy.bench.bench import bench  # noqa: E402
+from prokt_deploy.benchmarking.bench import bench  # noqa: E402
 from prokt_deploy.budget import format_size, parse_size  # noqa: E402
 from prokt_deploy.compare import compare  # noqa: E402
 from prokt_deploy.deploy.bundle import write_bundle  # noqa: E402

@@ -2,8 +2,8 @@
 interpreter: the stages only import downwards, no import circle, the standalone parts stay standalone.
 
 Stages, lowest first (the map is in the README, "Where the code lives"): the foundation (errors, budget, recipe,
-data, models) < run (workspace, checkpoint, reader) < train (and recipe_writer) < deploy < bench < compare
-< cli. bench.measure and bench.fingerprint are the standalone harness shipped in bundles: any stage may
+data, models) < run (workspace, checkpoint, reader) < train (and recipe_writer) < deploy < benchmarking < compare
+< cli. benchmarking.measure and benchmarking.fingerprint are the standalone harness shipped in bundles: any stage may
 import them, and they import nothing of the project.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "prokt_deploy"
-STANDALONE = ("prokt_deploy.bench.measure", "prokt_deploy.bench.fingerprint")
+STANDALONE = ("prokt_deploy.benchmarking.measure", "prokt_deploy.benchmarking.fingerprint")
 RANK = {
     "errors": 0,
     "budget": 0,
@@ -28,7 +28,7 @@ RANK = {
     "train": 2,
     "recipe_writer": 2,
     "deploy": 3,
-    "bench": 4,
+    "benchmarking": 4,
     "compare": 5,
     "cli": 6,
     "__main__": 7,

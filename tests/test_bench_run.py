@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from conftest import RECIPES
 
-from prokt_deploy.bench import int8_diagnosis, measure
-from prokt_deploy.bench.bench import BASELINE, evaluate_gates, recommend, relative_to_baseline, versus_teacher
+from prokt_deploy.benchmarking import int8_diagnosis, measure
+from prokt_deploy.benchmarking.bench import BASELINE, evaluate_gates, recommend, relative_to_baseline, versus_teacher
 
 DIGITS = str(RECIPES / "digits.yaml")
 FAST = ["--runs", "20", "--warmup", "3", "--repeats", "2", "--batch", "8"]
@@ -402,7 +402,7 @@ def test_int8_not_faster_lists_the_detected_causes():
 
 
 def test_scatter_labels_do_not_overlap_even_for_close_points():
-    from prokt_deploy.bench.report import _CHAR_W, svg_scatter
+    from prokt_deploy.benchmarking.report import _CHAR_W, svg_scatter
 
     rows = [
         {"id": f"{m}/{f}/{p}", "model": m, "kind": "artifact", "test_accuracy": 0.9 + 0.001 * i, "latency_ms": {"p50": 0.05 * (1 + 0.01 * i)}}

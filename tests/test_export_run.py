@@ -235,7 +235,7 @@ def test_int8_onnx_runs_in_int8_in_onnxruntime(arch: str, digits_arrays, single_
     dropped): the generic copy the size measurement uses.
     """
     from exporters.size import generic_copy
-    from prokt_deploy.bench.int8_diagnosis import onnxruntime_executed_graph
+    from prokt_deploy.benchmarking.int8_diagnosis import onnxruntime_executed_graph
 
     x_train = digits_arrays[0]
     model = _PooledTeacher() if arch == "pooled-teacher" else create_model(arch, num_classes=10, in_channels=1)

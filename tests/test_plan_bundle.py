@@ -13,7 +13,7 @@ import pytest
 from conftest import RECIPES
 from test_cli import cli
 
-from prokt_deploy.bench.measure import RESULTS_KIND, RESULTS_SCHEMA_VERSION
+from prokt_deploy.benchmarking.measure import RESULTS_KIND, RESULTS_SCHEMA_VERSION
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.deploy.bundle import write_plan_bundle
 from prokt_deploy.errors import BenchError, ModelError

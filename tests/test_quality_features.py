@@ -148,7 +148,7 @@ def test_compare_adds_one_row_per_baseline_on_the_same_split_and_student(tmp_pat
         assert sub["metrics"]["epochs"] == manifest["metrics"]["epochs"]
         assert any(a["precision"] == "int8" for a in sub["artifacts"])
     assert all(len(row["val_curve"]) == row["epochs"] for row in rows)  # the report's learning curves of every baseline
-    from prokt_deploy.bench.report import curve_series, svg_curves
+    from prokt_deploy.benchmarking.report import curve_series, svg_curves
 
     series = curve_series({"method": "prokt", "learning_curves": manifest["metrics"]["history"], "compare": manifest["compare"]})
     names = [name for name, _ in series]

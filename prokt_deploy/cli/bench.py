@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from prokt_deploy.bench import measure
-from prokt_deploy.bench.bench import bench as run_bench
-from prokt_deploy.bench.bench import check_gates, merge_device_results
-from prokt_deploy.bench.report import REPORT_HTML, REPORT_JSON, REPORT_MD, table_rows, versus_line
+from prokt_deploy.benchmarking import measure
+from prokt_deploy.benchmarking.bench import bench as run_bench
+from prokt_deploy.benchmarking.bench import check_gates, merge_device_results
+from prokt_deploy.benchmarking.report import REPORT_HTML, REPORT_JSON, REPORT_MD, table_rows, versus_line
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json
 from prokt_deploy.deploy.bundle import DEFAULT_SAMPLES, write_bundle
@@ -26,7 +26,7 @@ RunArg = Annotated[Optional[Path], typer.Argument(help="Run directory (default: 
 ThreadsOpt = Annotated[int, typer.Option(min=1, help="Threads per engine (torch, onnxruntime intra-op, OpenVINO).")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="The larger batch for batch latency and throughput (batch 1 is always measured).")]
 RunsOpt = Annotated[int, typer.Option(min=1, help="Timed calls per round and batch size.")]
-WarmupOpt = Annotated[int, typer.Option(min=0, help="Untimed calls before each round's timed calls.")]
+WarmupOpt = Annotated[int, typer.Option(min=0, help="Untimed calls before the first round's timed calls (2 before each later round).")]
 RepeatsOpt = Annotated[int, typer.Option(min=1, help="Rounds, interleaved across engines; statistics are medians over rounds.")]
 TargetOpt = Annotated[str, typer.Option("--device", help="CPU, GPU, NPU, AUTO or an OpenVINO device id; onnxruntime uses the matching provider.")]
 MaxLatencyOpt = Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: the recommended artifact's batch-1 p50 latency, ms.")]
@@ -38,7 +38,7 @@ MinSpeedupOpt = Annotated[
 
 class EngineBars:
     """bench's ``progress``: status text to ``status``, and one bar per engine in ``display`` (its load and
-    accuracy, then each timing round; see :func:`prokt_deploy.bench.measure.measure`)."""
+    accuracy, then each timing round; see :func:`prokt_deploy.benchmarking.measure.measure`)."""
 
     def __init__(self, display: Progress, status) -> None:  # noqa: ANN001 - Callable[[str], None]
         self._display, self._status, self._bars = display, status, {}

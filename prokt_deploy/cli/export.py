@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from prokt_deploy.bench.bench import runtime_targets
+from prokt_deploy.benchmarking.bench import runtime_targets
 from prokt_deploy.budget import format_size
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import exporters
-from prokt_deploy.bench.bench import bench, check_gates, runtime_targets
+from prokt_deploy.benchmarking.bench import bench, check_gates, runtime_targets
 from prokt_deploy.cli import bench as b
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, err

@@ -2,8 +2,8 @@
 
 ``write_bundle(run, out)`` writes ``out/`` (a new or empty directory)::
 
-    bench_bundle.py        the measurement script: prokt_deploy/bench/measure.py, copied (numpy + runtime only)
-    fingerprint.py         prokt_deploy/bench/fingerprint.py, copied (standard library only)
+    bench_bundle.py        the measurement script: prokt_deploy/benchmarking/measure.py, copied (numpy + runtime only)
+    fingerprint.py         prokt_deploy/benchmarking/fingerprint.py, copied (standard library only)
     bundle.json            input spec, classes, the artifacts and their host accuracy, default settings
     samples.npz            x: the first N test samples, preprocessed float32 (N,C,H,W) or, for text, packed
                            int64 (N,2,L) token ids and attention masks; y: their labels
@@ -12,7 +12,7 @@
                            file of each format that has only int8 (without VNNI-class int8 dot products
                            the fp32 file can be the fastest on the board), and unless ``teacher=False``
                            the teacher's ONNX fp32 baseline and its own int8 artifacts that passed their
-                           gate (what the student must beat; see prokt_deploy.bench.bench)
+                           gate (what the student must beat; see prokt_deploy.benchmarking.bench)
     README.txt             how to run it and merge the result
 
 On the board: ``python bench_bundle.py`` writes ``device-results.json``; back on the host:
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prokt_deploy.bench import fingerprint, measure
+from prokt_deploy.benchmarking import fingerprint, measure
 from prokt_deploy.errors import RunError, UsageError
 from prokt_deploy.run.reader import open_run
 from prokt_deploy.run.workspace import check_out_dir, staged_run_dir
@@ -63,9 +63,9 @@ def write_bundle(
     """Write the on-device bundle of ``run`` (default: the latest run) into ``out``; return its path.
 
     ``samples`` test samples are included (all if the test split is smaller). ``settings`` overrides the
-    bundle's default measurement settings (keys of :data:`prokt_deploy.bench.measure.DEFAULTS`).
+    bundle's default measurement settings (keys of :data:`prokt_deploy.benchmarking.measure.DEFAULTS`).
     """
-    from prokt_deploy.deploy.references import INT8_FORMATS, ensure_fp32_export, ensure_int8_export
+    from prokt_deploy.deploy.references import ensure_fp32_export, teacher_int8_gates
 
     if samples < 1:
         raise UsageError(f"--samples must be at least 1, got {samples}")
@@ -92,21 +92,8 @@ def write_bundle(
     for fmt in sorted({a["format"] for a in artifacts if a["precision"] == "int8"} - have_fp32):
         entries.append(("student", fmt, "fp32", ensure_fp32_export(fr, "student", fmt, x), None))
     if teacher and manifest.teacher.weights:
-        calibration, max_drop = manifest.int8_settings()
-        teacher_cache: dict = {}
-        for fmt in sorted({a["format"] for a in artifacts} & set(INT8_FORMATS), reverse=True):
-            gate = ensure_int8_export(
-                fr,
-                "teacher",
-                fmt,
-                data,
-                calibration_samples=calibration,
-                max_accuracy_drop=max_drop,
-                budget_bytes=manifest.budget_bytes,
-                progress=lambda text: None,
-                cache=teacher_cache,
-                reference_accuracy=manifest.metrics.get("teacher_test_accuracy"),  # PyTorch, this split, after training
-            )
+        gates = teacher_int8_gates(fr, {a["format"] for a in artifacts}, data, progress=lambda text: None)
+        for fmt, gate in sorted(gates.items(), reverse=True):
             if gate["passed"]:
                 entries.insert(0, ("teacher", fmt, "int8", [run / f for f in gate["files"]], gate["test_accuracy"]))
         files = ensure_fp32_export(fr, "teacher", "onnx", x)

@@ -7,7 +7,7 @@
   tries instead of distilling), with the gate's record in ``gate.json``.
 
 Each is exported once and reused by later benches and bundles; none is listed in the manifest (they
-are not the run's deliverables). Used by :mod:`prokt_deploy.bench.bench` and :mod:`prokt_deploy.deploy.bundle`.
+are not the run's deliverables). Used by :mod:`prokt_deploy.benchmarking.bench` and :mod:`prokt_deploy.deploy.bundle`.
 """
 
 from __future__ import annotations
@@ -166,4 +166,28 @@ def ensure_int8_export(
         **record,
         "budget_bytes": budget_bytes,
         "within_budget": None if budget_bytes is None or record["bytes"] is None else record["bytes"] <= budget_bytes,
+    }
+
+
+def teacher_int8_gates(run: FinishedRun, formats, data, progress: Progress) -> dict[str, dict]:  # noqa: ANN001 - iterable of formats, DataBundle
+    """The teacher's own int8 reference in each of ``formats`` that has int8 (:func:`ensure_int8_export`), made as the
+    student's int8 was (its calibration and gate) and gated against the teacher's PyTorch test accuracy the
+    manifest records for this split; format -> gate record."""
+    m = run.manifest
+    calibration, max_drop = m.int8_settings()
+    cache: dict = {}
+    return {
+        fmt: ensure_int8_export(
+            run,
+            "teacher",
+            fmt,
+            data,
+            calibration_samples=calibration,
+            max_accuracy_drop=max_drop,
+            budget_bytes=m.budget_bytes,
+            progress=progress,
+            cache=cache,
+            reference_accuracy=m.metrics.get("teacher_test_accuracy"),  # PyTorch, this split, after training
+        )
+        for fmt in sorted(set(formats) & set(INT8_FORMATS))
     }

@@ -24,7 +24,7 @@ a smaller student is not always a faster one (a ResNet with 10 small convs, adds
 slower at batch 1 than a teacher made of a few big convs), so the planner also times, in the target
 runtime, the artifact of every candidate that fits the size budget at the deploy precision (an
 untrained copy with generic weights has the real graph) and the teacher's fp32 and int8 artifacts.
-The harness is ``bench``'s (:func:`prokt_deploy.bench.measure.measure`: one worker process per engine, 1
+The harness is ``bench``'s (:func:`prokt_deploy.benchmarking.measure.measure`: one worker process per engine, 1
 thread, warm-up, interleaved rounds, median of per-round p50s at batch 1); p50s are cached per machine
 fingerprint, candidate, input shape, target, precision and library versions
 (``artifact-latency.json`` next to the size cache). The choice rule (:func:`choose_by_latency`):
@@ -197,7 +197,7 @@ def measure_artifact_bytes(
 
 
 #: Part of the latency-cache key (bump when the timing changes).
-LATENCY_VERSION = 1
+LATENCY_VERSION = 2  # 2: half round time at batch > 1, 2 warm-up calls after the first round
 #: Timing settings of a planner latency: bench's harness, batch 1 only, fewer calls than bench.
 LATENCY_SETTINGS = {"threads": 1, "batch": 1, "runs": 100, "warmup": 20, "repeats": 3}
 #: Label prefix of the teacher's entries among the planner's timed models (``teacher:<arch>:<precision>``).
@@ -266,14 +266,14 @@ def measure_latencies(
 
     Each model is exported as a copy with generic weights (:func:`exporters.size.generic_copy`: the real
     graph, nothing special folded away; int8 calibrated on normal samples of ``example``'s shape, or for
-    text on ``example`` itself) and timed with :func:`prokt_deploy.bench.measure.measure`, all candidates in
+    text on ``example`` itself) and timed with :func:`prokt_deploy.benchmarking.measure.measure`, all candidates in
     one interleaved measurement. Cached per machine fingerprint. ``exported``: label -> a directory that
     already holds that artifact (the planner's size measurement), used instead of exporting again.
     """
     import numpy as np
 
-    from prokt_deploy.bench import measure
-    from prokt_deploy.bench.fingerprint import fingerprint
+    from prokt_deploy.benchmarking import measure
+    from prokt_deploy.benchmarking.fingerprint import fingerprint
 
     fmt, device = parse_target(target)
     cache = cache if cache is not None else LatencyCache()
@@ -319,7 +319,7 @@ def read_device_latencies(path: str | os.PathLike[str]) -> dict:
     Raises :class:`~prokt_deploy.errors.BenchError` (exit 12) with one line for a file that is missing,
     not JSON, not a device result file, or the result of a run's bundle rather than a plan's.
     """
-    from prokt_deploy.bench import measure
+    from prokt_deploy.benchmarking import measure
     from prokt_deploy.errors import BenchError
 
     try:

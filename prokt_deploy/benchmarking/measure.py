@@ -4,7 +4,7 @@ Standalone on purpose: only the standard library and numpy are imported at modul
 runtime (onnxruntime, openvino; torch for the host's PyTorch rows) only inside the engine that uses
 it. The same file serves two callers, so host and board are measured the same way:
 
-- ``prokt-deploy bench`` (:mod:`prokt_deploy.bench.bench`) calls :func:`measure` on the host;
+- ``prokt-deploy bench`` (:mod:`prokt_deploy.benchmarking.bench`) calls :func:`measure` on the host;
 - ``prokt-deploy bundle`` copies it into a bundle as ``bench_bundle.py`` (with ``fingerprint.py``);
   ``python bench_bundle.py`` then measures the bundle's artifacts on a board that has numpy and a
   runtime only, and writes a JSON that ``prokt-deploy bench RUN --merge`` adds to the report.
@@ -22,10 +22,11 @@ How the numbers are made to hold on a small, noisy machine (TOOLCHAIN.md):
   (nothing is timed while they run), or not at all where the caller passes the value already measured
   on the same samples (engine spec ``accuracy``);
 - ``repeats`` rounds, round-robin over the engines with the order rotated every round; in a round an
-  engine warms up ``warmup`` calls, then times ``runs`` calls with ``perf_counter_ns`` (garbage
-  collection off). A slow engine (a large PyTorch teacher) gets fewer calls: warm-up stops after
-  :data:`ROUND_SECONDS` / 4 (at least :data:`MIN_WARMUP` calls) and the timed calls are capped to what
-  fits in :data:`ROUND_SECONDS` at the warm-up's pace (at least :data:`MIN_RUNS`, :data:`MIN_RUNS_BATCHED`
+  engine warms up ``warmup`` calls (:data:`MIN_WARMUP_LATER` from the second round), then times ``runs``
+  calls with ``perf_counter_ns`` (garbage collection off). A slow engine (a large PyTorch teacher) gets
+  fewer calls: warm-up stops after a quarter of its round time (:func:`round_seconds`: :data:`ROUND_SECONDS`,
+  shared down at batch > 1 and for PyTorch rows; at least :data:`MIN_WARMUP` calls) and the timed calls
+  are capped to what fits in that time at the warm-up's pace (at least :data:`MIN_RUNS`, :data:`MIN_RUNS_BATCHED`
   at batch > 1); fast engines are not
   affected, and each row records its ``timed_runs``. Each statistic is the median over rounds of its per-round value (the median of
   medians for p50): a slow spell of the machine then lands on one round of every engine instead of on

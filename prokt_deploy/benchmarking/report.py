@@ -7,7 +7,7 @@ report.json, schema_version 1
 -----------------------------
 - ``schema_version`` (1), ``kind`` ("bench"), ``created`` (local ISO time), ``run`` (the run directory),
   ``recipe``, ``method``, ``student`` / ``teacher`` (``arch``, ``params``; the student also ``macs``).
-- ``fingerprint``: the host (:func:`prokt_deploy.bench.fingerprint.fingerprint`): ``id``, ``cpu`` (``model``,
+- ``fingerprint``: the host (:func:`prokt_deploy.benchmarking.fingerprint.fingerprint`): ``id``, ``cpu`` (``model``,
   ``arch``, ``logical_cores``, ``physical_cores``, ``usable_cores``, ``cgroup_cpu_quota``, ``flags``,
   ``int8_dot_product``), ``os``, ``python``, ``versions``, ``runtimes``.
 - ``settings``: ``threads``, ``batch``, ``runs``, ``warmup``, ``repeats``, ``device``, ``fallbacks``
@@ -61,7 +61,7 @@ import math
 import time
 from pathlib import Path
 
-from prokt_deploy.bench import measure
+from prokt_deploy.benchmarking import measure
 from prokt_deploy.budget import format_size
 from prokt_deploy.errors import RunError
 from prokt_deploy.run.reader import Manifest
@@ -105,7 +105,7 @@ def new_report(
         "compare": manifest.comparison(),
         "learning_curves": manifest.metrics.get("history"),
         "budget_bytes": manifest.budget_bytes,
-        "per_class": None,  # filled by prokt_deploy.bench.bench.per_class_accuracy
+        "per_class": None,  # filled by prokt_deploy.benchmarking.bench.per_class_accuracy
     }
 
 

@@ -26,11 +26,11 @@ Accuracy is a property of an artifact, not of a timing round: it is measured onc
 where the manifest already records it on the same test split (the export gates, the PyTorch models'
 test accuracy after training, the teacher int8 gate), reused instead of measured again.
 
-Each row is measured in its own worker process (see :mod:`prokt_deploy.bench.measure` for how), the int8
-rows are compared with their fp32 counterparts (:mod:`prokt_deploy.bench.int8_diagnosis`), the fastest
+Each row is measured in its own worker process (see :mod:`prokt_deploy.benchmarking.measure` for how), the int8
+rows are compared with their fp32 counterparts (:mod:`prokt_deploy.benchmarking.int8_diagnosis`), the fastest
 artifact that passes the accuracy gate is recommended, the gates are checked against it, and the
 report is written to ``report.json``, ``report.md`` and ``report.html`` in the run directory
-(:mod:`prokt_deploy.bench.report`).
+(:mod:`prokt_deploy.benchmarking.report`).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 
 import exporters
-from prokt_deploy.bench import int8_diagnosis, measure, report
-from prokt_deploy.bench.fingerprint import fingerprint
-from prokt_deploy.deploy.references import INT8_FORMATS, ensure_fp32_export, ensure_int8_export
+from prokt_deploy.benchmarking import int8_diagnosis, measure, report
+from prokt_deploy.benchmarking.fingerprint import fingerprint
+from prokt_deploy.deploy.references import INT8_FORMATS, ensure_fp32_export, teacher_int8_gates
 from prokt_deploy.errors import BenchError, BenchGateFailed, RunError, UsageError
 from prokt_deploy.run.reader import FinishedRun, open_run
 from prokt_deploy.run.workspace import resolve_run, run_lock
@@ -119,25 +119,14 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
         # its accuracy once, here on every core, before anything is timed (a MiniLM pass at 1 thread in the
         # timing worker took twice as long); its predictions also give the per-class table
         progress(f"the teacher's ONNX fp32 file on the {n_test} test samples (its accuracy, once)")
-        baseline_pred = exporters.predict_logits(exporters.load(files, "onnx"), x, trim_padding=True).argmax(1)
+        try:
+            baseline_pred = exporters.predict_logits(exporters.load(files, "onnx"), x, trim_padding=True).argmax(1)
+        except (exporters.ExportError, RuntimeError) as exc:
+            raise BenchError(f"the teacher's ONNX fp32 file {files[0]} could not be run: {exc}") from None
         predictions[BASELINE] = baseline_pred
         accuracy = {"accuracy": {"accuracy": float((baseline_pred == data.test.y.numpy()).mean()), "samples": n_test}}
         add("teacher", "onnx", "fp32", "reference", files, {**measure.artifact_engine("onnx", _main_file(files), targets), **accuracy}, **fits(files))
-        calibration, max_drop = manifest.int8_settings()
-        teacher_cache: dict = {}
-        for fmt in sorted({a["format"] for a in artifacts} & set(INT8_FORMATS)):
-            gate = ensure_int8_export(
-                fr,
-                "teacher",
-                fmt,
-                data,
-                calibration_samples=calibration,
-                max_accuracy_drop=max_drop,
-                budget_bytes=budget,
-                progress=progress,
-                cache=teacher_cache,
-                reference_accuracy=manifest.metrics.get("teacher_test_accuracy"),  # PyTorch, this split, after training
-            )
+        for fmt, gate in teacher_int8_gates(fr, {a["format"] for a in artifacts}, data, progress).items():
             if not gate["passed"]:
                 failed.append({"id": f"teacher/{fmt}/int8", "format": fmt, "precision": "int8", "failures": gate["failures"]})
                 continue
@@ -323,7 +312,7 @@ def check_gates(rep: dict) -> None:
 
 
 def runtime_targets(device: str) -> dict:
-    """What ``device`` means for each runtime (:func:`prokt_deploy.bench.measure.runtime_targets`); an
+    """What ``device`` means for each runtime (:func:`prokt_deploy.benchmarking.measure.runtime_targets`); an
     unavailable device is a usage error (exit 2) that lists the available ones."""
     try:
         return measure.runtime_targets(device)
