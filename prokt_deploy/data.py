@@ -87,7 +87,10 @@ def model_kwargs(spec: dict, input_shape: tuple[int, ...] | list | None = None) 
     if spec.get("kind") == "text":
         return {"vocab_size": int(spec["vocab_size"]), "max_length": int(spec["max_length"])}
     shape = input_shape if input_shape is not None else spec["shape"][1:]
-    return {"in_channels": int(shape[0])}
+    kwargs: dict = {"in_channels": int(shape[0])}
+    if len(shape) == 3:  # (C, H, W): families whose head depends on the resolution (pool-*) need it
+        kwargs["image_size"] = (int(shape[1]), int(shape[2]))
+    return kwargs
 
 
 def trim_padding(x: torch.Tensor) -> torch.Tensor:

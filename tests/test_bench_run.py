@@ -152,6 +152,7 @@ def test_report_schema_rows_and_percentiles(run_dir):
         assert row["accuracy_measured"] is False and row["test_accuracy"] == pytest.approx(a["test_accuracy"])
     assert by_id["teacher/pytorch/fp32"]["accuracy_measured"] is False
     assert by_id["student/onnx/fp32"]["accuracy_measured"] is True
+    assert by_id["teacher/onnx/fp32"]["accuracy_measured"] is True  # measured by bench itself, before the timing
     assert all(1 <= r["timed_runs"] <= 20 for r in report["rows"])
     for f in report["int8"]:
         assert f["counterpart"] == f["artifact"].replace("int8", "fp32")

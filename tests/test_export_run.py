@@ -172,7 +172,7 @@ def test_every_family_exports_every_format_and_precision(family: str, digits_arr
     x_train, y_train, x_test, y_test = digits_arrays
     arch = families()[family].candidates()[0]
     torch.manual_seed(0)
-    model = create_model(arch, num_classes=10, in_channels=1)
+    model = create_model(arch, num_classes=10, in_channels=1, image_size=(8, 8))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     model.train()
@@ -238,7 +238,7 @@ def test_int8_onnx_runs_in_int8_in_onnxruntime(arch: str, digits_arrays, single_
     from prokt_deploy.benchmarking.int8_diagnosis import onnxruntime_executed_graph
 
     x_train = digits_arrays[0]
-    model = _PooledTeacher() if arch == "pooled-teacher" else create_model(arch, num_classes=10, in_channels=1)
+    model = _PooledTeacher() if arch == "pooled-teacher" else create_model(arch, num_classes=10, in_channels=1, image_size=(8, 8))
     model = generic_copy(model.eval(), 0).eval()
     art = exporters.export(model, "onnx", "int8", tmp_path, example_input=x_train[:2], calibration=x_train[:64].numpy())
     graph = onnxruntime_executed_graph(art.files[0], providers=["CPUExecutionProvider"], threads=1)
@@ -284,6 +284,7 @@ def test_cli_exports_the_latest_run_with_its_defaults(run: Path, int8_results: l
     [
         ("no-run", 7, "no run found"),
         ("corrupted-manifest", 7, "cannot read"),
+        ("corrupted-recipe", 7, "recipe.yaml cannot be used"),  # the run is broken, not a recipe the user gave
         ("unknown-format", 2, "unknown format 'tflite'"),
         ("unknown-precision", 2, "unknown precision 'int4'"),
         ("corrupted-weights", 6, "not a valid safetensors file"),
@@ -299,6 +300,8 @@ def test_cli_bad_input(run: Path, tmp_path: Path, case: str, code: int, match: s
     else:
         if case == "corrupted-manifest":
             (copy / "manifest.json").write_text('{"kind": "distill", "stud')
+        elif case == "corrupted-recipe":
+            (copy / "recipe.yaml").write_text("name: [unclosed\n")
         elif case == "unknown-format":
             args[2] = "tflite"
         elif case == "unknown-precision":

@@ -124,7 +124,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
         except (exporters.ExportError, RuntimeError) as exc:
             raise BenchError(f"the teacher's ONNX fp32 file {files[0]} could not be run: {exc}") from None
         predictions[BASELINE] = baseline_pred
-        accuracy = {"accuracy": {"accuracy": float((baseline_pred == data.test.y.numpy()).mean()), "samples": n_test}}
+        accuracy = {"accuracy": {"accuracy": float((baseline_pred == data.test.y.numpy()).mean()), "samples": n_test, "measured": True}}
         add("teacher", "onnx", "fp32", "reference", files, {**measure.artifact_engine("onnx", _main_file(files), targets), **accuracy}, **fits(files))
         for fmt, gate in teacher_int8_gates(fr, {a["format"] for a in artifacts}, data, progress).items():
             if not gate["passed"]:

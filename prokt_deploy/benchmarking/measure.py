@@ -548,7 +548,8 @@ def measure(
     ``runtime_latency_ms`` (batch 1 by the runtime's own timer, as benchmark_app reports it: OpenVINO
     only, else None), ``batch``, ``batch_latency_ms``, ``throughput`` (samples/s at ``batch``, from
     its p50), ``rounds_p50_ms``, ``timed_runs`` (the fewest timed calls of a round, see
-    :data:`ROUND_SECONDS`), ``accuracy_measured`` (False where the spec's ``accuracy`` was reused) and
+    :data:`ROUND_SECONDS`), ``accuracy_measured`` (False where the spec's ``accuracy`` was reused, unless it says ``measured``: the
+    caller measured it on this machine just before) and
     ``peak_mem_mb`` (peak RSS over the load and all runs, minus the RSS before the load); with
     ``keep_predictions`` also ``predictions`` (the predicted class of every sample) where accuracy was
     measured, for the caller to reuse (bench's per-class accuracy) and drop.
@@ -578,7 +579,13 @@ def measure(
             workers[i].send("accuracy", batch=batch, predictions=keep_predictions)
         for i, (res, e) in enumerate(zip(results, engines)):
             acc = workers[i].receive() if i in pending else e["accuracy"]
-            res.update({"test_accuracy": round(acc["accuracy"], 6), "accuracy_samples": acc["samples"], "accuracy_measured": i in pending})
+            res.update(
+                {
+                    "test_accuracy": round(acc["accuracy"], 6),
+                    "accuracy_samples": acc["samples"],
+                    "accuracy_measured": i in pending or bool(acc.get("measured")),
+                }
+            )
             if "predictions" in acc:
                 res["predictions"] = acc["predictions"]
             if step:

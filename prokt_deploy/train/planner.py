@@ -459,7 +459,8 @@ def _plan_student(
     fams = [family] if isinstance(family, str) else list(family)
     pool = list(dict.fromkeys(n for f in fams for n in get_family(f).candidates()))  # every family's candidates, once each
     names = [student_arch] if student_arch else (list(candidates) if candidates else pool)
-    model_kwargs = model_kwargs if model_kwargs is not None else {"in_channels": input_shape[0]}
+    if model_kwargs is None:
+        model_kwargs = {"in_channels": input_shape[0], **({"image_size": tuple(input_shape[1:])} if len(input_shape) == 3 else {})}
     vocab_size = model_kwargs.get("vocab_size")
     cands = []
     for name in names:
