@@ -61,7 +61,7 @@ def fresh_copy(run: Path, dest: Path) -> Path:
     return Path(shutil.copytree(run, dest, ignore=ignore))
 
 
-def time_bench(run: Path, work: Path) -> dict:
+def time_bench(run: Path, work: Path, settings: dict) -> dict:
     copy = fresh_copy(run, work / run.name)
     steps: list[list] = []
     t0 = time.perf_counter()
@@ -72,7 +72,7 @@ def time_bench(run: Path, work: Path) -> dict:
             steps[-1][1] = round(now - steps[-1][2], 2)
         steps.append([text, None, now])
 
-    report = bench(copy, progress=progress)
+    report = bench(copy, progress=progress, **settings)
     total = time.perf_counter() - t0
     if steps:
         steps[-1][1] = round(total - steps[-1][2], 2)
@@ -86,6 +86,7 @@ def time_bench(run: Path, work: Path) -> dict:
         "teacher": fr.manifest.teacher.arch,
         "test_samples": report["rows"][0]["accuracy_samples"],
         "rows": len(report["rows"]),
+        "settings": {k: report["settings"][k] for k in ("threads", "batch", "runs", "warmup", "repeats")},
         "bench_s": round(total, 1),
         "measure_s": report["settings"].get("measure_s"),
         "target_s": TARGET_S[kind],
@@ -96,19 +97,21 @@ def time_bench(run: Path, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="*", type=Path, help="finished, exported run directories")
+    ap.add_argument("run_dirs", nargs="*", type=Path, metavar="RUN", help="finished, exported run directories")
     ap.add_argument("--create", action="store_true", help="make the issue's quick image and text runs first")
+    ap.add_argument("--runs", type=int, default=None, help="bench's --runs (default: bench's own)")
+    ap.add_argument("--repeats", type=int, default=None, help="bench's --repeats (default: bench's own)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_time.json"))
     args = ap.parse_args()
-    if not args.runs and not args.create:
+    if not args.run_dirs and not args.create:
         ap.error("give run directories or --create")
     with tempfile.TemporaryDirectory(prefix="bench-time-") as tmp:
         tmp_path = Path(tmp)
-        runs = list(args.runs) + (create_runs(tmp_path / "runs") if args.create else [])
+        runs = list(args.run_dirs) + (create_runs(tmp_path / "runs") if args.create else [])
         (tmp_path / "bench").mkdir()
         records = []
         for run in runs:
-            rec = time_bench(run, tmp_path / "bench")
+            rec = time_bench(run, tmp_path / "bench", {k: v for k, v in (("runs", args.runs), ("repeats", args.repeats)) if v is not None})
             records.append(rec)
             slow = sorted(rec["steps"], key=lambda s: -(s["seconds"] or 0))[:4]
             print(
@@ -119,7 +122,7 @@ def main() -> None:
     fp = fingerprint()
     out = {
         "fingerprint": fp,
-        "command": "python benchmarks/bench_time.py " + ("--create" if args.create else " ".join(map(str, args.runs))),
+        "command": "python benchmarks/bench_time.py " + ("--create" if args.create else " ".join(map(str, args.run_dirs))),
         "records": records,
     }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

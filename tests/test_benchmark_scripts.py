@@ -179,3 +179,22 @@ def test_prokt_dynamics_tiny(tmp_path):
         assert [p["step"] for p in r["path"]] == list(range(1, r["steps"] + 1)) and r["steps"] == 3  # 200 - 20% test - 10% val -> 3 batches of 64
     assert records[0]["teacher_val_accuracy"] is None and records[2]["path"][0]["kl_q_p"] == 0.0  # zero heads: ProKT starts at KL 0
     assert "| prokt-batch-stats | 1 |" in out.with_suffix(".md").read_text()
+
+
+def test_bench_time_tiny(tmp_path):
+    """benchmarks/bench_time.py benches a copy of a finished run with its references removed; the run is untouched."""
+    from prokt_deploy import apply_overrides, distill, export_run, load_recipe
+
+    recipe = apply_overrides(load_recipe(DIGITS), {"train.epochs": 1, "data.max_train_samples": 300, "budget.formats": ["onnx"]})
+    run = distill(recipe, out=tmp_path / "run", latest=False).path
+    export_run(run, ["onnx"], "int8")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    out = tmp_path / "t.json"
+    proc = bench("bench_time.py", str(run), "--runs", "5", "--repeats", "1", "--out", str(out), cwd=tmp_path)
+    rec = json.loads(out.read_text())["records"][0]
+    assert rec["kind"] == "image" and rec["bench_s"] > 0 and rec["target_s"] == 60.0 and rec["settings"]["runs"] == 5
+    steps = [s["step"] for s in rec["steps"]]
+    assert any("teacher" in s and "ONNX" in s for s in steps), steps  # the references were rebuilt: a first bench
+    assert all(s["seconds"] is not None and s["seconds"] >= 0 for s in rec["steps"])
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before and not (run / "report.json").exists()
+    assert "bench" in proc.stdout and "target 60 s" in proc.stdout
