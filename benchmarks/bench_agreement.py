@@ -47,7 +47,7 @@ BENCHMARK_APP_CONFIG = {"CPU": {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_TH
 def export_artifacts(arch: str, shape: tuple[int, int, int], out: Path) -> list[tuple[str, str, Path]]:
     """(format, precision, main file) of fp32 and int8 ONNX and OpenVINO exports of an untrained model."""
     torch.manual_seed(0)
-    model = create_model(arch, num_classes=10, in_channels=shape[0]).eval()
+    model = create_model(arch, num_classes=10, in_channels=shape[0], image_size=shape[1:]).eval()
     calibration = np.random.default_rng(0).standard_normal((32, *shape)).astype(np.float32)
     example = torch.from_numpy(calibration[:2])
     files = []
@@ -132,7 +132,7 @@ def main() -> None:
                     ours[e["id"]].append(res)
                 for fmt, precision, f in files:
                     theirs[f"{fmt}-{precision}"].append(benchmark_app_p50_ms(f, shape, args.runs, config))
-            params = count_params(create_model(arch, num_classes=10, in_channels=shape[0]))
+            params = count_params(create_model(arch, num_classes=10, in_channels=shape[0], image_size=shape[1:]))
             for fmt, precision, f in files:
                 key = f"{fmt}-{precision}"
                 ov = ours[f"{key}-openvino"]

@@ -58,8 +58,8 @@ def main() -> None:
 
     def fresh(method: str) -> engine.Method:
         torch.manual_seed(0)
-        student = create_model(student_arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
-        t = create_model(recipe.teacher.arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+        student = create_model(student_arch, num_classes=data.num_classes, **data.model_kwargs)
+        t = create_model(recipe.teacher.arch, num_classes=data.num_classes, **data.model_kwargs)
         if method == "prokt":
             zero_init_head(student)
             zero_init_head(t)

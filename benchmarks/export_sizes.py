@@ -53,7 +53,7 @@ CALIBRATION_SAMPLES = 300  # prokt-deploy export's default
 def trained(arch: str, data, steps: int) -> torch.nn.Module:  # noqa: ANN001 - DataBundle
     """``arch`` after ``steps`` Adam steps on real batches: real BatchNorm statistics and biases."""
     torch.manual_seed(0)
-    model = create_model(arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    model = create_model(arch, num_classes=data.num_classes, **data.model_kwargs)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for i in range(steps):
@@ -66,7 +66,7 @@ def trained(arch: str, data, steps: int) -> torch.nn.Module:  # noqa: ANN001 - D
 
 def compare(arch: str, data, combos, steps: int) -> list[dict]:  # noqa: ANN001 - DataBundle
     """Planner estimate (untrained ``arch``) vs real export (trained ``arch``) for each combination."""
-    untrained = create_model(arch, num_classes=data.num_classes, in_channels=data.input_shape[0])
+    untrained = create_model(arch, num_classes=data.num_classes, **data.model_kwargs)
     model = trained(arch, data, steps)
     calibration = data.train.x[:CALIBRATION_SAMPLES].numpy()
     rows = []
