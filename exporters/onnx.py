@@ -16,7 +16,9 @@ MinMax calibration; a spatial ``ReduceMean`` (global average pooling) is rewritt
 The goal is an int8 file that *runs* in int8: every Conv/Gemm of onnxruntime's optimized graph
 (``SessionOptions.optimized_model_filepath``, ``ORT_ENABLE_ALL``) a QLinearConv/QGemm, the residual Adds
 QLinearAdd, the pooling QLinearGlobalAveragePool, and only one QuantizeLinear (the input) and one
-DequantizeLinear (the logits) left. Measured on resnet-w8-d1 (onnxruntime 1.32, 1x28x28 input):
+DequantizeLinear (the logits) left. One exception, measured: a first conv that reads 1-3 channels (a grey
+or RGB image) stays fp32, and the one QuantizeLinear follows its ReLU (and pooling), because onnxruntime's
+int8 kernels run it 6x slower than fp32 (:func:`_float_stem`; ``FLOAT_STEM_MAX_CHANNELS = 0`` turns it off). Measured on resnet-w8-d1 (onnxruntime 1.32, 1x28x28 input):
 
 * S8S8 activations: 6 of 9 Conv stayed float Conv and 2 of 3 residual Adds float Add between
   DequantizeLinear/QuantizeLinear (18 DequantizeLinear, 10 QuantizeLinear, 6 Transpose executed): onnxruntime
@@ -124,6 +126,11 @@ REDUCE_RANGE = True
 TEXT_PER_CHANNEL = True
 TEXT_REDUCE_RANGE = True
 TEXT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm", "Gather")
+
+#: A first convolution reading at most this many input channels (a grey or RGB image) stays fp32 in the int8
+#: ONNX file, the quantization point moved past its ReLU and pooling (measured in :func:`_float_stem`).
+#: 0 quantizes every conv (the file then runs every Conv as QLinearConv).
+FLOAT_STEM_MAX_CHANNELS = 3
 
 #: Samples per calibration batch fed to onnxruntime's calibrator (small: keeps memory flat).
 CALIBRATION_BATCH = 16
@@ -479,6 +486,71 @@ def _pool_as_global_average(path: Path) -> int:
     return rewritten
 
 
+def _consumers(graph) -> dict[str, list]:  # noqa: ANN001 - onnx.GraphProto
+    out: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def _float_stem(path: Path) -> list[str]:
+    """Keep the first convolution of an image model in fp32 when it reads at most
+    :data:`FLOAT_STEM_MAX_CHANNELS` channels; return the node names to exclude from quantization (empty:
+    the graph has no such stem). ``path`` (the pre-processed fp32 graph) may be rewritten in place.
+
+    Why: onnxruntime runs a conv with 1-3 input channels badly in int8. Its QLinearConv is an im2col GEMM
+    with K = 9 x C_in (9 for a grey image), far below what the int8 kernels are blocked for, while the fp32
+    conv runs on the NCHWc path that reads the NCHW input directly. Measured on pool-w16-d3 (1x28x28,
+    batch 32, 1 thread, Intel Xeon with AVX512-VNNI and AMX-INT8, onnxruntime 1.32): the int8 stem took
+    635 us against 106 us for the fp32 one, 60% of the whole int8 call; the int8 file ran 0.84x its fp32
+    one. With the stem in fp32 it runs 1.64x (batch 32) and 1.30x (batch 1); cnn-w8-d1 0.56x -> 1.11x,
+    resnet-w8-d1 0.91x -> 1.10x, wide-w64-d2 1.95x -> 1.85x (within the noise of one run); 3x32x32 inputs
+    alike (docs/results.md, "ONNX int8 with a float stem"). The file grows by 3 bytes per stem weight.
+
+    Where the quantization point goes: after the stem's ReLU (onnxruntime folds that ReLU into the
+    QuantizeLinear), or, when a MaxPool follows the ReLU, after the pool, on a tensor 4x smaller. Then the
+    two are swapped (``relu(maxpool(x)) == maxpool(relu(x))`` exactly): with the MaxPool right before the
+    QuantizeLinear, onnxruntime's QDQ propagation moves the QuantizeLinear above it and runs a uint8 MaxPool
+    in NCHW, which took 1.14 ms of a 1.87 ms call (the int8 file at 0.48x of fp32).
+    """
+    onnx = _onnx()
+    helper = require("onnx.helper", "onnx")
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in inits]
+    consumers = _consumers(graph)
+    if len(inputs) != 1 or len(consumers.get(inputs[0], [])) != 1:
+        return []
+    stem = consumers[inputs[0]][0]
+    weight = inits.get(stem.input[1]) if stem.op_type == "Conv" and len(stem.input) > 1 else None
+    if weight is None or len(weight.dims) != 4:
+        return []
+    group = next((helper.get_attribute_value(a) for a in stem.attribute if a.name == "group"), 1)
+    if weight.dims[1] * group > FLOAT_STEM_MAX_CHANNELS:
+        return []
+    exclude = [stem.name]
+    after = consumers.get(stem.output[0], [])
+    if len(after) == 1 and after[0].op_type == "Relu":
+        relu = after[0]
+        exclude.append(relu.name)
+        pooled = consumers.get(relu.output[0], [])
+        if len(pooled) == 1 and pooled[0].op_type == "MaxPool" and len(pooled[0].output) == 1:
+            pool = pooled[0]
+            # relu(maxpool(x)) == maxpool(relu(x)); with the relu last, onnxruntime folds it into the
+            # QuantizeLinear that follows and cannot move that QuantizeLinear above the fp32 MaxPool
+            mid = f"{stem.output[0]}_pooled"
+            pool.input[0], pool.output[0], relu.input[0], relu.output[0] = stem.output[0], mid, mid, pool.output[0]
+            nodes = [n for n in graph.node if n is not relu]
+            nodes.insert(nodes.index(pool) + 1, relu)
+            del graph.node[:]
+            graph.node.extend(nodes)
+            exclude.append(pool.name)
+            onnx.save_model(model, str(path), save_as_external_data=False)
+    return exclude
+
+
 def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp: Path, nodes_to_exclude: list[str] | None = None) -> None:
     """Static QDQ int8 of ``fp32_path``; ``nodes_to_exclude`` (names in ``tmp/preprocessed.onnx``) stay
     fp32 (the accuracy-aware search of ``exporters/accuracy_aware.py``)."""
@@ -502,8 +574,10 @@ def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp
     try:
         with quiet():
             _pre_process(quant_pre_process, fp32_path, pre, text)
+            stem: list[str] = []
             if not text:
                 _pool_as_global_average(pre)
+                stem = _float_stem(pre) if FLOAT_STEM_MAX_CHANNELS else []
             q.quantize_static(
                 str(pre),
                 str(out_path),
@@ -513,7 +587,7 @@ def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, tmp
                 activation_type=getattr(q.QuantType, activation),
                 calibrate_method=q.CalibrationMethod.MinMax,
                 use_external_data_format=False,
-                nodes_to_exclude=list(nodes_to_exclude or []),
+                nodes_to_exclude=[*stem, *(nodes_to_exclude or [])],
                 **options,
             )
     except Exception as exc:

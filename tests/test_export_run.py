@@ -224,19 +224,27 @@ class _PooledTeacher(torch.nn.Module):
         return self.head(self.features(x))
 
 
-@pytest.mark.parametrize(
-    "arch", [*sorted(fam.candidates()[0] for fam in families().values() if fam.modality == "image" and fam.candidates()), "pooled-teacher"]
-)
-def test_int8_onnx_runs_in_int8_in_onnxruntime(arch: str, digits_arrays, single_thread, tmp_path: Path) -> None:
+IMAGE_ARCHS = [*sorted(fam.candidates()[0] for fam in families().values() if fam.modality == "image" and fam.candidates()), "pooled-teacher"]
+
+
+@pytest.mark.parametrize("stem", ["float", "int8"])
+@pytest.mark.parametrize("arch", IMAGE_ARCHS)
+def test_int8_onnx_runs_in_int8_in_onnxruntime(arch: str, stem: str, digits_arrays, single_thread, tmp_path: Path, monkeypatch) -> None:
     """Every Conv/Gemm/MatMul of the int8 ONNX file runs as an int8 kernel in onnxruntime's optimized graph,
-    and nothing (residual Add, pooling) runs in float between DequantizeLinear and QuantizeLinear.
+    and nothing (residual Add, pooling) runs in float between DequantizeLinear and QuantizeLinear; the one
+    exception is the 1-channel first conv, which the exporter keeps in fp32 (``stem="float"``, the default;
+    exporters/onnx.py, ``_float_stem``) and reads the input directly. With ``FLOAT_STEM_MAX_CHANNELS = 0``
+    (``stem="int8"``) it too is a QLinearConv.
 
     Weights need not be trained for the graph to be right, but must not be special (a zero BN bias is
     dropped): the generic copy the size measurement uses.
     """
+    import exporters.onnx as onnx_exporter
     from exporters.size import generic_copy
     from prokt_deploy.benchmarking.int8_diagnosis import onnxruntime_executed_graph
 
+    if stem == "int8":
+        monkeypatch.setattr(onnx_exporter, "FLOAT_STEM_MAX_CHANNELS", 0)
     x_train = digits_arrays[0]
     model = _PooledTeacher() if arch == "pooled-teacher" else create_model(arch, num_classes=10, in_channels=1, image_size=(8, 8))
     model = generic_copy(model.eval(), 0).eval()
@@ -245,9 +253,39 @@ def test_int8_onnx_runs_in_int8_in_onnxruntime(arch: str, digits_arrays, single_
     compute = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
     assert graph["float_layers"] == [], graph
     assert graph["float_ops_between_qdq"] == [], graph
-    assert graph["int8_layers"] == compute, graph
-    # one QuantizeLinear for the input, one DequantizeLinear for the logits: no float islands in between
+    assert len(graph["float_stem"]) == (1 if stem == "float" else 0), graph
+    assert graph["int8_layers"] == compute - len(graph["float_stem"]), graph
+    # one QuantizeLinear (the input, or the stem's output), one DequantizeLinear (the logits): no float islands
     assert graph["conversions"].get("QuantizeLinear") == 1 and graph["conversions"].get("DequantizeLinear") == 1, graph
+
+
+def test_float_stem_rule_and_rewrite(tmp_path: Path) -> None:
+    """The stem stays fp32 only up to FLOAT_STEM_MAX_CHANNELS input channels; the ReLU/MaxPool swap that moves
+    the quantization point after the pool leaves the fp32 graph's outputs unchanged."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import exporters.onnx as onnx_exporter
+
+    for channels, expected in ((1, 3), (3, 3), (4, 0)):
+        model = create_model("pool-w4-d2", num_classes=10, in_channels=channels, image_size=(8, 8)).eval()
+        fp32 = onnx_exporter.export_onnx_fp32(model, torch.randn(1, channels, 8, 8), tmp_path / f"c{channels}.onnx")
+        pre = tmp_path / f"c{channels}-pre.onnx"
+        quant_pre_process(str(fp32), str(pre))
+        before = pre.read_bytes()
+        excluded = onnx_exporter._float_stem(pre)
+        assert len(excluded) == expected, (channels, excluded)  # conv, maxpool, relu
+        if not expected:
+            assert pre.read_bytes() == before  # nothing rewritten
+            continue
+        x = np.random.default_rng(0).normal(size=(5, channels, 8, 8)).astype(np.float32)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        outs = [ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0] for path in (str(fp32), str(pre))]
+        np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+        types = [n.op_type for n in __import__("onnx").load(str(pre)).graph.node]
+        assert types[:3] == ["Conv", "MaxPool", "Relu"], types
 
 
 # --- the real CLI in a subprocess -------------------------------------------------------------------

@@ -86,11 +86,15 @@ def onnxruntime_executed_graph(path: Path, *, providers: list[str], threads: int
         so.optimized_model_filepath = str(optimized)
         ort.InferenceSession(str(path), sess_options=so, providers=providers)
         graph = onnx.load(str(optimized), load_external_data=False).graph
-    int8, fp, conversions, between = 0, [], Counter(), []
+    int8, fp, stem, conversions, between = 0, [], [], Counter(), []
     producers = {out: node for node in graph.node for out in node.output}
+    inputs = {i.name for i in graph.input}
     for node in graph.node:
         if node.op_type in ORT_INT8_COMPUTE:
             int8 += 1
+        elif node.op_type in ORT_FLOAT_COMPUTE and node.input and node.input[0] in inputs:
+            # the first conv of an image model, kept fp32 by the exporter (exporters/onnx.py, _float_stem)
+            stem.append(f"{node.name} ({node.op_type}, float)")
         elif node.op_type in ORT_FLOAT_COMPUTE:
             fp.append(f"{node.name} ({node.op_type}, float)")
         elif node.op_type in ORT_CONVERSIONS:
@@ -101,6 +105,7 @@ def onnxruntime_executed_graph(path: Path, *, providers: list[str], threads: int
         "runtime": "onnxruntime",
         "int8_layers": int8,
         "float_layers": fp,
+        "float_stem": stem,
         "float_ops_between_qdq": between,
         "conversions": dict(conversions),
         "threads_used": threads,

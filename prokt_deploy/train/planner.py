@@ -64,7 +64,8 @@ BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 #: Part of the size-cache key: bump it when the measurement changes so older cached sizes are not reused.
 #: 2: measure a copy with generic weights (an untrained BatchNorm folds into an all-zero conv bias that the
 #: exporters drop, so v1 sizes were 5-21% below the trained artifact) and stable OpenVINO op names.
-MEASUREMENT_VERSION = 2
+#: 3: the ONNX int8 file keeps a 1-3-channel first conv in fp32 (3 bytes more per stem weight).
+MEASUREMENT_VERSION = 3
 
 
 @dataclass
@@ -197,7 +198,8 @@ def measure_artifact_bytes(
 
 
 #: Part of the latency-cache key (bump when the timing changes).
-LATENCY_VERSION = 2  # 2: half round time at batch > 1, 2 warm-up calls after the first round
+#: 2: half round time at batch > 1, 2 warm-up calls after the first round; 3: ONNX int8 with an fp32 stem.
+LATENCY_VERSION = 3
 #: Timing settings of a planner latency: bench's harness, batch 1 only, fewer calls than bench.
 LATENCY_SETTINGS = {"threads": 1, "batch": 1, "runs": 100, "warmup": 20, "repeats": 3}
 #: Label prefix of the teacher's entries among the planner's timed models (``teacher:<arch>:<precision>``).
