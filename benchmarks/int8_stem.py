@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import exporters
 import exporters.onnx as onnx_exporter
@@ -61,7 +62,7 @@ def export_variant(model, variant: str, out: Path, calib: np.ndarray):  # noqa: 
     if variant == "int8-int8-stem":
         onnx_exporter.FLOAT_STEM_MAX_CHANNELS = 0
     try:
-        return exporters.export(model, "onnx", precision, out, example_input=calib[:2], calibration=calib if precision == "int8" else None)
+        return exporters.export(model, "onnx", precision, out, example_input=torch.from_numpy(calib[:2]), calibration=calib if precision == "int8" else None)
     finally:
         onnx_exporter.FLOAT_STEM_MAX_CHANNELS = saved
 
