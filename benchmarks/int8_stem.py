@@ -62,7 +62,9 @@ def export_variant(model, variant: str, out: Path, calib: np.ndarray):  # noqa: 
     if variant == "int8-int8-stem":
         onnx_exporter.FLOAT_STEM_MAX_CHANNELS = 0
     try:
-        return exporters.export(model, "onnx", precision, out, example_input=torch.from_numpy(calib[:2]), calibration=calib if precision == "int8" else None)
+        return exporters.export(
+            model, "onnx", precision, out, example_input=torch.from_numpy(calib[:2]), calibration=calib if precision == "int8" else None
+        )
     finally:
         onnx_exporter.FLOAT_STEM_MAX_CHANNELS = saved
 

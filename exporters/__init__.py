@@ -157,6 +157,7 @@ def export(
     calibration: np.ndarray | None = None,
     name: str = "model",
     opset: int = 18,
+    fp32_onnx: str | os.PathLike[str] | None = None,
 ) -> Artifact:
     """Export an image or text classifier into ``out_dir``.
 
@@ -169,6 +170,11 @@ def export(
     (``name.onnx``; ``name.xml`` + ``name.bin``), so use a distinct ``name`` or ``out_dir`` per precision.
     The batch dimension (text: batch and sequence) stays dynamic. The model is exported in eval mode
     under ``torch.no_grad``; its train/eval mode is restored afterwards.
+
+    ``fp32_onnx``: the fp32 ONNX file this same model (same weights) was already exported to with
+    ``export(model, "onnx", "fp32", ...)``. The onnx int8 and every openvino export start from an fp32
+    ONNX export; given this file they start from it instead of exporting the model again (it is read,
+    never changed). The caller vouches that it is this model's; a missing file raises :class:`ExportError`.
     """
     exporter = get_exporter(fmt)
     _check_precision(fmt, precision)
@@ -188,6 +194,11 @@ def export(
             )
             raise ExportError(f"{fmt} int8 needs calibration data: pass calibration={what}")
         calib = _check_calibration(calibration, example_input)
+    reuse = None
+    if fp32_onnx is not None:
+        reuse = Path(fp32_onnx)
+        if not reuse.is_file():
+            raise ExportError(f"fp32_onnx {reuse} is not a file: pass this model's fp32 ONNX export, or None")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with frozen_eval(model):
@@ -199,6 +210,7 @@ def export(
             calibration=calib,
             name=name,
             opset=opset,
+            **({"fp32_onnx": reuse} if reuse is not None else {}),
         )
 
 

@@ -250,7 +250,6 @@ def _ov_search(model, example_input, calibration, val_x, val_y, target, out_dir,
                         max_drop=target / 100.0,
                         drop_type=nncf.DropType.ABSOLUTE,
                         subset_size=len(samples),
-                        fast_bias_correction=False,
                         **{k: v for k, v in options.items() if k != "advanced_parameters"},
                         **({"advanced_quantization_parameters": options["advanced_parameters"]} if "advanced_parameters" in options else {}),
                     )

@@ -77,6 +77,7 @@ PyTorch):
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -682,15 +683,19 @@ class OnnxExporter(Exporter):
         calibration: np.ndarray | None,
         name: str,
         opset: int,
+        fp32_onnx: Path | None = None,
     ) -> Artifact:
         with tempfile.TemporaryDirectory(prefix="exporters-onnx-") as tmp_str:
             tmp = Path(tmp_str)
             final = tmp / f"{name}.onnx"
             if precision == "fp32":
-                export_onnx_fp32(model, example_input, final, opset)
+                if fp32_onnx is not None:
+                    shutil.copyfile(fp32_onnx, final)
+                else:
+                    export_onnx_fp32(model, example_input, final, opset)
             else:
                 assert calibration is not None
-                fp32 = export_onnx_fp32(model, example_input, tmp / "fp32.onnx", opset)
+                fp32 = fp32_onnx if fp32_onnx is not None else export_onnx_fp32(model, example_input, tmp / "fp32.onnx", opset)
                 _quantize_int8(fp32, final, calibration, tmp)
             files = move_into([final], out_dir)
         return Artifact(format=self.name, precision=precision, files=files, runtime=self.runtime())

@@ -43,8 +43,11 @@ class Exporter(ABC):
         calibration: np.ndarray | None,
         name: str,
         opset: int,
+        fp32_onnx: Path | None = None,
     ) -> Artifact:
-        """Write the artifact for ``model`` at ``precision`` into ``out_dir`` and describe it."""
+        """Write the artifact for ``model`` at ``precision`` into ``out_dir`` and describe it.
+
+        ``fp32_onnx``: this model's fp32 ONNX export, already made; used in place of exporting again."""
 
     @abstractmethod
     def load(self, files: list[Path], *, device: str, threads: int | None) -> Predictor:

@@ -296,3 +296,45 @@ def test_import_is_lazy() -> None:
     code = "import sys, exporters; print(sorted(m for m in ('onnxruntime', 'openvino', 'nncf', 'onnx', 'onnxscript') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_starts_from_the_given_fp32_onnx(fmt: str, artifacts: dict, trained: TinyCNN, digits: dict, tmp_path: Path) -> None:
+    """``fp32_onnx`` is what the int8 export quantizes: given the fp32 file of a *different* model (another
+    head), the int8 artifact follows that file's predictions, not the module's; the file is not changed."""
+    other = copy.deepcopy(trained)
+    with torch.no_grad():
+        other.head.weight.copy_(other.head.weight.flip(0))  # the same features, the class rows reversed
+        other.head.bias.copy_(other.head.bias.flip(0))
+    example = torch.from_numpy(digits["x_train"][:1])
+    theirs = exporters.export(other, "onnx", "fp32", tmp_path / "other", example_input=example)
+    before = theirs.files[0].read_bytes()
+    art = exporters.export(
+        trained, fmt, "int8", tmp_path / "int8", example_input=example, calibration=digits["x_train"][:N_CALIB], fp32_onnx=theirs.files[0]
+    )
+    x = digits["x_test"]
+    pred = exporters.load(art, fmt).predict(x).argmax(1)
+    with torch.no_grad():
+        theirs_pred = other(torch.from_numpy(x)).argmax(1).numpy()
+        ours_pred = trained(torch.from_numpy(x)).argmax(1).numpy()
+    assert (pred == theirs_pred).mean() > 0.95
+    assert (pred == ours_pred).mean() < 0.5
+    assert theirs.files[0].read_bytes() == before
+    # and given this model's own fp32 file, the result is the int8 export made from scratch
+    own = artifacts[("onnx", "fp32")][0].files[0]
+    reused = exporters.export(trained, fmt, "int8", tmp_path / "own", example_input=example, calibration=digits["x_train"][:N_CALIB], fp32_onnx=own)
+    fresh = artifacts[(fmt, "int8")][0]
+    np.testing.assert_allclose(exporters.load(reused, fmt).predict(x), exporters.load(fresh, fmt).predict(x), atol=1e-5)
+
+
+def test_missing_fp32_onnx_is_an_export_error(trained: TinyCNN, digits: dict, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="fp32_onnx"):
+        exporters.export(
+            trained,
+            "onnx",
+            "int8",
+            tmp_path,
+            example_input=torch.from_numpy(digits["x_train"][:1]),
+            calibration=digits["x_train"][:N_CALIB],
+            fp32_onnx=tmp_path / "nope.onnx",
+        )
