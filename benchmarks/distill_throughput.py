@@ -11,7 +11,11 @@ student forward+backward. The unit costs of those four passes are timed separate
 predicts the ProKT/KD time ratio; a measured ratio near the prediction means ProKT does no pass
 beyond the ones it needs.
 
-    python benchmarks/distill_throughput.py                       # fashion-mnist recipe
+Image models are timed in both memory layouts, NCHW and channels-last (NHWC: what ``engine.fit``
+trains in on the CPU, see ``engine.use_channels_last``), interleaved in the same rounds, so the
+layout speed-up is a ratio measured side by side.
+
+    python benchmarks/distill_throughput.py --student pool-w16-d3   # fashion-mnist recipe, its default student
     python benchmarks/distill_throughput.py --recipe recipes/digits.yaml --rounds 3 --steps 5
 """
 
@@ -26,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from prokt_deploy.benchmarking.fingerprint import fingerprint
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.models import create_model, zero_init_head
 from prokt_deploy.recipe import apply_overrides, load_recipe
@@ -40,6 +45,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "fashion-mnist.yaml"))
     ap.add_argument("--budget", default=None, help="override the recipe budget")
+    ap.add_argument("--student", default=None, help="the student architecture (default: the planner's choice, which may time candidates)")
+    ap.add_argument("--layouts", default="nchw,nhwc", help="memory layouts to time side by side (image data only)")
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per method per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
@@ -50,16 +57,28 @@ def main() -> None:
     recipe = apply_overrides(load_recipe(args.recipe), {"budget.size": args.budget, "data.max_train_samples": 20_000})
     data = load_recipe_data(recipe)
     teacher = build_teacher(recipe, data)
-    plan = planner.plan(recipe, data, teacher)
-    student_arch = plan.chosen.arch
+    student_arch = args.student or planner.plan(recipe, data, teacher).chosen.arch
     bs = recipe.train.batch_size
-    batches = [(data.train.x[i : i + bs], data.train.y[i : i + bs]) for i in range(0, args.steps * bs, bs)]
+    image = data.train.x.dim() == 4 and data.train.x.is_floating_point()
+    layouts = [name for name in args.layouts.split(",") if name] if image else ["nchw"]
+    if not set(layouts) <= {"nchw", "nhwc"}:
+        ap.error(f"--layouts: nchw and/or nhwc, got {args.layouts!r}")
+    batches = {
+        layout: [
+            (data.train.x[i : i + bs].contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format), data.train.y[i : i + bs])
+            for i in range(0, args.steps * bs, bs)
+        ]
+        for layout in layouts
+    }
     total = args.steps * args.rounds * 10
 
-    def fresh(method: str) -> engine.Method:
+    def fresh(method: str, layout: str) -> engine.Method:
         torch.manual_seed(0)
         student = create_model(student_arch, num_classes=data.num_classes, **data.model_kwargs)
         t = create_model(recipe.teacher.arch, num_classes=data.num_classes, **data.model_kwargs)
+        if layout == "nhwc":
+            student.to(memory_format=torch.channels_last)
+            t.to(memory_format=torch.channels_last)
         if method == "prokt":
             zero_init_head(student)
             zero_init_head(t)
@@ -68,20 +87,20 @@ def main() -> None:
             return engine.kd_method(student, t, recipe.train.student_optimizer, recipe.kd, total, 1.0)
         return engine.scratch_method(student, recipe.train.student_optimizer, total, 1.0)
 
-    methods = {name: fresh(name) for name in ("scratch", "kd", "prokt")}
-    for m in methods.values():  # warm-up
-        for x, y in batches[:2]:
+    methods = {(name, layout): fresh(name, layout) for name in ("scratch", "kd", "prokt") for layout in layouts}
+    for (_, layout), m in methods.items():  # warm-up
+        for x, y in batches[layout][:2]:
             m.step(x, y)
-    rates: dict[str, list[float]] = {name: [] for name in methods}
+    rates: dict[tuple[str, str], list[float]] = {key: [] for key in methods}
     for _ in range(args.rounds):
-        for name, m in methods.items():
+        for (name, layout), m in methods.items():
             start = time.perf_counter()
-            for x, y in batches:
+            for x, y in batches[layout]:
                 m.step(x, y)
-            rates[name].append(len(batches) * bs / (time.perf_counter() - start))
+            rates[name, layout].append(len(batches[layout]) * bs / (time.perf_counter() - start))
 
-    # Unit costs of the four passes PROKT.md needs (per batch, seconds), interleaved too.
-    s_model, t_model = methods["prokt"].student, methods["prokt"].teacher
+    # Unit costs of the four passes PROKT.md needs (per batch, seconds), interleaved too, in the first layout.
+    s_model, t_model = methods["prokt", layouts[0]].student, methods["prokt", layouts[0]].teacher
     opt_t = torch.optim.AdamW(t_model.parameters(), lr=1e-6)
     opt_s = torch.optim.AdamW(s_model.parameters(), lr=1e-6)
 
@@ -106,14 +125,15 @@ def main() -> None:
             ("student_fwd_bwd", lambda x, y: fwd_bwd(s_model, opt_s, x, y)),
         ):
             start = time.perf_counter()
-            for x, y in batches:
+            for x, y in batches[layouts[0]]:
                 fn(x, y)
-            unit[key].append((time.perf_counter() - start) / len(batches))
+            unit[key].append((time.perf_counter() - start) / len(batches[layouts[0]]))
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     u = {k: statistics.median(v) for k, v in unit.items()}
     predicted = (u["teacher_fwd_bwd"] + u["teacher_fwd"] + u["student_fwd"] + u["student_fwd_bwd"]) / (u["teacher_fwd"] + u["student_fwd_bwd"])
-    measured = med["kd"] / med["prokt"]
+    first = layouts[0]
+    measured = med["kd", first] / med["prokt", first]
     result = {
         "recipe": recipe.name,
         "teacher": recipe.teacher.arch,
@@ -122,20 +142,33 @@ def main() -> None:
         "threads": args.threads,
         "steps_per_round": args.steps,
         "rounds": args.rounds,
-        "samples_per_s": {k: {"median": round(v, 1), "all": [round(r, 1) for r in rates[k]]} for k, v in med.items()},
+        "machine": {k: fingerprint(runtimes=False)["cpu"][k] for k in ("model", "flags", "int8_dot_product", "usable_cores")},
+        "layouts": layouts,
+        # samples_per_s[layout][method]
+        "samples_per_s": {
+            layout: {k: {"median": round(med[k, layout], 1), "all": [round(r, 1) for r in rates[k, layout]]} for k in ("scratch", "kd", "prokt")}
+            for layout in layouts
+        },
+        "nhwc_speedup": {k: round(med[k, "nhwc"] / med[k, "nchw"], 3) for k in ("scratch", "kd", "prokt")} if len(layouts) == 2 else None,
         "unit_seconds_per_batch": {k: round(v, 5) for k, v in u.items()},
+        "unit_layout": first,
         "prokt_over_kd_time": {
+            "layout": first,
             "measured": round(measured, 3),
             "predicted_from_passes": round(predicted, 3),
             "excess": round(measured / predicted - 1, 3),
         },
-        "prokt_over_scratch_time": round(med["scratch"] / med["prokt"], 3),
+        "prokt_over_scratch_time": round(med["scratch", first] / med["prokt", first], 3),
         "versions": library_versions(),
     }
-    print(f"{'method':<10}{'samples/s (median)':>20}{'min':>10}{'max':>10}")
+    print(f"{'method':<10}{'layout':<8}{'samples/s (median)':>20}{'min':>10}{'max':>10}")
     for k in ("scratch", "kd", "prokt"):
-        print(f"{k:<10}{med[k]:>20.1f}{min(rates[k]):>10.1f}{max(rates[k]):>10.1f}")
-    print(f"ProKT/KD time: measured {measured:.2f}x, predicted from PROKT.md's passes {predicted:.2f}x (excess {measured / predicted - 1:+.1%})")
+        for layout in layouts:
+            r = rates[k, layout]
+            print(f"{k:<10}{layout:<8}{med[k, layout]:>20.1f}{min(r):>10.1f}{max(r):>10.1f}")
+    if result["nhwc_speedup"]:
+        print("channels-last (nhwc) over nchw, samples/s: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["nhwc_speedup"].items()))
+    print(f"ProKT/KD time ({first}): measured {measured:.2f}x, predicted from PROKT.md's passes {predicted:.2f}x (excess {measured / predicted - 1:+.1%})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

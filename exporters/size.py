@@ -51,6 +51,7 @@ def measure_bytes(
     calibration: np.ndarray | None = None,
     vocab_size: int | None = None,
     keep_dir: Path | None = None,
+    fp32_onnx: Path | None = None,
 ) -> int:
     """Bytes of the artifact ``export(model, fmt, precision)`` would produce (all files counted).
 
@@ -65,7 +66,9 @@ def measure_bytes(
     default 100 has as many as ``prokt-deploy export``'s default of 300 (same bytes) and calibrates in
     about a third of the time (each digit more or less is one byte more or less). The model's train/eval
     mode is left as it was. ``keep_dir``: export there and keep the files (a planner that also times the
-    artifact reuses them) instead of into a temporary directory.
+    artifact reuses them) instead of into a temporary directory. ``fp32_onnx``: the fp32 ONNX file of
+    ``generic_copy(model, seed)`` (the same seed), exported before; the onnx int8 and openvino exports
+    start from it instead of exporting again (a planner measuring both formats exports the model once).
     """
     from . import export  # late import: exporters/__init__ imports this module
 
@@ -79,10 +82,11 @@ def measure_bytes(
         shape = (calibration_samples, *tuple(example_input.shape[1:]))
         calibration = rng.standard_normal(shape).astype(np.float32)
     generic = generic_copy(model, seed)
+    reuse = {"fp32_onnx": fp32_onnx} if fp32_onnx is not None and (fmt, precision) != ("onnx", "fp32") else {}
     if keep_dir is not None:
-        return export(generic, fmt, precision, Path(keep_dir), example_input=example_input, calibration=calibration).bytes
+        return export(generic, fmt, precision, Path(keep_dir), example_input=example_input, calibration=calibration, **reuse).bytes
     with tempfile.TemporaryDirectory(prefix="exporters-size-") as tmp:
-        artifact = export(generic, fmt, precision, Path(tmp), example_input=example_input, calibration=calibration)
+        artifact = export(generic, fmt, precision, Path(tmp), example_input=example_input, calibration=calibration, **reuse)
         return artifact.bytes
 
 

@@ -22,8 +22,12 @@ def test_distill_throughput(tmp_path):
     out = tmp_path / "t.json"
     bench("distill_throughput.py", "--recipe", DIGITS, "--rounds", "1", "--steps", "2", "--out", str(out), cwd=tmp_path)
     r = json.loads(out.read_text())
-    assert set(r["samples_per_s"]) == {"scratch", "kd", "prokt"}
+    assert set(r["samples_per_s"]) == {"nchw", "nhwc"}  # image data: both memory layouts, side by side
+    for layout in ("nchw", "nhwc"):
+        assert set(r["samples_per_s"][layout]) == {"scratch", "kd", "prokt"}
+    assert set(r["nhwc_speedup"]) == {"scratch", "kd", "prokt"} and all(v > 0 for v in r["nhwc_speedup"].values())
     assert r["prokt_over_kd_time"]["predicted_from_passes"] > 1
+    assert r["machine"]["model"]
 
 
 def test_quality_and_ablation_tiny(tmp_path):

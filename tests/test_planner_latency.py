@@ -45,6 +45,37 @@ def test_latency_budget_excludes_the_candidate_measured_above_it(tmp_path: Path)
         plan_student(100_000, **kwargs, latency_budget_ms=lat[SMALL] / 2)
 
 
+def test_lazy_latency_times_only_what_the_choice_needs(tmp_path: Path) -> None:
+    """distill's plan (lazy_latency): the size rule's choice is timed first and kept when it satisfies the rule;
+    when it does not (a latency budget below it), the rest is sized and timed: the same choice as the full plan."""
+    teacher = create_model("resnet-w24-d1", num_classes=10, in_channels=1)
+    kwargs = dict(
+        family="cnn",
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        teacher=teacher,
+        teacher_arch="resnet-w24-d1",
+        formats=["onnx", "openvino"],
+        candidates=[BIG, SMALL],
+        target="onnx",
+        cache=SizeCache(tmp_path / "sizes.json"),
+        latency_cache=LatencyCache(tmp_path / "latency.json"),
+    )
+    lazy = plan_student(100_000, **kwargs, lazy_latency=True)
+    assert lazy.chosen.arch == BIG  # faster than the teacher's fastest artifact: kept at once
+    small = next(c for c in lazy.candidates if c.arch == SMALL)
+    assert small.bytes == {} and small.latency_ms is None  # never exported nor timed
+    assert lazy.chosen.latency_ms < min(lazy.teacher_latency_ms.values())
+    assert set(lazy.chosen.bytes) == {"onnx", "openvino"}  # both formats sized (from one shared fp32 export)
+    full = plan_student(100_000, **{**kwargs, "cache": SizeCache(tmp_path / "sizes-full.json")})  # every candidate sized and timed
+    assert full.chosen.arch == BIG and full.chosen.bytes == lazy.chosen.bytes  # the shared export changes no byte
+    lat = {c.arch: c.latency_ms for c in full.candidates}
+    assert lat[BIG] > lat[SMALL]
+    between = math.sqrt(lat[BIG] * lat[SMALL])
+    pinned = plan_student(100_000, **kwargs, lazy_latency=True, latency_budget_ms=between)  # the size rule's choice misses it
+    assert pinned.chosen.arch == SMALL and next(c for c in pinned.candidates if c.arch == SMALL).latency_ms is not None
+
+
 def _timed(arch: str, ms: float) -> Candidate:
     return Candidate(arch, 0, 0, 0, latency_ms=ms)
 
