@@ -65,7 +65,10 @@ def main() -> None:
         ap.error(f"--layouts: nchw and/or nhwc, got {args.layouts!r}")
     batches = {
         layout: [
-            (data.train.x[i : i + bs].contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format), data.train.y[i : i + bs])
+            (
+                data.train.x[i : i + bs].contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format),
+                data.train.y[i : i + bs],
+            )
             for i in range(0, args.steps * bs, bs)
         ]
         for layout in layouts
@@ -168,7 +171,9 @@ def main() -> None:
             print(f"{k:<10}{layout:<8}{med[k, layout]:>20.1f}{min(r):>10.1f}{max(r):>10.1f}")
     if result["nhwc_speedup"]:
         print("channels-last (nhwc) over nchw, samples/s: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["nhwc_speedup"].items()))
-    print(f"ProKT/KD time ({first}): measured {measured:.2f}x, predicted from PROKT.md's passes {predicted:.2f}x (excess {measured / predicted - 1:+.1%})")
+    print(
+        f"ProKT/KD time ({first}): measured {measured:.2f}x, predicted from PROKT.md's passes {predicted:.2f}x (excess {measured / predicted - 1:+.1%})"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
