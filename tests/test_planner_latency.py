@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
+import exporters
 from prokt_deploy.errors import BudgetError, UsageError
 from prokt_deploy.models import create_model
 from prokt_deploy.train.planner import Candidate, LatencyCache, SizeCache, choose_by_latency, parse_latency, parse_target, plan_student
@@ -67,8 +69,13 @@ def test_lazy_latency_times_only_what_the_choice_needs(tmp_path: Path) -> None:
     assert small.bytes == {} and small.latency_ms is None  # never exported nor timed
     assert lazy.chosen.latency_ms < min(lazy.teacher_latency_ms.values())
     assert set(lazy.chosen.bytes) == {"onnx", "openvino"}  # both formats sized (from one shared fp32 export)
+    alone = {
+        f: exporters.measure_bytes(create_model(BIG, num_classes=10, in_channels=1), f, "int8", example_input=torch.zeros(1, 1, 28, 28))
+        for f in ("onnx", "openvino")
+    }
+    assert lazy.chosen.bytes == alone  # the shared fp32 export changes no byte (each format exporting on its own)
     full = plan_student(100_000, **{**kwargs, "cache": SizeCache(tmp_path / "sizes-full.json")})  # every candidate sized and timed
-    assert full.chosen.arch == BIG and full.chosen.bytes == lazy.chosen.bytes  # the shared export changes no byte
+    assert full.chosen.arch == BIG and full.chosen.bytes == lazy.chosen.bytes
     lat = {c.arch: c.latency_ms for c in full.candidates}
     assert lat[BIG] > lat[SMALL]
     between = math.sqrt(lat[BIG] * lat[SMALL])

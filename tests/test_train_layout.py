@@ -57,3 +57,34 @@ def test_channels_last_matches_nchw_training_up_to_rounding(monkeypatch):
     for k, v in w_nchw.items():
         # Adam turns rounding-level gradient differences into steps of up to lr (3e-3) on near-zero gradients
         assert torch.allclose(v.float(), w_nhwc[k].float(), rtol=0, atol=2e-3), k
+
+
+class _ViewNet(torch.nn.Module):
+    """A user's model in the old style: ``view`` on a feature map needs NCHW-contiguous memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.conv(x))
+        return self.head(f.view(f.size(0), -1))
+
+
+def test_a_model_that_cannot_run_channels_last_trains_in_nchw():
+    data = load_data("digits", seed=0)
+    with pytest.raises(RuntimeError, match="view"):  # what the probe protects against
+        _ViewNet().to(memory_format=torch.channels_last)(data.train.x[:2].contiguous(memory_format=torch.channels_last))
+    model = _ViewNet()
+    inner = scratch_method(model, OptimizerConfig(lr=3e-3), 20, 1.0)
+    history = fit(inner, data, epochs=1, batch_size=256, seed=0, device=CPU)
+    assert history[0]["val_student_accuracy"] > 0.2 and model.conv.weight.is_contiguous()
+
+
+def test_channels_last_can_be_switched_off(monkeypatch):
+    data = load_data("digits", seed=0)
+    monkeypatch.setenv("PROKT_DEPLOY_CHANNELS_LAST", "0")
+    assert not use_channels_last(data, CPU)
+    monkeypatch.setenv("PROKT_DEPLOY_CHANNELS_LAST", "1")
+    assert use_channels_last(data, CPU)

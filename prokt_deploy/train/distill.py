@@ -204,7 +204,8 @@ def _prepare(recipe: Recipe | None, *, out, runs_root: Path, resume, latencies) 
 
     teacher = build_teacher(recipe, data)
     t = time.perf_counter()
-    the_plan = plan(recipe, data, teacher, latencies=latencies, lazy_latency=True)  # the choice only: planner docstring
+    # the choice only (planner docstring); a resumed run keeps its checkpoint's student, which a lazy plan may not have measured
+    the_plan = plan(recipe, data, teacher, latencies=latencies, lazy_latency=ckpt is None)
     timings.setdefault("plan_s", time.perf_counter() - t)
     engine.set_seed(recipe.seed)  # the plan built models: reseed so training init depends only on the seed
     student_arch = ckpt["student_arch"] if ckpt else the_plan.chosen.arch

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -358,26 +359,53 @@ SaveFn = Callable[[dict], None]
 def use_channels_last(data: DataBundle, device: torch.device) -> bool:
     """Whether ``fit`` trains in channels-last (NHWC) memory format: images on the CPU, one process.
 
-    oneDNN's convolutions run faster on NHWC tensors than on NCHW ones here: a ProKT step of the
-    default recipe (vgg-w32 teacher, pool-w16-d3 student, batch 128, 2 threads, AMD EPYC with AVX2)
-    took 388 ms instead of 478 ms, the student's own forward+backward 24 instead of 37 ms
-    (``benchmarks/train_layout.py``). The arithmetic is the same up to float rounding (another
-    convolution algorithm), so results are not bit-identical to NCHW training. Not used on CUDA (not
-    measured there) nor with several processes (DDP's gradient buckets expect the parameters' layout
-    at wrap time).
+    oneDNN's convolutions run faster on NHWC tensors than on NCHW ones here:
+    ``benchmarks/distill_throughput.py`` (the default recipe's vgg-w32 teacher and pool-w16-d3 student,
+    batch 128, 2 threads, AMD EPYC with AVX2, both layouts interleaved) measured 1.51x the samples/s for
+    ProKT steps, 1.52x for KD and 1.44x for scratch; a whole ProKT epoch of ``make demo`` went from
+    213-227 s to 178 s. The arithmetic is the same up to float rounding (another convolution algorithm),
+    so results are not bit-identical to NCHW training. Not used on CUDA (not measured there) nor with
+    several processes (DDP's gradient buckets expect the parameters' layout at wrap time), and off when
+    the environment sets ``PROKT_DEPLOY_CHANNELS_LAST=0``. A model that cannot run channels-last (e.g. a
+    user's ``x.view(B, -1)`` on a feature map) is caught by a probe in :func:`fit`, which then trains in NCHW.
     """
+    if os.environ.get("PROKT_DEPLOY_CHANNELS_LAST", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
     return device.type == "cpu" and not active() and data.train.x.dim() == 4 and data.train.x.is_floating_point()
 
 
+@torch.no_grad()
+def _runs_channels_last(models: list[nn.Module], x: torch.Tensor) -> bool:
+    """One eval-mode forward of each model on a channels-last batch: False when one of them raises
+    (a ``view`` that needs contiguous NCHW memory, a custom op); nothing is updated (eval, no grad)."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    for m in models:
+        was_training = m.training
+        m.eval()
+        try:
+            m(x)
+        except RuntimeError as exc:
+            log.info("training in NCHW: %s cannot run channels-last (%s)", type(m).__name__, str(exc).splitlines()[0][:200])
+            return False
+        finally:
+            m.train(was_training)
+    return True
+
+
 @contextlib.contextmanager
-def _layout(method: Method, channels_last: bool):
-    """The models of ``method`` in channels-last format while training; back to the default layout after."""
+def _layout(method: Method, channels_last: bool, example: torch.Tensor):
+    """The models of ``method`` in channels-last format while training (when ``channels_last`` and every
+    model runs in it on ``example``); back to the default layout after. Yields whether it is used."""
     models = [unwrap(m) for m in (method.student, method.teacher) if m is not None]
     if channels_last:
         for m in models:
             m.to(memory_format=torch.channels_last)
+        if not _runs_channels_last(models, example):
+            for m in models:
+                m.to(memory_format=torch.contiguous_format)
+            channels_last = False
     try:
-        yield
+        yield channels_last
     finally:
         if channels_last:
             for m in models:
@@ -440,8 +468,8 @@ def fit(
                 }
             )
 
-    channels_last = use_channels_last(data, device)
-    with _sigint_flag() as stop, _layout(method, channels_last):
+    layout = _layout(method, use_channels_last(data, device), train.x[:2].to(device))
+    with _sigint_flag() as stop, layout as channels_last:
         progress.start(phase, epochs * per_epoch, completed=first_epoch * per_epoch + (resume.step if resume else 0))
         try:
             for epoch in range(first_epoch, epochs):

@@ -41,8 +41,8 @@ first that fits, times that one with the teacher's artifacts, and stops there wh
 the rule (it is then the rule's choice whatever the others measure, since the rule takes the most capable
 qualifying candidate). Only when it does not are the remaining candidates sized and timed as above. The
 same choice, in a fraction of the time (the default recipe on a fresh machine: 1 of 13 fitting candidates
-sized and timed instead of all); the run's manifest then has sizes and latencies for the candidates
-that were measured only.
+sized and timed instead of all); the plan in memory then has sizes and latencies for the candidates that
+were measured only. A resumed run plans in full (its checkpoint's student must be among the measured).
 """
 
 from __future__ import annotations
@@ -552,7 +552,7 @@ def _plan_student(
                     if c.fits:
                         c.chosen = True
                         chosen = c
-                elif c.bytes:
+                elif c.bytes and c.fits is None:  # decided candidates (above the choice) keep their verdict
                     c.fits = c.estimated_bytes <= budget_bytes
 
     size_walk(exact or (timing and not lazy))
@@ -574,27 +574,30 @@ def _plan_student(
 
     latency_note, teacher_latency, lat, latency_source = "", {}, {}, None
     if timing:
-        # every candidate that fits is timed (the walk above measured all sizes); the size rule's choice is
-        # the most capable of them, the latency rule may pick a less capable but faster one
+        # every candidate that fits is timed (the walk above measured all sizes; lazily, first the size rule's
+        # choice alone); the size rule's choice is the most capable of them, the latency rule may pick a less
+        # capable but faster one
         key_extra = f"|{num_classes}" + (f"|vocab{vocab_size}" if vocab_size else "")
         ex = example[:1] if example is not None else torch.zeros(1, *input_shape)
         fmt = parse_target(target)[0]
         teacher_models = {f"{TEACHER_LABEL}{teacher_label}:{p_name}": (teacher, p_name) for p_name in ("fp32", "int8")}
 
-        def time_here(small: list) -> dict[str, float]:
+        def time_here(small: list, cache: LatencyCache | None) -> dict[str, float]:
             models = {c.arch: (m, precision) for m, c in small} | teacher_models  # the teacher's own artifacts: what the student must beat
             exported = {c.arch: d for _, c in small if (d := kept(c.arch, fmt)) is not None}
-            return measure_latencies(models, target, example=ex, cache=latency_cache, key_extra=key_extra, exported=exported)
+            return measure_latencies(models, target, example=ex, cache=cache, key_extra=key_extra, exported=exported)
 
-        if lazy and chosen is not None:
-            first = [(m, c) for m, c in cands if c is chosen]
-            lat = time_here(first)
+        joint_cache = latency_cache
+        if lazy and chosen is not None and chosen.bytes and chosen.estimated_bytes <= budget_bytes:
+            lat = time_here([(m, c) for m, c in cands if c is chosen], latency_cache)
             fastest_teacher = min(lat[label] for label in teacher_models)
-            bound = latency_budget_ms if latency_budget_ms is not None else fastest_teacher
-            ok = lat[chosen.arch] <= bound if latency_budget_ms is not None else lat[chosen.arch] < bound
-            if not ok:  # the size rule's choice does not satisfy the latency rule: measure the rest
+            ok = lat[chosen.arch] <= latency_budget_ms if latency_budget_ms is not None else lat[chosen.arch] < fastest_teacher
+            if not ok:  # the size rule's choice does not satisfy the latency rule: size the rest, time all of them together
                 size_walk(True)
                 lat = {}
+                # a fresh cache: the contested ratios (the rest vs the teacher) come from one interleaved measurement,
+                # not from this one and a later one
+                joint_cache = LatencyCache((keep_root or Path(tempfile.mkdtemp(prefix="prokt-plan-latency-"))) / "fallback-latency.json")
         small = [(m, c) for m, c in cands if c.bytes and c.estimated_bytes <= budget_bytes and (_capacity(m) < limit or c is chosen)]
         if chosen is not None and small and not lat:
             small = small[[c for _, c in small].index(chosen) :]  # the size rule's choice and everything less capable
@@ -605,7 +608,7 @@ def _plan_student(
             elif device_latencies is not None:
                 lat = lookup_device_latencies(device_latencies, models, fmt)
             else:
-                lat = time_here(small)
+                lat = time_here(small, joint_cache)
         elif lat:
             small = [(m, c) for m, c in small if c.arch in lat]
         if lat:
@@ -703,7 +706,8 @@ def plan(
     timing them here (BenchError, exit 12, for a bad file). ``bundle``: hand every fitting candidate's
     untrained model and the teacher's to this writer instead of timing them (nothing is timed here):
     :func:`prokt_deploy.deploy.bundle.plan_bundle_writer` writes them into an on-device bundle.
-    ``target`` / ``latency_budget_ms`` default to the recipe's ``budget.target`` / ``budget.latency``."""
+    ``target`` / ``latency_budget_ms`` default to the recipe's ``budget.target`` / ``budget.latency``.
+    ``lazy_latency``: measure only what the choice needs (``distill``; see the module docstring)."""
     target = target or recipe.budget.target
     if latency_budget_ms is None and recipe.budget.latency is not None:
         latency_budget_ms = parse_latency(recipe.budget.latency)
