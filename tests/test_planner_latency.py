@@ -76,11 +76,18 @@ def test_lazy_latency_times_only_what_the_choice_needs(tmp_path: Path) -> None:
     assert lazy.chosen.bytes == alone  # the shared fp32 export changes no byte (each format exporting on its own)
     full = plan_student(100_000, **{**kwargs, "cache": SizeCache(tmp_path / "sizes-full.json")})  # every candidate sized and timed
     assert full.chosen.arch == BIG and full.chosen.bytes == lazy.chosen.bytes
-    lat = {c.arch: c.latency_ms for c in full.candidates}
-    assert lat[BIG] > lat[SMALL]
-    between = math.sqrt(lat[BIG] * lat[SMALL])
-    pinned = plan_student(100_000, **kwargs, lazy_latency=True, latency_budget_ms=between)  # the size rule's choice misses it
-    assert pinned.chosen.arch == SMALL and next(c for c in pinned.candidates if c.arch == SMALL).latency_ms is not None
+    # a latency budget the size rule's choice misses by its own (cached) number: the lazy plan falls back to
+    # sizing the rest and timing them all in one fresh measurement; at batch 1 these two tiny models are
+    # mostly per-call overhead, so which of them lands within the budget in that new measurement is noise:
+    # either the choice has a timed SMALL among its candidates, or the error names the fastest of the timed
+    budget = lazy.chosen.latency_ms * 0.9
+    try:
+        pinned = plan_student(100_000, **kwargs, lazy_latency=True, latency_budget_ms=budget)
+    except BudgetError as exc:
+        assert f"within {budget:g} ms: the fastest" in str(exc)
+    else:
+        assert next(c for c in pinned.candidates if c.arch == SMALL).latency_ms is not None  # the fallback timed the rest
+        assert pinned.chosen.latency_ms <= budget
 
 
 def _timed(arch: str, ms: float) -> Candidate:
