@@ -17,21 +17,25 @@ from prokt_deploy.train.planner import Candidate, LatencyCache, SizeCache, choos
 BIG, SMALL = "cnn-w24-d1", "cnn-w4-d1"  # ~52k vs ~1.6k parameters: ~30x the MACs at 28x28
 
 
-def test_latency_budget_excludes_the_candidate_measured_above_it(tmp_path: Path) -> None:
-    # a budget below the teacher's int8 weights (~175 kB): it binds without exporting the teacher to size it
-    teacher = create_model("resnet-w24-d1", num_classes=10, in_channels=1)
-    kwargs = dict(
+def _two_candidates(tmp_path: Path, formats: list[str]) -> dict:
+    """plan_student's keywords for BIG and SMALL timed in onnx, with caches under ``tmp_path``. The budget the
+    tests use (100 kB) is below the teacher's int8 weights (~175 kB): it binds without exporting the teacher to size it."""
+    return dict(
         family="cnn",
         input_shape=(1, 28, 28),
         num_classes=10,
-        teacher=teacher,
+        teacher=create_model("resnet-w24-d1", num_classes=10, in_channels=1),
         teacher_arch="resnet-w24-d1",
-        formats=["onnx"],
+        formats=formats,
         candidates=[BIG, SMALL],
         target="onnx",
         cache=SizeCache(tmp_path / "sizes.json"),
         latency_cache=LatencyCache(tmp_path / "latency.json"),
     )
+
+
+def test_latency_budget_excludes_the_candidate_measured_above_it(tmp_path: Path) -> None:
+    kwargs = _two_candidates(tmp_path, ["onnx"])
     timed = plan_student(100_000, **kwargs)
     lat = {c.arch: c.latency_ms for c in timed.candidates}
     assert lat[BIG] > lat[SMALL] > 0  # the ordering, measured side by side
@@ -50,19 +54,7 @@ def test_latency_budget_excludes_the_candidate_measured_above_it(tmp_path: Path)
 def test_lazy_latency_times_only_what_the_choice_needs(tmp_path: Path) -> None:
     """distill's plan (lazy_latency): the size rule's choice is timed first and kept when it satisfies the rule;
     when it does not (a latency budget below it), the rest is sized and timed: the same choice as the full plan."""
-    teacher = create_model("resnet-w24-d1", num_classes=10, in_channels=1)
-    kwargs = dict(
-        family="cnn",
-        input_shape=(1, 28, 28),
-        num_classes=10,
-        teacher=teacher,
-        teacher_arch="resnet-w24-d1",
-        formats=["onnx", "openvino"],
-        candidates=[BIG, SMALL],
-        target="onnx",
-        cache=SizeCache(tmp_path / "sizes.json"),
-        latency_cache=LatencyCache(tmp_path / "latency.json"),
-    )
+    kwargs = _two_candidates(tmp_path, ["onnx", "openvino"])
     lazy = plan_student(100_000, **kwargs, lazy_latency=True)
     assert lazy.chosen.arch == BIG  # faster than the teacher's fastest artifact: kept at once
     small = next(c for c in lazy.candidates if c.arch == SMALL)

@@ -47,6 +47,7 @@ were measured only. A resumed run plans in full (its checkpoint's student must b
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -380,13 +381,23 @@ def lookup_device_latencies(device: dict, models: dict[str, tuple[nn.Module, str
     return out
 
 
+def qualifies(latency_ms: float | None, *, teacher_fastest_ms: float | None, latency_budget_ms: float | None) -> bool:
+    """Whether a candidate's p50 satisfies the latency rule: within the latency budget when there is one,
+    else faster than the teacher's fastest artifact (anything timed qualifies when the teacher was not)."""
+    if latency_ms is None:
+        return False
+    if latency_budget_ms is not None:
+        return latency_ms <= latency_budget_ms
+    return teacher_fastest_ms is None or latency_ms < teacher_fastest_ms
+
+
 def choose_by_latency(fitting: list[Candidate], *, teacher_fastest_ms: float | None, latency_budget_ms: float | None) -> tuple[Candidate, str]:
     """The latency rule of the module docstring over ``fitting`` (most capable first, each timed).
 
     Returns the choice and a note; raises BudgetError when a latency budget leaves nothing.
     """
     if latency_budget_ms is not None:
-        within = [c for c in fitting if c.latency_ms is not None and c.latency_ms <= latency_budget_ms]
+        within = [c for c in fitting if qualifies(c.latency_ms, teacher_fastest_ms=teacher_fastest_ms, latency_budget_ms=latency_budget_ms)]
         if not within:
             fastest = min(fitting, key=lambda c: c.latency_ms if c.latency_ms is not None else float("inf"))
             raise BudgetError(
@@ -396,7 +407,7 @@ def choose_by_latency(fitting: list[Candidate], *, teacher_fastest_ms: float | N
         return within[0], f"the most capable student within {latency_budget_ms:g} ms (p50 {within[0].latency_ms:.4f} ms)"
     if teacher_fastest_ms is None:
         return fitting[0], "the most capable student that fits"
-    faster = [c for c in fitting if c.latency_ms is not None and c.latency_ms < teacher_fastest_ms]
+    faster = [c for c in fitting if qualifies(c.latency_ms, teacher_fastest_ms=teacher_fastest_ms, latency_budget_ms=None)]
     if faster:
         c = faster[0]
         skipped = fitting.index(c)
@@ -502,17 +513,15 @@ def _plan_student(
         # the onnx int8 and openvino exports both start from an fp32 ONNX export of the same generic copy:
         # export it once per candidate (on first need; none when every size is cached)
         with tempfile.TemporaryDirectory(prefix="prokt-plan-fp32-") as tmp:
-            shared: list[Path] = []
 
+            @functools.cache
             def fp32_onnx() -> Path:
-                if not shared:
-                    import exporters
-                    from exporters.size import generic_copy
+                import exporters
+                from exporters.size import generic_copy
 
-                    ex = example if example is not None else torch.zeros(1, *input_shape)
-                    # named as the openvino exporter names its own fp32 step: the IR records the source file name
-                    shared.append(exporters.export(generic_copy(model, 0), "onnx", "fp32", Path(tmp), example_input=ex, name="fp32").files[0])
-                return shared[0]
+                ex = example if example is not None else torch.zeros(1, *input_shape)
+                # named as the openvino exporter names its own fp32 step: the IR records the source file name
+                return exporters.export(generic_copy(model, 0), "onnx", "fp32", Path(tmp), example_input=ex, name="fp32").files[0]
 
             reuse = fp32_onnx if len(formats) > 1 else None
             return {
@@ -591,8 +600,9 @@ def _plan_student(
         if lazy and chosen is not None and chosen.bytes and chosen.estimated_bytes <= budget_bytes:
             lat = time_here([(m, c) for m, c in cands if c is chosen], latency_cache)
             fastest_teacher = min(lat[label] for label in teacher_models)
-            ok = lat[chosen.arch] <= latency_budget_ms if latency_budget_ms is not None else lat[chosen.arch] < fastest_teacher
-            if not ok:  # the size rule's choice does not satisfy the latency rule: size the rest, time all of them together
+            if not qualifies(
+                lat[chosen.arch], teacher_fastest_ms=fastest_teacher, latency_budget_ms=latency_budget_ms
+            ):  # the size rule's choice does not satisfy the latency rule: size the rest, time all of them together
                 size_walk(True)
                 lat = {}
                 # a fresh cache: the contested ratios (the rest vs the teacher) come from one interleaved measurement,
