@@ -96,6 +96,8 @@ def _row(method: str, path: str, manifest: Manifest, deployed: float | None) -> 
         "best_epoch": m.get("best_epoch"),
         "epochs": m.get("epochs"),
         "val_curve": [e.get("val_student_accuracy") for e in (m.get("history") or {}).get("student", [])],
+        # the method's own cost: wall seconds of the student phase on this machine (a teacher trained first is not counted)
+        "train_s": (manifest.raw.get("timings") or {}).get("train_s"),
     }
 
 
@@ -123,3 +125,7 @@ def _add_gains(fr: FinishedRun, rows: list[dict]) -> None:
         r["gain_over_scratch_points"] = round(gain, 2)
         r["gain_standard_error_points"] = round(se, 2)
         r["within_noise"] = abs(gain) < 2 * se
+    if scratch.get("train_s"):
+        for r in rows:
+            if r.get("train_s") is not None:
+                r["train_time_vs_scratch"] = round(r["train_s"] / scratch["train_s"], 2)

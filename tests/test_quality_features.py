@@ -158,6 +158,35 @@ def test_compare_adds_one_row_per_baseline_on_the_same_split_and_student(tmp_pat
     assert kd["gain_over_scratch_points"] == pytest.approx((kd["student_test_accuracy"] - rows[1]["student_test_accuracy"]) * 100, abs=0.01)
     assert kd["gain_standard_error_points"] > 0 and isinstance(kd["within_noise"], bool)
     assert not (tmp_path / "latest").resolve() == (run / "compare" / "kd").resolve()  # baselines do not move runs/latest
+    assert all(row["train_s"] > 0 for row in rows) and rows[1]["train_time_vs_scratch"] == 1.0
+    assert kd["train_time_vs_scratch"] == pytest.approx(kd["train_s"] / rows[1]["train_s"], abs=0.01)
+
+
+def test_compare_table_shows_each_methods_training_time_and_notes_a_costly_one():
+    from prokt_deploy.benchmarking.report import compare_cells, compare_markdown
+
+    def row(method, train_s, ratio, gain=None):
+        return {
+            "method": method,
+            "student_arch": "pool-w16-d3",
+            "best_epoch": 3,
+            "epochs": 3,
+            "student_test_accuracy": 0.9,
+            "deployed_test_accuracy": 0.9,
+            "train_s": train_s,
+            "train_time_vs_scratch": ratio,
+            "gain_over_scratch_points": gain,
+            "gain_standard_error_points": 0.2,
+            "within_noise": gain is not None and abs(gain) < 0.4,
+        }
+
+    comp = {"format": "onnx", "precision": "int8", "rows": [row("prokt", 300.0, 10.0, 1.0), row("scratch", 30.0, 1.0), row("kd", 40.0, 1.33, 0.1)]}
+    header, cells, notes = compare_cells(comp)
+    assert header[-1] == "training" and [c[-1] for c in cells] == ["300 s (10.0x scratch)", "30 s", "40 s (1.3x scratch)"]
+    assert [n.split(":")[0] for n in notes] == ["Note", "Warning"]  # prokt costs 10x (kd's 1.33x is not noted); kd's gain is noise
+    assert "given the same time, scratch could run about 10.0x the epochs" in notes[0]
+    md = "\n".join(compare_markdown(comp))
+    assert "| training |" in md and "Note: prokt trained 10.0x as long as scratch" in md
 
 
 def test_compare_refuses_unknown_methods():

@@ -204,18 +204,24 @@ def _versions_line(fp: dict) -> str:
 
 
 def compare_cells(comp: dict | None) -> tuple[list[str], list[list[str]], list[str]]:
-    """The method comparison (``run --compare``) as table header, rows and notes."""
+    """The method comparison (``run --compare``) as table header, rows and notes (each starting 'Warning:' or 'Note:')."""
     if not comp:
         return [], [], []
-    header = ["method", "student", "best epoch", "fp32 test", f"{comp['format']} {comp['precision']} test", "gain over scratch"]
+    header = ["method", "student", "best epoch", "fp32 test", f"{comp['format']} {comp['precision']} test", "gain over scratch", "training"]
     cells, notes = [], []
     for r in comp["rows"]:
+        ratio = r.get("train_time_vs_scratch")
+        if ratio is not None and ratio >= 1.5:
+            notes.append(
+                f"Note: {r['method']} trained {ratio:.1f}x as long as scratch (the same epochs); given the same time, scratch could run "
+                f"about {ratio:.1f}x the epochs, which this table does not measure"
+            )
         gain = r.get("gain_over_scratch_points")
         gain_text = "-" if gain is None else f"{gain:+.2f} pt (± {r['gain_standard_error_points']:.2f})"
         if r.get("within_noise"):
             gain_text += " within noise"
             notes.append(
-                f"{r['method']}'s gain over scratch ({gain:+.2f} points) is within twice its paired standard error over the "
+                f"Warning: {r['method']}'s gain over scratch ({gain:+.2f} points) is within twice its paired standard error over the "
                 "test samples: on this data it is not shown to beat training the student on labels alone"
             )
         deployed = r.get("deployed_test_accuracy")
@@ -227,9 +233,18 @@ def compare_cells(comp: dict | None) -> tuple[list[str], list[list[str]], list[s
                 f"{r['student_test_accuracy'] * 100:.2f}%",
                 "-" if deployed is None else f"{deployed * 100:.2f}%",
                 gain_text,
+                _train_time_text(r),
             ]
         )
     return header, cells, notes
+
+
+def _train_time_text(row: dict) -> str:
+    """'563 s (9.8x scratch)': the student phase's wall time on this machine, and its multiple of scratch's."""
+    if row.get("train_s") is None:
+        return "-"
+    ratio = row.get("train_time_vs_scratch")
+    return f"{row['train_s']:.0f} s" + ("" if ratio is None or row["method"] == "scratch" else f" ({ratio:.1f}x scratch)")
 
 
 def compare_markdown(comp: dict | None) -> list[str]:
@@ -244,7 +259,7 @@ def compare_markdown(comp: dict | None) -> list[str]:
     ]
     out += ["| " + " | ".join(c) + " |" for c in cells]
     out += ["", "± is the paired standard error of the difference over the test samples; seed-to-seed spread is not measured in one run."]
-    out += [f"Warning: {n}." for n in notes]
+    out += [f"{n}." for n in notes]
     return out + [""]
 
 
@@ -690,7 +705,7 @@ def render_html(rep: dict) -> str:
             + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in c) + "</tr>" for c in cells)
             + "</table>"
         )
-        body += [f'<p class="fail">Warning: {esc(n)}.</p>' for n in notes]
+        body += [('<p class="fail">' if n.startswith("Warning") else "<p>") + f"{esc(n)}.</p>" for n in notes]
     if rep["gates"]:
         body.append("<h2>Gates</h2><table><tr><th>gate</th><th>limit</th><th>value</th><th>result</th></tr>")
         for g in rep["gates"]:
