@@ -338,6 +338,21 @@ def _write_records(out: Path, records: list[dict]) -> None:
 ORDER = ["scratch", "kd", "prokt", "prokt+label", "prokt+batch-stats"]
 
 
+def combine(paths: list[str]) -> list[dict]:
+    """The records of several outputs, each cell once: a file copied to run more seeds beside the first
+    (scripts/converged_grid.sh) repeats the tuning runs and any cells it started with. A cell is its phase,
+    budget, method, seed and settings (the teacher checkpoint's path aside); the first file's record is kept."""
+    records, seen = [], set()
+    for path in paths:
+        for r in json.loads(Path(path).read_text()):
+            settings = {k: v for k, v in r.get("settings", {}).items() if k != "teacher.checkpoint"}
+            key = json.dumps([r.get("phase", "grid"), r["budget"], label(r), r["seed"], settings], sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                records.append(r)
+    return records
+
+
 def label(r: dict) -> str:
     """The method, plus a named ProKT variant when the record used one (so it gets its own row)."""
     if r["method"] == "prokt" and r.get("settings", {}).get("prokt.teacher_targets") == "batch-stats":
@@ -423,7 +438,7 @@ def markdown_paired(diffs: list[dict]) -> str:
 def main(argv: list[str] | None = None, defaults: dict | None = None, description: str | None = None) -> None:
     args = parse_args(argv, defaults, description)
     if args.combine:
-        records = [r for f in args.combine for r in json.loads(Path(f).read_text())]
+        records = combine(args.combine)
     else:
         records = run_grid(args)
     out = Path(args.out)

@@ -80,6 +80,12 @@ def test_quality_and_ablation_tiny(tmp_path):
             assert r[key] is not None, key
     assert len({r["student"] for r in records}) == 1  # same student for every method
     assert "| 20KB | prokt |" in out.with_suffix(".md").read_text()
+    # --combine keeps each cell once: a copy made to run more seeds beside the first repeats its records
+    copy = tmp_path / "copy.json"
+    copy.write_text(json.dumps(everything[:4] + [{**everything[-1], "seed": 7}]))
+    bench("quality.py", "--combine", str(out), str(copy), "--out", str(tmp_path / "c.json"), cwd=tmp_path)
+    combined = json.loads((tmp_path / "c.json").read_text())
+    assert combined == everything + [{**everything[-1], "seed": 7}]
 
     out = tmp_path / "a.json"
     bench(
