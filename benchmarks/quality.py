@@ -232,11 +232,9 @@ class Grid:
         settings = {k: v for k, v in {**self.common, **over}.items() if v is not None}
 
         def same(r: dict) -> bool:
-            # the checkpoint's path may differ between machines; min_steps 0 is the same as none (records made before it existed)
-            strip = lambda d: {k: v for k, v in d.items() if k != "teacher.checkpoint" and (k, v) != ("train.min_steps", 0)}  # noqa: E731
-            return (r["budget"], label(r), r["seed"], r.get("phase", "grid")) == (budget, name, seed, phase) and strip(r["settings"]) == strip(
-                settings
-            )
+            return (r["budget"], label(r), r["seed"], r.get("phase", "grid")) == (budget, name, seed, phase) and comparable(
+                r["settings"]
+            ) == comparable(settings)
 
         previous = [r for r in self.done + self.records if same(r)]
         if not previous and phase == "grid":  # the tuning run with the chosen settings is this cell: the same run, not run twice
@@ -338,15 +336,20 @@ def _write_records(out: Path, records: list[dict]) -> None:
 ORDER = ["scratch", "kd", "prokt", "prokt+label", "prokt+batch-stats"]
 
 
+def comparable(settings: dict) -> dict:
+    """A cell's settings as --resume and --combine compare them: the checkpoint's path may differ between
+    machines; min_steps 0 is the same as none (records made before it existed)."""
+    return {k: v for k, v in settings.items() if k != "teacher.checkpoint" and (k, v) != ("train.min_steps", 0)}
+
+
 def combine(paths: list[str]) -> list[dict]:
     """The records of several outputs, each cell once: a file copied to run more seeds beside the first
     (scripts/converged_grid.sh) repeats the tuning runs and any cells it started with. A cell is its phase,
-    budget, method, seed and settings (the teacher checkpoint's path aside); the first file's record is kept."""
+    budget, method, seed and settings as --resume compares them (:func:`comparable`); the first file's record is kept."""
     records, seen = [], set()
     for path in paths:
         for r in json.loads(Path(path).read_text()):
-            settings = {k: v for k, v in r.get("settings", {}).items() if k != "teacher.checkpoint"}
-            key = json.dumps([r.get("phase", "grid"), r["budget"], label(r), r["seed"], settings], sort_keys=True)
+            key = json.dumps([r.get("phase", "grid"), r["budget"], label(r), r["seed"], comparable(r.get("settings", {}))], sort_keys=True)
             if key not in seen:
                 seen.add(key)
                 records.append(r)
