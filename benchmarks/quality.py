@@ -14,7 +14,9 @@ per-run records to benchmarks/results/quality.json and a Markdown table next to 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -25,6 +27,7 @@ import torch
 from prokt_deploy.budget import parse_size
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.recipe import apply_overrides, load_recipe
+from prokt_deploy.run.workspace import CHECKPOINT, load_checkpoint, partial_path
 from prokt_deploy.train.build import build_teacher
 from prokt_deploy.train.distill import distill, train_teacher
 
@@ -69,6 +72,13 @@ def parse_args(argv: list[str] | None = None, defaults: dict | None = None, desc
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--teacher-dir", default=None, help="keep converged teachers here (teacher-seed<N>/) and reuse them across invocations")
     ap.add_argument("--resume", action="store_true", help="keep the cells already in --out and run only the missing ones")
+    ap.add_argument(
+        "--work-dir",
+        default=None,
+        help="run each cell in DIR/<method>-<budget>-seed<N>-<phase> and keep its per-epoch checkpoint there: a cell cut off "
+        "(session end, kill) continues from its last epoch at the next invocation with the same settings (default: a "
+        "temporary directory, removed at exit, so an interrupted cell starts over)",
+    )
     ap.add_argument("--combine", nargs="+", default=None, metavar="JSON", help="only merge earlier outputs (e.g. one per method) into --out")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
     ap.set_defaults(**(defaults or {}))
@@ -161,7 +171,13 @@ class Grid:
     def __init__(self, args, label, base, common, teachers, done) -> None:  # noqa: ANN001
         self.args, self.base, self.common, self.teachers, self.done = args, base, common, teachers, done
         self.records: list[dict] = []
-        self.work = Path(tempfile.mkdtemp(prefix=f"prokt-{label}-"))
+        self.keep = getattr(args, "work_dir", None) is not None
+        if self.keep:
+            self.work = Path(args.work_dir)
+            self.work.mkdir(parents=True, exist_ok=True)
+        else:
+            self.work = Path(tempfile.mkdtemp(prefix=f"prokt-{label}-"))
+            atexit.register(shutil.rmtree, self.work, True)
 
     def teacher(self, seed: int, extra: dict | None = None) -> tuple[str, float]:
         """(checkpoint reference, its test accuracy) of the converged teacher seed ``seed`` uses;
@@ -259,11 +275,10 @@ class Grid:
             over["teacher.checkpoint"] = ckpt
         recipe = apply_overrides(r_seed, over)
         settings = {k: v for k, v in {**self.common, **over}.items() if v is not None}
-        out = self.work / f"{name}-{budget}-seed{seed}-{phase}-{len(self.records)}"
+        out = self.work / (f"{name}-{budget}-seed{seed}-{phase}" if self.keep else f"{name}-{budget}-seed{seed}-{phase}-{len(self.records)}")
         t0 = time.perf_counter()
-        res = distill(recipe, out=out, runs_root=self.work / "runs", latest=False)
+        m, resumed_at = run_cell(recipe, out, runs_root=self.work / "runs")
         seconds = time.perf_counter() - t0
-        m = res.manifest
         int8 = int8_accuracy(out)
         rec = {
             "phase": phase,
@@ -287,7 +302,8 @@ class Grid:
             "prokt_teacher_test_accuracy": m["metrics"]["teacher_test_accuracy"] if method == "prokt" else None,
             "converged_teacher_test_accuracy": teacher_acc,
             "tuned": tuned,
-            "seconds": round(seconds, 1),
+            "seconds": round(seconds, 1),  # this invocation's wall time: a resumed cell's earlier epochs are not in it
+            "resumed_from_epoch": resumed_at,
             "settings": settings,
             # per-epoch validation path: student/teacher accuracy and teacher-student KL
             "history": [
@@ -297,12 +313,37 @@ class Grid:
         self.records.append(rec)
         if getattr(args, "incremental", True):
             _write_records(Path(args.out), [r for r in self.done if r not in self.records] + self.records)
+        shutil.rmtree(out, ignore_errors=True)  # recorded: the run directory (its exports) is not needed any more
         print(
             f"  {budget:>6} {name:<12} {rec['student']:<14} ({phase}) val {rec['student_val_accuracy']:.4f} fp32 {rec['student_test_accuracy']:.4f} "
             f"int8 {rec['int8_test_accuracy']:.4f} best epoch {rec['best_epoch']} ({seconds:.0f}s)",
             flush=True,
         )
         return rec
+
+
+def run_cell(recipe, out: Path, runs_root: Path) -> tuple[dict, int | None]:  # noqa: ANN001
+    """Distil one cell into ``out``: (its manifest, the epoch it continued from, None for a fresh run). An unfinished run there (a checkpoint left by a
+    cut-off invocation) with the same recipe continues from its last epoch; a finished one that was not yet
+    recorded is read back. One with another recipe is set aside (renamed ``*.stale-N``), never mixed in."""
+    partial = partial_path(out)
+    for there in (out, partial):
+        if not there.is_dir():
+            continue
+        same = (there / "recipe.yaml").is_file() and load_recipe(there / "recipe.yaml").model_dump() == recipe.model_dump()
+        if same and there == out and (out / "manifest.json").is_file():
+            print(f"    {out.name}: finished earlier, read back", flush=True)
+            return json.loads((out / "manifest.json").read_text()), recipe.train.epochs
+        if same and there == partial and (partial / CHECKPOINT).is_file():
+            ckpt = load_checkpoint(partial / CHECKPOINT)
+            print(f"    {out.name}: continuing from its checkpoint (epoch {ckpt['current']['epoch']})", flush=True)
+            return distill(None, resume=out, runs_root=runs_root, latest=False).manifest, ckpt["current"]["epoch"]
+        n = 0
+        while there.with_name(f"{there.name}.stale-{n}").exists():
+            n += 1
+        there.rename(there.with_name(f"{there.name}.stale-{n}"))
+        print(f"    {there.name}: not resumable with these settings, set aside as {there.name}.stale-{n}", flush=True)
+    return distill(recipe, out=out, runs_root=runs_root, latest=False).manifest, None
 
 
 def _kept_data(run: Path) -> dict | None:

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The converged image grid (issue 12): pool students at 64 kB (both formats: pool-w16-d3, 30x) and 36 kB (pool-w20-d2, 79x),
 # 15 epochs for every method, tuned on a 12,000-image subset (same for every method), 1 thread per process.
+# Each cell checkpoints every epoch in runs/converged-grid/: a cell cut off by a session's end continues there.
 #   grid.sh prokt [SEEDS] [OUT]   ProKT cells (tuning first, kept in OUT once done)
 #   grid.sh base                  scratch and KD cells
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 COMMON=(--budgets 64KB,36KB --epochs 15 --tune --tune-set data.max_train_samples=12000
-        --teacher-checkpoint shipped:fashion-mnist-vgg-w32 --set 'budget.formats=[onnx, openvino]' --threads 1 --resume)
+        --teacher-checkpoint shipped:fashion-mnist-vgg-w32 --set 'budget.formats=[onnx, openvino]' --threads 1 --resume
+        --work-dir runs/converged-grid)
 case "$1" in
   prokt) exec $PY benchmarks/quality.py "${COMMON[@]}" --seeds "${2:-0,1,2}" --methods prokt --out "${3:-benchmarks/results/quality-converged-prokt.json}" ;;
   base)  exec $PY benchmarks/quality.py "${COMMON[@]}" --seeds 0,1,2 --methods scratch,kd --out benchmarks/results/quality-converged-base.json ;;
