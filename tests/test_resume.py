@@ -146,3 +146,37 @@ def test_unfinished_run_is_not_silently_restarted(tmp_path):
         distill(recipe(), out=out, runs_root=tmp_path / "runs")
     with pytest.raises(RunError, match="no unfinished run"):
         distill(None, resume=tmp_path / "nothing-here", runs_root=tmp_path / "runs")
+
+
+def _quality_script():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("quality_bench", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_grid_cell_continues_from_its_checkpoint(tmp_path):
+    """benchmarks/quality.py --work-dir: a grid cell cut off mid-run continues from its last checkpoint (same result as
+    an uninterrupted run); one left with other settings is set aside, not mixed in; a finished one is read back."""
+    quality = _quality_script()
+    runs = tmp_path / "runs"
+    ref = distill(recipe("kd"), out=tmp_path / "ref", runs_root=runs)
+    cell = tmp_path / "work" / "kd-20KB-seed0-grid"
+    with pytest.raises(RuntimeError, match="power cut"):
+        distill(recipe("kd"), out=cell, runs_root=runs, progress=CrashAt(7 * 2 + 10, RuntimeError("power cut")))
+    manifest, resumed_at = quality.run_cell(recipe("kd"), cell, runs)
+    assert resumed_at == 1  # 2 teacher epochs, then the KD phase's first epoch was checkpointed before the cut
+    assert manifest["metrics"]["student_test_accuracy"] == ref.manifest["metrics"]["student_test_accuracy"]
+    assert_same(weights(ref.path), weights(cell))
+    assert quality.run_cell(recipe("kd"), cell, runs) == (manifest, 3)  # finished, not yet recorded: read back, not retrained
+
+    other = tmp_path / "work" / "kd-20KB-seed1-grid"
+    with pytest.raises(RuntimeError, match="power cut"):
+        distill(recipe("kd"), out=other, runs_root=runs, progress=CrashAt(7 * 2 + 10, RuntimeError("power cut")))
+    manifest, resumed_at = quality.run_cell(recipe("kd", seed=1), other, runs)  # other settings than the partial run's
+    assert resumed_at is None and manifest["seed"] == 1 and len(manifest["metrics"]["history"]["student"]) == 3  # a fresh run
+    assert (tmp_path / "work" / ".kd-20KB-seed1-grid.partial.stale-0" / CHECKPOINT).is_file()  # kept aside, untouched
