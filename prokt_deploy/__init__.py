@@ -16,16 +16,52 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from prokt_deploy.benchmarking.bench import bench  # noqa: E402
-from prokt_deploy.budget import format_size, parse_size  # noqa: E402
-from prokt_deploy.compare import compare  # noqa: E402
-from prokt_deploy.deploy.bundle import write_bundle  # noqa: E402
-from prokt_deploy.deploy.export import export_run  # noqa: E402
-from prokt_deploy.errors import ProktError  # noqa: E402
-from prokt_deploy.recipe import apply_overrides, load_recipe  # noqa: E402
-from prokt_deploy.run.reader import open_run  # noqa: E402
-from prokt_deploy.train.distill import distill, train_teacher  # noqa: E402
-from prokt_deploy.train.planner import plan  # noqa: E402
+from typing import TYPE_CHECKING
+
+#: The library API, imported on first use (PEP 562): ``import prokt_deploy`` stays cheap (no torch), so the CLI's
+#: ``--help`` and ``--version`` and ``recipe check`` answer at once; ``prokt_deploy.distill`` imports what it needs.
+_API = {
+    "bench": "prokt_deploy.benchmarking.bench",
+    "format_size": "prokt_deploy.budget",
+    "parse_size": "prokt_deploy.budget",
+    "compare": "prokt_deploy.compare",
+    "write_bundle": "prokt_deploy.deploy.bundle",
+    "export_run": "prokt_deploy.deploy.export",
+    "ProktError": "prokt_deploy.errors",
+    "apply_overrides": "prokt_deploy.recipe",
+    "load_recipe": "prokt_deploy.recipe",
+    "open_run": "prokt_deploy.run.reader",
+    "distill": "prokt_deploy.train.distill",
+    "train_teacher": "prokt_deploy.train.distill",
+    "plan": "prokt_deploy.train.planner",
+}
+
+if TYPE_CHECKING:
+    from prokt_deploy.benchmarking.bench import bench
+    from prokt_deploy.budget import format_size, parse_size
+    from prokt_deploy.compare import compare
+    from prokt_deploy.deploy.bundle import write_bundle
+    from prokt_deploy.deploy.export import export_run
+    from prokt_deploy.errors import ProktError
+    from prokt_deploy.recipe import apply_overrides, load_recipe
+    from prokt_deploy.run.reader import open_run
+    from prokt_deploy.train.distill import distill, train_teacher
+    from prokt_deploy.train.planner import plan
+
+
+def __getattr__(name: str):  # noqa: ANN202 - the API object
+    if name not in _API:
+        raise AttributeError(f"module 'prokt_deploy' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
+
 
 __all__ = [
     "__version__",

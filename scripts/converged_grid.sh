@@ -4,6 +4,9 @@
 # Each cell checkpoints every epoch in runs/converged-grid/: a cell cut off by a session's end continues there.
 #   grid.sh prokt [SEEDS] [OUT]   ProKT cells (tuning first, kept in OUT once done)
 #   grid.sh base                  scratch and KD cells
+#   grid.sh small [SEEDS]         the three methods at 64 kB on the tuning subset (12,000 training images) instead of the
+#                                 full split, with the settings the grid's tuning chose (its tuning runs are copied in):
+#                                 does distillation's gain depend on how much data the student has? (docs/results.md)
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 COMMON=(--budgets 64KB,36KB --epochs 15 --tune --tune-set data.max_train_samples=12000
@@ -12,5 +15,13 @@ COMMON=(--budgets 64KB,36KB --epochs 15 --tune --tune-set data.max_train_samples
 case "$1" in
   prokt) exec $PY benchmarks/quality.py "${COMMON[@]}" --seeds "${2:-0,1,2}" --methods prokt --out "${3:-benchmarks/results/quality-converged-prokt.json}" ;;
   base)  exec $PY benchmarks/quality.py "${COMMON[@]}" --seeds 0,1,2 --methods scratch,kd --out benchmarks/results/quality-converged-base.json ;;
-  *) echo "usage: $0 prokt [SEEDS] [OUT] | base" >&2; exit 2 ;;
+  small)
+    OUT=benchmarks/results/quality-small-data.json
+    [ -f "$OUT" ] || $PY - "$OUT" benchmarks/results/quality-converged-{base,prokt}.json <<'PYEOF' || exit 1
+import json, sys
+tune = [r for f in sys.argv[2:] for r in json.load(open(f)) if r["phase"] == "tune"]
+json.dump(tune, open(sys.argv[1], "w"), indent=1)
+PYEOF
+    exec $PY benchmarks/quality.py "${COMMON[@]}" --budgets 64KB --max-train-samples 12000 --seeds "${2:-0,1,2}" --methods scratch,kd,prokt --out "$OUT" ;;
+  *) echo "usage: $0 prokt [SEEDS] [OUT] | base | small [SEEDS]" >&2; exit 2 ;;
 esac

@@ -12,8 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from prokt_deploy.benchmarking import measure
-from prokt_deploy.benchmarking.bench import bench as run_bench
-from prokt_deploy.benchmarking.bench import check_gates, merge_device_results
 from prokt_deploy.benchmarking.report import REPORT_HTML, REPORT_JSON, REPORT_MD, table_rows, versus_line
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json
@@ -73,6 +71,9 @@ def bench(
 
     Writes report.json, report.md and report.html into the run directory. A missed gate exits with code 11 after the report is written.
     """
+    from prokt_deploy.benchmarking.bench import bench as run_bench
+    from prokt_deploy.benchmarking.bench import check_gates, merge_device_results
+
     if merge:  # gates belong to a measurement: merging neither checks them nor fails on the stored ones
         if any(g is not None for g in (max_latency_ms, max_accuracy_drop, min_speedup)):
             raise UsageError("--merge only adds device rows to the existing report; gates are checked when measuring (run bench without --merge)")

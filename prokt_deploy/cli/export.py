@@ -9,12 +9,11 @@ import typer
 from rich import box
 from rich.table import Table
 
-from prokt_deploy.benchmarking.bench import runtime_targets
 from prokt_deploy.budget import format_size
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json
-from prokt_deploy.deploy import export as deploy
 from prokt_deploy.errors import ExportFailed, GateFailed
+from prokt_deploy.run.reader import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_MAX_ACCURACY_DROP
 
 
 def export(
@@ -28,10 +27,10 @@ def export(
     ] = None,
     calibration_samples: Annotated[
         int, typer.Option("--calibration-samples", help="Real training samples to calibrate int8 on.")
-    ] = deploy.DEFAULT_CALIBRATION_SAMPLES,
+    ] = DEFAULT_CALIBRATION_SAMPLES,
     max_accuracy_drop: Annotated[
         float, typer.Option("--max-accuracy-drop", help="int8 gate: most test accuracy lost vs PyTorch, in percentage points.")
-    ] = deploy.DEFAULT_MAX_ACCURACY_DROP,
+    ] = DEFAULT_MAX_ACCURACY_DROP,
     tolerance: Annotated[Optional[float], typer.Option(help="Max |logit diff| vs PyTorch (default: fp32 1e-4, fp16 5e-2, int8 unchecked).")] = None,
     device: Annotated[str, typer.Option(help="Runtime device for validation (OpenVINO device name; onnxruntime: CPU or cuda).")] = "CPU",
     accuracy_aware: Annotated[
@@ -44,6 +43,9 @@ def export(
     as_json: o.JsonOpt = False,
 ) -> None:
     """Export, validate in each artifact's own runtime, check the size budget; keep only what passes."""
+    from prokt_deploy.benchmarking.bench import runtime_targets
+    from prokt_deploy.deploy import export as deploy
+
     if formats:
         deploy.check_format_names(formats)  # bad names are usage errors even before a run is found
     if precision is not None:

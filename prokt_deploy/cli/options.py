@@ -12,7 +12,6 @@ from typing import Annotated, Any, Optional
 import typer
 
 from prokt_deploy.budget import parse_size
-from prokt_deploy.data import TEXT_SOURCES, infer_source
 from prokt_deploy.errors import RecipeError, UsageError
 from prokt_deploy.recipe import DEFAULT_RECIPE, RECIPES_DIR, Recipe, apply_overrides, load_recipe
 
@@ -227,6 +226,7 @@ def with_data(base: Recipe, recipe_path: Path | None, path: Path | None, source:
     not rewritten behind their back, the error says what to add (and the reverse for text recipes).
     """
     from prokt_deploy.cli.console import err
+    from prokt_deploy.data import TEXT_SOURCES, infer_source
 
     source = source or infer_source(path)
     what = repr(str(path)) if path is not None else f"data source {source!r}"

@@ -12,11 +12,9 @@ from rich.table import Table
 from prokt_deploy.budget import format_size, parse_latency, parse_target
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import out, print_json
-from prokt_deploy.data import load_recipe_data
 from prokt_deploy.deploy.bundle import plan_bundle_writer
 from prokt_deploy.errors import UsageError
 from prokt_deploy.run.workspace import check_out_dir
-from prokt_deploy.train.planner import plan as run_plan
 
 
 @o.takes_overrides("budget", "data_dir", "data_source", "teacher_checkpoint", "teacher_factory", "student", "family")
@@ -52,6 +50,9 @@ def plan(
 
     On-device planning: `plan --bundle DIR`, then `python bench_bundle.py` in DIR on the board, then
     `plan --latencies DIR/device-results.json` (or `distill --latencies ...`) chooses from the board's latencies."""
+    from prokt_deploy.data import load_recipe_data
+    from prokt_deploy.train.planner import plan as run_plan
+
     latency_ms = parse_latency(latency_budget) if latency_budget is not None else None
     if target is not None:
         parse_target(target)

@@ -8,17 +8,13 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-import exporters
-from prokt_deploy.benchmarking.bench import bench, check_gates, runtime_targets
 from prokt_deploy.cli import bench as b
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, err
 from prokt_deploy.cli.train import OutOpt
 from prokt_deploy.compare import compare, parse_methods
-from prokt_deploy.deploy.export import export_run
 from prokt_deploy.errors import GateFailed, UsageError
 from prokt_deploy.run.workspace import check_out_dir
-from prokt_deploy.train.distill import distill
 
 STAGES = ("distill", "compare", "export", "bench")
 
@@ -113,6 +109,11 @@ def run(
     if recipe_file is not None and recipe is not None and recipe_file != recipe:
         raise UsageError(f"two recipes given ({recipe_file} and --recipe {recipe}); give one")
     r = o.resolve_recipe(recipe_file or recipe, overrides, trust_recipe_code=trust_recipe_code)
+    import exporters  # torch, onnxruntime: imported once the arguments are known to be good
+    from prokt_deploy.benchmarking.bench import bench, check_gates, runtime_targets
+    from prokt_deploy.deploy.export import export_run
+    from prokt_deploy.train.distill import distill
+
     runtime_targets(bench_device)  # an unavailable device fails now, not after training
     b.check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
     if out_dir is not None:

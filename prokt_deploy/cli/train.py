@@ -13,14 +13,9 @@ from rich.table import Table
 from prokt_deploy.budget import format_size
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, out, print_json
-from prokt_deploy.data import load_recipe_data
 from prokt_deploy.errors import TrainingError, UsageError
 from prokt_deploy.recipe import load_recipe
 from prokt_deploy.run.workspace import check_out_dir, final_path, find_resumable
-from prokt_deploy.train import distributed
-from prokt_deploy.train.distill import distill as run_distill
-from prokt_deploy.train.distill import train_teacher as run_train_teacher
-from prokt_deploy.train.planner import plan as run_plan
 
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create (default: runs/<time>-<recipe>-<method>).")]
 
@@ -48,6 +43,9 @@ def distill(
     else:
         given = {"--recipe": recipe, "--out": out_dir, "--latencies": latencies}
         check_resume(resume, [k for k, v in given.items() if v is not None] + o.given_flags(overrides), trust_recipe_code)
+    from prokt_deploy.train import distributed  # torch: imported once the arguments are known to be good
+    from prokt_deploy.train.distill import distill as run_distill
+
     if nproc_per_node > 1 and not distributed.launched_by_torchrun():
         _launch_distributed(r, nproc_per_node, out_dir)
         return
@@ -78,6 +76,10 @@ def check_resume(resume: Path, overrides: list[str], trusted: bool) -> None:
 
 def _launch_distributed(r, nproc: int, out_dir: Path | None) -> None:
     """Check what can be checked here (recipe, data, budget, output), then re-launch under torchrun."""
+    from prokt_deploy.data import load_recipe_data
+    from prokt_deploy.train import distributed
+    from prokt_deploy.train.planner import plan as run_plan
+
     if r is not None:
         data = load_recipe_data(r)
         run_plan(r, data)
@@ -156,6 +158,8 @@ def train_teacher(
     as_json: o.JsonOpt = False,
 ) -> None:
     """Train a converged teacher with cross-entropy (for `--method kd` or a ProKT warm start)."""
+    from prokt_deploy.train.distill import train_teacher as run_train_teacher
+
     epochs = overrides.pop("epochs")  # the teacher's epochs (teacher.epochs), not the student's
     r = o.resolve_recipe(recipe, overrides, trust_recipe_code=trust_recipe_code)
     if epochs is not None:
