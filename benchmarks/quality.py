@@ -199,7 +199,7 @@ class Grid:
             r_teacher.train.teacher_optimizer.model_dump_json(),
         )
         name = f"teacher-seed{seed}" + ("-tune" if extra else "")
-        kept = Path(args.teacher_dir) / name if getattr(args, "teacher_dir", None) else None
+        kept = Path(args.teacher_dir) / name if getattr(args, "teacher_dir", None) else (self.work / name if self.keep else None)
         while kept is not None and not kept.exists() and any(kept.parent.glob(f".{kept.name}.partial-*")):
             time.sleep(10)  # another invocation (e.g. another method's grid) is training this teacher
         if key not in self.teachers and kept is not None and (kept / "manifest.json").is_file():
@@ -213,6 +213,8 @@ class Grid:
                 print(f"seed {seed}: reusing converged teacher {kept} (test {self.teachers[key][1]:.4f})", flush=True)
         if key not in self.teachers:
             teacher_dir = kept if kept is not None and not kept.exists() else self.work / name
+            if teacher_dir.exists():  # a kept teacher of other settings (--work-dir): never overwritten
+                teacher_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work)) / "teacher"
             t0 = time.perf_counter()
             teacher = train_teacher(r_teacher, out=teacher_dir)
             self.teachers[key] = (str(teacher_dir / "teacher.safetensors"), teacher.manifest["metrics"]["teacher_test_accuracy"])
@@ -278,7 +280,7 @@ class Grid:
         out = self.work / (f"{name}-{budget}-seed{seed}-{phase}" if self.keep else f"{name}-{budget}-seed{seed}-{phase}-{len(self.records)}")
         t0 = time.perf_counter()
         m, resumed_at = run_cell(recipe, out, runs_root=self.work / "runs")
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 if resumed_at is None else None  # a resumed cell's earlier epochs ran elsewhere
         int8 = int8_accuracy(out)
         rec = {
             "phase": phase,
@@ -302,8 +304,8 @@ class Grid:
             "prokt_teacher_test_accuracy": m["metrics"]["teacher_test_accuracy"] if method == "prokt" else None,
             "converged_teacher_test_accuracy": teacher_acc,
             "tuned": tuned,
-            "seconds": round(seconds, 1),  # this invocation's wall time: a resumed cell's earlier epochs are not in it
-            "resumed_from_epoch": resumed_at,
+            "seconds": round(seconds, 1) if seconds is not None else None,  # None: resumed or read back (not one invocation's time)
+            "resumed_from_epoch": resumed_at,  # the epoch a cut-off cell continued from; == epochs: finished earlier, read back
             "settings": settings,
             # per-epoch validation path: student/teacher accuracy and teacher-student KL
             "history": [
@@ -316,17 +318,22 @@ class Grid:
         shutil.rmtree(out, ignore_errors=True)  # recorded: the run directory (its exports) is not needed any more
         print(
             f"  {budget:>6} {name:<12} {rec['student']:<14} ({phase}) val {rec['student_val_accuracy']:.4f} fp32 {rec['student_test_accuracy']:.4f} "
-            f"int8 {rec['int8_test_accuracy']:.4f} best epoch {rec['best_epoch']} ({seconds:.0f}s)",
+            f"int8 {rec['int8_test_accuracy']:.4f} best epoch {rec['best_epoch']} ({time.perf_counter() - t0:.0f}s)",
             flush=True,
         )
         return rec
 
 
 def run_cell(recipe, out: Path, runs_root: Path) -> tuple[dict, int | None]:  # noqa: ANN001
-    """Distil one cell into ``out``: (its manifest, the epoch it continued from, None for a fresh run). An unfinished run there (a checkpoint left by a
-    cut-off invocation) with the same recipe continues from its last epoch; a finished one that was not yet
-    recorded is read back. One with another recipe is set aside (renamed ``*.stale-N``), never mixed in."""
+    """Distil one cell into ``out``: (its manifest, the epoch it continued from; None for a fresh run).
+
+    An unfinished run there with the same recipe (left by a cut-off invocation) continues from its last
+    checkpoint (from step 0 if it had none yet); a finished one that was not yet recorded is read back
+    (epochs returned). One with another recipe is set aside (renamed ``*.stale-N``), never mixed in. A run
+    another process is writing (its lock held) is neither touched nor joined: that is an error."""
     partial = partial_path(out)
+    if partial.is_dir() and _locked(partial):
+        raise SystemExit(f"another process is running the cell {out.name} in {out.parent}; give each invocation its own --work-dir")
     for there in (out, partial):
         if not there.is_dir():
             continue
@@ -334,16 +341,35 @@ def run_cell(recipe, out: Path, runs_root: Path) -> tuple[dict, int | None]:  # 
         if same and there == out and (out / "manifest.json").is_file():
             print(f"    {out.name}: finished earlier, read back", flush=True)
             return json.loads((out / "manifest.json").read_text()), recipe.train.epochs
-        if same and there == partial and (partial / CHECKPOINT).is_file():
-            ckpt = load_checkpoint(partial / CHECKPOINT)
-            print(f"    {out.name}: continuing from its checkpoint (epoch {ckpt['current']['epoch']})", flush=True)
-            return distill(None, resume=out, runs_root=runs_root, latest=False).manifest, ckpt["current"]["epoch"]
+        if same and there == partial:
+            epoch = load_checkpoint(partial / CHECKPOINT)["current"]["epoch"] if (partial / CHECKPOINT).is_file() else 0
+            print(f"    {out.name}: continuing from its checkpoint (epoch {epoch})", flush=True)
+            return distill(None, resume=out, runs_root=runs_root, latest=False).manifest, epoch
         n = 0
         while there.with_name(f"{there.name}.stale-{n}").exists():
             n += 1
         there.rename(there.with_name(f"{there.name}.stale-{n}"))
         print(f"    {there.name}: not resumable with these settings, set aside as {there.name}.stale-{n}", flush=True)
     return distill(recipe, out=out, runs_root=runs_root, latest=False).manifest, None
+
+
+def _locked(partial: Path) -> bool:
+    """Whether a process holds the run workspace's lock (prokt_deploy.run.workspace: flock on .lock)."""
+    import fcntl
+    import os
+
+    if not (partial / ".lock").is_file():
+        return False
+    fd = os.open(partial / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _kept_data(run: Path) -> dict | None:
@@ -465,7 +491,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['budget']} | {r['method']} | {r['student']} | {r['n']} | {pct(r['val'])} | {pct(r['fp32'])} | {pct(r['int8'])} | {pts(r['int8_drop'])} "
-            f"| {pct(r['teacher'])} | {r['seconds'][0]:.0f} |"
+            f"| {pct(r['teacher'])} | {'-' if r['seconds'][0] is None else format(r['seconds'][0], '.0f')} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -24,7 +24,6 @@ _API = {
     "bench": "prokt_deploy.benchmarking.bench",
     "format_size": "prokt_deploy.budget",
     "parse_size": "prokt_deploy.budget",
-    "compare": "prokt_deploy.compare",
     "write_bundle": "prokt_deploy.deploy.bundle",
     "export_run": "prokt_deploy.deploy.export",
     "ProktError": "prokt_deploy.errors",
@@ -39,7 +38,6 @@ _API = {
 if TYPE_CHECKING:
     from prokt_deploy.benchmarking.bench import bench
     from prokt_deploy.budget import format_size, parse_size
-    from prokt_deploy.compare import compare
     from prokt_deploy.deploy.bundle import write_bundle
     from prokt_deploy.deploy.export import export_run
     from prokt_deploy.errors import ProktError
@@ -47,6 +45,11 @@ if TYPE_CHECKING:
     from prokt_deploy.run.reader import open_run
     from prokt_deploy.train.distill import distill, train_teacher
     from prokt_deploy.train.planner import plan
+
+
+# Eager, because a submodule of the same name shadows a lazy attribute: once anything imports the module
+# prokt_deploy.compare (the CLI does), Python binds the package attribute "compare" to it. compare.py is torch-free.
+from prokt_deploy.compare import compare  # noqa: E402
 
 
 def __getattr__(name: str):  # noqa: ANN202 - the API object

@@ -19,9 +19,11 @@ case "$1" in
     OUT=benchmarks/results/quality-small-data.json
     [ -f "$OUT" ] || $PY - "$OUT" benchmarks/results/quality-converged-{base,prokt}.json <<'PYEOF' || exit 1
 import json, sys
-tune = [r for f in sys.argv[2:] for r in json.load(open(f)) if r["phase"] == "tune"]
+tune = [r for f in sys.argv[2:] for r in json.load(open(f)) if r.get("phase", "grid") == "tune"]
 json.dump(tune, open(sys.argv[1], "w"), indent=1)
 PYEOF
-    exec $PY benchmarks/quality.py "${COMMON[@]}" --budgets 64KB --max-train-samples 12000 --seeds "${2:-0,1,2}" --methods scratch,kd,prokt --out "$OUT" ;;
+    # its own --work-dir: its cells have the grid's names (another data size), and may run beside the grid
+    exec $PY benchmarks/quality.py "${COMMON[@]}" --work-dir runs/converged-grid-small --budgets 64KB --max-train-samples 12000 \
+      --seeds "${2:-0,1,2}" --methods scratch,kd,prokt --out "$OUT" ;;
   *) echo "usage: $0 prokt [SEEDS] [OUT] | base | small [SEEDS]" >&2; exit 2 ;;
 esac

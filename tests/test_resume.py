@@ -180,3 +180,14 @@ def test_quality_grid_cell_continues_from_its_checkpoint(tmp_path):
     manifest, resumed_at = quality.run_cell(recipe("kd", seed=1), other, runs)  # other settings than the partial run's
     assert resumed_at is None and manifest["seed"] == 1 and len(manifest["metrics"]["history"]["student"]) == 3  # a fresh run
     assert (tmp_path / "work" / ".kd-20KB-seed1-grid.partial.stale-0" / CHECKPOINT).is_file()  # kept aside, untouched
+
+    import fcntl
+
+    busy = tmp_path / "work" / "kd-20KB-seed2-grid"
+    with pytest.raises(RuntimeError, match="power cut"):
+        distill(recipe("kd", seed=2), out=busy, runs_root=runs, progress=CrashAt(7 * 2 + 10, RuntimeError("power cut")))
+    with open(partial_path(busy) / ".lock") as held:  # another invocation is writing this cell: neither joined nor set aside
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit, match="another process is running the cell"):
+            quality.run_cell(recipe("kd"), busy, runs)
+    assert partial_path(busy).is_dir()

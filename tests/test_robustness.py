@@ -285,6 +285,7 @@ def _weights(run: Path) -> dict:
 
 
 def test_resume_of_a_run_killed_before_its_first_checkpoint(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the CLI's runs/latest link goes under tmp_path, not into the checkout
     out = tmp_path / "killed"
     with monkeypatch.context() as m:  # kill -9 during the first epoch: nothing is cleaned up
         m.setattr(RunWorkspace, "abandon", lambda self: self._unlock() or True)

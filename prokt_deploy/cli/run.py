@@ -109,16 +109,16 @@ def run(
     if recipe_file is not None and recipe is not None and recipe_file != recipe:
         raise UsageError(f"two recipes given ({recipe_file} and --recipe {recipe}); give one")
     r = o.resolve_recipe(recipe_file or recipe, overrides, trust_recipe_code=trust_recipe_code)
+    b.check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
+    if out_dir is not None:
+        check_out_dir(out_dir)  # before the data is loaded
+    baselines = parse_methods(compare_methods) if compare_methods else []  # a bad list fails now too
     import exporters  # torch, onnxruntime: imported once the arguments are known to be good
     from prokt_deploy.benchmarking.bench import bench, check_gates, runtime_targets
     from prokt_deploy.deploy.export import export_run
     from prokt_deploy.train.distill import distill
 
     runtime_targets(bench_device)  # an unavailable device fails now, not after training
-    b.check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
-    if out_dir is not None:
-        check_out_dir(out_dir)  # before the data is loaded
-    baselines = parse_methods(compare_methods) if compare_methods else []  # a bad list fails now too
     with PipelineProgress() as progress:
         progress.stage("distill")
         result = distill(r, out=out_dir, progress=progress, latencies=latencies)
