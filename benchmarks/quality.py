@@ -442,8 +442,8 @@ def summarise(records: list[dict]) -> list[dict]:
     rows = []
     for (_, budget, method), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], ORDER.index(kv[0][2]) if kv[0][2] in ORDER else 9)):
 
-        def ms(key, rs=rs):
-            return mean_std([r[key] for r in rs if r[key] is not None])
+        def ms(key, rs=rs):  # a resumed cell's seconds are one part of its run: not a run's time
+            return mean_std([r[key] for r in rs if r[key] is not None and not (key == "seconds" and r.get("resumed_from_epoch") is not None)])
 
         drops = [r["student_test_accuracy"] - r["int8_test_accuracy"] for r in rs if r["int8_test_accuracy"] is not None]
         rows.append(
