@@ -481,6 +481,22 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> torch.Tensor:  # n
     return torch.from_numpy(np.stack([ids, mask], axis=1))
 
 
+#: The last corpora tokenized in this process, keyed by their file (path, size, mtime), columns, tokenizer and
+#: length: a grid or `run --compare` loads the same data once per run, and tokenizing a corpus costs seconds.
+#: The packed tensor is only ever indexed (copied) by the splits, never written.
+_TOKENIZED: dict[tuple, tuple] = {}
+
+
+def _tokenized(key: tuple, tok_dir: Path, texts: list[str], max_length: int) -> tuple:
+    if key not in _TOKENIZED:
+        tokenizer = load_tokenizer(str(tok_dir))
+        packed = tokenize(tokenizer, texts, max_length)
+        while len(_TOKENIZED) >= 2:
+            _TOKENIZED.pop(next(iter(_TOKENIZED)))
+        _TOKENIZED[key] = (tokenizer, packed)
+    return _TOKENIZED[key]
+
+
 def _load_text(
     source: str,
     path,
@@ -518,8 +534,9 @@ def _load_text(
             raise DataError(f"{file}: found a single class ({classes[0]!r}); a classifier needs at least 2")
     index = {c: i for i, c in enumerate(classes)}
     y = np.asarray([index[lab] for lab in labels], dtype=np.int64)
-    tokenizer = load_tokenizer(str(tok_dir))
-    x = tokenize(tokenizer, texts, max_length)
+    stat = file.stat()
+    key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns, source, text.get("text_column"), str(tok_dir), max_length)
+    tokenizer, x = _tokenized(key, tok_dir, texts, max_length)
     train_idx, val_idx, test_idx = _seeded_split(len(y), seed, val_fraction, test_fraction)
     if max_train_samples is not None and max_train_samples < len(train_idx):
         train_idx = train_idx[:max_train_samples]

@@ -87,6 +87,24 @@ def test_tweets_split(tok):
     assert torch.equal(data.test.x, again.test.x)
 
 
+def test_a_corpus_is_tokenized_once_per_process_until_its_file_changes(tmp_path, monkeypatch):
+    import prokt_deploy.data as data_module
+
+    calls = []
+    real = data_module.tokenize
+    monkeypatch.setattr(data_module, "tokenize", lambda tok, texts, n: calls.append(len(texts)) or real(tok, texts, n))
+    f = tmp_path / "d.csv"
+    f.write_text("text,label\n" + "".join(f"row {i} {'good' if i % 2 else 'bad'},{i % 2}\n" for i in range(200)))
+    text = {"tokenizer": TOKENIZER, "max_length": 12}
+    a = load_data("text-file", path=f, seed=0, text=text)
+    b = load_data("text-file", path=f, seed=1, text=text)  # another split of the same corpus: not tokenized again
+    assert calls == [200] and not torch.equal(a.train.x, b.train.x)
+    load_data("text-file", path=f, seed=0, text={**text, "max_length": 10})  # another length: tokenized
+    f.write_text("text,label\n" + "".join(f"other {i},{i % 2}\n" for i in range(201)))  # the file changed: tokenized
+    changed = load_data("text-file", path=f, seed=0, text=text)
+    assert calls == [200, 200, 201] and len(changed.train) + len(changed.val) + len(changed.test) == 201
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
 def test_user_text_files(tmp_path, suffix):
     rows = [(f"sample number {i} is {'great' if i % 2 else 'awful'}", "pos" if i % 2 else "neg") for i in range(40)]
