@@ -27,7 +27,7 @@ import torch
 from prokt_deploy.budget import parse_size
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.recipe import apply_overrides, load_recipe
-from prokt_deploy.run.workspace import CHECKPOINT, load_checkpoint, partial_path
+from prokt_deploy.run.workspace import CHECKPOINT, is_locked, load_checkpoint, partial_path
 from prokt_deploy.train.build import build_teacher
 from prokt_deploy.train.distill import distill, train_teacher
 
@@ -332,7 +332,7 @@ def run_cell(recipe, out: Path, runs_root: Path) -> tuple[dict, int | None]:  # 
     (epochs returned). One with another recipe is set aside (renamed ``*.stale-N``), never mixed in. A run
     another process is writing (its lock held) is neither touched nor joined: that is an error."""
     partial = partial_path(out)
-    if partial.is_dir() and _locked(partial):
+    if partial.is_dir() and is_locked(partial):
         raise SystemExit(f"another process is running the cell {out.name} in {out.parent}; give each invocation its own --work-dir")
     for there in (out, partial):
         if not there.is_dir():
@@ -351,25 +351,6 @@ def run_cell(recipe, out: Path, runs_root: Path) -> tuple[dict, int | None]:  # 
         there.rename(there.with_name(f"{there.name}.stale-{n}"))
         print(f"    {there.name}: not resumable with these settings, set aside as {there.name}.stale-{n}", flush=True)
     return distill(recipe, out=out, runs_root=runs_root, latest=False).manifest, None
-
-
-def _locked(partial: Path) -> bool:
-    """Whether a process holds the run workspace's lock (prokt_deploy.run.workspace: flock on .lock)."""
-    import fcntl
-    import os
-
-    if not (partial / ".lock").is_file():
-        return False
-    fd = os.open(partial / ".lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
 
 
 def _kept_data(run: Path) -> dict | None:

@@ -9,7 +9,7 @@ Library use (the CLI is a thin layer over these)::
     report = bench(result.path)  # teacher vs student vs artifacts: report.json, .md, .html in the run
     run = open_run(result.path)  # a finished run read back: run.manifest (typed), run.data(), run.model("student")
 
-Importing this package does not import onnxruntime or OpenVINO.
+Importing this package does not import torch, onnxruntime or OpenVINO: the API loads on first use.
 """
 
 from __future__ import annotations

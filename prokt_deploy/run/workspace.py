@@ -190,6 +190,24 @@ def find_resumable(run: str | Path) -> Path:
     raise RunError(f"no unfinished run at {str(run)!r} (no {partial.name}/ beside it); pass the --out directory of the interrupted run")
 
 
+def is_locked(partial: Path) -> bool:
+    """Whether a live process holds the lock of the run being written in ``partial`` (RunWorkspace's flock)."""
+    import fcntl
+
+    if not (partial / ".lock").is_file():
+        return False
+    fd = os.open(partial / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 class RunWorkspace:
     """A run being written: the hidden partial directory, locked against a second writer.
 
