@@ -71,6 +71,13 @@ class Artifact:
         """Total size in bytes of all files of the artifact (e.g. ``.xml`` + ``.bin``)."""
         return artifact_bytes(self.files)
 
+    @property
+    def main_file(self) -> Path:
+        """The file a runtime opens (``model.onnx``; ``model.xml`` of ``.xml`` + ``.bin``), as the format declares it."""
+        from .registry import main_file  # the registry imports this module
+
+        return main_file(self.format, self.files)
+
 
 @runtime_checkable
 class Predictor(Protocol):

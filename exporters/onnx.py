@@ -672,6 +672,7 @@ class OnnxExporter(Exporter):
 
     name = "onnx"
     precisions = ("fp32", "int8")
+    main_suffix = ".onnx"
 
     def export(
         self,

@@ -247,6 +247,7 @@ class OpenVINOExporter(Exporter):
 
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
+    main_suffix = ".xml"
 
     def export(
         self,

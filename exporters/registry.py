@@ -16,7 +16,7 @@ import torch
 
 from ._common import Artifact, ExportError, Predictor
 
-__all__ = ["FORMATS", "PRECISIONS", "Exporter", "get_exporter", "register"]
+__all__ = ["FORMATS", "PRECISIONS", "Exporter", "get_exporter", "main_file", "register"]
 
 
 class Exporter(ABC):
@@ -31,6 +31,15 @@ class Exporter(ABC):
 
     name: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]
+    #: the suffix of the file a runtime opens among the artifact's files (``.onnx``; ``.xml`` beside its ``.bin``)
+    main_suffix: ClassVar[str]
+
+    def main_file(self, files: list[Path]) -> Path:
+        """The file of ``files`` a runtime opens (the one with :attr:`main_suffix`)."""
+        for f in files:
+            if Path(f).suffix == self.main_suffix:
+                return Path(f)
+        raise ExportError(f"no {self.main_suffix} file among the {self.name} artifact's files {[str(f) for f in files]}")
 
     @abstractmethod
     def export(
@@ -80,3 +89,8 @@ def get_exporter(fmt: str) -> Exporter:
     except KeyError:
         valid = ", ".join(sorted(FORMATS))
         raise ExportError(f"unknown format {fmt!r}; valid formats: {valid}") from None
+
+
+def main_file(fmt: str, files: list[Path] | list[str]) -> Path:
+    """The file a runtime opens among the files of a ``fmt`` artifact (:meth:`Exporter.main_file`)."""
+    return get_exporter(fmt).main_file([Path(f) for f in files])

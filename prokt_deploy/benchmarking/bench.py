@@ -56,10 +56,6 @@ BASELINE_PYTORCH = "teacher/pytorch/fp32"
 Progress = Callable[[str], None]
 
 
-def _main_file(files: list[Path]) -> Path:
-    return next(f for f in files if f.suffix in (".onnx", ".xml"))
-
-
 #: the loader bench's PyTorch rows name (the worker imports it; bench.measure itself imports nothing of the project)
 TORCH_LOADER = "prokt_deploy.run.reader:load_model"
 
@@ -125,7 +121,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
             raise BenchError(f"the teacher's ONNX fp32 file {files[0]} could not be run: {exc}") from None
         predictions[BASELINE] = baseline_pred
         accuracy = {"accuracy": {"accuracy": float((baseline_pred == data.test.y.numpy()).mean()), "samples": n_test, "measured": True}}
-        add("teacher", "onnx", "fp32", "reference", files, {**measure.artifact_engine("onnx", _main_file(files), targets), **accuracy}, **fits(files))
+        add("teacher", "onnx", "fp32", "reference", files, {**measure.artifact_engine("onnx", exporters.main_file("onnx", files), targets), **accuracy}, **fits(files))
         for fmt, gate in teacher_int8_gates(fr, {a["format"] for a in artifacts}, data, progress).items():
             if not gate["passed"]:
                 failed.append({"id": f"teacher/{fmt}/int8", "format": fmt, "precision": "int8", "failures": gate["failures"]})
@@ -137,7 +133,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
                 "int8",
                 "reference",
                 files,
-                {**measure.artifact_engine(fmt, _main_file(files), targets), **known(gate["test_accuracy"])},
+                {**measure.artifact_engine(fmt, exporters.main_file(fmt, files), targets), **known(gate["test_accuracy"])},
                 within_budget=gate["within_budget"],
                 budget_bytes=budget,
             )
@@ -153,7 +149,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
     for fmt in sorted({a["format"] for a in artifacts if a["precision"] == "int8"} - have_fp32):
         progress(f"exporting the student to {fmt} fp32 (the int8 counterpart)")
         files = ensure_fp32_export(fr, "student", fmt, x)
-        add("student", fmt, "fp32", "reference", files, measure.artifact_engine(fmt, _main_file(files), targets), **fits(files))
+        add("student", fmt, "fp32", "reference", files, measure.artifact_engine(fmt, exporters.main_file(fmt, files), targets), **fits(files))
     for a in artifacts:
         files = [run / f for f in a["files"]]
         reuse = known(a.get("test_accuracy")) if a.get("test_samples") == n_test else {}
@@ -163,7 +159,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
             a["precision"],
             "artifact",
             files,
-            {**measure.artifact_engine(a["format"], _main_file(files), targets), **reuse},
+            {**measure.artifact_engine(a["format"], exporters.main_file(a["format"], files), targets), **reuse},
             passed=True,
             within_budget=a.get("within_budget"),
             budget_bytes=a.get("budget_bytes"),
@@ -488,7 +484,7 @@ def _int8_findings(run: Path, rows: list[dict], macs: int | None, fp: dict, sett
         if counterpart is None:
             continue
         graphs = [
-            int8_diagnosis.executed_graph(r["format"], _main_file([run / f for f in r["files"]]), targets=targets, threads=settings["threads"])
+            int8_diagnosis.executed_graph(r["format"], exporters.main_file(r["format"], [run / f for f in r["files"]]), targets=targets, threads=settings["threads"])
             for r in (row, counterpart)
         ]
         findings.append(int8_diagnosis.explain(row, counterpart, graph=graphs[0], fp32_graph=graphs[1], fingerprint=fp, settings=settings, macs=macs))

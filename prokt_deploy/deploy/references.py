@@ -27,17 +27,28 @@ from prokt_deploy.run.reader import FinishedRun
 from prokt_deploy.run.workspace import filesystem_cause
 
 GATE_RECORD = "gate.json"
+#: the list of an fp32 reference export's files, written last into its staging directory (the export is complete when it is there)
+FILES_RECORD = "files.json"
 #: the formats the exporter registry can write at int8 (the teacher's own int8 is made in each the student has)
 INT8_FORMATS = tuple(fmt for fmt, precisions in exporters.PRECISIONS.items() if "int8" in precisions)
 Progress = Callable[[str], None]
 
 
+def _finished_files(out: Path) -> list[Path]:
+    """The files of a finished reference export in ``out`` (listed in its ``files.json``), or [] when there is none."""
+    try:
+        files = [out / name for name in json.loads((out / FILES_RECORD).read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+    return files if files and all(f.is_file() for f in files) else []
+
+
 def ensure_fp32_export(run: FinishedRun, which: str, fmt: str, example: np.ndarray) -> list[Path]:
     """``<run>/artifacts/<which>-<fmt>-fp32/``, exported once and reused by later benches."""
     out = run.path / "artifacts" / f"{which}-{fmt}-fp32"
-    expected = [out / "model.onnx"] if fmt == "onnx" else [out / "model.xml", out / "model.bin"]
-    if all(f.is_file() for f in expected):
-        return expected
+    done = _finished_files(out)
+    if done:
+        return done
     import torch
 
     model = run.model(which)
@@ -53,9 +64,11 @@ def ensure_fp32_export(run: FinishedRun, which: str, fmt: str, example: np.ndarr
             raise ExportFailed(f"could not export the {which} to {fmt} fp32 for the benchmark: {exc}") from None
         os.chmod(staging, 0o755)
         if out.exists():  # an incomplete earlier export (or one written since by another bench)
-            if all(f.is_file() for f in expected):
-                return expected
+            done = _finished_files(out)
+            if done:
+                return done
             shutil.rmtree(out)
+        (staging / FILES_RECORD).write_text(json.dumps([f.name for f in artifact.files]) + "\n")
         os.rename(staging, out)
         return [out / f.name for f in artifact.files]
     finally:

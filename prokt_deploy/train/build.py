@@ -12,8 +12,13 @@ from prokt_deploy.recipe import Recipe
 from prokt_deploy.run.checkpoint import build_from_factory, load_weights
 
 
-def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module:
-    """The teacher as the recipe asks: registered arch or factory; from scratch or a checkpoint."""
+def build_teacher(recipe: Recipe, data: DataBundle, *, zero_head: bool | None = None) -> nn.Module:
+    """The teacher as the recipe asks: registered arch or factory; from scratch or a checkpoint.
+
+    ``zero_head``: whether the method's zeroed head applies (ProKT starts a teacher trained from scratch with
+    a zero head); None: as the recipe's method asks, False: never (a teacher trained on its own, or sized by
+    the planner). ``teacher.init: checkpoint-reset-head`` resets the head whatever this says: it is how the
+    teacher is initialised, not a method's choice."""
     t = recipe.teacher
     num_classes = data.num_classes
     if t.factory:
@@ -26,8 +31,9 @@ def build_teacher(recipe: Recipe, data: DataBundle) -> nn.Module:
         if not t.checkpoint:
             raise RecipeError(f"teacher.init is {t.init!r} but no teacher.checkpoint is set; pass --teacher-checkpoint PATH")
         load_weights(teacher, t.checkpoint)
-    zero_head = t.init == "checkpoint-reset-head" or (recipe.method == "prokt" and recipe.prokt.zero_init_heads and t.init == "scratch")
-    if zero_head:
+    if zero_head is None:
+        zero_head = recipe.method == "prokt" and recipe.prokt.zero_init_heads and t.init == "scratch"
+    if zero_head or t.init == "checkpoint-reset-head":
         zero_init_head(teacher)
     return teacher
 

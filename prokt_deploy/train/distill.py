@@ -495,7 +495,7 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
     engine.set_seed(recipe.seed)
     device = engine.torch_device(recipe.device)
     data = load_recipe_data(recipe)
-    teacher = build_teacher(recipe.model_copy(update={"method": "kd"}), data).to(device)
+    teacher = build_teacher(recipe, data, zero_head=False).to(device)
     with staged_run_dir(final) as run_dir:
         t = time.perf_counter()
         method = _teacher_method(recipe, teacher, data)

@@ -258,8 +258,12 @@ def generic_artifact(
     from exporters.size import generic_copy
 
     files = sorted(done.iterdir()) if done is not None and done.is_dir() else []
-    if any(f.suffix in (".onnx", ".xml") for f in files):
-        return files
+    if files:
+        try:
+            exporters.main_file(fmt, files)
+            return files
+        except exporters.ExportError:
+            pass  # not this format's artifact: export it
     try:
         as_exported = model if label.startswith(TEACHER_LABEL) else generic_copy(model, 0)  # export() evaluates in eval mode, mode restored
         return exporters.export(
@@ -289,6 +293,7 @@ def measure_latencies(
     """
     import numpy as np
 
+    import exporters
     from prokt_deploy.benchmarking import measure
     from prokt_deploy.benchmarking.fingerprint import fingerprint
 
@@ -315,7 +320,7 @@ def measure_latencies(
         for i, label in enumerate(todo):
             model, precision = models[label]
             files = generic_artifact(model, label, fmt, precision, example, calibration, Path(tmp) / str(i), (exported or {}).get(label))
-            main = next(f for f in files if f.suffix in (".onnx", ".xml"))
+            main = exporters.main_file(fmt, files)
             engines.append({"id": label, **measure.artifact_engine(fmt, main, targets), "accuracy": {"accuracy": 0.0, "samples": 0}})
         data = Path(tmp) / "x.npz"
         np.savez(data, x=np.resize(x, (8, *shape)), y=np.zeros(8, dtype=np.int64))
@@ -724,7 +729,7 @@ def plan(
     device_latencies = read_device_latencies(latencies) if latencies is not None else None  # a bad file fails before any work
     data = data or load_recipe_data(recipe)
     fams = plan_families(recipe, data)
-    teacher = teacher if teacher is not None else build_teacher(recipe.model_copy(update={"method": "kd"}), data)
+    teacher = teacher if teacher is not None else build_teacher(recipe, data, zero_head=False)
     return plan_student(
         recipe.budget.bytes,
         family=fams,
