@@ -8,6 +8,7 @@ Library use (the CLI is a thin layer over these)::
     artifacts = export_run(result.path, ["onnx"], "int8")  # gated int8 ONNX under runs/digits-20kb/artifacts/
     report = bench(result.path)  # teacher vs student vs artifacts: report.json, .md, .html in the run
     run = open_run(result.path)  # a finished run read back: run.manifest (typed), run.data(), run.model("student")
+    result = prokt_deploy.run(recipe, out="runs/digits", compare="scratch,kd")  # all of the above, as `prokt-deploy run`
 
 Importing this package does not import torch, onnxruntime or OpenVINO: the API loads on first use.
 """
@@ -33,6 +34,7 @@ _API = {
     "distill": "prokt_deploy.train.distill",
     "train_teacher": "prokt_deploy.train.distill",
     "plan": "prokt_deploy.train.planner",
+    "run": "prokt_deploy.pipeline",
 }
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from prokt_deploy.deploy.bundle import write_bundle
     from prokt_deploy.deploy.export import export_run
     from prokt_deploy.errors import ProktError
+    from prokt_deploy.pipeline import run
     from prokt_deploy.recipe import apply_overrides, load_recipe
     from prokt_deploy.run.reader import open_run
     from prokt_deploy.train.distill import distill, train_teacher
@@ -78,6 +81,7 @@ __all__ = [
     "open_run",
     "parse_size",
     "plan",
+    "run",
     "train_teacher",
     "write_bundle",
     "ProktError",

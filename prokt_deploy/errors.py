@@ -55,15 +55,28 @@ class TrainingError(ProktError):
 
 
 class ExportFailed(ProktError):
-    """Exporting or quantizing an artifact failed, or its runtime is not installed."""
+    """Exporting or quantizing an artifact failed, or its runtime is not installed.
+
+    ``results``: when raised by ``export_run`` after every requested format was tried, the record of each
+    (``prokt_deploy.run.records``: the passed and failed artifacts, skipped and failed formats); else empty."""
 
     exit_code = 9
 
+    def __init__(self, message: str, *, results: list | None = None) -> None:
+        super().__init__(message)
+        self.results: list = list(results or [])
+
 
 class GateFailed(ProktError):
-    """An artifact was exported but missed a validation gate (parity, accuracy drop, budget)."""
+    """An artifact was exported but missed a validation gate (parity, accuracy drop, budget).
+
+    ``results``: as for :class:`ExportFailed`, the record of every requested format."""
 
     exit_code = 10
+
+    def __init__(self, message: str, *, results: list | None = None) -> None:
+        super().__init__(message)
+        self.results: list = list(results or [])
 
 
 class BenchGateFailed(ProktError):

@@ -2,8 +2,8 @@
 interpreter: the stages only import downwards, no import circle, the standalone parts stay standalone.
 
 Stages, lowest first (the map is in the README, "Where the code lives"): the foundation (errors, budget, recipe,
-data, models) < run (workspace, checkpoint, reader) < train (and recipe_writer) < deploy < benchmarking < compare
-< cli. benchmarking.measure and benchmarking.fingerprint are the standalone harness shipped in bundles: any stage may
+data, models) < run (workspace, checkpoint, reader, records) < train (and recipe_writer) < deploy < benchmarking < compare
+< pipeline (the library's run()) < cli. benchmarking.measure and benchmarking.fingerprint are the standalone harness shipped in bundles: any stage may
 import them, and they import nothing of the project.
 """
 
@@ -30,8 +30,9 @@ RANK = {
     "deploy": 3,
     "benchmarking": 4,
     "compare": 5,
-    "cli": 6,
-    "__main__": 7,
+    "pipeline": 6,
+    "cli": 7,
+    "__main__": 8,
 }
 
 

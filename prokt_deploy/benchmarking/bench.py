@@ -48,6 +48,7 @@ from prokt_deploy.benchmarking.fingerprint import fingerprint
 from prokt_deploy.deploy.references import INT8_FORMATS, ensure_fp32_export, teacher_int8_gates
 from prokt_deploy.errors import BenchError, BenchGateFailed, RunError, UsageError
 from prokt_deploy.run.reader import FinishedRun, open_run
+from prokt_deploy.run.records import BenchReport
 from prokt_deploy.run.workspace import resolve_run, run_lock
 
 BASELINE = "teacher/onnx/fp32"
@@ -93,7 +94,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
         )
 
     artifacts = manifest.passed_artifacts()
-    missing = [f for a in artifacts for f in a["files"] if not (run / f).is_file()]
+    missing = [f for a in artifacts for f in a.files if not (run / f).is_file()]
     if missing:
         raise RunError(f"artifact file {missing[0]!r} listed in {run / 'manifest.json'} is missing; export again")
 
@@ -121,20 +122,28 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
             raise BenchError(f"the teacher's ONNX fp32 file {files[0]} could not be run: {exc}") from None
         predictions[BASELINE] = baseline_pred
         accuracy = {"accuracy": {"accuracy": float((baseline_pred == data.test.y.numpy()).mean()), "samples": n_test, "measured": True}}
-        add("teacher", "onnx", "fp32", "reference", files, {**measure.artifact_engine("onnx", exporters.main_file("onnx", files), targets), **accuracy}, **fits(files))
-        for fmt, gate in teacher_int8_gates(fr, {a["format"] for a in artifacts}, data, progress).items():
-            if not gate["passed"]:
-                failed.append({"id": f"teacher/{fmt}/int8", "format": fmt, "precision": "int8", "failures": gate["failures"]})
+        add(
+            "teacher",
+            "onnx",
+            "fp32",
+            "reference",
+            files,
+            {**measure.artifact_engine("onnx", exporters.main_file("onnx", files), targets), **accuracy},
+            **fits(files),
+        )
+        for fmt, gate in teacher_int8_gates(fr, {a.format for a in artifacts}, data, progress).items():
+            if not gate.passed:
+                failed.append({"id": f"teacher/{fmt}/int8", "format": fmt, "precision": "int8", "failures": gate.failures})
                 continue
-            files = [run / f for f in gate["files"]]
+            files = [run / f for f in gate.files]
             add(
                 "teacher",
                 fmt,
                 "int8",
                 "reference",
                 files,
-                {**measure.artifact_engine(fmt, exporters.main_file(fmt, files), targets), **known(gate["test_accuracy"])},
-                within_budget=gate["within_budget"],
+                {**measure.artifact_engine(fmt, exporters.main_file(fmt, files), targets), **known(gate.test_accuracy)},
+                within_budget=gate.within_budget,
                 budget_bytes=budget,
             )
     add(
@@ -145,24 +154,24 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
         [run / manifest.student.weights],
         {"runtime": "torch", "loader": TORCH_LOADER, "run": str(run), "model": "student", **known(metrics.get("student_test_accuracy"))},
     )
-    have_fp32 = {a["format"] for a in artifacts if a["precision"] == "fp32"}
-    for fmt in sorted({a["format"] for a in artifacts if a["precision"] == "int8"} - have_fp32):
+    have_fp32 = {a.format for a in artifacts if a.precision == "fp32"}
+    for fmt in sorted({a.format for a in artifacts if a.precision == "int8"} - have_fp32):
         progress(f"exporting the student to {fmt} fp32 (the int8 counterpart)")
         files = ensure_fp32_export(fr, "student", fmt, x)
         add("student", fmt, "fp32", "reference", files, measure.artifact_engine(fmt, exporters.main_file(fmt, files), targets), **fits(files))
     for a in artifacts:
-        files = [run / f for f in a["files"]]
-        reuse = known(a.get("test_accuracy")) if a.get("test_samples") == n_test else {}
+        files = [run / f for f in a.files]
+        reuse = known(a.test_accuracy) if a.test_samples == n_test else {}
         add(
             "student",
-            a["format"],
-            a["precision"],
+            a.format,
+            a.precision,
             "artifact",
             files,
-            {**measure.artifact_engine(a["format"], exporters.main_file(a["format"], files), targets), **reuse},
+            {**measure.artifact_engine(a.format, exporters.main_file(a.format, files), targets), **reuse},
             passed=True,
-            within_budget=a.get("within_budget"),
-            budget_bytes=a.get("budget_bytes"),
+            within_budget=a.within_budget,
+            budget_bytes=a.budget_bytes,
         )
     return rows, failed
 
@@ -300,11 +309,11 @@ def evaluate_gates(
     return gates
 
 
-def check_gates(rep: dict) -> None:
+def check_gates(rep: BenchReport) -> None:
     """Raise :class:`BenchGateFailed` (exit 11) naming every missed gate of a written report."""
-    missed = [g["message"] for g in rep["gates"] if not g["passed"]]
+    missed = [g.message for g in rep.missed_gates]
     if missed:
-        raise BenchGateFailed(f"benchmark gate missed: {'; '.join(missed)} (report: {Path(rep['run']) / report.REPORT_MD})")
+        raise BenchGateFailed(f"benchmark gate missed: {'; '.join(missed)} (report: {Path(rep.run) / report.REPORT_MD})")
 
 
 def runtime_targets(device: str) -> dict:
@@ -337,8 +346,8 @@ def bench(
     max_accuracy_drop: float | None = None,
     min_speedup: float | None = None,
     progress: Progress | None = None,
-) -> dict:
-    """Benchmark a run (default: the latest) and write its reports; return the report dict.
+) -> BenchReport:
+    """Benchmark a run (default: the latest) and write its reports; return the report (``report.json``, typed).
 
     Gates are evaluated and recorded in the report but not raised here: call :func:`check_gates`.
     ``max_accuracy_drop`` is in percentage points of test accuracy below the teacher; ``min_speedup``
@@ -392,9 +401,9 @@ def bench(
     recommendation = recommend(rows, max_accuracy_drop, findings)
     gates = evaluate_gates(rows, recommendation, max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup)
     not_benchmarked = [
-        {"id": f"student/{a['format']}/{a['precision']}", "format": a["format"], "precision": a["precision"], "failures": a.get("failures", [])}
+        {"id": f"student/{a.format}/{a.precision}", "format": a.format, "precision": a.precision, "failures": a.failures}
         for a in manifest.artifacts
-        if not a.get("passed")
+        if not a.passed
     ] + teacher_failed
     rep = report.new_report(
         run,
@@ -412,7 +421,7 @@ def bench(
     rep["per_class"] = per_class_accuracy(fr, rows, recommendation, data, threads, predictions)
     with run_lock(run):  # not in the middle of a --merge's read-modify-write
         report.write_reports(run, rep)
-    return rep
+    return BenchReport.from_dict(rep)
 
 
 def per_class_accuracy(
@@ -484,7 +493,9 @@ def _int8_findings(run: Path, rows: list[dict], macs: int | None, fp: dict, sett
         if counterpart is None:
             continue
         graphs = [
-            int8_diagnosis.executed_graph(r["format"], exporters.main_file(r["format"], [run / f for f in r["files"]]), targets=targets, threads=settings["threads"])
+            int8_diagnosis.executed_graph(
+                r["format"], exporters.main_file(r["format"], [run / f for f in r["files"]]), targets=targets, threads=settings["threads"]
+            )
             for r in (row, counterpart)
         ]
         findings.append(int8_diagnosis.explain(row, counterpart, graph=graphs[0], fp32_graph=graphs[1], fingerprint=fp, settings=settings, macs=macs))
@@ -499,7 +510,7 @@ def read_device_results(path: Path) -> dict:
         raise BenchError(str(exc)) from None
 
 
-def merge_device_results(run: str | Path | None, files: list[Path]) -> dict:
+def merge_device_results(run: str | Path | None, files: list[Path]) -> BenchReport:
     """Add the rows of ``bench_bundle.py`` result files to the run's report (replacing earlier rows of
     the same device) and rewrite the reports. The host rows are not measured again."""
     run = resolve_run(run)
@@ -514,4 +525,4 @@ def merge_device_results(run: str | Path | None, files: list[Path]) -> dict:
             rep["rows"] = [r for r in rep["rows"] if r.get("fingerprint_id") != fp_id] + rows
             rep["devices"][fp_id] = {k: data.get(k) for k in ("fingerprint", "settings", "created", "skipped")}
         report.write_reports(run, rep)
-    return rep
+    return BenchReport.from_dict(rep)

@@ -65,6 +65,7 @@ from prokt_deploy.benchmarking import measure
 from prokt_deploy.budget import format_size
 from prokt_deploy.errors import RunError
 from prokt_deploy.run.reader import Manifest
+from prokt_deploy.run.records import BenchReport
 from prokt_deploy.run.workspace import write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 1
@@ -124,8 +125,9 @@ def read_report(run: Path) -> dict:
     return rep
 
 
-def write_reports(run: Path, rep: dict) -> None:
+def write_reports(run: Path, rep: dict | BenchReport) -> None:
     """Write report.json, report.md and report.html into ``run`` (each replaced atomically)."""
+    rep = rep.to_dict() if isinstance(rep, BenchReport) else rep
     write_json_atomic(run / REPORT_JSON, rep)
     write_text_atomic(run / REPORT_MD, render_markdown(rep))
     write_text_atomic(run / REPORT_HTML, render_html(rep))

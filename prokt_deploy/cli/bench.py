@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,6 +16,8 @@ from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json
 from prokt_deploy.deploy.bundle import DEFAULT_SAMPLES, write_bundle
 from prokt_deploy.errors import UsageError
+from prokt_deploy.pipeline import check_gate_values
+from prokt_deploy.run.records import BenchReport
 from prokt_deploy.run.workspace import check_out_dir, read_manifest, resolve_run
 
 D = measure.DEFAULTS
@@ -104,17 +105,6 @@ def bench(
     check_gates(rep)
 
 
-def check_gate_values(max_latency_ms: float | None, max_accuracy_drop: float | None, min_speedup: float | None) -> None:
-    """Gate limits that no measurement could meet or miss (NaN, inf, a latency of 0) are usage errors,
-    raised before anything is exported, trained or measured."""
-    for flag, value in (("--max-latency-ms", max_latency_ms), ("--max-accuracy-drop", max_accuracy_drop), ("--min-speedup", min_speedup)):
-        if value is not None and not math.isfinite(value):
-            raise UsageError(f"{flag} must be a finite number, got {value}")
-    for flag, value in (("--max-latency-ms", max_latency_ms), ("--min-speedup", min_speedup)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{flag} must be positive, got {value:g}")
-
-
 def check_run_code(run: Path | None, trusted: bool, *, teacher: bool = True) -> None:
     """A run whose teacher was built by a factory ('module:function') imports and calls it to load the
     teacher again: refused without --trust-recipe-code (a run directory may come from someone else)."""
@@ -123,36 +113,36 @@ def check_run_code(run: Path | None, trusted: bool, *, teacher: bool = True) -> 
         o.require_code_consent(o.code_hooks(spec["factory"]), trusted, f"the run {str(resolve_run(run))!r}")
 
 
-def show_report(rep: dict, as_json: bool) -> None:
+def show_report(rep: BenchReport, as_json: bool) -> None:
     """The report on stdout: its JSON, or a Rich table with the recommendation, int8 verdicts and gates."""
     if as_json:
-        print_json(rep)
+        print_json(rep.to_dict())
         return
-    header, cells = table_rows(rep)
-    s = rep["settings"]
-    table = Table(title=f"{Path(rep['run']).name}: batch-1 latency, batch-{s['batch']} throughput, {s['threads']} thread(s), {s['device']}")
+    header, cells = table_rows(rep.to_dict())
+    s = rep.settings
+    table = Table(title=f"{Path(rep.run).name}: batch-1 latency, batch-{s['batch']} throughput, {s['threads']} thread(s), {s['device']}")
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i < 2 else "right", no_wrap=i == 0)
-    rec = rep.get("recommendation")
-    for r, c in zip(rep["rows"], cells):
-        table.add_row(*c, style="bold green" if rec and rec["id"] == r["id"] else ("magenta" if r["kind"] == "device" else None))
+    rec = rep.recommendation
+    for r, c in zip(rep.rows, cells):
+        table.add_row(*c, style="bold green" if rec and rec.id == r.id else ("magenta" if r.kind == "device" else None))
     # piped or redirected: Rich would squeeze the table into 80 columns; print it at its natural width
     (out if out.is_terminal else Console(file=out.file, width=200)).print(table)
     out.print(
         f"speed-ups vs {s['baseline']}; * = recommended"
-        + (f": {rec['id']} ({rec['reason']})" if rec else ": none (no passed artifact within the accuracy gate)")
+        + (f": {rec.id} ({rec.reason})" if rec else ": none (no passed artifact within the accuracy gate)")
     )
-    if rep.get("versus_teacher"):
-        out.print(f"versus the teacher's own artifacts: {versus_line(rep['versus_teacher'])}")
-    for a in rep.get("not_benchmarked", []):
+    if rep.versus_teacher:
+        out.print(f"versus the teacher's own artifacts: {versus_line(rep.versus_teacher)}")
+    for a in rep.not_benchmarked:
         out.print(f"not benchmarked: {a['id']} failed its export gates ({'; '.join(a['failures'])})")
-    for f in rep["int8"]:
+    for f in rep.int8:
         out.print(f"{f['artifact']} vs {f['counterpart']}: {f['verdict']}")
         for cause in f["causes"]:
             out.print(f"  - {cause}")
-    for g in rep["gates"]:
-        out.print(f"gate {g['name']}: {'pass' if g['passed'] else '[bold red]FAIL[/]'} ({g['message']})")
-    run = Path(rep["run"])
+    for g in rep.gates:
+        out.print(f"gate {g.name}: {'pass' if g.passed else '[bold red]FAIL[/]'} ({g.message})")
+    run = Path(rep.run)
     out.print(f"reports: {run / REPORT_JSON}, {run / REPORT_MD}, {run / REPORT_HTML}")
 
 

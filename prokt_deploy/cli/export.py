@@ -14,6 +14,7 @@ from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json
 from prokt_deploy.errors import ExportFailed, GateFailed
 from prokt_deploy.run.reader import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_MAX_ACCURACY_DROP
+from prokt_deploy.run.records import ExportResult, FailedExport, SkippedExport
 
 
 def export(
@@ -67,11 +68,11 @@ def export(
             )
         except (GateFailed, ExportFailed) as e:
             failure = e
-            results = getattr(e, "results", [])
+            results = e.results
         else:
             failure = None
     if as_json:
-        print_json({"run": str(path), "artifacts": results})
+        print_json({"run": str(path), "artifacts": [r.to_dict() for r in results]})
     else:
         print_results(path, results)
     if failure is not None:
@@ -98,7 +99,7 @@ def _accuracy_aware_note(name: str, aware: dict) -> str:
     )
 
 
-def print_results(run: Path, results: list[dict]) -> None:
+def print_results(run: Path, results: list[ExportResult]) -> None:
     table = Table(title=f"artifacts of {run}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     table.add_column("artifact", no_wrap=True)
     for col in ("bytes", "budget", "|diff|", "agree", "acc", "drop"):
@@ -107,30 +108,34 @@ def print_results(run: Path, results: list[dict]) -> None:
     notes = []
     reference = None
     for r in results:
-        name = f"{r['format']}-{r['precision']}"
-        if "skipped" in r or "error" in r:
-            table.add_row(name, *["-"] * 6, "skip" if "skipped" in r else "[bold red]ERROR[/]")
-            notes.append(r.get("skipped") or r["error"])
+        name = f"{r.format}-{r.precision}"
+        if isinstance(r, SkippedExport):
+            table.add_row(name, *["-"] * 6, "skip")
+            notes.append(r.skipped)
             continue
-        reference = r["reference_accuracy"]
-        budget = f"{'<=' if r['within_budget'] else '>'} {r['budget_bytes']:,}" + ("" if r["budget_gated"] else "*")
+        if isinstance(r, FailedExport):
+            table.add_row(name, *["-"] * 6, "[bold red]ERROR[/]")
+            notes.append(r.error)
+            continue
+        reference = r.reference_accuracy
+        budget = f"{'<=' if r.within_budget else '>'} {r.budget_bytes:,}" + ("" if r.budget_gated else "*")
         table.add_row(
             name,
-            f"{r['bytes']:,}",
+            f"{r.bytes:,}",
             budget,
-            "inf" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}",
-            _pct(r["top1_agreement"]),
-            _pct(r["test_accuracy"]),
-            _fmt_float(r["accuracy_drop"], "+.2f"),
-            "[bold green]PASS[/]" if r["passed"] else "[bold red]FAIL[/]",
+            "inf" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}",
+            _pct(r.top1_agreement),
+            _pct(r.test_accuracy),
+            _fmt_float(r.accuracy_drop, "+.2f"),
+            "[bold green]PASS[/]" if r.passed else "[bold red]FAIL[/]",
         )
-        if r["passed"]:
-            notes.append(f"{name}: {', '.join(r['files'])} ({format_size(r['bytes'])}, {r['runtime']})")
+        if r.passed:
+            notes.append(f"{name}: {', '.join(r.files)} ({format_size(r.bytes)}, {r.runtime})")
         else:
-            notes.extend(f"{name}: {f}" for f in r["failures"])
-        if aware := r.get("accuracy_aware"):
-            notes.append(_accuracy_aware_note(name, aware))
-        if not r["budget_gated"]:
+            notes.extend(f"{name}: {f}" for f in r.failures)
+        if r.accuracy_aware:
+            notes.append(_accuracy_aware_note(name, r.accuracy_aware))
+        if not r.budget_gated:
             notes.append(f"* {name}: the budget is only a gate at the precision the run was planned for")
     out.print(table)
     if reference is not None:

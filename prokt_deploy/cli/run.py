@@ -1,4 +1,5 @@
-"""`run`: recipe -> distill -> export (ONNX and OpenVINO at the deploy precision) -> bench -> report."""
+"""`run`: argument parsing and a progress display around :func:`prokt_deploy.pipeline.run` (recipe -> distill ->
+compare -> export at the deploy precision -> bench -> report)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,13 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from prokt_deploy import pipeline
 from prokt_deploy.cli import bench as b
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, err
 from prokt_deploy.cli.train import OutOpt
-from prokt_deploy.compare import compare, parse_methods
-from prokt_deploy.errors import GateFailed, UsageError
-from prokt_deploy.run.workspace import check_out_dir
-
-STAGES = ("distill", "compare", "export", "bench")
+from prokt_deploy.errors import UsageError
+from prokt_deploy.pipeline import STAGES
 
 
 class PipelineProgress(RichProgress):
@@ -109,44 +108,24 @@ def run(
     if recipe_file is not None and recipe is not None and recipe_file != recipe:
         raise UsageError(f"two recipes given ({recipe_file} and --recipe {recipe}); give one")
     r = o.resolve_recipe(recipe_file or recipe, overrides, trust_recipe_code=trust_recipe_code)
-    b.check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
-    if out_dir is not None:
-        check_out_dir(out_dir)  # before the data is loaded
-    baselines = parse_methods(compare_methods) if compare_methods else []  # a bad list fails now too
-    import exporters  # torch, onnxruntime: imported once the arguments are known to be good
-    from prokt_deploy.benchmarking.bench import bench, check_gates, runtime_targets
-    from prokt_deploy.deploy.export import export_run
-    from prokt_deploy.train.distill import distill
-
-    runtime_targets(bench_device)  # an unavailable device fails now, not after training
     with PipelineProgress() as progress:
-        progress.stage("distill")
-        result = distill(r, out=out_dir, progress=progress, latencies=latencies)
-        progress.stage("compare")
-        if baselines:
-            compare(result.path, baselines, progress=progress, status=progress.status)
-        progress.stage("export")
-        try:
-            export_run(result.path, list(exporters.FORMATS), r.budget.precision, progress=progress.status)
-            export_failure = None
-        except GateFailed as exc:  # the passed artifacts are kept and benchmarked; the report lists the others
-            export_failure = exc
-        progress.stage("bench")
-        rep = bench(
-            result.path,
+        result = pipeline.run(
+            r,
+            out=out_dir,
+            compare=compare_methods,
+            latencies=latencies,
             threads=threads,
             batch=batch,
             runs=runs,
             warmup=warmup,
             repeats=repeats,
-            device=bench_device,
+            bench_device=bench_device,
             max_latency_ms=max_latency_ms,
             max_accuracy_drop=max_accuracy_drop,
             min_speedup=min_speedup,
-            progress=b.EngineBars(progress.display, progress.status),
+            progress=progress,
+            training_progress=progress,
+            bench_progress=b.EngineBars(progress.display, progress.status),
         )
-    b.show_report(rep, as_json)
-    check_gates(rep)
-    planned_failed = [a for a in rep["not_benchmarked"] if a["format"] in r.budget.formats]
-    if export_failure is not None and planned_failed:
-        raise export_failure
+    b.show_report(result.report, as_json)
+    result.check()

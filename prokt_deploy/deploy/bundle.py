@@ -79,23 +79,23 @@ def write_bundle(
     artifacts = manifest.passed_artifacts()
     if not artifacts:
         raise RunError(f"{run} has no passed artifacts to bundle; run 'prokt-deploy export {run}' first")
-    missing = [f for a in artifacts for f in a.get("files", []) if not (run / f).is_file()]
+    missing = [f for a in artifacts for f in a.files if not (run / f).is_file()]
     if missing:
         raise RunError(f"artifact file {missing[0]!r} listed in {run / 'manifest.json'} is missing; export again")
     data = fr.data()
     x = data.test.x.numpy()[:samples]  # (N, C, H, W) float32, preprocessed as in training
     y = data.test.y.numpy()[:samples]  # (N,)
 
-    entries = [("student", a["format"], a["precision"], [run / f for f in a["files"]], a.get("test_accuracy")) for a in artifacts]
+    entries = [("student", a.format, a.precision, [run / f for f in a.files], a.test_accuracy) for a in artifacts]
     tokenizer = sorted((run / "tokenizer").iterdir()) if (run / "tokenizer").is_dir() else []
-    have_fp32 = {a["format"] for a in artifacts if a["precision"] == "fp32"}
-    for fmt in sorted({a["format"] for a in artifacts if a["precision"] == "int8"} - have_fp32):
+    have_fp32 = {a.format for a in artifacts if a.precision == "fp32"}
+    for fmt in sorted({a.format for a in artifacts if a.precision == "int8"} - have_fp32):
         entries.append(("student", fmt, "fp32", ensure_fp32_export(fr, "student", fmt, x), None))
     if teacher and manifest.teacher.weights:
-        gates = teacher_int8_gates(fr, {a["format"] for a in artifacts}, data, progress=lambda text: None)
+        gates = teacher_int8_gates(fr, {a.format for a in artifacts}, data, progress=lambda text: None)
         for fmt, gate in sorted(gates.items(), reverse=True):
-            if gate["passed"]:
-                entries.insert(0, ("teacher", fmt, "int8", [run / f for f in gate["files"]], gate["test_accuracy"]))
+            if gate.passed:
+                entries.insert(0, ("teacher", fmt, "int8", [run / f for f in gate.files], gate.test_accuracy))
         files = ensure_fp32_export(fr, "teacher", "onnx", x)
         entries.insert(0, ("teacher", "onnx", "fp32", files, manifest.metrics.get("teacher_test_accuracy")))
 

@@ -39,9 +39,7 @@ Choices:
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -49,11 +47,12 @@ import numpy as np
 import torch
 
 import exporters
-from prokt_deploy.budget import format_size
 from prokt_deploy.data import DataBundle
+from prokt_deploy.deploy.gate import Reference, gate_artifact
 from prokt_deploy.errors import ExportFailed, GateFailed, UsageError
-from prokt_deploy.run.reader import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_MAX_ACCURACY_DROP, open_run
-from prokt_deploy.run.workspace import filesystem_cause, update_manifest
+from prokt_deploy.run.reader import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_MAX_ACCURACY_DROP, OLDEST_READ, SCHEMA_VERSION, open_run
+from prokt_deploy.run.records import ExportResult, FailedExport, GateRecord, SkippedExport
+from prokt_deploy.run.workspace import filesystem_cause, staged_dir, update_manifest
 
 ARTIFACTS_DIR = "artifacts"
 
@@ -118,41 +117,21 @@ def run_defaults(run: str | Path | None) -> tuple[Path, list[str], str]:
     return fr.path, fr.manifest.formats or ["all"], fr.manifest.precision
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is None or math.isfinite(value) else None
-
-
-def _remove_dir(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _move_into_place(staging: Path, final: Path) -> None:
-    """Rename ``staging`` to ``final``, replacing an earlier artifact directory."""
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
-        os.rename(final, old / final.name)
-    os.rename(staging, final)
-    if old is not None:
-        _remove_dir(old)
-
-
-def _record_artifact(manifest: dict, run: Path, record: dict) -> None:
+def _record_artifact(run: Path, record: GateRecord) -> None:
     """Replace the entry of the record's format+precision in the manifest as it is on disk now (re-read
     under the run's lock: another export may have recorded its artifact since this one started)."""
-    key = (record["format"], record["precision"])
 
     def change(current: dict) -> None:
         artifacts = current.get("artifacts")
         kept = [
             a
             for a in (artifacts if isinstance(artifacts, list) else [])
-            if not (isinstance(a, dict) and (a.get("format"), a.get("precision")) == key)
+            if not (isinstance(a, dict) and (a.get("format"), a.get("precision")) == record.key)
         ]
-        current["artifacts"] = [*kept, record]
+        current["artifacts"] = [*kept, record.to_dict()]
+        current["schema_version"] = max(int(current.get("schema_version") or OLDEST_READ), SCHEMA_VERSION)  # a v2 record is in it now
 
-    manifest.update(update_manifest(run, change))
+    update_manifest(run, change)
 
 
 def _export_one(
@@ -170,104 +149,54 @@ def _export_one(
     device: str,
     say: ProgressFn,
     accuracy_aware: bool = False,
-) -> dict:
-    """Export, validate and size one artifact; move it into place if it passed. Returns its record."""
+) -> GateRecord:
+    """Export, validate and size one artifact (:func:`gate_artifact`); move it into place if it passed, else
+    remove the earlier one of the same format and precision. Returns its record."""
     root = run / ARTIFACTS_DIR
     created_root = not root.exists()
-    root.mkdir(exist_ok=True)
     final = root / f"{fmt}-{precision}"
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.partial-"))
-    os.chmod(staging, 0o755)  # mkdtemp makes 0700 directories
     try:
-        say(f"{fmt} {precision}: exporting" + (f" (calibrating on {len(calibration)} training samples)" if calibration is not None else ""))
-        aware = None
-        if accuracy_aware:
-            say(f"{fmt} {precision}: accuracy-aware search on {len(data.val)} validation samples")
-            aware = exporters.export_accuracy_aware(
-                student,
-                fmt,
-                staging,
-                example_input=data.train.x[:2],
-                calibration=calibration,
-                validation_x=data.val.x.numpy(),
-                validation_y=data.val.y.numpy(),
-                max_accuracy_drop=max_accuracy_drop,
-            )
-            artifact = aware.artifact
-        else:
-            artifact = exporters.export(student, fmt, precision, staging, example_input=data.train.x[:2], calibration=calibration)
-        size = artifact.bytes
-        say(f"{fmt} {precision}: validating in {artifact.runtime} on {len(data.test)} test samples")
-        predictor = exporters.load(artifact, fmt, device=device)
-        tol = tolerance if tolerance is not None else exporters.default_tolerance(precision)
-        report = exporters.validate(
-            predictor,
-            student,
-            data.test.x.numpy(),
-            data.test.y.numpy(),
-            tolerance=tol,
-            max_accuracy_drop=max_accuracy_drop if precision == "int8" else None,
-        )
-        failures = list(report.failures)
-        if aware is not None and not aware.met:
-            failures.append(
-                f"accuracy-aware int8 found no layers to keep in fp32 that meet a {max_accuracy_drop:.2f} point drop "
-                f"on the validation split (plain int8 lost {aware.to_dict()['plain_drop']:.2f} points there)"
-            )
-        within = size <= budget
-        if budget_gated and not within:
-            failures.append(
-                f"artifact is {size:,} B ({format_size(size)}), over the budget of {budget:,} B ({format_size(budget)}) by {size - budget:,} B"
-            )
-        passed = not failures
-        files = [final / f.name for f in artifact.files]
-        record = {
-            "format": fmt,
-            "precision": precision,
-            "files": [str(f.relative_to(run)) for f in files] if passed else [],
-            "bytes": size,
-            "runtime": artifact.runtime,
-            "max_abs_diff": _finite(report.max_abs_diff),
-            "top1_agreement": round(report.top1_agreement, 6),
-            "test_accuracy": round(report.test_accuracy, 6) if report.test_accuracy is not None else None,
-            "reference_accuracy": round(report.reference_accuracy, 6) if report.reference_accuracy is not None else None,
-            "accuracy_drop": round(report.accuracy_drop, 4) if report.accuracy_drop is not None else None,
-            "tolerance": tol,
-            "max_accuracy_drop": max_accuracy_drop if precision == "int8" else None,
-            "calibration_samples": len(calibration) if calibration is not None else None,
-            "test_samples": len(data.test),
-            "budget_bytes": budget,
-            "within_budget": within,
-            "budget_gated": budget_gated,
-            "passed": passed,
-            "failures": failures,
-        }
-        if aware is not None:
-            record["accuracy_aware"] = aware.to_dict()
-        if passed and data.is_text:
-            record["tokenizer_files"] = _store_tokenizer(run, staging, final)
-            record["tokenizer_bytes"] = sum(f.stat().st_size for f in (staging / "tokenizer").iterdir()) if record["tokenizer_files"] else 0
-        if passed:
-            _move_into_place(staging, final)
-        else:
-            _remove_dir(final)  # the failed export replaces the earlier one (module docstring)
+        with staged_dir(final) as staged:
+            try:
+                record = gate_artifact(
+                    student,
+                    fmt,
+                    precision,
+                    staged.path,
+                    final=final,
+                    run=run,
+                    data=data,
+                    reference=Reference(model=student),
+                    calibration=calibration,
+                    tolerance=tolerance if tolerance is not None else exporters.default_tolerance(precision),
+                    max_accuracy_drop=max_accuracy_drop if precision == "int8" else None,
+                    budget_bytes=budget,
+                    budget_gated=budget_gated,
+                    accuracy_aware=accuracy_aware,
+                    device=device,
+                    say=say,
+                )
+            except (exporters.ExportError, RuntimeError, OSError) as exc:
+                cause = filesystem_cause(exc, staged.path)  # a full disk is exit 13 with the OS message, not an export failure
+                if cause is not None and cause is not exc:
+                    raise cause from None
+                raise
+            if record.passed and data.is_text:
+                record.tokenizer_files = _store_tokenizer(run, staged.path, final)
+                record.tokenizer_bytes = sum(f.stat().st_size for f in (staged.path / "tokenizer").iterdir()) if record.tokenizer_files else 0
+            if record.passed:
+                staged.commit()
+            else:
+                _remove_dir(final)  # the failed export replaces the earlier one (module docstring)
         return record
-    except (exporters.ExportError, RuntimeError, OSError) as exc:
-        cause = filesystem_cause(exc, staging)  # a full disk is exit 13 with the OS message, not an export failure
-        if cause is not None and cause is not exc:
-            raise cause from None
-        raise
     finally:
-        _remove_dir(staging)
         if created_root and root.is_dir() and not any(root.iterdir()):
             root.rmdir()  # a failed first export leaves the run as it was
 
 
-def _only_accuracy_missed(record: dict) -> bool:
-    """The int8 record failed on its accuracy drop alone (within budget, parity unchecked for int8)."""
-    drop, limit = record.get("accuracy_drop"), record.get("max_accuracy_drop")
-    fits = record["within_budget"] or not record["budget_gated"]
-    return not record["passed"] and drop is not None and limit is not None and drop > limit and fits and len(record["failures"]) == 1
+def _remove_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _store_tokenizer(run: Path, staging: Path, final: Path) -> list[str]:
@@ -292,7 +221,7 @@ def export_run(
     device: str = "CPU",
     progress: ProgressFn | None = None,
     accuracy_aware: str | None = None,
-) -> list[dict]:
+) -> list[ExportResult]:
     """Export the run's student to each of ``formats`` at ``precision`` and gate every artifact.
 
     ``run`` is a run directory written by ``distill`` (None: ``runs/latest``). ``formats`` holds format
@@ -303,8 +232,9 @@ def export_run(
     validation ("CPU"). ``progress`` receives one-line status messages. ``accuracy_aware`` is auto, on
     or off (None: the run recipe's ``budget.accuracy_aware``); see the module docstring.
 
-    Returns one record per requested format: the manifest entry (see the module docstring), or for a
-    skipped format ``{"format", "precision", "skipped": reason}``. Raises UsageError (bad names or
+    Returns one record per requested format: its :class:`~prokt_deploy.run.records.GateRecord` (the manifest
+    entry, see the module docstring), or a :class:`~prokt_deploy.run.records.SkippedExport` for a format
+    without this precision. Raises UsageError (bad names or
     numbers), RunError (no run, corrupted manifest), ModelError (unloadable weights), DataError, and
     after every artifact was tried and recorded: ExportFailed if an export or its runtime failed,
     else GateFailed if an artifact missed a gate (both carry the records in ``.results``).
@@ -322,18 +252,17 @@ def export_run(
 
     fr = open_run(run)
     path, budget, planned_precision = fr.path, fr.manifest.budget_bytes, fr.manifest.precision
-    manifest = dict(fr.manifest.raw)  # _record_artifact keeps it as it is on disk
     say(f"loading the run's data and student {fr.manifest.student.arch}")
     data = fr.data()
     student = fr.model("student")
     calibration = data.train.x[:calibration_samples].numpy() if precision == "int8" else None
     aware_mode = accuracy_aware or fr.recipe().budget.accuracy_aware  # the schema's default (auto) for older recipes
 
-    results: list[dict] = []
+    results: list[ExportResult] = []
     errors: list[str] = []
     for fmt in exporters.FORMATS:
         if fmt in skipped:
-            results.append({"format": fmt, "precision": precision, "skipped": skipped[fmt]})
+            results.append(SkippedExport(fmt, precision, skipped[fmt]))
         if fmt not in targets:
             continue
         try:
@@ -352,39 +281,40 @@ def export_run(
                 say=say,
             )
             record = _export_one(**one, accuracy_aware=precision == "int8" and aware_mode == "on")
-            if precision == "int8" and aware_mode == "auto" and _only_accuracy_missed(record):
-                say(f"{fmt} int8 missed the accuracy gate by {record['accuracy_drop'] - max_accuracy_drop:.2f} points: retrying accuracy-aware")
+            if precision == "int8" and aware_mode == "auto" and record.accuracy_missed_alone():
+                say(f"{fmt} int8 missed the accuracy gate by {record.accuracy_drop - max_accuracy_drop:.2f} points: retrying accuracy-aware")
                 plain = record
                 record = _export_one(**one, accuracy_aware=True)
-                record["accuracy_aware"]["plain_int8"] = {k: plain[k] for k in ("bytes", "test_accuracy", "accuracy_drop", "failures")}
+                record.accuracy_aware["plain_int8"] = {
+                    "bytes": plain.bytes,
+                    "test_accuracy": plain.test_accuracy,
+                    "accuracy_drop": plain.accuracy_drop,
+                    "failures": plain.failures,
+                }
         except exporters.BackendMissingError as e:
             errors.append(f"{fmt} {precision} needs a runtime that is not installed ({e})")
-            results.append({"format": fmt, "precision": precision, "error": errors[-1]})
+            results.append(FailedExport(fmt, precision, errors[-1]))
             continue
         except exporters.ExportError as e:
             errors.append(f"{fmt} {precision} export failed: {e}")
-            results.append({"format": fmt, "precision": precision, "error": errors[-1]})
+            results.append(FailedExport(fmt, precision, errors[-1]))
             continue
         try:
-            _record_artifact(manifest, path, record)
+            _record_artifact(path, record)
         except OSError:  # e.g. the disk filled up: an artifact on disk that the manifest does not list is removed
-            if record["passed"]:
+            if record.passed:
                 _remove_dir(path / ARTIFACTS_DIR / f"{fmt}-{precision}")
             raise
         results.append(record)
-        verdict = "passed" if record["passed"] else "FAILED: " + "; ".join(record["failures"])
-        say(f"{fmt} {precision}: {record['bytes']:,} B, {verdict}")
+        verdict = "passed" if record.passed else "FAILED: " + "; ".join(record.failures)
+        say(f"{fmt} {precision}: {record.bytes:,} B, {verdict}")
 
-    failed = [r for r in results if r.get("passed") is False]
-    gate_summary = "; ".join(f"{r['format']} {r['precision']}: " + "; ".join(r["failures"]) for r in failed)
+    failed = [r for r in results if isinstance(r, GateRecord) and not r.passed]
+    gate_summary = "; ".join(f"{r.format} {r.precision}: " + "; ".join(r.failures) for r in failed)
     if errors:
         message = "; ".join(errors) + (f" (also missed a gate: {gate_summary})" if failed else "")
-        err: ExportFailed | GateFailed = ExportFailed(message)
-    elif failed:
-        err = GateFailed(
-            f"{len(failed)} of {len(failed) + sum(1 for r in results if r.get('passed'))} artifacts missed a gate and were not kept: {gate_summary}"
-        )
-    else:
-        return results
-    err.results = results  # type: ignore[attr-defined]
-    raise err
+        raise ExportFailed(message, results=results)
+    if failed:
+        kept = sum(1 for r in results if isinstance(r, GateRecord) and r.passed)
+        raise GateFailed(f"{len(failed)} of {len(failed) + kept} artifacts missed a gate and were not kept: {gate_summary}", results=results)
+    return results

@@ -13,18 +13,18 @@ are not the run's deliverables). Used by :mod:`prokt_deploy.benchmarking.bench` 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 import exporters
+from prokt_deploy.data import DataBundle
+from prokt_deploy.deploy.gate import Reference, gate_artifact
 from prokt_deploy.errors import ExportFailed
 from prokt_deploy.run.reader import FinishedRun
-from prokt_deploy.run.workspace import filesystem_cause
+from prokt_deploy.run.records import GateRecord
+from prokt_deploy.run.workspace import filesystem_cause, staged_dir
 
 GATE_RECORD = "gate.json"
 #: the list of an fp32 reference export's files, written last into its staging directory (the export is complete when it is there)
@@ -52,51 +52,43 @@ def ensure_fp32_export(run: FinishedRun, which: str, fmt: str, example: np.ndarr
     import torch
 
     model = run.model(which)
-    out.parent.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))  # never a half-written export in place
-    try:
+    with staged_dir(out) as staged:  # never a half-written export in place
         try:
-            artifact = exporters.export(model, fmt, "fp32", staging, example_input=torch.from_numpy(example[:2]))
+            artifact = exporters.export(model, fmt, "fp32", staged.path, example_input=torch.from_numpy(example[:2]))
         except (exporters.ExportError, RuntimeError, OSError) as exc:
-            cause = filesystem_cause(exc, staging)
+            cause = filesystem_cause(exc, staged.path)
             if cause is not None:
                 raise cause from None
             raise ExportFailed(f"could not export the {which} to {fmt} fp32 for the benchmark: {exc}") from None
-        os.chmod(staging, 0o755)
-        if out.exists():  # an incomplete earlier export (or one written since by another bench)
-            done = _finished_files(out)
-            if done:
-                return done
-            shutil.rmtree(out)
-        (staging / FILES_RECORD).write_text(json.dumps([f.name for f in artifact.files]) + "\n")
-        os.rename(staging, out)
+        done = _finished_files(out)  # written since by another bench
+        if done:
+            return done
+        (staged.path / FILES_RECORD).write_text(json.dumps([f.name for f in artifact.files]) + "\n")
+        staged.commit()
         return [out / f.name for f in artifact.files]
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def ensure_int8_export(
     run: FinishedRun,
     which: str,
     fmt: str,
-    data,
+    data: DataBundle,
     *,
     calibration_samples: int,
-    max_accuracy_drop: float,  # noqa: ANN001 - DataBundle
+    max_accuracy_drop: float,
     budget_bytes: int | None,
     progress: Progress,
     cache: dict | None = None,
     reference_accuracy: float | None = None,
-) -> dict:
-    """``<run>/artifacts/<which>-<fmt>-int8/``: the model exported to int8 with the exporters the student
-    uses, calibrated on the first ``calibration_samples`` training samples, and gated like the student's
-    int8 (accuracy drop against the same model in PyTorch on the test split <= ``max_accuracy_drop``).
+) -> GateRecord:
+    """``<run>/artifacts/<which>-<fmt>-int8/``: the model exported to int8 by :func:`gate_artifact`, the code that
+    makes and gates the student's int8, with the same calibration (the first ``calibration_samples`` training
+    samples) and gate (accuracy drop against the same model in PyTorch on the test split <= ``max_accuracy_drop``).
 
     Returns the gate record (also written to ``gate.json`` in that directory, and reused by later benches
-    and bundles while the settings are the same): ``files`` (relative to the run; empty when it failed),
-    ``bytes``, ``test_accuracy``, ``reference_accuracy``, ``accuracy_drop``, ``test_samples``,
-    ``within_budget``, ``budget_bytes``, ``passed``, ``failures``. An export error is a failed record, not
-    an exception: a baseline that cannot be made must not stop the benchmark.
+    and bundles while the settings are the same; ``files`` empty when it failed). The budget is recorded
+    (``within_budget``), not a gate: the teacher's int8 is a row to beat, fitting or not. An export error is a
+    failed record, not an exception: a baseline that cannot be made must not stop the benchmark.
 
     ``cache``: a dict shared by the calls for one model's formats (one dict per model); the model and its PyTorch test logits
     (the gate's reference) are loaded and computed once into it, not once per format.
@@ -107,9 +99,11 @@ def ensure_int8_export(
     out = run.path / "artifacts" / f"{which}-{fmt}-int8"
     wanted = {"calibration_samples": calibration_samples, "max_accuracy_drop": max_accuracy_drop, "test_samples": len(data.test)}
     try:
-        record = json.loads((out / GATE_RECORD).read_text())
-        if {k: record.get(k) for k in wanted} == wanted and all((run.path / f).is_file() for f in record["files"]):
-            return {**record, "budget_bytes": budget_bytes, "within_budget": None if budget_bytes is None else record["bytes"] <= budget_bytes}
+        cached = GateRecord.from_dict(json.loads((out / GATE_RECORD).read_text()))
+        if {k: getattr(cached, k) for k in wanted} == wanted and all((run.path / f).is_file() for f in cached.files):
+            cached.budget_bytes = budget_bytes
+            cached.within_budget = None if budget_bytes is None or cached.bytes is None else cached.bytes <= budget_bytes
+            return cached
     except (OSError, ValueError, KeyError, TypeError):
         pass
     progress(f"exporting the {which} to {fmt} int8 (calibrating on {calibration_samples} training samples, gate {max_accuracy_drop:g} points)")
@@ -123,78 +117,51 @@ def ensure_int8_export(
         fp32_onnx: Path | None = ensure_fp32_export(run, which, "onnx", data.train.x[:2].numpy())[0]
     except ExportFailed:
         fp32_onnx = None  # the int8 export below tries on its own and records why it failed
-    root = run.path / "artifacts"
-    root.mkdir(exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{out.name}.partial-"))
-    os.chmod(staging, 0o755)
-    record = {
-        **wanted,
-        "format": fmt,
-        "precision": "int8",
-        "files": [],
-        "bytes": None,
-        "test_accuracy": None,
-        "reference_accuracy": None,
-        "accuracy_drop": None,
-        "passed": False,
-        "failures": [],
-    }
-    try:
+    # text in length-sorted batches cut to their longest sample: the project's text models (MiniLM,
+    # the tfm students) mask their padding, so the logits are the same and MiniLM's gate costs about half
+    if reference_accuracy is None and "logits" not in cache:
+        progress(f"running the {which} in PyTorch on the {len(data.test)} test samples (the int8 gates' reference, once)")
+        cache["logits"] = exporters.reference_logits(model, data.test.x.numpy(), trim_padding=True)
+    reference = Reference(accuracy=reference_accuracy) if reference_accuracy is not None else Reference(logits=cache["logits"])
+    with staged_dir(out) as staged:
         try:
-            artifact = exporters.export(
+            record = gate_artifact(
                 model,
                 fmt,
                 "int8",
-                staging,
-                example_input=data.train.x[:2],
+                staged.path,
+                final=out,
+                run=run.path,
+                data=data,
+                reference=reference,
                 calibration=data.train.x[:calibration_samples].numpy(),
-                fp32_onnx=fp32_onnx,
-            )
-            # text in length-sorted batches cut to their longest sample: the project's text models (MiniLM,
-            # the tfm students) mask their padding, so the logits are the same and MiniLM's gate costs about half
-            if reference_accuracy is None and "logits" not in cache:
-                progress(f"running the {which} in PyTorch on the {len(data.test)} test samples (the int8 gates' reference, once)")
-                cache["logits"] = exporters.reference_logits(model, data.test.x.numpy(), trim_padding=True)
-            report = exporters.validate(
-                exporters.load(artifact, fmt),
-                None,
-                data.test.x.numpy(),
-                data.test.y.numpy(),
                 tolerance=None,
                 max_accuracy_drop=max_accuracy_drop,
-                reference_outputs=cache.get("logits") if reference_accuracy is None else None,
-                reference_accuracy=reference_accuracy,
+                budget_bytes=budget_bytes,
+                budget_gated=False,
+                fp32_onnx=fp32_onnx,
                 trim_padding=True,
             )
-            record["reference"] = "pytorch" if reference_accuracy is None else "manifest"
-            record.update(
-                bytes=artifact.bytes,
-                test_accuracy=round(report.test_accuracy, 6),
-                reference_accuracy=round(report.reference_accuracy, 6),
-                accuracy_drop=round(report.accuracy_drop, 4),
-                passed=report.passed,
-                failures=list(report.failures),
-                files=[str((out / f.name).relative_to(run.path)) for f in artifact.files] if report.passed else [],
-            )
+            record.reference = reference.source
         except exporters.ExportError as exc:
-            record["failures"] = [f"export failed: {exc}"]
-        if not record["passed"]:
-            for f in list(staging.iterdir()):
+            record = GateRecord(
+                format=fmt,
+                precision="int8",
+                calibration_samples=calibration_samples,
+                max_accuracy_drop=max_accuracy_drop,
+                test_samples=len(data.test),
+                budget_bytes=budget_bytes,
+                failures=[f"export failed: {exc}"],
+            )
+        if not record.passed:
+            for f in list(staged.path.iterdir()):
                 f.unlink()
-        (staging / GATE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {
-        **record,
-        "budget_bytes": budget_bytes,
-        "within_budget": None if budget_bytes is None or record["bytes"] is None else record["bytes"] <= budget_bytes,
-    }
+        (staged.path / GATE_RECORD).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+        staged.commit()
+    return record
 
 
-def teacher_int8_gates(run: FinishedRun, formats, data, progress: Progress) -> dict[str, dict]:  # noqa: ANN001 - iterable of formats, DataBundle
+def teacher_int8_gates(run: FinishedRun, formats: Iterable[str], data: DataBundle, progress: Progress) -> dict[str, GateRecord]:
     """The teacher's own int8 reference in each of ``formats`` that has int8 (:func:`ensure_int8_export`), made as the
     student's int8 was (its calibration and gate) and gated against the teacher's PyTorch test accuracy the
     manifest records for this split; format -> gate record."""

@@ -13,12 +13,13 @@ reader opened before such a change sees it after :meth:`FinishedRun.reload`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prokt_deploy.errors import DataError, RecipeError, RunError
-from prokt_deploy.run.workspace import DEFAULT_RUNS_ROOT, MANIFEST, read_manifest, resolve_run
+from prokt_deploy.run.records import GateRecord
+from prokt_deploy.run.workspace import DEFAULT_RUNS_ROOT, MANIFEST, read_manifest, resolve_run, write_json_atomic
 
 if TYPE_CHECKING:  # torch and the data loaders are imported when a model or the data is asked for
     from torch import nn
@@ -31,7 +32,14 @@ DEFAULT_CALIBRATION_SAMPLES = 300
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # percentage points
 
 
-@dataclass(frozen=True)
+#: the manifest's schema: 1 until issue 34; 2 adds ``main_file`` to each artifact record (the file a runtime
+#: opens) and leaves unset keys of the model entries out. A version-1 manifest is read as it is (its records
+#: have no ``main_file``: readers ask the format for it); a newer one is refused with what to do.
+SCHEMA_VERSION = 2
+OLDEST_READ = 1
+
+
+@dataclass
 class ModelEntry:
     """``manifest['teacher']`` / ``manifest['student']``: what the model is and where its weights are."""
 
@@ -41,23 +49,26 @@ class ModelEntry:
     factory: str | None = None  # 'module:function' (teachers only)
     macs: int | None = None
     estimated_bytes: int | None = None
+    bytes_by_format: dict | None = None  # the planner's measured bytes of the student per format (students only)
+    init: str | None = None  # teacher.init of the recipe (distill runs' teachers)
+    checkpoint: str | None = None  # teacher.checkpoint of the recipe
+
+    #: written even when None: ``arch`` and ``weights`` (null weights: the method keeps no such model)
+    ALWAYS = ("arch", "weights")
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelEntry:
-        return cls(
-            arch=d.get("arch"),
-            params=d.get("params"),
-            weights=d.get("weights"),
-            factory=d.get("factory"),
-            macs=d.get("macs"),
-            estimated_bytes=d.get("estimated_bytes"),
-        )
+        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None or f.name in self.ALWAYS}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Manifest:
-    """A run's ``manifest.json``, typed. ``raw`` is the whole dict (for the fields not named here and
-    for writers of reports that copy it)."""
+    """A run's ``manifest.json``, typed (the schema in docs/manifest.md). Built by the stage that writes the run
+    and written by :func:`write_manifest` only; read back by :meth:`from_dict`, which checks the schema version.
+    ``raw`` is the JSON as read (for keys added by a later stage that are not named here, e.g. ``compare``)."""
 
     kind: str
     method: str | None
@@ -70,15 +81,60 @@ class Manifest:
     budget_bytes: int | None = None
     precision: str | None = None
     formats: list[str] = field(default_factory=list)
-    artifacts: list[dict] = field(default_factory=list)
+    artifacts: list[GateRecord] = field(default_factory=list)
     data: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    run: str | None = None
+    created: str | None = None
+    seed: int | None = None
+    device: str | None = None
+    budget: str | None = None
+    plan: dict | None = None
+    versions: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    distributed: dict | None = None
+    resumed: bool | None = None
     raw: dict = field(default_factory=dict, repr=False)
+
+    #: the order of the JSON's keys (the model entries are written by ModelEntry.to_dict)
+    _ORDER = (
+        "schema_version", "kind", "run", "created", "recipe", "method", "seed", "device", "budget", "budget_bytes", "precision",
+        "formats", "plan", "student", "teacher", "data", "input", "classes", "metrics", "versions", "timings", "artifacts",
+        "distributed", "resumed",
+    )  # fmt: skip
+
+    def to_dict(self) -> dict:
+        """The JSON of ``manifest.json`` (keys of a distill run in its order; unset optional keys left out)."""
+        out: dict = {}
+        for key in self._ORDER:
+            value = getattr(self, key)
+            if key in ("student", "teacher"):
+                if value is not None:
+                    out[key] = value.to_dict()
+            elif key == "artifacts":
+                out[key] = [a.to_dict() for a in value]
+            elif value is not None and not (self.kind != "distill" and key in ("formats", "artifacts", "data") and not value):
+                out[key] = value
+        for key, value in self.raw.items():  # keys a later stage added (compare, ...) are kept
+            out.setdefault(key, value)
+        return out
 
     @classmethod
     def from_dict(cls, d: Any, where: Path) -> Manifest:
-        """Check the fields every reader relies on (RunError naming the file when one is missing or of the wrong type)."""
+        """Check the version and the fields every reader relies on (RunError naming the file when one is
+        missing, of the wrong type, or of a schema this version cannot read)."""
         if not isinstance(d, dict):
             raise _corrupted(where, "not a JSON object")
+        version = d.get("schema_version", OLDEST_READ)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise _corrupted(where, f"schema_version {version!r} is not a number")
+        if version > SCHEMA_VERSION:
+            raise RunError(
+                f"{where / MANIFEST} has manifest schema {version}, written by a newer prokt-deploy; this version reads "
+                f"schemas {OLDEST_READ} to {SCHEMA_VERSION}: upgrade prokt-deploy to use this run"
+            )
+        if version < OLDEST_READ:
+            raise RunError(f"{where / MANIFEST} has manifest schema {version}, older than any this version reads; re-run 'prokt-deploy distill'")
         try:
             kind = str(d.get("kind") or "distill")
             student = ModelEntry.from_dict(d["student"]) if kind == "distill" else None
@@ -87,8 +143,8 @@ class Manifest:
             budget = d.get("budget_bytes")
             artifacts = d.get("artifacts", [])
             formats = d.get("formats") or []
-            if not isinstance(artifacts, list):
-                raise _corrupted(where, "'artifacts' is not a list")
+            if not isinstance(artifacts, list) or not all(isinstance(a, dict) for a in artifacts):
+                raise _corrupted(where, "'artifacts' is not a list of records")
             if not isinstance(formats, list):
                 raise _corrupted(where, "'formats' is not a list")
             m = cls(
@@ -103,17 +159,32 @@ class Manifest:
                 budget_bytes=None if budget is None else int(budget),
                 precision=None if d.get("precision") is None else str(d["precision"]),
                 formats=[str(f) for f in formats],
-                artifacts=artifacts,
+                artifacts=[GateRecord.from_dict(a) for a in artifacts],
                 data=dict(d.get("data") or {}),
+                schema_version=version,
+                run=d.get("run"),
+                created=d.get("created"),
+                seed=d.get("seed"),
+                device=d.get("device"),
+                budget=d.get("budget"),
+                plan=d.get("plan"),
+                versions=dict(d.get("versions") or {}),
+                timings=dict(d.get("timings") or {}),
+                distributed=d.get("distributed"),
+                resumed=d.get("resumed"),
                 raw=d,
             )
         except KeyError as e:
             raise _corrupted(where, f"no {e.args[0]!r}") from None
         except (TypeError, ValueError, AttributeError):
-            raise _corrupted(where, "student, budget_bytes or precision has the wrong type") from None
+            raise _corrupted(where, "student, budget_bytes, precision or an artifact record has the wrong type") from None
         if kind == "distill" and (m.budget_bytes is None or m.precision is None):
             raise _corrupted(where, f"no {'budget_bytes' if m.budget_bytes is None else 'precision'!r}")
         return m
+
+    def __getitem__(self, key: str) -> Any:
+        """Read-only access by the JSON's keys, for callers written against the dict manifest of earlier versions."""
+        return self.to_dict()[key]
 
     def model(self, which: str) -> ModelEntry:
         entry = self.teacher if which == "teacher" else self.student
@@ -121,19 +192,19 @@ class Manifest:
             raise RunError(f"a {self.kind} run has no {which}")
         return entry
 
-    def passed_artifacts(self) -> list[dict]:
-        return [a for a in self.artifacts if isinstance(a, dict) and a.get("passed")]
+    def passed_artifacts(self) -> list[GateRecord]:
+        return [a for a in self.artifacts if a.passed]
 
     def deployed_accuracy(self, fmt: str) -> float | None:
         """Test accuracy of the student's artifact in ``fmt`` at the run's deploy precision, if exported."""
-        return next((a.get("test_accuracy") for a in self.artifacts if a.get("format") == fmt and a.get("precision") == self.precision), None)
+        return next((a.test_accuracy for a in self.artifacts if a.format == fmt and a.precision == self.precision), None)
 
     def int8_settings(self) -> tuple[int, float]:
         """Calibration samples and accuracy gate (points) of the student's int8 export, else the export
         defaults: the teacher's int8 is made exactly as the student's was."""
-        records = [a for a in self.artifacts if a.get("precision") == "int8"]
-        calibration = next((int(a["calibration_samples"]) for a in records if a.get("calibration_samples")), DEFAULT_CALIBRATION_SAMPLES)
-        drop = next((float(a["max_accuracy_drop"]) for a in records if a.get("max_accuracy_drop") is not None), DEFAULT_MAX_ACCURACY_DROP)
+        records = [a for a in self.artifacts if a.precision == "int8"]
+        calibration = next((int(a.calibration_samples) for a in records if a.calibration_samples), DEFAULT_CALIBRATION_SAMPLES)
+        drop = next((float(a.max_accuracy_drop) for a in records if a.max_accuracy_drop is not None), DEFAULT_MAX_ACCURACY_DROP)
         return calibration, drop
 
     def comparison(self) -> dict | None:
@@ -146,6 +217,13 @@ class Manifest:
             if r["run"] == "." and r.get("deployed_test_accuracy") is None:
                 r["deployed_test_accuracy"] = self.deployed_accuracy(comp["format"])
         return {**comp, "rows": rows}
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> dict:
+    """Write ``manifest.json`` into ``directory`` atomically (the one writer of a run's manifest); returns its JSON."""
+    doc = manifest.to_dict()
+    write_json_atomic(directory / MANIFEST, doc)
+    return doc
 
 
 def _corrupted(run: Path, what: str) -> RunError:

@@ -70,22 +70,51 @@ def check_out_dir(path: Path) -> None:
         raise RunError(f"output {str(path)!r} already exists and is not empty; choose another --out")
 
 
+class Staged:
+    """A hidden staging directory beside ``final`` (``.<name>.partial-*``), from :func:`staged_dir`."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+        os.chmod(self.path, 0o755)  # mkdtemp makes 0700 directories
+        self.committed = False
+
+    def commit(self) -> Path:
+        """Move the staged directory into place as ``final``, replacing what was there (the old one is moved
+        aside first and removed after, so ``final`` is at every moment either the old or the new whole)."""
+        old = None
+        if self.final.exists():
+            old = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.old-"))
+            os.rename(self.final, old / self.final.name)
+        os.rename(self.path, self.final)
+        self.committed = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+
+@contextmanager
+def staged_dir(final: Path) -> Iterator[Staged]:
+    """Stage a directory's contents beside ``final`` and put them in place only by ``Staged.commit()``: whatever
+    happens before that (an error, a failed gate, Ctrl-C), ``final`` is left as it was and the staging directory
+    is removed. The one "stage, check, move into place" of the project: runs, artifacts, reference exports."""
+    staged = Staged(final)
+    try:
+        yield staged
+    finally:
+        if not staged.committed:
+            shutil.rmtree(staged.path, ignore_errors=True)
+
+
 @contextmanager
 def staged_run_dir(final: Path) -> Iterator[Path]:
     """Yield a hidden staging directory beside ``final``; rename it to ``final`` on success,
     delete it on any failure (so no half-written run directory is ever left)."""
     check_out_dir(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
-    os.chmod(staging, 0o755)  # mkdtemp makes 0700 directories
-    try:
-        yield staging
-        if final.exists():
-            final.rmdir()  # empty (checked above); os.rename needs it gone
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with staged_dir(final) as staged:
+        yield staged.path
+        staged.commit()
 
 
 def mark_latest(runs_root: Path, run: Path) -> None:

@@ -25,10 +25,10 @@ from prokt_deploy.errors import InterruptedRun, RecipeError, RunError, TrainingE
 from prokt_deploy.models import count_params, create_model, zero_init_head
 from prokt_deploy.recipe import Recipe, dump_recipe, load_recipe
 from prokt_deploy.run.checkpoint import save_weights
+from prokt_deploy.run.reader import Manifest, ModelEntry, write_manifest
 from prokt_deploy.run.workspace import (
     CHECKPOINT,
     DEFAULT_RUNS_ROOT,
-    MANIFEST,
     RunWorkspace,
     check_out_dir,
     default_run_path,
@@ -38,7 +38,6 @@ from prokt_deploy.run.workspace import (
     mark_latest,
     save_checkpoint,
     staged_run_dir,
-    write_json_atomic,
     write_text_atomic,
 )
 from prokt_deploy.train import distributed, engine
@@ -46,13 +45,14 @@ from prokt_deploy.train.build import build_teacher, student_zero_head
 from prokt_deploy.train.planner import Plan, plan
 
 log = logging.getLogger("prokt_deploy")
-MANIFEST_SCHEMA_VERSION = 1
 
 
 @dataclass
 class RunResult:
+    """A finished run: its directory and its manifest as written."""
+
     path: Path
-    manifest: dict
+    manifest: Manifest
 
 
 def library_versions() -> dict[str, str]:
@@ -379,7 +379,7 @@ def _train_phases(run: _Run, ws: RunWorkspace, progress: engine.Progress | None)
     return history, best_epochs
 
 
-def _write_run(run: _Run, ws: RunWorkspace, history: dict[str, list[dict]], best_epochs: dict[str, int | None]) -> dict:
+def _write_run(run: _Run, ws: RunWorkspace, history: dict[str, list[dict]], best_epochs: dict[str, int | None]) -> Manifest:
     """Score the trained models once on validation and test (the test split's only use), and write the
     weights, the tokenizer (text) and the manifest into the partial directory (rank 0)."""
     recipe, data, device, student, teacher = run.recipe, run.data, run.device, run.student, run.teacher
@@ -397,16 +397,16 @@ def _write_run(run: _Run, ws: RunWorkspace, history: dict[str, list[dict]], best
     }
     run.timings["total_s"] = run.timings.get("total_s", 0.0) + time.perf_counter() - run.t0
     manifest = _manifest(recipe, run.plan, run.student_arch, data, student, teacher, teacher_used, metrics, device, run.timings, run.final)
-    manifest["distributed"] = {"world_size": distributed.world_size(), "backend": distributed.backend()}
+    manifest.distributed = {"world_size": distributed.world_size(), "backend": distributed.backend()}
     if run.ckpt is not None:
-        manifest["resumed"] = True
+        manifest.resumed = True
     if run.main:
         save_weights(student, ws.path / "student.safetensors")
         if data.is_text:
-            manifest["input"]["tokenizer_files"] = copy_tokenizer(data.input["tokenizer"], ws.path / "tokenizer")
+            manifest.input["tokenizer_files"] = copy_tokenizer(data.input["tokenizer"], ws.path / "tokenizer")
         if teacher_used:
             save_weights(teacher, ws.path / "teacher.safetensors")
-        write_json_atomic(ws.path / MANIFEST, manifest)
+        write_manifest(ws.path, manifest)
         log.info("student test accuracy %.4f", metrics["student_test_accuracy"])
     return manifest
 
@@ -421,22 +421,21 @@ def _finish(run: _Run, ws: RunWorkspace, *, latest: bool, runs_root: Path) -> No
         raise RunError("a rank failed at the end of the run")
 
 
-def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teacher_used, metrics, device, timings, final) -> dict:
+def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teacher_used, metrics, device, timings, final) -> Manifest:  # noqa: ANN001
     c = next((c for c in the_plan.candidates if c.arch == student_arch), the_plan.chosen)
-    return {
-        "schema_version": MANIFEST_SCHEMA_VERSION,
-        "kind": "distill",
-        "run": final.name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "recipe": recipe.name,
-        "method": recipe.method,
-        "seed": recipe.seed,
-        "device": str(device),
-        "budget": recipe.budget.size,
-        "budget_bytes": the_plan.budget_bytes,
-        "precision": the_plan.precision,
-        "formats": the_plan.formats,
-        "plan": {
+    return Manifest(
+        kind="distill",
+        run=final.name,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        recipe=recipe.name,
+        method=recipe.method,
+        seed=recipe.seed,
+        device=str(device),
+        budget=recipe.budget.size,
+        budget_bytes=the_plan.budget_bytes,
+        precision=the_plan.precision,
+        formats=the_plan.formats,
+        plan={
             "binding": the_plan.binding,
             "note": the_plan.note,
             "teacher_bytes": the_plan.teacher_bytes,
@@ -446,30 +445,30 @@ def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teac
             "latency_ms": c.latency_ms,
             "teacher_latency_ms": the_plan.teacher_latency_ms,
         },
-        "student": {
-            "arch": student_arch,
-            "params": count_params(student),
-            "macs": c.macs,
-            "estimated_bytes": c.estimated_bytes,
-            "bytes_by_format": c.bytes,
-            "weights": "student.safetensors",
-        },
-        "teacher": {
-            "arch": recipe.teacher.arch,
-            "factory": recipe.teacher.factory,
-            "params": count_params(teacher),
-            "init": recipe.teacher.init,
-            "checkpoint": recipe.teacher.checkpoint,
-            "weights": "teacher.safetensors" if teacher_used else None,
-        },
-        "data": {"source": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
-        "input": {**data.input},
-        "classes": data.classes,
-        "metrics": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()},
-        "versions": library_versions(),
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "artifacts": [],
-    }
+        student=ModelEntry(
+            arch=student_arch,
+            params=count_params(student),
+            macs=c.macs,
+            estimated_bytes=c.estimated_bytes,
+            bytes_by_format=c.bytes,
+            weights="student.safetensors",
+        ),
+        teacher=ModelEntry(
+            arch=recipe.teacher.arch,
+            factory=recipe.teacher.factory,
+            params=count_params(teacher),
+            init=recipe.teacher.init,
+            checkpoint=recipe.teacher.checkpoint,
+            weights="teacher.safetensors" if teacher_used else None,
+        ),
+        data={"source": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        input={**data.input},
+        classes=data.classes,
+        metrics={k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()},
+        versions=library_versions(),
+        timings={k: round(v, 3) for k, v in timings.items()},
+        artifacts=[],
+    )
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -514,20 +513,16 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
         )
         save_weights(teacher, run_dir / "teacher.safetensors")
         (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-        manifest = {
-            "schema_version": MANIFEST_SCHEMA_VERSION,
-            "kind": "teacher",
-            "recipe": recipe.name,
-            "seed": recipe.seed,
-            "teacher": {
-                "arch": recipe.teacher.arch,
-                "factory": recipe.teacher.factory,
-                "params": count_params(teacher),
-                "weights": "teacher.safetensors",
-            },
-            "input": data.input,
-            "classes": data.classes,
-            "metrics": {
+        manifest = Manifest(
+            kind="teacher",
+            method=None,
+            recipe=recipe.name,
+            seed=recipe.seed,
+            teacher=ModelEntry(arch=recipe.teacher.arch, factory=recipe.teacher.factory, params=count_params(teacher), weights="teacher.safetensors"),
+            student=None,
+            input=data.input,
+            classes=data.classes,
+            metrics={
                 "teacher_test_accuracy": round(engine.accuracy(teacher, data.test, device), 6),
                 "teacher_val_accuracy": round(engine.accuracy(teacher, data.val, device), 6),
                 "best_epoch": method.best_epoch,
@@ -535,8 +530,8 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
                 "schedule": {"teacher": sched},
                 "history": history,
             },
-            "versions": library_versions(),
-            "timings": {"train_s": round(time.perf_counter() - t, 3)},
-        }
-        write_json_atomic(run_dir / MANIFEST, manifest)
+            versions=library_versions(),
+            timings={"train_s": round(time.perf_counter() - t, 3)},
+        )
+        write_manifest(run_dir, manifest)
     return RunResult(final, manifest)

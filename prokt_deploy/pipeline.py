@@ -1,0 +1,152 @@
+"""``run``: recipe -> distill -> compare (optional baselines) -> export (every format at the deploy precision) ->
+bench -> report, in one call; the CLI's ``prokt-deploy run`` is argument parsing around it.
+
+Every check that can fail on the arguments (the output directory, the baseline list, the bench device, the gate
+limits) runs before anything is trained. An artifact that misses its export gates does not stop the pipeline:
+it is left out of the bench and listed in the report; :meth:`PipelineResult.check` then raises what the CLI
+exits with (a missed bench gate first, then a missed export gate of a format the recipe plans for).
+
+    from prokt_deploy import apply_overrides, load_recipe, run
+    result = run(apply_overrides(load_recipe("digits"), {"budget.size": "20KB"}), out="runs/digits", compare="scratch,kd")
+    result.report.recommendation      # the file to ship, and why
+    result.check()                    # raise if a gate was missed
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from prokt_deploy.errors import GateFailed, UsageError
+from prokt_deploy.recipe import Recipe, load_recipe
+
+if TYPE_CHECKING:
+    from prokt_deploy.run.reader import Manifest
+    from prokt_deploy.run.records import BenchReport, ExportResult
+
+#: the stages of a run, in order (the CLI shows one bar over them)
+STAGES = ("distill", "compare", "export", "bench")
+
+
+class RunProgress(Protocol):
+    """What ``run`` reports progress to (all optional: pass None for silence). ``stage(name)`` at the start of each
+    of :data:`STAGES`; ``status(text)`` one-line messages of compare, export and bench; ``training``: the
+    training loop's progress (``prokt_deploy.train.engine.Progress``); ``bench``: bench's progress callback."""
+
+    def stage(self, name: str) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+
+@dataclass
+class PipelineResult:
+    """What ``run`` made: the run directory, its manifest after export, the export records, the bench report."""
+
+    path: Path
+    manifest: Manifest
+    exports: list[ExportResult]
+    report: BenchReport
+    #: the export's missed gates (the passed artifacts were kept and benchmarked), or None
+    export_failure: GateFailed | None = None
+    planned_formats: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        """Raise what ``prokt-deploy run`` exits with: :class:`BenchGateFailed` (exit 11) for a missed bench gate,
+        then :class:`GateFailed` (exit 10) when an artifact of a format the recipe plans for missed its export gates."""
+        from prokt_deploy.benchmarking.bench import check_gates
+
+        check_gates(self.report)
+        planned_failed = [a for a in self.report.not_benchmarked if a["format"] in self.planned_formats]
+        if self.export_failure is not None and planned_failed:
+            raise self.export_failure
+
+
+def check_gate_values(max_latency_ms: float | None, max_accuracy_drop: float | None, min_speedup: float | None) -> None:
+    """Gate limits that no measurement could meet or miss (NaN, inf, a latency of 0) are usage errors,
+    raised before anything is exported, trained or measured."""
+    for flag, value in (("--max-latency-ms", max_latency_ms), ("--max-accuracy-drop", max_accuracy_drop), ("--min-speedup", min_speedup)):
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value}")
+    for flag, value in (("--max-latency-ms", max_latency_ms), ("--min-speedup", min_speedup)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be positive, got {value:g}")
+
+
+def run(
+    recipe: Recipe | str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    compare: str | Sequence[str] | None = None,
+    latencies: str | Path | None = None,
+    threads: int | None = None,
+    batch: int | None = None,
+    runs: int | None = None,
+    warmup: int | None = None,
+    repeats: int | None = None,
+    bench_device: str = "CPU",
+    max_latency_ms: float | None = None,
+    max_accuracy_drop: float | None = None,
+    min_speedup: float | None = None,
+    progress: RunProgress | None = None,
+    training_progress: object | None = None,
+    bench_progress: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Distill ``recipe`` (a :class:`Recipe`, a recipe file or shipped name, None: the default recipe), train the
+    ``compare`` baselines beside it (e.g. ``"scratch,kd"``), export every registered format at the deploy precision
+    (each gated), benchmark everything and write report.json/.md/.html into the run directory (``out``, default
+    ``runs/<recipe>-<method>-<time>``). Bench settings left None take bench's defaults. Gates are recorded in the
+    report; call :meth:`PipelineResult.check` to raise on a missed one. Raises the library's typed errors
+    (:mod:`prokt_deploy.errors`) for bad input before training starts."""
+    from prokt_deploy.compare import parse_methods
+    from prokt_deploy.run.workspace import check_out_dir
+
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
+    if out is not None:
+        check_out_dir(Path(out))  # before the data is loaded
+    baselines = parse_methods(compare) if compare else []  # a bad list fails now too
+    import exporters  # torch, onnxruntime: imported once the arguments are known to be good
+    from prokt_deploy.benchmarking import measure
+    from prokt_deploy.benchmarking.bench import bench, runtime_targets
+    from prokt_deploy.compare import compare as train_baselines
+    from prokt_deploy.deploy.export import export_run
+    from prokt_deploy.run.reader import open_run
+    from prokt_deploy.train.distill import distill
+
+    runtime_targets(bench_device)  # an unavailable device fails now, not after training
+    stage = progress.stage if progress is not None else (lambda name: None)
+    status = progress.status if progress is not None else (lambda text: None)
+
+    stage("distill")
+    result = distill(r, out=out, progress=training_progress, latencies=latencies)  # type: ignore[arg-type]
+    stage("compare")
+    if baselines:
+        train_baselines(result.path, baselines, progress=training_progress, status=status)
+    stage("export")
+    try:
+        exports = export_run(result.path, list(exporters.FORMATS), r.budget.precision, progress=status)
+        export_failure = None
+    except GateFailed as exc:  # the passed artifacts are kept and benchmarked; the report lists the others
+        exports, export_failure = exc.results, exc
+    stage("bench")
+    settings = {"threads": threads, "batch": batch, "runs": runs, "warmup": warmup, "repeats": repeats}
+    report = bench(
+        result.path,
+        **{k: (measure.DEFAULTS[k] if v is None else v) for k, v in settings.items()},
+        device=bench_device,
+        max_latency_ms=max_latency_ms,
+        max_accuracy_drop=max_accuracy_drop,
+        min_speedup=min_speedup,
+        progress=bench_progress or status,
+    )
+    return PipelineResult(
+        path=result.path,
+        manifest=open_run(result.path).manifest,
+        exports=exports,
+        report=report,
+        export_failure=export_failure,
+        planned_formats=list(r.budget.formats),
+    )
