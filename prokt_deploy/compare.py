@@ -97,7 +97,7 @@ def _row(method: str, path: str, manifest: Manifest, deployed: float | None) -> 
         "epochs": m.get("epochs"),
         "val_curve": [e.get("val_student_accuracy") for e in (m.get("history") or {}).get("student", [])],
         # the method's own cost: wall seconds of the student phase on this machine (a teacher trained first is not counted)
-        "train_s": (manifest.raw.get("timings") or {}).get("train_s"),
+        "train_s": manifest.timings.get("train_s"),
     }
 
 

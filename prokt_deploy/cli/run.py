@@ -36,10 +36,12 @@ class PipelineProgress(RichProgress):
         self._status = None
 
     def __enter__(self) -> PipelineProgress:
-        self._display.start()
+        self._started = False  # the display starts with the first stage: an argument refused before it prints one line
         return self
 
     def __exit__(self, exc_type: type | None, *rest: object) -> None:
+        if not self._started:
+            return
         if exc_type is None:
             self._clear_status()
             self._display.update(self._stages, completed=len(STAGES), description="run", stats="done")
@@ -51,6 +53,9 @@ class PipelineProgress(RichProgress):
             self._status = None
 
     def stage(self, name: str) -> None:
+        if not self._started:
+            self._display.start()
+            self._started = True
         index = STAGES.index(name)
         self._display.update(self._stages, completed=index, description=f"run {index + 1}/{len(STAGES)}", stats=name)
         self._clear_status()

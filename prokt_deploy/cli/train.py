@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -16,6 +16,9 @@ from prokt_deploy.cli.console import RichProgress, out, print_json
 from prokt_deploy.errors import TrainingError, UsageError
 from prokt_deploy.recipe import load_recipe
 from prokt_deploy.run.workspace import check_out_dir, final_path, find_resumable
+
+if TYPE_CHECKING:
+    from prokt_deploy.run.reader import Manifest
 
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create (default: runs/<time>-<recipe>-<method>).")]
 
@@ -111,19 +114,19 @@ def _print(summary: dict, as_json: bool) -> None:
         print_summary(summary)
 
 
-def distill_summary(path: Path, m: dict) -> dict:
-    met = m["metrics"]
+def distill_summary(path: Path, m: Manifest) -> dict:
+    met = m.metrics
     return {
         "run": str(path),
-        "method": m["method"],
-        "budget_bytes": m["budget_bytes"],
-        "precision": m["precision"],
-        "student": m["student"],
-        "teacher": {"arch": m["teacher"]["arch"], "params": m["teacher"]["params"]},
-        "plan_note": m["plan"]["note"],
+        "method": m.method,
+        "budget_bytes": m.budget_bytes,
+        "precision": m.precision,
+        "student": m.student.to_dict() if m.student else None,
+        "teacher": {"arch": m.teacher.arch, "params": m.teacher.params},
+        "plan_note": (m.plan or {}).get("note"),
         "student_test_accuracy": met["student_test_accuracy"],
         "teacher_test_accuracy": met["teacher_test_accuracy"],
-        "seconds": m["timings"]["total_s"],
+        "seconds": m.timings["total_s"],
         "epochs": met.get("epochs"),
         "schedule": met.get("schedule"),
     }
@@ -165,10 +168,10 @@ def train_teacher(
     if epochs is not None:
         r = r.model_copy(update={"teacher": r.teacher.model_copy(update={"epochs": epochs})})
     result = run_train_teacher(r, out=out_dir, progress=RichProgress())
-    met = result.manifest["metrics"]
+    met = result.manifest.metrics
     summary = {
         "run": str(result.path),
-        "teacher": result.manifest["teacher"],
+        "teacher": result.manifest.teacher.to_dict(),
         "teacher_test_accuracy": met["teacher_test_accuracy"],
         "teacher_val_accuracy": met["teacher_val_accuracy"],
         "checkpoint": str(result.path / "teacher.safetensors"),
