@@ -59,7 +59,10 @@ import html
 import json
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prokt_deploy.benchmarking import measure
 from prokt_deploy.budget import format_size
@@ -202,7 +205,7 @@ def _versions_line(fp: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in fp["versions"].items() if v)
 
 
-# --- Markdown ---------------------------------------------------------------------------------------
+# --- cells shared by the reports and the terminal ---------------------------------------------------
 
 
 def compare_cells(comp: dict | None) -> tuple[list[str], list[list[str]], list[str]]:
@@ -249,102 +252,380 @@ def _train_time_text(row: dict) -> str:
     return f"{row['train_s']:.0f} s" + ("" if ratio is None or row["method"] == "scratch" else f" ({ratio:.1f}x scratch)")
 
 
-def compare_markdown(comp: dict | None) -> list[str]:
+# --- the report's content, once for Markdown and HTML --------------------------------------------------
+#
+# ``report_sections(rep)`` says what the report shows, section by section, as a small renderer-neutral
+# structure; ``render_markdown`` and ``render_html`` only turn that structure into text. A section is a
+# title and blocks (``Para``, ``Lines``, ``Items``, ``Table``, ``Figures``); text is a string or a list of
+# strings and inline pieces (``Code``, ``Bold``, ``Dash``, ``Verdict``). Where the two formats say
+# different things today, ``Alt(md=..., html=...)`` holds both side by side (``None``: not shown in that
+# format); it may stand for a section, a block, an item, a heading level or a piece of text.
+
+
+@dataclass(frozen=True)
+class Alt:
+    """What Markdown shows and what HTML shows in one place; ``None`` leaves it out of that format."""
+
+    md: Any
+    html: Any
+
+
+@dataclass(frozen=True)
+class Code:
+    """Inline code: `x` / <code>x</code>."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Bold:
+    """Strong text: **x** / <b>x</b>."""
+
+    text: Any
+
+
+@dataclass(frozen=True)
+class Dash:
+    """A dash between a statement and its reason: -- / &mdash;."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A gate's result word: pass / FAIL, coloured in HTML."""
+
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Para:
+    """A paragraph; ``css`` is the HTML class (e.g. "fail")."""
+
+    text: Any
+    css: str | None = None
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Short statements: one Markdown paragraph with a line each, one HTML paragraph each."""
+
+    paras: list
+
+
+@dataclass(frozen=True)
+class Item:
+    """One statement of ``Items`` and its sub-points (plain text each)."""
+
+    text: Any
+    sub: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Items:
+    """Statements with optional sub-points: Markdown bullets (sub-points nested), HTML paragraphs each
+    followed by a bullet list of its sub-points."""
+
+    items: list
+
+
+@dataclass(frozen=True)
+class Table:
+    """``align``: one letter per column, "l" or "r" (Markdown); ``marked``: the row HTML highlights."""
+
+    header: list[str]
+    rows: list[list]
+    align: str
+    css: str | None = None
+    marked: int | None = None
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Inline SVG plots, HTML only; ``make`` returns them (called by the HTML renderer alone)."""
+
+    make: Callable[[], list[str]]
+
+
+@dataclass(frozen=True)
+class Section:
+    title: Any  # None: no heading
+    blocks: list
+    level: Any = 2
+
+
+def _left_then_right(n_left: int, n: int) -> str:
+    return "l" * n_left + "r" * (n - n_left)
+
+
+def _summary_section(rep: dict) -> Section:
+    rec, v = rep.get("recommendation"), rep.get("versus_teacher")
+    st, te = rep["student"], rep["teacher"]
+    blocks = [
+        Para(
+            [
+                "Recipe ",
+                Code(str(rep["recipe"])),
+                f" ({rep['method']}): student ",
+                Code(st["arch"]),
+                f" ({st['params']:,} params) vs teacher ",
+                Code(str(te["arch"])),
+                f" ({te['params']:,} params). Written {rep['created']}.",
+            ]
+        ),
+        Para([Bold(["Recommended artifact: ", Code(rec["id"])]), " ", Dash(), f" {rec['reason']}."])
+        if rec
+        else Para([Bold("No artifact to recommend"), ": the run has no passed artifact within the accuracy gate."]),
+    ]
+    if v:
+        blocks.append(Para([Bold("Versus the teacher's own artifacts"), f": {versus_line(v)}."]))
+    return Section(f"Benchmark: {Path(rep['run']).name}", blocks, level=1)
+
+
+def _plots_section(rep: dict) -> Section:
+    def make() -> list[str]:
+        s, rows = rep["settings"], rep["rows"]
+        base = next((r for r in rows if r["id"] == s["baseline"]), None)
+        budget = rep.get("budget_bytes")
+        svgs = [
+            svg_scatter(rows),
+            svg_bars(
+                rows,
+                [r["latency_ms"]["p50"] for r in rows],
+                base["latency_ms"]["p50"] if base else None,
+                title="p50 latency at batch 1 (dashed: teacher ONNX)",
+                label=lambda v: f"{v:.4f} ms",
+            ),
+            svg_bars(
+                rows,
+                [float(r["bytes"]) for r in rows],
+                float(base["bytes"]) if base else None,
+                title="Size on disk (dashed: teacher ONNX; solid: the budget)" if budget else "Size on disk (dashed: teacher ONNX)",
+                label=format_size,
+                limit=float(budget) if budget else None,
+                limit_label=f"budget {format_size(budget)}" if budget else "",
+            ),
+        ]
+        series = curve_series(rep)
+        if series:
+            svgs.append(svg_curves(series))
+        return svgs
+
+    return Section(None, [Figures(make)])
+
+
+def _results_section(rep: dict) -> Section:
+    s, rec = rep["settings"], rep.get("recommendation")
+    header, cells = table_rows(rep)
+    marked = next((i for i, r in enumerate(rep["rows"]) if rec and rec["id"] == r["id"]), None)
+    notes = [
+        Alt(
+            md=Para(
+                [
+                    Code("*"),
+                    " recommended. Speed-ups are relative to ",
+                    Code(s["baseline"]),
+                    f". Each latency statistic is the median over {s['repeats']} interleaved rounds of {s['runs']} timed calls after "
+                    f"{s['warmup']} warm-up calls ({measure.MIN_WARMUP_LATER} from the second round; fewer timed calls for an engine "
+                    f"slower than {measure.ROUND_SECONDS:g} s per round at batch 1, half that at batch {s['batch']} and for the PyTorch "
+                    "rows: its ",
+                    Code("timed_runs"),
+                    " in report.json); every engine ran in its own process.",
+                ]
+            ),
+            html=None,
+        )
+    ]
+    notes += [Para(f"Note: {note}.") for note in s.get("fallbacks", [])]
+    notes += [
+        Para(["Not benchmarked: ", Code(a["id"]), f" failed its export gates ({'; '.join(a['failures']) or 'no reason recorded'})."])
+        for a in rep.get("not_benchmarked", [])
+    ]
+    return Section(
+        Alt(
+            md=f"Results (latency at batch 1, throughput at batch {s['batch']}; {s['threads']} thread(s), device {s['device']})",
+            html="Results",
+        ),
+        [
+            Alt(
+                md=None,
+                html=Para(
+                    [
+                        f"Latency at batch 1, throughput at batch {s['batch']}; {s['threads']} thread(s); device {s['device']}; "
+                        f"median over {s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls, "
+                        "one process per engine. Speed-ups relative to ",
+                        Code(s["baseline"]),
+                        ".",
+                    ]
+                ),
+            ),
+            Table(header, cells, _left_then_right(2, len(header)), marked=marked),
+            Lines(notes),
+        ],
+    )
+
+
+def _int8_section(rep: dict) -> Section:
+    if not rep["int8"]:
+        return Section("int8 vs fp32", [Para("No int8 artifact with an fp32 counterpart in this run.")])
+    items = [Item([Code(f["artifact"]), " vs ", Code(f["counterpart"]), f": {f['verdict']}."], list(f["causes"])) for f in rep["int8"]]
+    return Section("int8 vs fp32", [Items(items)])
+
+
+def _compare_section(comp: dict | None) -> Section | None:
+    """The method comparison (``run --compare``): did distillation help?"""
     header, cells, notes = compare_cells(comp)
     if not header:
-        return []
-    out = [
-        "## Did distillation help? (same split, student, epochs and seed)",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
+        return None
+    return Section(
+        Alt(md="Did distillation help? (same split, student, epochs and seed)", html="Did distillation help?"),
+        [
+            Alt(md=None, html=Para("Same split, student, epochs and seed; ± is the paired standard error over the test samples.")),
+            Table(header, cells, _left_then_right(2, len(header))),
+            Lines(
+                [
+                    Alt(
+                        md=Para(
+                            "± is the paired standard error of the difference over the test samples; seed-to-seed spread is not measured in one run."
+                        ),
+                        html=None,
+                    )
+                ]
+                + [Para(f"{n}.", css="fail" if n.startswith("Warning") else None) for n in notes]
+            ),
+        ],
+    )
+
+
+def _per_class_section(pc: dict | None) -> Section | None:
+    header, cells = per_class_cells(pc)
+    if not header:
+        return None
+    return Section(
+        Alt(md="Per-class test accuracy", html="Where do the points go? Per-class test accuracy"),
+        [
+            Alt(
+                md=Para(f"The recommended artifact vs the teacher ({pc['teacher_source']})."),
+                html=Para(
+                    [
+                        "The recommended artifact ",
+                        Code(pc["artifact"]),
+                        " in its runtime against the teacher (",
+                        Code(pc["teacher_source"]),
+                        f") on the same {sum(pc['support']):,} test samples.",
+                    ]
+                ),
+            ),
+            Table(header, cells, _left_then_right(1, len(header)), css="per-class"),
+        ],
+    )
+
+
+def _gates_section(rep: dict) -> Section | None:
+    if not rep["gates"]:
+        return None
+    rows = [[g["name"], f"{g['limit']:g}", _num(g["value"]), [Verdict(g["passed"]), Alt(md=": ", html=" "), g["message"]]] for g in rep["gates"]]
+    return Section("Gates", [Table(["gate", "limit", "value", "result"], rows, "lrrl")])
+
+
+def _machine_items(fp: dict) -> list:
+    return [Item(_machine_line(fp)), Item([Alt(md="versions: ", html=""), _versions_line(fp)])]
+
+
+def _machine_sections(rep: dict) -> list[Section]:
+    fp = rep["fingerprint"]
+    out = [Section("Machine", [Items(_machine_items(fp) + [Item(["fingerprint id", Alt(md=": ", html=" "), Code(fp["id"])])])])]
+    for dev_id, dev in rep.get("devices", {}).items():
+        measured = f"measured {dev['created']}, threads {dev['settings'].get('threads')}, batch {dev['settings'].get('batch')}"
+        skipped = [f"skipped {s}" for s in dev.get("skipped", [])]
+        items = _machine_items(dev["fingerprint"]) + [Alt(md=Item(t), html=None) for t in [measured, *skipped]]
+        out.append(Section(["Device ", Code(dev_id)], [Items(items)], level=Alt(md=2, html=3)))
+    return out
+
+
+def report_sections(rep: dict) -> list:
+    """The report's sections in order (``Section``, or ``Alt`` of sections; ``None`` entries are skipped)."""
+    per_class = _per_class_section(rep.get("per_class"))
+    return [
+        _summary_section(rep),
+        _plots_section(rep),  # HTML only: Markdown has no figures
+        Alt(md=None, html=per_class),  # HTML: beside the plots
+        _results_section(rep),
+        _int8_section(rep),
+        _compare_section(rep.get("compare")),
+        Alt(md=per_class, html=None),  # Markdown: after the comparison
+        _gates_section(rep),
+        *_machine_sections(rep),
     ]
-    out += ["| " + " | ".join(c) + " |" for c in cells]
-    out += ["", "± is the paired standard error of the difference over the test samples; seed-to-seed spread is not measured in one run."]
-    out += [f"{n}." for n in notes]
-    return out + [""]
+
+
+def _pick(x: Any, fmt: str) -> Any:
+    while isinstance(x, Alt):
+        x = getattr(x, fmt)
+    return x
+
+
+# --- Markdown ---------------------------------------------------------------------------------------
+
+
+def _md_text(t: Any) -> str:
+    t = _pick(t, "md")
+    if t is None:
+        return ""
+    if isinstance(t, str):
+        return t
+    if isinstance(t, list):
+        return "".join(_md_text(p) for p in t)
+    if isinstance(t, Code):
+        return f"`{t.text}`"
+    if isinstance(t, Bold):
+        return f"**{_md_text(t.text)}**"
+    if isinstance(t, Dash):
+        return "--"
+    if isinstance(t, Verdict):
+        return "pass" if t.passed else "FAIL"
+    raise TypeError(f"not report text: {t!r}")
+
+
+def _md_block(b: Any) -> list[str]:
+    b = _pick(b, "md")
+    if b is None or isinstance(b, Figures):
+        return []
+    if isinstance(b, Para):
+        return [_md_text(b.text)]
+    if isinstance(b, Lines):
+        return [_md_text(p.text) for p in (_pick(p, "md") for p in b.paras) if p is not None]
+    if isinstance(b, Items):
+        out = []
+        for item in (_pick(i, "md") for i in b.items):
+            if item is not None:
+                out += [f"- {_md_text(item.text)}"] + [f"  - {_md_text(s)}" for s in item.sub]
+        return out
+    if isinstance(b, Table):
+        return [
+            "| " + " | ".join(b.header) + " |",
+            "|" + "|".join("---" if a == "l" else "---:" for a in b.align) + "|",
+            *("| " + " | ".join(_md_text(c) for c in row) + " |" for row in b.rows),
+        ]
+    raise TypeError(f"not a report block: {b!r}")
+
+
+def _md_section(section: Any) -> list[str]:
+    """A section as Markdown lines: its heading and each block, each followed by an empty line."""
+    section = _pick(section, "md")
+    if section is None:
+        return []
+    out = [] if section.title is None else ["#" * _pick(section.level, "md") + " " + _md_text(section.title), ""]
+    for block in section.blocks:
+        lines = _md_block(block)
+        out += lines + [""] if lines else []
+    return out
+
+
+def compare_markdown(comp: dict | None) -> list[str]:
+    return _md_section(_compare_section(comp))
 
 
 def render_markdown(rep: dict) -> str:
-    s = rep["settings"]
-    out = [f"# Benchmark: {Path(rep['run']).name}", ""]
-    out.append(
-        f"Recipe `{rep['recipe']}` ({rep['method']}): student `{rep['student']['arch']}` ({rep['student']['params']:,} params) "
-        f"vs teacher `{rep['teacher']['arch']}` ({rep['teacher']['params']:,} params). Written {rep['created']}."
-    )
-    out.append("")
-    rec = rep.get("recommendation")
-    out.append(
-        f"**Recommended artifact: `{rec['id']}`** -- {rec['reason']}."
-        if rec
-        else "**No artifact to recommend**: the run has no passed artifact within the accuracy gate."
-    )
-    out.append("")
-    if rep.get("versus_teacher"):
-        out.append(f"**Versus the teacher's own artifacts**: {versus_line(rep['versus_teacher'])}.")
-        out.append("")
-    out.append(f"## Results (latency at batch 1, throughput at batch {s['batch']}; {s['threads']} thread(s), device {s['device']})")
-    out.append("")
-    header, cells = table_rows(rep)
-    out.append("| " + " | ".join(header) + " |")
-    out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|")
-    out += ["| " + " | ".join(c) + " |" for c in cells]
-    out.append("")
-    out.append(
-        f"`*` recommended. Speed-ups are relative to `{s['baseline']}`. Each latency statistic is the median over "
-        f"{s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls ({measure.MIN_WARMUP_LATER} from the "
-        f"second round; fewer timed calls for an engine slower than {measure.ROUND_SECONDS:g} s per round at batch 1, half that at batch "
-        f"{s['batch']} and for the PyTorch rows: its `timed_runs` in report.json); every engine ran in its own process."
-    )
-    for note in s.get("fallbacks", []):
-        out.append(f"Note: {note}.")
-    for a in rep.get("not_benchmarked", []):
-        out.append(f"Not benchmarked: `{a['id']}` failed its export gates ({'; '.join(a['failures']) or 'no reason recorded'}).")
-    out.append("")
-    out.append("## int8 vs fp32")
-    out.append("")
-    if not rep["int8"]:
-        out.append("No int8 artifact with an fp32 counterpart in this run.")
-    for f in rep["int8"]:
-        out.append(f"- `{f['artifact']}` vs `{f['counterpart']}`: {f['verdict']}.")
-        out += [f"  - {c}" for c in f["causes"]]
-    out.append("")
-    out += compare_markdown(rep.get("compare"))
-    pc_header, pc_cells = per_class_cells(rep.get("per_class"))
-    if pc_header:
-        out += [
-            "## Per-class test accuracy",
-            "",
-            f"The recommended artifact vs the teacher ({rep['per_class']['teacher_source']}).",
-            "",
-            "| " + " | ".join(pc_header) + " |",
-            "|---|" + "---:|" * (len(pc_header) - 1),
-        ]
-        out += ["| " + " | ".join(c) + " |" for c in pc_cells]
-        out.append("")
-    if rep["gates"]:
-        out += ["## Gates", "", "| gate | limit | value | result |", "|---|---:|---:|---|"]
-        out += [f"| {g['name']} | {g['limit']:g} | {_num(g['value'])} | {'pass' if g['passed'] else 'FAIL'}: {g['message']} |" for g in rep["gates"]]
-        out.append("")
-    out += [
-        "## Machine",
-        "",
-        f"- {_machine_line(rep['fingerprint'])}",
-        f"- versions: {_versions_line(rep['fingerprint'])}",
-        f"- fingerprint id: `{rep['fingerprint']['id']}`",
-    ]
-    for dev_id, dev in rep.get("devices", {}).items():
-        out += [
-            "",
-            f"## Device `{dev_id}`",
-            "",
-            f"- {_machine_line(dev['fingerprint'])}",
-            f"- versions: {_versions_line(dev['fingerprint'])}",
-            f"- measured {dev['created']}, threads {dev['settings'].get('threads')}, batch {dev['settings'].get('batch')}",
-        ]
-        out += [f"- skipped {s}" for s in dev.get("skipped", [])]
-    out.append("")
-    return "\n".join(out)
+    return "\n".join(line for section in report_sections(rep) for line in _md_section(section))
 
 
 # --- HTML with inline SVG -----------------------------------------------------------------------------
@@ -614,117 +895,76 @@ def per_class_cells(pc: dict | None) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
+def _html_text(t: Any) -> str:
+    t = _pick(t, "html")
+    if t is None:
+        return ""
+    if isinstance(t, str):
+        return html.escape(t)
+    if isinstance(t, list):
+        return "".join(_html_text(p) for p in t)
+    if isinstance(t, Code):
+        return f"<code>{html.escape(t.text)}</code>"
+    if isinstance(t, Bold):
+        return f"<b>{_html_text(t.text)}</b>"
+    if isinstance(t, Dash):
+        return "&mdash;"
+    if isinstance(t, Verdict):
+        return '<span class="pass">pass</span>' if t.passed else '<span class="fail">FAIL</span>'
+    raise TypeError(f"not report text: {t!r}")
+
+
+def _html_para(p: Para) -> str:
+    cls = f' class="{p.css}"' if p.css else ""
+    return f"<p{cls}>{_html_text(p.text)}</p>"
+
+
+def _html_block(b: Any) -> list[str]:
+    b = _pick(b, "html")
+    if b is None:
+        return []
+    if isinstance(b, Para):
+        return [_html_para(b)]
+    if isinstance(b, Lines):
+        return [_html_para(p) for p in (_pick(p, "html") for p in b.paras) if p is not None]
+    if isinstance(b, Items):
+        out = []
+        for item in (_pick(i, "html") for i in b.items):
+            if item is not None:
+                out.append(f"<p>{_html_text(item.text)}</p>")
+                if item.sub:
+                    out.append("<ul>" + "".join(f"<li>{_html_text(s)}</li>" for s in item.sub) + "</ul>")
+        return out
+    if isinstance(b, Table):
+        cls = f' class="{b.css}"' if b.css else ""
+        out = [f"<table{cls}><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in b.header) + "</tr>"]
+        for i, row in enumerate(b.rows):
+            rec = ' class="rec"' if i == b.marked else ""
+            out.append(f"<tr{rec}>" + "".join(f"<td>{_html_text(c)}</td>" for c in row) + "</tr>")
+        return out + ["</table>"]
+    if isinstance(b, Figures):
+        return ['<div class="plots">', *b.make(), "</div>"]
+    raise TypeError(f"not a report block: {b!r}")
+
+
+def _html_section(section: Any) -> list[str]:
+    """A section as HTML lines: its heading, then each block."""
+    section = _pick(section, "html")
+    if section is None:
+        return []
+    level = _pick(section.level, "html")
+    out = [] if section.title is None else [f"<h{level}>{_html_text(section.title)}</h{level}>"]
+    for block in section.blocks:
+        out += _html_block(block)
+    return out
+
+
 def render_html(rep: dict) -> str:
     """The report as one HTML page: inline CSS and SVG, no scripts and no external resources."""
-    s, rows = rep["settings"], rep["rows"]
-    base = next((r for r in rows if r["id"] == s["baseline"]), None)
-    esc = html.escape
-    header, cells = table_rows(rep)
-    rec = rep.get("recommendation")
-    body = [
-        f"<h1>Benchmark: {esc(Path(rep['run']).name)}</h1>",
-        f"<p>Recipe <code>{esc(str(rep['recipe']))}</code> ({esc(str(rep['method']))}): student <code>{esc(rep['student']['arch'])}</code> "
-        f"({rep['student']['params']:,} params) vs teacher <code>{esc(str(rep['teacher']['arch']))}</code> ({rep['teacher']['params']:,} params). "
-        f"Written {esc(rep['created'])}.</p>",
-        f"<p><b>Recommended artifact: <code>{esc(rec['id'])}</code></b> &mdash; {esc(rec['reason'])}.</p>"
-        if rec
-        else "<p><b>No artifact to recommend</b>: the run has no passed artifact within the accuracy gate.</p>",
-    ]
-    if rep.get("versus_teacher"):
-        body.append(f"<p><b>Versus the teacher's own artifacts</b>: {esc(versus_line(rep['versus_teacher']))}.</p>")
-    body.append('<div class="plots">')
-    body.append(svg_scatter(rows))
-    body.append(
-        svg_bars(
-            rows,
-            [r["latency_ms"]["p50"] for r in rows],
-            base["latency_ms"]["p50"] if base else None,
-            title="p50 latency at batch 1 (dashed: teacher ONNX)",
-            label=lambda v: f"{v:.4f} ms",
-        )
-    )
-    budget = rep.get("budget_bytes")
-    body.append(
-        svg_bars(
-            rows,
-            [float(r["bytes"]) for r in rows],
-            float(base["bytes"]) if base else None,
-            title="Size on disk (dashed: teacher ONNX; solid: the budget)" if budget else "Size on disk (dashed: teacher ONNX)",
-            label=format_size,
-            limit=float(budget) if budget else None,
-            limit_label=f"budget {format_size(budget)}" if budget else "",
-        )
-    )
-    series = curve_series(rep)
-    if series:
-        body.append(svg_curves(series))
-    body.append("</div>")
-    pc_header, pc_cells = per_class_cells(rep.get("per_class"))
-    if pc_header:
-        body.append(
-            "<h2>Where do the points go? Per-class test accuracy</h2>"
-            f"<p>The recommended artifact <code>{esc(rep['per_class']['artifact'])}</code> in its runtime against the teacher "
-            f"(<code>{esc(rep['per_class']['teacher_source'])}</code>) on the same {sum(rep['per_class']['support']):,} test samples.</p>"
-        )
-        body.append(
-            '<table class="per-class"><tr>'
-            + "".join(f"<th>{esc(h)}</th>" for h in pc_header)
-            + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in c) + "</tr>" for c in pc_cells)
-            + "</table>"
-        )
-    body.append(
-        f"<h2>Results</h2><p>Latency at batch 1, throughput at batch {s['batch']}; {s['threads']} thread(s); device {esc(s['device'])}; "
-        f"median over {s['repeats']} interleaved rounds of {s['runs']} timed calls after {s['warmup']} warm-up calls, one process per engine. "
-        f"Speed-ups relative to <code>{esc(s['baseline'])}</code>.</p>"
-    )
-    body.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
-    for r, c in zip(rows, cells):
-        cls = ' class="rec"' if rec and rec["id"] == r["id"] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{esc(v)}</td>" for v in c) + "</tr>")
-    body.append("</table>")
-    body += [f"<p>Note: {esc(n)}.</p>" for n in s.get("fallbacks", [])]
-    body += [
-        f"<p>Not benchmarked: <code>{esc(a['id'])}</code> failed its export gates ({esc('; '.join(a['failures']) or 'no reason recorded')}).</p>"
-        for a in rep.get("not_benchmarked", [])
-    ]
-    body.append("<h2>int8 vs fp32</h2>")
-    if not rep["int8"]:
-        body.append("<p>No int8 artifact with an fp32 counterpart in this run.</p>")
-    for f in rep["int8"]:
-        body.append(f"<p><code>{esc(f['artifact'])}</code> vs <code>{esc(f['counterpart'])}</code>: {esc(f['verdict'])}.</p>")
-        if f["causes"]:
-            body.append("<ul>" + "".join(f"<li>{esc(c)}</li>" for c in f["causes"]) + "</ul>")
-    header, cells, notes = compare_cells(rep.get("compare"))
-    if header:
-        body.append(
-            "<h2>Did distillation help?</h2><p>Same split, student, epochs and seed; ± is the paired standard error over the test samples.</p>"
-        )
-        body.append(
-            "<table><tr>"
-            + "".join(f"<th>{esc(h)}</th>" for h in header)
-            + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in c) + "</tr>" for c in cells)
-            + "</table>"
-        )
-        body += [('<p class="fail">' if n.startswith("Warning") else "<p>") + f"{esc(n)}.</p>" for n in notes]
-    if rep["gates"]:
-        body.append("<h2>Gates</h2><table><tr><th>gate</th><th>limit</th><th>value</th><th>result</th></tr>")
-        for g in rep["gates"]:
-            verdict = '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>'
-            body.append(
-                f"<tr><td>{esc(g['name'])}</td><td>{g['limit']:g}</td><td>{esc(_num(g['value']))}</td><td>{verdict} {esc(g['message'])}</td></tr>"
-            )
-        body.append("</table>")
-    body.append(
-        f"<h2>Machine</h2><p>{esc(_machine_line(rep['fingerprint']))}</p><p>{esc(_versions_line(rep['fingerprint']))}</p>"
-        f"<p>fingerprint id <code>{esc(rep['fingerprint']['id'])}</code></p>"
-    )
-    for dev_id, dev in rep.get("devices", {}).items():
-        body.append(
-            f"<h3>Device <code>{esc(dev_id)}</code></h3><p>{esc(_machine_line(dev['fingerprint']))}</p><p>{esc(_versions_line(dev['fingerprint']))}</p>"
-        )
+    body = [line for section in report_sections(rep) for line in _html_section(section)]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>Benchmark {esc(Path(rep['run']).name)}</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"<title>Benchmark {html.escape(Path(rep['run']).name)}</title><style>{_CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
     )
