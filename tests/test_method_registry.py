@@ -129,3 +129,16 @@ def test_compare_and_the_report_show_the_registered_method(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert any(line.startswith("| ce-smooth | cnn-w8-d1 |") for line in md.splitlines()), md  # the compare table
     assert "student (ce-smooth, baseline)" in (out / "report.html").read_text()  # its learning curve
+
+
+def test_a_variant_is_its_base_method_with_fixed_settings():
+    """prokt+label (prokt_deploy/train/methods/prokt.py) is compared as prokt with prokt.student_label_weight 0.3."""
+    from prokt_deploy.compare import baseline_recipe, parse_methods
+
+    assert parse_methods("scratch,prokt+label,ce-smooth") == ["scratch", "prokt+label", "ce-smooth"]
+    r = baseline_recipe(load_recipe(DIGITS), "prokt+label", "cnn-w8-d1")
+    assert r.method == "prokt" and r.prokt.student_label_weight == 0.3 and r.student.arch == "cnn-w8-d1"
+    kd = baseline_recipe(load_recipe(DIGITS), "kd", "cnn-w8-d1")
+    assert kd.teacher.init == "pretrain" and methods.get("kd").pretrains_teacher(kd)  # a frozen teacher is trained first
+    with pytest.raises(ValueError, match="already registered"):
+        methods.register(CE_SMOOTH)
