@@ -37,6 +37,8 @@ from prokt_deploy.recipe import apply_overrides, load_recipe
 from prokt_deploy.train import engine, planner
 from prokt_deploy.train.build import build_teacher
 from prokt_deploy.train.distill import library_versions
+from prokt_deploy.train.methods.kd import kd_method
+from prokt_deploy.train.methods.prokt import prokt_method
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,9 +87,9 @@ def main() -> None:
         if method == "prokt":
             zero_init_head(student)
             zero_init_head(t)
-            return engine.prokt_method(student, t, recipe.train.teacher_optimizer, recipe.train.student_optimizer, recipe.prokt, total, 1.0)
+            return prokt_method(student, t, recipe.train.teacher_optimizer, recipe.train.student_optimizer, recipe.prokt, total, 1.0)
         if method == "kd":
-            return engine.kd_method(student, t, recipe.train.student_optimizer, recipe.kd, total, 1.0)
+            return kd_method(student, t, recipe.train.student_optimizer, recipe.kd, total, 1.0)
         return engine.scratch_method(student, recipe.train.student_optimizer, total, 1.0)
 
     methods = {(name, layout): fresh(name, layout) for name in ("scratch", "kd", "prokt") for layout in layouts}

@@ -32,9 +32,11 @@ from torch import nn
 
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.models import create_model, zero_init_head
-from prokt_deploy.recipe import KDConfig, apply_overrides, load_recipe
+from prokt_deploy.recipe import apply_overrides, load_recipe
 from prokt_deploy.train import engine
 from prokt_deploy.train.build import build_teacher
+from prokt_deploy.train.methods.kd import KDConfig, kd_method
+from prokt_deploy.train.methods.prokt import prokt_method
 
 VARIANTS = ("scratch", "soft-targets", "prokt", "prokt-batch-stats")
 
@@ -72,7 +74,7 @@ def run_variant(variant: str, recipe, data, args: argparse.Namespace, seed: int)
     elif variant == "soft-targets":
         r = apply_overrides(recipe, {"method": "kd", "teacher.init": "checkpoint", "teacher.checkpoint": args.teacher_checkpoint})
         teacher = build_teacher(r, data)
-        method = engine.kd_method(student, teacher, t.student_optimizer, KDConfig(alpha=1.0, temperature=1.0), total, t.grad_clip)
+        method = kd_method(student, teacher, t.student_optimizer, KDConfig(alpha=1.0, temperature=1.0), total, t.grad_clip)
     else:
         over = {
             "method": "prokt",
@@ -85,7 +87,7 @@ def run_variant(variant: str, recipe, data, args: argparse.Namespace, seed: int)
         teacher = build_teacher(r, data)
         if r.prokt.zero_init_heads:
             zero_init_head(student)
-        method = engine.prokt_method(student, teacher, t.teacher_optimizer, t.student_optimizer, r.prokt, total, t.grad_clip)
+        method = prokt_method(student, teacher, t.teacher_optimizer, t.student_optimizer, r.prokt, total, t.grad_clip)
     vx, vy = data.val.x[: args.val_samples], data.val.y[: args.val_samples]
     gen = torch.Generator().manual_seed(seed)
     path, step, t0 = [], 0, time.perf_counter()

@@ -28,6 +28,7 @@ from prokt_deploy.budget import parse_size
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.recipe import apply_overrides, load_recipe
 from prokt_deploy.run.workspace import CHECKPOINT, is_locked, load_checkpoint, partial_path
+from prokt_deploy.train import methods
 from prokt_deploy.train.build import build_teacher
 from prokt_deploy.train.distill import distill, train_teacher
 
@@ -112,11 +113,10 @@ TUNING: dict[str, dict] = {
     "prokt": {"alternative": {"train.teacher_optimizer.lr": 0.0001}},
     "prokt+label": {"alternative": {"prokt.student_label_weight": 0.5}},
 }
-#: Named variants: a method name in --methods that is a base method plus fixed settings.
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "prokt+label": ("prokt", {"prokt.student_label_weight": 0.3}),
-    "prokt+batch-stats": ("prokt", {"prokt.teacher_targets": "batch-stats"}),
-}
+#: Named variants: a method name in --methods that is a base method plus fixed settings; the method registry's
+#: (prokt_deploy/train/methods/prokt.py: prokt+label is prokt.student_label_weight 0.3, prokt+batch-stats
+#: prokt.teacher_targets batch-stats), which run --compare takes too.
+VARIANTS: dict[str, tuple[str, dict]] = {name: (v.base, v.overrides()) for name, v in methods.variants().items()}
 
 
 def method_settings(name: str) -> tuple[str, dict]:

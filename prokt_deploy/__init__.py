@@ -50,6 +50,10 @@ if TYPE_CHECKING:
     from prokt_deploy.train.planner import plan
 
 
+# The built-in methods (prokt_deploy/train/methods/) register themselves with the recipe schema here, at the top of the
+# package, so a recipe read through any module knows them (the recipe, a lower stage, cannot import them). Torch-free.
+import prokt_deploy.train.methods  # noqa: E402, F401
+
 # Eager, because a submodule of the same name shadows a lazy attribute: once anything imports the module
 # prokt_deploy.compare (the CLI does), Python binds the package attribute "compare" to it. compare.py is torch-free.
 from prokt_deploy.compare import compare  # noqa: E402

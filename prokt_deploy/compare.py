@@ -19,37 +19,43 @@ from pathlib import Path
 from prokt_deploy.errors import ExportFailed, GateFailed, UsageError
 from prokt_deploy.run.reader import FinishedRun, Manifest, open_run
 from prokt_deploy.run.workspace import MANIFEST, update_manifest
+from prokt_deploy.train import methods
 
-METHODS = ("scratch", "kd", "prokt")
 COMPARE_DIR = "compare"
 
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
-    """'scratch,kd' -> ['scratch', 'kd']; unknown or repeated names are a usage error."""
+    """'scratch,kd' -> ['scratch', 'kd']: registered methods and variants (prokt+label); unknown or repeated names
+    are a usage error."""
+    known = [*methods.names(), *methods.variants()]
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    bad = [n for n in names if n not in METHODS]
+    bad = [n for n in names if n not in known]
     if bad or not names:
-        raise UsageError(f"--compare takes methods from {', '.join(METHODS)} separated by commas; got {text!r}")
+        raise UsageError(f"--compare takes methods from {', '.join(known)} separated by commas; got {text!r}")
     if len(set(names)) != len(names):
         raise UsageError(f"--compare names a method twice: {text!r}")
     return names
 
 
 def baseline_recipe(recipe, method: str, student_arch: str):  # noqa: ANN001, ANN201 - recipe.Recipe
-    """The run's recipe with another method, the same student pinned and the same student start.
+    """The run's recipe with another method (or variant: its base method with its settings), the same student
+    pinned and the same student start.
 
-    KD needs a converged, frozen teacher: a teacher checkpoint is used as it is (``checkpoint``);
-    without one, KD's run trains the teacher with cross-entropy first, as ``distill --method kd`` does.
-    The student's head starts as the run's student did (student.zero_init_head resolved), so the
+    A method against a frozen teacher (KD) needs a converged one: a teacher checkpoint is used as it is
+    (``checkpoint``); without one, its run trains the teacher with cross-entropy first, as ``distill --method kd``
+    does. The student's head starts as the run's student did (student.zero_init_head resolved), so the
     methods differ only in their loss.
     """
+    from prokt_deploy.recipe import apply_overrides
     from prokt_deploy.train.build import student_zero_head
 
+    spec, settings = methods.resolve(method)
     teacher = recipe.teacher
-    if method == "kd":
+    if spec.teacher == "frozen":
         teacher = teacher.model_copy(update={"init": "checkpoint" if teacher.checkpoint else "pretrain"})
     student = recipe.student.model_copy(update={"arch": student_arch, "zero_init_head": student_zero_head(recipe)})
-    return recipe.model_copy(update={"method": method, "student": student, "teacher": teacher})
+    out = recipe.model_copy(update={"method": spec.name, "student": student, "teacher": teacher})
+    return apply_overrides(out, settings) if settings else out
 
 
 def compare(run: str | Path, methods: str | Sequence[str], *, progress=None, status: Callable[[str], None] | None = None) -> list[dict]:  # noqa: ANN001

@@ -36,6 +36,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class Section(_Strict):
+    """The base of a method's recipe section (``prokt:``, ``kd:``): unknown keys are errors, assignments validated."""
+
+
+# --- the methods a recipe may name -------------------------------------------------------------------
+# A method is one file in prokt_deploy/train/methods/ (its training step needs the training code, two stages up);
+# it registers here the little the recipe needs to validate a recipe: its name and its section's schema. The package
+# (prokt_deploy/__init__.py) imports the built-in methods, so they are known wherever a recipe is read.
+
+#: method name -> (its section's key in the recipe, or None; the section's pydantic model)
+_METHOD_SECTIONS: dict[str, tuple[str | None, type[Section] | None]] = {}
+
+
+def register_method_schema(name: str, section: str | None = None, model: type[Section] | None = None) -> None:
+    """Let recipes name ``method: NAME`` and, when ``section`` is given, carry ``SECTION:`` validated by ``model``
+    (every recipe gets the section, at its defaults when absent). Called by ``prokt_deploy.train.methods.register``."""
+    if name in _METHOD_SECTIONS:
+        raise ValueError(f"method {name!r} is already registered")
+    if (section is None) != (model is None):
+        raise ValueError(f"method {name!r}: a section needs both its key and its model")
+    taken = set(Recipe.model_fields) | {s for s, _ in _METHOD_SECTIONS.values() if s}
+    if section in taken:
+        raise ValueError(f"method {name!r}: the recipe already has a {section!r} section")
+    if model is not None and not issubclass(model, Section):
+        raise TypeError(f"method {name!r}: its section model must subclass prokt_deploy.recipe.Section")
+    _METHOD_SECTIONS[name] = (section, model)
+
+
+def unregister_method_schema(name: str) -> None:
+    """Forget a method (a test that registered one cleans up after itself)."""
+    _METHOD_SECTIONS.pop(name, None)
+
+
+def method_names() -> list[str]:
+    """The methods a recipe may name, in registration order."""
+    return list(_METHOD_SECTIONS)
+
+
+def _method_sections() -> dict[str, type[Section]]:
+    return {section: model for section, model in _METHOD_SECTIONS.values() if section is not None and model is not None}
+
+
 class AugmentConfig(_Strict):
     """On-the-fly training-split augmentation for images (prokt_deploy/train/augment.py); all off by default."""
 
@@ -179,43 +221,66 @@ class TrainConfig(_Strict):
     min_steps: int = Field(0, ge=0)
 
 
-class ProktConfig(_Strict):
-    lam: float = Field(0.3, ge=0, le=1)
-    zero_init_heads: bool = True
-    constrained: bool = False
-    eps: float = Field(1.0, ge=0)
-    eta_beta: float = Field(1e-3, ge=0)
-    beta0: float = Field(1.0, ge=0)
-    # How the teacher's targets p' for the student normalise batch-norm layers. "eval": eval mode,
-    # running statistics (PROKT.md: the method). "batch-stats": a named variant, not the reference:
-    # the batch's own statistics, running statistics left untouched, dropout still off; for BN teachers
-    # whose running statistics lag their own fast-moving weights (benchmarks/prokt_dynamics.py). The
-    # student's q for the teacher step stays in eval mode. No effect on models without batch norm.
-    teacher_targets: Literal["eval", "batch-stats"] = "eval"
-    # A named variant, not the reference: w > 0 adds a label term to the student's loss,
-    # L_S = (1 - w) * KL(p' || q_phi) + w * CE(y, q_phi). 0 is PROKT.md's method (no label term).
-    student_label_weight: float = Field(0.0, ge=0, le=1)
+class Recipe(BaseModel):
+    """A whole recipe. Its fields are the sections below plus one section per registered method that has settings
+    (``recipe.prokt``, ``recipe.kd``: validated by the method's model, see :func:`register_method_schema`); any other
+    top-level key is an error, as everywhere else."""
 
-
-class KDConfig(_Strict):
-    alpha: float = Field(0.9, ge=0, le=1)
-    temperature: float = Field(4.0, gt=0)
-
-
-class Recipe(_Strict):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)  # "allow" holds the method sections only (_method_sections)
     name: str = "recipe"
     description: str = ""
     task: Literal["image-classification", "text-classification"] = "image-classification"
     seed: int = 0
     device: str = "cpu"
-    method: Literal["prokt", "kd", "scratch"] = "prokt"
+    method: str = "prokt"
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     budget: BudgetConfig = BudgetConfig()
     train: TrainConfig = TrainConfig()
-    prokt: ProktConfig = ProktConfig()
-    kd: KDConfig = KDConfig()
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in _METHOD_SECTIONS:
+            raise ValueError(f"unknown method {v!r}; known methods: {', '.join(_METHOD_SECTIONS)}")
+        return v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _method_sections(cls, data: object, handler):  # noqa: ANN206 - pydantic's handler
+        """Each registered method's section validated by its model (defaults when absent), after the fixed fields,
+        in registration order; any other unknown key is an error, with every error of the recipe reported at once."""
+        if not isinstance(data, dict):
+            return handler(data)
+        sections = _method_sections()
+        errors: list[dict] = []
+        values: dict[str, object] = {}
+        for key, model in sections.items():
+            try:
+                values[key] = _section_value(key, model, data.get(key, {}))
+            except ValidationError as e:
+                errors += _line_errors(e)
+        fixed = {k: v for k, v in data.items() if k in cls.model_fields}
+        errors += [{"type": "extra_forbidden", "loc": (k,), "input": v} for k, v in data.items() if k not in cls.model_fields and k not in sections]
+        try:
+            recipe = handler({**fixed, **values})
+        except ValidationError as e:
+            errors = _line_errors(e) + errors
+            recipe = None
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return recipe
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """An assignment to a method's section is validated by its model; to any other unknown name it is an error."""
+        if name in type(self).model_fields or name.startswith("_"):
+            return super().__setattr__(name, value)
+        sections = _method_sections()
+        if name not in sections:
+            error = {"type": "no_such_attribute", "loc": (name,), "input": value, "ctx": {"attribute": name}}
+            raise ValidationError.from_exception_data(type(self).__name__, [error])
+        super().__setattr__(name, _section_value(name, sections[name], value))
 
     @model_validator(mode="after")
     def _task_matches_data(self) -> Recipe:
@@ -225,6 +290,21 @@ class Recipe(_Strict):
         if not text_source and self.task == "text-classification":
             raise ValueError(f"task text-classification needs a text data.source (tweets or text-file), not {self.data.source!r}")
         return self
+
+
+def _line_errors(err: ValidationError) -> list[dict]:
+    """``err``'s errors as pydantic takes them back (ValidationError.from_exception_data)."""
+    return [{k: v for k, v in e.items() if k in ("type", "loc", "input", "ctx")} for e in err.errors()]
+
+
+def _section_value(key: str, model: type[Section], raw: object) -> Section:
+    """``raw`` validated as the section ``key``; errors located under the key (``prokt.lam``)."""
+    if isinstance(raw, model):
+        return raw
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ValidationError.from_exception_data("Recipe", [{**x, "loc": (key, *x["loc"])} for x in _line_errors(e)]) from None
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -20,18 +20,18 @@ import yaml
 from prokt_deploy.data import TEXT_SOURCES, DataBundle, infer_source
 from prokt_deploy.errors import ProktError, UsageError
 from prokt_deploy.recipe import DEFAULT_RECIPE, RECIPES_DIR, Recipe, apply_overrides, load_recipe
+from prokt_deploy.train import methods
 
 TEXT_RECIPE = RECIPES_DIR / "tweets-minilm.yaml"
 
-# Keys always written (even at their schema default) because a user tuning a recipe looks for them.
+# Keys always written (even at their schema default) because a user tuning a recipe looks for them (a method's
+# section: its MethodSpec.shown).
 SHOWN = {
     "data": ("source", "path", "val_fraction", "test_fraction", "split_seed", "max_train_samples"),
     "teacher": ("arch", "factory", "init", "checkpoint", "epochs"),
     "student": ("family",),
     "budget": ("size", "precision", "formats"),
     "train": ("epochs", "min_steps", "batch_size", "keep_best"),
-    "prokt": ("lam", "zero_init_heads"),
-    "kd": ("alpha", "temperature"),
 }
 
 SECTION_NOTES = {
@@ -44,9 +44,12 @@ SECTION_NOTES = {
     "train": "The schedule. Each training phase runs at least train.min_steps optimizer steps: when epochs x steps per epoch\n"
     "is fewer, the epochs are raised (the run's manifest records the epochs run and why). keep_best keeps the epoch\n"
     "with the best validation accuracy.",
-    "prokt": "ProKT (PROKT.md): lam weighs the teacher's KL to the student.",
-    "kd": "The kd baseline (run --compare kd, or method: kd).",
-}
+}  # a method's section: its MethodSpec.description
+
+
+def _method_sections() -> dict[str, methods.MethodSpec]:
+    """The registered methods' recipe sections, in registration order (prokt, kd)."""
+    return {spec.section: spec for spec in map(methods.get, methods.names()) if spec.section}
 
 
 def new_recipe(
@@ -126,7 +129,8 @@ def _section(recipe: Recipe, key: str) -> dict:
     model = getattr(recipe, key)
     full = model.model_dump(mode="json")
     lean = model.model_dump(mode="json", exclude_defaults=True)
-    shown = SHOWN.get(key, ())
+    spec = _method_sections().get(key)
+    shown = spec.shown if spec else SHOWN.get(key, ())
     return {k: v for k, v in full.items() if k in lean or k in shown}
 
 
@@ -143,10 +147,11 @@ def render(recipe: Recipe, data: DataBundle, path: Path, *, inferred: bool = Tru
     lines.append(f"#   {steps} optimizer steps per epoch at batch {recipe.train.batch_size}")
     top = {k: getattr(recipe, k) for k in ("name", "description", "task", "seed", "device", "method")}
     lines += ["", yaml.safe_dump(top, sort_keys=False, width=1000).rstrip()]
-    for key in ("data", "teacher", "student", "budget", "train", "prokt", "kd"):
+    sections = _method_sections()
+    for key in ("data", "teacher", "student", "budget", "train", *sections):
         section = _section(recipe, key)
         lines.append("")
-        note = SECTION_NOTES[key]
+        note = sections[key].description if key in sections else SECTION_NOTES[key]
         if key == "teacher" and teacher_note:
             note += "\n" + teacher_note
         lines += [f"# {line}" for line in note.splitlines()]

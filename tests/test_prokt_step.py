@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prokt_deploy.recipe import OptimizerConfig, ProktConfig
-from prokt_deploy.train.engine import prokt_method
+from prokt_deploy.recipe import OptimizerConfig
 from prokt_deploy.train.losses import kl_to_target
+from prokt_deploy.train.methods.prokt import ProktConfig, prokt_method
 
 SGD = OptimizerConfig(name="sgd", lr=0.5, momentum=0.0, schedule="constant")
 
@@ -202,7 +202,7 @@ def test_pretrain_trains_the_teacher_then_resets_its_head(tmp_path):
 def test_batch_stats_teacher_targets_leave_running_stats():
     """prokt.teacher_targets: batch-stats normalises the teacher's targets with the batch's statistics,
     changes no buffer, leaves the model in eval mode and only touches the teacher's targets."""
-    from prokt_deploy.train.engine import _soft_targets
+    from prokt_deploy.train.engine import soft_targets as _soft_targets
 
     teacher = tiny(1, dropout=0.5)
     x = torch.randn(16, 6) * 3 + 1  # far from the initial running stats (0, 1)

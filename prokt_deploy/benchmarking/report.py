@@ -70,6 +70,7 @@ from prokt_deploy.errors import RunError
 from prokt_deploy.run.reader import Manifest
 from prokt_deploy.run.records import BenchReport
 from prokt_deploy.run.workspace import write_json_atomic, write_text_atomic
+from prokt_deploy.train import methods
 
 SCHEMA_VERSION = 1
 REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
@@ -801,7 +802,7 @@ _LINE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"
 
 def curve_series(rep: dict) -> list[tuple[str, list[float]]]:
     """Validation accuracy per epoch: the teacher's pre-training, this run's student (and its teacher,
-    which ProKT trains too) and every ``--compare`` baseline; (name, values in [0, 1])."""
+    which a method like ProKT trains too) and every ``--compare`` baseline; (name, values in [0, 1])."""
     hist = rep.get("learning_curves") or {}
     method = rep.get("method") or "student"
     series = []
@@ -813,8 +814,9 @@ def curve_series(rep: dict) -> list[tuple[str, list[float]]]:
     if vals and all(v is not None for v in vals):
         series.append((f"student ({method})", vals))
     teacher = [e.get("val_teacher_accuracy") for e in student]
-    if method == "prokt" and teacher and all(v is not None for v in teacher):
-        series.append(("teacher (during ProKT)", teacher))
+    spec = methods.find(method)
+    if spec is not None and spec.trains_teacher and teacher and all(v is not None for v in teacher):
+        series.append((f"teacher (during {spec.label})", teacher))
     for row in (rep.get("compare") or {}).get("rows", []):
         curve = row.get("val_curve") or []
         if row.get("run") != "." and curve and all(v is not None for v in curve):

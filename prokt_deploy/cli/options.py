@@ -14,6 +14,7 @@ import typer
 from prokt_deploy.budget import parse_size
 from prokt_deploy.errors import RecipeError, UsageError
 from prokt_deploy.recipe import DEFAULT_RECIPE, RECIPES_DIR, Recipe, apply_overrides, load_recipe
+from prokt_deploy.train import methods
 
 TEXT_DEFAULT_RECIPE = RECIPES_DIR / "tweets-minilm.yaml"
 
@@ -70,7 +71,7 @@ OVERRIDES: dict[str, Override] = {
             "budget.size",
             _size,
         ),
-        Override("method", ("--method",), str, "prokt | kd | scratch.", "method"),
+        Override("method", ("--method",), str, " | ".join(methods.names()) + ".", "method"),  # the methods registered at import
         Override("epochs", ("--epochs",), int, "Training epochs.", "train.epochs"),
         Override("seed", ("--seed",), int, "Random seed (data split, init, order).", "seed"),
         Override("device", ("--device",), str, "Training device: cpu, cuda, cuda:N or auto.", "device"),

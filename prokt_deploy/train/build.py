@@ -10,6 +10,7 @@ from prokt_deploy.models import create_model, zero_init_head
 from prokt_deploy.models.external import check_teacher_output, is_external
 from prokt_deploy.recipe import Recipe
 from prokt_deploy.run.checkpoint import build_from_factory, load_weights
+from prokt_deploy.train import methods
 
 
 def build_teacher(recipe: Recipe, data: DataBundle, *, zero_head: bool | None = None) -> nn.Module:
@@ -32,14 +33,15 @@ def build_teacher(recipe: Recipe, data: DataBundle, *, zero_head: bool | None = 
             raise RecipeError(f"teacher.init is {t.init!r} but no teacher.checkpoint is set; pass --teacher-checkpoint PATH")
         load_weights(teacher, t.checkpoint)
     if zero_head is None:
-        zero_head = recipe.method == "prokt" and recipe.prokt.zero_init_heads and t.init == "scratch"
+        zero_head = methods.get(recipe.method).zero_heads(recipe) and t.init == "scratch"
     if zero_head or t.init == "checkpoint-reset-head":
         zero_init_head(teacher)
     return teacher
 
 
 def student_zero_head(recipe: Recipe) -> bool:
-    """Whether the student's head starts at zero: student.zero_init_head, else ProKT's zero_init_heads for prokt."""
+    """Whether the student's head starts at zero: student.zero_init_head, else as the method says (ProKT's
+    zero_init_heads for prokt)."""
     if recipe.student.zero_init_head is not None:
         return recipe.student.zero_init_head
-    return recipe.method == "prokt" and recipe.prokt.zero_init_heads
+    return methods.get(recipe.method).zero_heads(recipe)

@@ -40,7 +40,7 @@ from prokt_deploy.run.workspace import (
     staged_run_dir,
     write_text_atomic,
 )
-from prokt_deploy.train import distributed, engine
+from prokt_deploy.train import distributed, engine, methods
 from prokt_deploy.train.build import build_teacher, student_zero_head
 from prokt_deploy.train.planner import Plan, plan
 
@@ -102,13 +102,9 @@ def _teacher_method(recipe: Recipe, teacher: nn.Module, data: DataBundle) -> eng
 
 
 def _student_method(recipe: Recipe, student: nn.Module, teacher: nn.Module, data: DataBundle) -> engine.Method:
+    spec = methods.get(recipe.method)
     total = _student_schedule(recipe, data)["steps"]
-    t = recipe.train
-    if recipe.method == "prokt":
-        return engine.prokt_method(student, teacher, t.teacher_optimizer, t.student_optimizer, recipe.prokt, total, t.grad_clip)
-    if recipe.method == "kd":
-        return engine.kd_method(student, teacher, t.student_optimizer, recipe.kd, total, t.grad_clip)
-    return engine.scratch_method(student, t.student_optimizer, total, t.grad_clip)
+    return spec.step(methods.StepSetup(recipe, student, teacher if spec.needs_teacher else None, total, spec.settings(recipe)))
 
 
 def _resume_point(ckpt: dict | None, phase: str) -> engine.Resume | None:
@@ -316,8 +312,9 @@ def _start_log(run: _Run, ws: RunWorkspace) -> None:
 
 
 def _pretrains_teacher(recipe: Recipe) -> bool:
-    """KD without a converged teacher checkpoint, and ProKT with ``teacher.init: pretrain``, train the teacher with CE first."""
-    return (recipe.method == "kd" and recipe.teacher.init != "checkpoint") or (recipe.method == "prokt" and recipe.teacher.init == "pretrain")
+    """Whether the method trains the teacher with CE first (KD without a converged teacher checkpoint, ProKT with
+    ``teacher.init: pretrain``: :meth:`prokt_deploy.train.methods.MethodSpec.pretrains_teacher`)."""
+    return methods.get(recipe.method).pretrains_teacher(recipe)
 
 
 def _train_phases(run: _Run, ws: RunWorkspace, progress: engine.Progress | None) -> tuple[dict[str, list[dict]], dict[str, int | None]]:
@@ -338,6 +335,7 @@ def _train_phases(run: _Run, ws: RunWorkspace, progress: engine.Progress | None)
         return save
 
     fit = dict(seed=recipe.seed, device=device, progress=progress, batch_size=recipe.train.batch_size, **_fit_options(recipe, data))
+    spec = methods.get(recipe.method)
     pretrain = _pretrains_teacher(recipe)
     run.schedules = {"teacher": _teacher_schedule(recipe, data)} if pretrain else {}
     run.schedules["student"] = _student_schedule(recipe, data)
@@ -358,11 +356,11 @@ def _train_phases(run: _Run, ws: RunWorkspace, progress: engine.Progress | None)
         )
         best_epochs["teacher"] = method.best_epoch
         run.timings["teacher_train_s"] = run.timings.get("teacher_train_s", 0.0) + time.perf_counter() - t
-        if recipe.method == "prokt":
-            # the reference's start (PROKT.md): a trained backbone, the head reset to zero, fine-tuned jointly.
+        if spec.reset_pretrained_teacher_head:
+            # ProKT: the reference's start (PROKT.md): a trained backbone, the head reset to zero, fine-tuned jointly.
             # Only here, right after pretraining: a resumed ProKT phase loads the teacher from its checkpoint.
             zero_init_head(run.teacher)
-    trained_teacher = distributed.wrap(run.teacher, device) if recipe.method == "prokt" else run.teacher  # kd's teacher is frozen
+    trained_teacher = distributed.wrap(run.teacher, device) if spec.trains_teacher else run.teacher  # kd's teacher is frozen
     method = _student_method(recipe, distributed.wrap(run.student, device), trained_teacher, data)
     t = time.perf_counter()
     history["student"] = engine.fit(
@@ -383,7 +381,7 @@ def _write_run(run: _Run, ws: RunWorkspace, history: dict[str, list[dict]], best
     """Score the trained models once on validation and test (the test split's only use), and write the
     weights, the tokenizer (text) and the manifest into the partial directory (rank 0)."""
     recipe, data, device, student, teacher = run.recipe, run.data, run.device, run.student, run.teacher
-    teacher_used = recipe.method != "scratch"
+    teacher_used = methods.get(recipe.method).needs_teacher
     metrics = {
         "student_test_accuracy": engine.accuracy(student, data.test, device),
         "student_val_accuracy": engine.accuracy(student, data.val, device),

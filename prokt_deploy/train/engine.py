@@ -1,13 +1,11 @@
-"""The training engine: one loop, three methods (scratch, kd, prokt).
+"""The training engine: one loop for every method (``prokt_deploy.train.methods``: scratch, kd, prokt, ...).
 
 Each method is a *step* function that takes one minibatch and updates the models; the loop
 around it is the same for all (shuffle, step, NaN check, validate, log), so the methods are
-compared in the same engine with the same data order.
-
-ProKT follows shared PROKT.md exactly: per minibatch, (a) the teacher takes one optimizer step
-on (1 - lam) * CE + lam * KL(q || p_theta) with q from the current student in eval mode,
-then (b) the student takes one step on KL(p' || q_phi) with p' from the *updated* teacher in
-eval mode. Two optimizers, two schedules, gradient clipping at ``grad_clip``.
+compared in the same engine with the same data order. The pieces a method's step is made of live
+here: :class:`Method`, :func:`make_optimizer`, :func:`make_scheduler`, :func:`clip_and_step`,
+:func:`soft_targets`, :func:`check_finite`, and :func:`scratch_method` (cross-entropy on the labels,
+also the teacher's pre-training phase).
 """
 
 from __future__ import annotations
@@ -31,10 +29,10 @@ from torch import nn
 
 from prokt_deploy.data import DataBundle, Split, trim_padding
 from prokt_deploy.errors import TrainingError
-from prokt_deploy.recipe import KDConfig, OptimizerConfig, ProktConfig
+from prokt_deploy.recipe import OptimizerConfig
 from prokt_deploy.train.augment import step_generator
 from prokt_deploy.train.distributed import active, all_ok, is_main, shard, sum_metrics, unwrap
-from prokt_deploy.train.losses import kd_loss, kl_to_target, prokt_constrained_teacher_loss, prokt_student_loss, prokt_teacher_loss
+from prokt_deploy.train.losses import kl_to_target
 
 log = logging.getLogger("prokt_deploy")
 
@@ -135,7 +133,7 @@ def accuracy(model: nn.Module, split: Split, device: torch.device) -> float:
     return (predict_logits(model, split.x, device).argmax(1) == split.y).float().mean().item()
 
 
-def _clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, sched, loss: torch.Tensor, grad_clip: float | None) -> None:
+def clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, sched, loss: torch.Tensor, grad_clip: float | None) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip is not None:
@@ -145,7 +143,7 @@ def _clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, sched, loss: to
 
 
 @torch.no_grad()
-def _soft_targets(model: nn.Module, x: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
+def soft_targets(model: nn.Module, x: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
     """Eval-mode (dropout off, BN running stats), detached probabilities.
 
     ``batch_stats``: batch-norm layers normalise with this batch's statistics instead (train-mode
@@ -211,81 +209,14 @@ def scratch_method(student: nn.Module, opt_cfg: OptimizerConfig, total_steps: in
         student.train()
         logits = student(x)  # (B, K)
         loss = F.cross_entropy(logits, y)
-        _check_finite(loss, "cross-entropy")
-        _clip_and_step(student, opt, sched, loss, grad_clip)
+        check_finite(loss, "cross-entropy")
+        clip_and_step(student, opt, sched, loss, grad_clip)
         return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
 
     return Method("scratch", step, student, optimizers={"student": (opt, sched)})
 
 
-def kd_method(student: nn.Module, teacher: nn.Module, opt_cfg: OptimizerConfig, cfg: KDConfig, total_steps: int, grad_clip: float | None) -> Method:
-    opt = make_optimizer(student.parameters(), opt_cfg)
-    sched = make_scheduler(opt, opt_cfg, total_steps)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)  # KD: the converged teacher is frozen
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        with torch.no_grad():
-            t_logits = teacher(x)
-        student.train()
-        logits = student(x)
-        loss = kd_loss(logits, t_logits, y, cfg.alpha, cfg.temperature)
-        _check_finite(loss, "KD")
-        _clip_and_step(student, opt, sched, loss, grad_clip)
-        return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
-
-    return Method("kd", step, student, teacher, optimizers={"student": (opt, sched)})
-
-
-def prokt_method(
-    student: nn.Module,
-    teacher: nn.Module,
-    teacher_opt_cfg: OptimizerConfig,
-    student_opt_cfg: OptimizerConfig,
-    cfg: ProktConfig,
-    total_steps: int,
-    grad_clip: float | None,
-) -> Method:
-    opt_t = make_optimizer(teacher.parameters(), teacher_opt_cfg)
-    sched_t = make_scheduler(opt_t, teacher_opt_cfg, total_steps)
-    opt_s = make_optimizer(student.parameters(), student_opt_cfg)
-    sched_s = make_scheduler(opt_s, student_opt_cfg, total_steps)
-    state = {"beta": cfg.beta0} if cfg.constrained else {}
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        # (a) teacher step toward the local intermediate target, held close to the current student.
-        q = _soft_targets(student, x)  # (B, K), student phi_t
-        teacher.train()
-        t_logits = teacher(x)
-        if cfg.constrained:
-            loss_t, kl = prokt_constrained_teacher_loss(t_logits, y, q, state["beta"], cfg.eps)
-        else:
-            loss_t, kl = prokt_teacher_loss(t_logits, y, q, cfg.lam)
-        _check_finite(loss_t, "ProKT teacher")
-        _clip_and_step(teacher, opt_t, sched_t, loss_t, grad_clip)
-        if cfg.constrained:  # dual ascent on beta after the step
-            state["beta"] = max(0.0, state["beta"] + cfg.eta_beta * (kl.item() - cfg.eps))
-
-        # (b) student step: project the UPDATED teacher theta_{t+1} onto the student family.
-        p = _soft_targets(teacher, x, batch_stats=cfg.teacher_targets == "batch-stats")  # (B, K)
-        student.train()
-        s_logits = student(x)
-        loss_s = prokt_student_loss(s_logits, p, y, cfg.student_label_weight)  # temperature 1; no label term at w = 0
-        _check_finite(loss_s, "ProKT student")
-        _clip_and_step(student, opt_s, sched_s, loss_s, grad_clip)
-        return {
-            "loss": loss_s.item(),
-            "teacher_loss": loss_t.item(),
-            "kl_q_p": kl.item(),
-            "acc": (s_logits.argmax(1) == y).float().mean().item(),
-            "teacher_acc": (t_logits.argmax(1) == y).float().mean().item(),
-        }
-
-    return Method("prokt", step, student, teacher, state, optimizers={"teacher": (opt_t, sched_t), "student": (opt_s, sched_s)}, trains_teacher=True)
-
-
-def _check_finite(loss: torch.Tensor, what: str) -> None:
+def check_finite(loss: torch.Tensor, what: str) -> None:
     if not torch.isfinite(loss):
         raise TrainingError(f"{what} loss became {loss.item()}; lower the learning rate or check the data")
 

@@ -1,0 +1,65 @@
+"""Knowledge distillation (Hinton et al. 2015): the student matches a frozen, converged teacher's softened
+outputs, alpha * T^2 * KL at temperature T plus (1 - alpha) * CE on the labels. Without a teacher checkpoint the
+run trains the teacher with cross-entropy first."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from prokt_deploy.recipe import OptimizerConfig, Section
+from prokt_deploy.train.methods.registry import MethodSpec, StepSetup, register
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from prokt_deploy.train.engine import Method
+
+
+class KDConfig(Section):
+    alpha: float = Field(0.9, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0)
+
+
+def kd_method(student: nn.Module, teacher: nn.Module, opt_cfg: OptimizerConfig, cfg: KDConfig, total_steps: int, grad_clip: float | None) -> Method:
+    import torch
+
+    from prokt_deploy.train.engine import Method, check_finite, clip_and_step, make_optimizer, make_scheduler
+    from prokt_deploy.train.losses import kd_loss
+
+    opt = make_optimizer(student.parameters(), opt_cfg)
+    sched = make_scheduler(opt, opt_cfg, total_steps)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)  # KD: the converged teacher is frozen
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        student.train()
+        logits = student(x)
+        loss = kd_loss(logits, t_logits, y, cfg.alpha, cfg.temperature)
+        check_finite(loss, "KD")
+        clip_and_step(student, opt, sched, loss, grad_clip)
+        return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+
+    return Method("kd", step, student, teacher, optimizers={"student": (opt, sched)})
+
+
+def _step(s: StepSetup) -> Method:
+    return kd_method(s.student, s.teacher, s.recipe.train.student_optimizer, s.config, s.total_steps, s.recipe.train.grad_clip)
+
+
+register(
+    MethodSpec(
+        name="kd",
+        step=_step,
+        teacher="frozen",
+        label="KD",
+        description="The kd baseline (run --compare kd, or method: kd).",
+        section="kd",
+        config=KDConfig,
+        shown=("alpha", "temperature"),
+    )
+)
