@@ -43,7 +43,7 @@ DEFAULT_SAMPLES = 500
 _README = """\
 On-device benchmark bundle for run {run} (written {created} by prokt-deploy).
 
-Needs Python 3.10+, numpy and onnxruntime and/or openvino; not torch, not prokt-deploy.
+Needs Python 3.10+, numpy and {runtimes}; not torch, not prokt-deploy.
 Artifacts whose runtime is not installed are skipped.
 
     python bench_bundle.py                    # writes device-results.json here
@@ -104,8 +104,15 @@ def write_bundle(
         entries.insert(0, ("teacher", "onnx", "fp32", files, manifest.metrics.get("teacher_test_accuracy")))
 
     spec = _spec("bundle", run.name, manifest.input, manifest.classes, len(y), settings)
-    readme = _README.format(run=run.name, created=spec["created"], run_path=run)
+    readme = _README.format(run=run.name, created=spec["created"], run_path=run, runtimes=_runtimes(entries))
     return _stage(out, entries, spec, _sample_arrays(data, x, y), readme, tokenizer)
+
+
+def _runtimes(entries: list[tuple]) -> str:
+    """The runtimes a bundle's artifacts need (their formats' runners), for its README."""
+    from prokt_deploy import formats
+
+    return " and/or ".join(dict.fromkeys(formats.runtime_name(fmt) for _, fmt, *_ in entries))
 
 
 def _spec(kind: str, run: str, input_spec: dict, classes: list, samples: int, settings: dict | None) -> dict:
@@ -190,7 +197,7 @@ Plan bundle for recipe {recipe} at {budget} (written {created} by prokt-deploy p
 
 Every student candidate that fits the size budget, untrained (generic weights: the real graph, so the
 real latency), and the teacher's fp32 and int8 artifacts. Accuracies measured here are meaningless
-(untrained models); only the latencies matter. Needs Python 3.10+, numpy and onnxruntime and/or openvino.
+(untrained models); only the latencies matter. Needs Python 3.10+, numpy and {runtimes}.
 
     python bench_bundle.py                    # writes device-results.json here
     python bench_bundle.py --threads 4 --device GPU
@@ -237,7 +244,7 @@ def write_plan_bundle(
                 files = generic_artifact(model, label, fmt, precision, ex, calibration, Path(tmp) / f"{fmt}-{i}", kept(label, fmt))
                 entries.append((model_name(label), fmt, precision, files, None))
         spec = _spec("plan-bundle", f"{PLAN_BUNDLE_PREFIX}{recipe_name}@{budget}", data.input, list(data.classes), len(y), settings)
-        readme = _PLAN_README.format(recipe=recipe_name, recipe_path=recipe_path, budget=budget, created=spec["created"])
+        readme = _PLAN_README.format(recipe=recipe_name, recipe_path=recipe_path, budget=budget, created=spec["created"], runtimes=_runtimes(entries))
         return _stage(out, entries, spec, _sample_arrays(data, x, y), readme, [])
 
 
