@@ -310,7 +310,7 @@ def export_accuracy_aware(
     out.mkdir(parents=True, exist_ok=True)
     with frozen_eval(model):
         ex = example_input.detach().to(torch.int64 if text else torch.float32)
-        return exporter.accuracy_aware(
+        result = exporter.accuracy_aware(
             model,
             out,
             example_input=ex,
@@ -321,3 +321,5 @@ def export_accuracy_aware(
             name=name,
             opset=opset,
         )
+    result.artifact.format = fmt  # a format that reuses another's search (e.g. a subclass) names its own artifact
+    return result

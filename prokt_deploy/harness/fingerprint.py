@@ -132,11 +132,11 @@ def _default_runners() -> tuple:
         import importlib.util
         import sys
 
-        runners = sys.modules.get("runners")
+        runners = sys.modules.get("_harness_runners")  # as measure.py (bench_bundle.py) names it
         if runners is None:
-            spec = importlib.util.spec_from_file_location("runners", Path(__file__).resolve().with_name("runners.py"))
+            spec = importlib.util.spec_from_file_location("_harness_runners", Path(__file__).resolve().with_name("runners.py"))
             runners = importlib.util.module_from_spec(spec)
-            sys.modules["runners"] = runners
+            sys.modules["_harness_runners"] = runners
             spec.loader.exec_module(runners)
     return tuple(runners.FINGERPRINT_RUNNERS)
 

@@ -117,12 +117,13 @@ def _sibling(name: str) -> ModuleType:
     bench_bundle.py, or this file run by path in a worker) the file ``<name>.py`` next to it."""
     if __package__:
         return importlib.import_module(f"{__package__}.{name}")
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name(f"{name}.py"))
+    key = f"_harness_{name}"  # under its own name: never a module of that name the board may have
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
+        sys.modules[key] = module
         spec.loader.exec_module(module)
-    return sys.modules[name]
+    return sys.modules[key]
 
 
 runners = _sibling("runners")
