@@ -12,7 +12,7 @@ shorten it), then exported at int8 twice per format: plain (``exporters.export``
   same function in fp32, as in tests/test_accuracy_aware.py), the case plain int8 fails.
 
 Accuracy is on the run's held-out test split, in each artifact's runtime, against the PyTorch
-student; latency is batch 1, 1 thread, one process per engine (``prokt_deploy.benchmarking.measure``: warm-up,
+student; latency is batch 1, 1 thread, one process per engine (``prokt_deploy.harness.measure``: warm-up,
 timed runs, rounds rotated, median of the rounds' p50). Only families whose second block is
 conv -> BatchNorm -> ReLU -> conv (``cnn``) get the outlier case.
 
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 import exporters
-from prokt_deploy import apply_overrides, distill, load_recipe
-from prokt_deploy.benchmarking import measure
+from prokt_deploy import apply_overrides, distill, formats, load_recipe
 from prokt_deploy.benchmarking.bench import runtime_targets
 from prokt_deploy.data import load_recipe_data
+from prokt_deploy.harness import measure
 from prokt_deploy.run.reader import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def main() -> None:
                 for fmt in ("onnx", "openvino"):
                     print(f"{name} {case} {fmt}", flush=True)
                     rows += export_pair(model, fmt, data, tmp / name / case, args.max_accuracy_drop, calibration)
-                engines = [{"id": f"{r['format']}-{r['mode']}", **measure.artifact_engine(r["format"], r["main_file"], targets)} for r in rows]
+                engines = [{"id": f"{r['format']}-{r['mode']}", **formats.artifact_engine(r["format"], [r["main_file"]], targets)} for r in rows]
                 timed = measure.measure(engines, npz, threads=1, batch=1, runs=args.runs, repeats=args.repeats)
                 for r, m in zip(rows, timed):
                     r["latency_ms_p50"] = round(m["latency_ms"]["p50"], 4)

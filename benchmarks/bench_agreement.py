@@ -2,7 +2,7 @@
 
 For each artifact file (OpenVINO IR and ONNX, fp32 and int8) the p50 at batch 1 is measured
 
-- by ``prokt_deploy.benchmarking.measure`` (what ``prokt-deploy bench`` uses), with OpenVINO: the wall-clock time
+- by ``prokt_deploy.harness.measure`` (what ``prokt-deploy bench`` uses), with OpenVINO: the wall-clock time
   around one ``infer()`` call from Python, and OpenVINO's own per-call timer read in the same loop;
   ONNX files also with onnxruntime, for reference (a different runtime: not part of the agreement);
 - by ``benchmark_app`` (ships with the openvino package) on the same file: ``-d CPU -hint latency
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 import exporters
-from prokt_deploy.benchmarking import measure
-from prokt_deploy.benchmarking.fingerprint import fingerprint
+from prokt_deploy.harness import measure
+from prokt_deploy.harness.fingerprint import fingerprint
 from prokt_deploy.models import count_params, create_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from prokt_deploy import apply_overrides, bench, distill, export_run, load_recipe, open_run
-from prokt_deploy.benchmarking.fingerprint import fingerprint
+from prokt_deploy.harness.fingerprint import fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_S = {"image": 60.0, "text": 180.0}

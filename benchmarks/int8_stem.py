@@ -31,10 +31,10 @@ import torch
 import exporters
 import exporters.onnx as onnx_exporter
 from exporters.size import generic_copy
-from prokt_deploy import load_recipe
-from prokt_deploy.benchmarking import measure
-from prokt_deploy.benchmarking.fingerprint import fingerprint
+from prokt_deploy import formats, load_recipe
 from prokt_deploy.data import load_recipe_data
+from prokt_deploy.harness import measure
+from prokt_deploy.harness.fingerprint import fingerprint
 from prokt_deploy.models import count_params, create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,9 @@ def run_cell(arch: str, shape: tuple[int, int, int], args, tmp: Path) -> dict:  
     npz = cell / "x.npz"
     np.savez(npz, x=evalx[:64], y=np.zeros(min(64, len(evalx)), dtype=np.int64))
     targets = {"openvino": "CPU", "onnxruntime": ["CPUExecutionProvider"]}
-    engines = [{"id": r["variant"], **measure.artifact_engine("onnx", r["main"], targets), "accuracy": {"accuracy": 0.0, "samples": 0}} for r in rows]
+    engines = [
+        {"id": r["variant"], **formats.artifact_engine("onnx", [r["main"]], targets), "accuracy": {"accuracy": 0.0, "samples": 0}} for r in rows
+    ]
     timed = measure.measure(engines, npz, threads=1, batch=args.batch, runs=args.runs, warmup=args.warmup, repeats=args.repeats)
     ref = logits["fp32"].argmax(1)
     for r, m in zip(rows, timed):

@@ -3,7 +3,7 @@
 For each case the planner picks the student as ``distill`` would (the recipe's budget, family and
 ``budget.target``; ``--family`` overrides the family), then the student and the teacher are exported to
 ONNX and OpenVINO at fp32 and int8 (int8 calibrated on 300 real training samples) and all eight files
-are timed together with bench's harness (``prokt_deploy.benchmarking.measure``: one worker process per engine, 1
+are timed together with bench's harness (``prokt_deploy.harness.measure``: one worker process per engine, 1
 thread, warm-up, rounds rotated, median of the rounds' p50) at batch 1 and at batch ``--batch`` (32).
 
 Cases:
@@ -42,11 +42,11 @@ import torch
 
 import exporters
 from exporters.size import generic_copy
-from prokt_deploy import apply_overrides, load_recipe
-from prokt_deploy.benchmarking import measure
+from prokt_deploy import apply_overrides, formats, load_recipe
 from prokt_deploy.benchmarking.bench import runtime_targets
-from prokt_deploy.benchmarking.fingerprint import fingerprint
 from prokt_deploy.data import load_recipe_data
+from prokt_deploy.harness import measure
+from prokt_deploy.harness.fingerprint import fingerprint
 from prokt_deploy.models import count_params, create_model
 from prokt_deploy.train.build import build_teacher
 from prokt_deploy.train.planner import plan
@@ -121,7 +121,9 @@ def run_case(name: str, overrides: dict, args, tmp: Path, targets: dict) -> dict
                 )
     npz = tmp / "x.npz"
     np.savez(npz, x=data.test.x[:64].numpy(), y=data.test.y[:64].numpy())
-    engines = [{"id": r["id"], **measure.artifact_engine(r["format"], r["main"], targets), "accuracy": {"accuracy": 0.0, "samples": 0}} for r in rows]
+    engines = [
+        {"id": r["id"], **formats.artifact_engine(r["format"], [r["main"]], targets), "accuracy": {"accuracy": 0.0, "samples": 0}} for r in rows
+    ]
     timed = measure.measure(engines, npz, threads=1, batch=args.batch, runs=args.runs, warmup=args.warmup, repeats=args.repeats)
     for r, m in zip(rows, timed):
         r.pop("main")

@@ -41,16 +41,31 @@ other batch sizes (not just declared symbolic) before it is accepted.
 
 Adding a format
 ---------------
-1. Create ``exporters/<fmt>.py`` with a subclass of ``Exporter`` that sets ``name = "<fmt>"`` and
-   ``precisions = (...)`` and implements ``export`` (write only the final files into ``out_dir``,
-   intermediates in a temp dir; return an :class:`Artifact` listing *every* file), ``load`` (return an
-   object with ``predict(x) -> logits`` and ``runtime``) and ``runtime``; decorate it with ``@register``.
+A format is one file and one registration line; nothing else in the project names a format (the planner,
+export, bench, bundle, the reference exports, int8 diagnosis and the fingerprint read it from the registry):
+
+1. Create ``exporters/<fmt>.py`` with a subclass of ``Exporter``, decorated with ``@register``, that declares
+
+   - ``name = "<fmt>"``, ``precisions = (...)`` and ``main_suffix`` (how the file a runtime opens ends);
+   - ``export`` (write only the final files into ``out_dir``, intermediates in a temp dir; return an
+     :class:`Artifact` listing *every* file; ``starts_from_onnx = True`` if it can start from a given fp32
+     ONNX file), ``load`` (an object with ``predict(x) -> logits`` and ``runtime``: the accuracy gate) and
+     ``runtime`` (name and version); ``size`` if its exact size is not the sum of its files;
+   - ``runner``: how the torch-free timing harness (``prokt_deploy/harness``) runs its artifacts on the host,
+     in worker processes and on boards: a built-in runner's name (``"onnxruntime"``, ``"openvino"``), or a
+     runner class written in the same file, self-contained (it imports its runtime in its methods and uses
+     only numpy): the harness runs that class's source alone and bundles ship it (see
+     ``prokt_deploy/harness/runners.py`` for what a runner declares, what ``--device`` means for it included);
+   - optionally the int8 hooks: ``executed_graph`` (int8 diagnosis: the runtime's executed graph) and
+     ``accuracy_aware`` (accuracy-aware int8); a format without them is benchmarked and gated all the same.
+
    Import the runtime lazily through ``_common.require(module, pip_name)`` so a missing runtime raises
    :class:`BackendMissingError`.
-2. Import the module in this file next to ``from . import onnx`` and add a default tolerance for any
-   new precision to ``TOLERANCES`` in ``exporters/validate.py``.
+2. Import the module in this file next to ``from . import onnx`` (the registration line), and add a default
+   tolerance for any new precision to ``TOLERANCES`` in ``exporters/validate.py``.
 3. ``tests/test_exporters_image.py`` parametrizes over ``PRECISIONS``, so the new format is exported and
    validated there automatically; add format-specific checks (file layout, batch) as needed.
+   ``tests/extra_format.py`` is a complete example registered from one file (``tests/test_extra_format.py``).
 
 Precision choices: ONNX int8 is onnxruntime static QDQ, per-channel QInt8 weights, QUInt8 activations
 (U8S8: the type onnxruntime fuses into QLinearConv everywhere; global average pooling exported as
@@ -79,7 +94,7 @@ from . import openvino as _openvino_format  # noqa: E402,F401
 from ._common import Artifact, BackendMissingError, ExportError, Predictor, artifact_bytes, frozen_eval
 from ._text import TEXT_INPUT_NAMES, is_text_input
 from .accuracy_aware import AccuracyAwareResult, export_accuracy_aware  # noqa: E402
-from .registry import FORMATS, PRECISIONS, Exporter, get_exporter, main_file, register
+from .registry import FORMATS, PRECISIONS, Exporter, formats_with, get_exporter, main_file, register
 from .size import measure_bytes  # noqa: E402
 from .validate import Validation, default_tolerance, predict_logits, reference_logits, validate
 
@@ -99,6 +114,8 @@ __all__ = [
     "predict_logits",
     "export",
     "export_accuracy_aware",
+    "formats_with",
+    "get_exporter",
     "is_text_input",
     "load",
     "main_file",
@@ -211,7 +228,7 @@ def export(
             calibration=calib,
             name=name,
             opset=opset,
-            **({"fp32_onnx": reuse} if reuse is not None else {}),
+            **({"fp32_onnx": reuse} if reuse is not None and exporter.starts_from_onnx else {}),
         )
 
 

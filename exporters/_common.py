@@ -68,8 +68,11 @@ class Artifact:
 
     @property
     def bytes(self) -> int:
-        """Total size in bytes of all files of the artifact (e.g. ``.xml`` + ``.bin``)."""
-        return artifact_bytes(self.files)
+        """Total size in bytes of all files of the artifact (e.g. ``.xml`` + ``.bin``), as its format counts it."""
+        from .registry import FORMATS  # the registry imports this module
+
+        exporter = FORMATS.get(self.format)
+        return exporter.size(self.files) if exporter is not None else artifact_bytes(self.files)
 
     @property
     def main_file(self) -> Path:

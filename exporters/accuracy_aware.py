@@ -295,9 +295,11 @@ def export_accuracy_aware(
     ``validation_y``) is at most ``max_accuracy_drop`` points below the fp32 artifact's, keeping the
     fewest layers in fp32 that achieve it (see the module docstring). ``met`` is False when even every
     layer in fp32 misses it; then the artifact is the plain int8 one."""
-    searches = {"onnx": _onnx_search, "openvino": _ov_search}
-    if fmt not in searches:
-        raise ExportError(f"accuracy-aware int8 supports {', '.join(searches)}, not {fmt!r}")
+    from .registry import formats_with_accuracy_aware, get_exporter  # the format modules import this one lazily
+
+    exporter = get_exporter(fmt)
+    if not exporter.has_accuracy_aware:
+        raise ExportError(f"accuracy-aware int8 supports {', '.join(formats_with_accuracy_aware())}, not {fmt!r}")
     if len(validation_x) == 0 or len(validation_x) != len(validation_y):
         raise ExportError("accuracy-aware int8 needs a labelled validation set (validation_x, validation_y of equal, non-zero length)")
     text = is_text_input(example_input)
@@ -308,4 +310,16 @@ def export_accuracy_aware(
     out.mkdir(parents=True, exist_ok=True)
     with frozen_eval(model):
         ex = example_input.detach().to(torch.int64 if text else torch.float32)
-        return searches[fmt](model, ex, calib, vx, vy, float(max_accuracy_drop), out, name, opset)
+        result = exporter.accuracy_aware(
+            model,
+            out,
+            example_input=ex,
+            calibration=calib,
+            validation_x=vx,
+            validation_y=vy,
+            max_accuracy_drop=float(max_accuracy_drop),
+            name=name,
+            opset=opset,
+        )
+    result.artifact.format = fmt  # a format that reuses another's search (e.g. a subclass) names its own artifact
+    return result

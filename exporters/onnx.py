@@ -666,6 +666,64 @@ class OrtPredictor:
         return np.asarray(out, dtype=np.float32)
 
 
+# --- int8 diagnosis: the graph onnxruntime executes (prokt_deploy.benchmarking.int8_diagnosis) ---------
+
+ORT_INT8_COMPUTE = {
+    "QLinearConv",
+    "QGemm",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "QAttention",
+    "QLinearConvTranspose",
+}
+ORT_FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "ConvTranspose", "Attention"}
+ORT_CONVERSIONS = {"QuantizeLinear", "DequantizeLinear", "Transpose", "ReorderInput", "ReorderOutput", "DynamicQuantizeLinear"}
+
+
+def onnxruntime_executed_graph(path: Path, *, providers: list[str], threads: int) -> dict:
+    """Compute ops of the graph onnxruntime executes (after its optimizer), split int8 / float."""
+    from collections import Counter
+
+    onnx, ort = _onnx(), _ort()
+    with tempfile.TemporaryDirectory(prefix="prokt-ort-graph-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(optimized)
+        ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        graph = onnx.load(str(optimized), load_external_data=False).graph
+    int8, fp, stem, conversions, between = 0, [], [], Counter(), []
+    producers = {out: node for node in graph.node for out in node.output}
+    inputs = {i.name for i in graph.input}
+    for node in graph.node:
+        if node.op_type in ORT_INT8_COMPUTE:
+            int8 += 1
+        elif node.op_type in ORT_FLOAT_COMPUTE and node.input and node.input[0] in inputs:
+            # the first conv of an image model, kept fp32 by the exporter (exporters/onnx.py, _float_stem)
+            stem.append(f"{node.name} ({node.op_type}, float)")
+        elif node.op_type in ORT_FLOAT_COMPUTE:
+            fp.append(f"{node.name} ({node.op_type}, float)")
+        elif node.op_type in ORT_CONVERSIONS:
+            conversions[node.op_type] += 1
+        elif any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input):
+            between.append(f"{node.name} ({node.op_type})")  # a float op between DequantizeLinear and QuantizeLinear
+    return {
+        "runtime": "onnxruntime",
+        "int8_layers": int8,
+        "float_layers": fp,
+        "float_stem": stem,
+        "float_ops_between_qdq": between,
+        "conversions": dict(conversions),
+        "threads_used": threads,
+    }
+
+
 @register
 class OnnxExporter(Exporter):
     """``onnx``: a single ``<name>.onnx`` file (fp32 or QDQ int8) for onnxruntime (or OpenVINO)."""
@@ -673,6 +731,8 @@ class OnnxExporter(Exporter):
     name = "onnx"
     precisions = ("fp32", "int8")
     main_suffix = ".onnx"
+    runner = "onnxruntime"
+    starts_from_onnx = True
 
     def export(
         self,
@@ -709,3 +769,11 @@ class OnnxExporter(Exporter):
 
     def runtime(self) -> str:
         return ort_runtime()
+
+    def executed_graph(self, path: Path, *, target: object, threads: int) -> dict | None:
+        return onnxruntime_executed_graph(path, providers=list(target), threads=threads)
+
+    def accuracy_aware(self, model, out_dir, *, example_input, calibration, validation_x, validation_y, max_accuracy_drop, name, opset):  # noqa: ANN001, ANN201
+        from .accuracy_aware import _onnx_search  # it imports this module
+
+        return _onnx_search(model, example_input, calibration, validation_x, validation_y, max_accuracy_drop, out_dir, name, opset)

@@ -241,6 +241,36 @@ class OpenVINOPredictor:
         return np.array(result[self._output], dtype=np.float32, copy=True)
 
 
+# --- int8 diagnosis: OpenVINO's runtime graph (prokt_deploy.benchmarking.int8_diagnosis) -----------------
+
+OV_COMPUTE = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "GroupDeconvolution"}
+OV_CONVERSIONS = {"FakeQuantize", "Reorder", "Convert", "Quantize", "Dequantize"}
+
+
+def openvino_executed_graph(path: Path, *, device: str, threads: int) -> dict:
+    """Compute layers of OpenVINO's runtime graph by precision, compiled with the bench's settings."""
+    from collections import Counter
+
+    ov = _ov()
+    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+    if device == "CPU":
+        config.update({"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov.Core().compile_model(str(path), device, config)
+    int8, fp, conversions = [], [], Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        layer = str(rt["layerType"].astype(str)) if "layerType" in rt else op.get_type_name()
+        precision = str(rt["runtimePrecision"].astype(str)).lower() if "runtimePrecision" in rt else "?"
+        if layer in OV_COMPUTE:
+            (int8 if precision in ("i8", "u8") else fp).append(f"{op.get_friendly_name()} ({layer}, {precision})")
+        elif layer in OV_CONVERSIONS:
+            conversions[layer] += 1
+    threads_used = None
+    if device == "CPU":
+        threads_used = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+    return {"runtime": "openvino", "int8_layers": len(int8), "float_layers": fp, "conversions": dict(conversions), "threads_used": threads_used}
+
+
 @register
 class OpenVINOExporter(Exporter):
     """``openvino``: ``<name>.xml`` + ``<name>.bin`` in fp32, fp16 (weights) or NNCF int8."""
@@ -248,6 +278,8 @@ class OpenVINOExporter(Exporter):
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
     main_suffix = ".xml"
+    runner = "openvino"
+    starts_from_onnx = True
 
     def export(
         self,
@@ -298,3 +330,11 @@ class OpenVINOExporter(Exporter):
 
     def runtime(self) -> str:
         return ov_runtime()
+
+    def executed_graph(self, path: Path, *, target: object, threads: int) -> dict | None:
+        return openvino_executed_graph(path, device=str(target), threads=threads)
+
+    def accuracy_aware(self, model, out_dir, *, example_input, calibration, validation_x, validation_y, max_accuracy_drop, name, opset):  # noqa: ANN001, ANN201
+        from .accuracy_aware import _ov_search  # it imports this module
+
+        return _ov_search(model, example_input, calibration, validation_x, validation_y, max_accuracy_drop, out_dir, name, opset)

@@ -1,10 +1,11 @@
 """The boundaries of the code, checked on the source (imports read with ast, nothing executed) and on a fresh
 interpreter: the stages only import downwards, no import circle, the standalone parts stay standalone.
 
-Stages, lowest first (the map is in the README, "Where the code lives"): the foundation (errors, budget, recipe,
-data, models) < run (workspace, checkpoint, reader, records) < train (and recipe_writer) < deploy < benchmarking < compare
-< pipeline (the library's run()) < cli. benchmarking.measure and benchmarking.fingerprint are the standalone harness shipped in bundles: any stage may
-import them, and they import nothing of the project.
+Stages, lowest first (the map is in the README, "Where the code lives"): the harness < the foundation (errors,
+budget, recipe, data, models, formats) < run (workspace, checkpoint, reader, records) < train (and recipe_writer) <
+deploy < benchmarking < compare < pipeline (the library's run()) < cli. The harness package (measure, runners,
+fingerprint) is the standalone timing harness shipped in bundles: any stage may import it, and it imports nothing
+of the project.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "prokt_deploy"
-STANDALONE = ("prokt_deploy.benchmarking.measure", "prokt_deploy.benchmarking.fingerprint")
 RANK = {
+    "harness": -1,
     "errors": 0,
+    "formats": 0,
     "budget": 0,
     "recipe": 0,
     "data": 0,
@@ -45,6 +47,7 @@ def _modules(root: Path, package: str) -> dict[str, Path]:
 
 
 MODULES = _modules(PKG, "prokt_deploy")
+STANDALONE = tuple(m for m in MODULES if m.startswith("prokt_deploy.harness"))
 
 
 def _imports(path: Path, *, module_level_only: bool = False) -> set[str]:
@@ -102,7 +105,10 @@ def test_the_standalone_harness_imports_nothing_of_the_project_and_no_torch_at_m
         path = MODULES[name]
         assert not {i for i in _imports(path) if i.split(".")[0] == "prokt_deploy"}, f"{name} imports prokt_deploy"
         top = {i.split(".")[0] for i in _imports(path, module_level_only=True)}
-        assert top <= set(sys.stdlib_module_names) | {"numpy", "__future__", "fingerprint"}, f"{name} imports {sorted(top)} at module level"
+        assert top <= set(sys.stdlib_module_names) | {"numpy", "__future__"}, f"{name} imports {sorted(top)} at module level"
+        relative = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom) and n.level > 1]
+        assert not relative, f"{name} imports from above the harness package"
+    assert {m.rsplit(".", 1)[-1] for m in STANDALONE} >= {"harness", "measure", "runners", "fingerprint"}
 
 
 def test_exporters_never_import_prokt_deploy():

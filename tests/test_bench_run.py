@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from conftest import RECIPES
 
-from prokt_deploy.benchmarking import int8_diagnosis, measure
+from prokt_deploy.benchmarking import int8_diagnosis
 from prokt_deploy.benchmarking.bench import BASELINE, evaluate_gates, recommend, relative_to_baseline, versus_teacher
+from prokt_deploy.harness import measure
 
 DIGITS = str(RECIPES / "digits.yaml")
 FAST = ["--runs", "20", "--warmup", "3", "--repeats", "2", "--batch", "8"]

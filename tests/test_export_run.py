@@ -240,8 +240,8 @@ def test_int8_onnx_runs_in_int8_in_onnxruntime(arch: str, stem: str, digits_arra
     dropped): the generic copy the size measurement uses.
     """
     import exporters.onnx as onnx_exporter
+    from exporters.onnx import onnxruntime_executed_graph
     from exporters.size import generic_copy
-    from prokt_deploy.benchmarking.int8_diagnosis import onnxruntime_executed_graph
 
     if stem == "int8":
         monkeypatch.setattr(onnx_exporter, "FLOAT_STEM_MAX_CHANNELS", 0)

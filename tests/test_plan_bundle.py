@@ -13,10 +13,10 @@ import pytest
 from conftest import RECIPES
 from test_cli import cli
 
-from prokt_deploy.benchmarking.measure import RESULTS_KIND, RESULTS_SCHEMA_VERSION
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.deploy.bundle import write_plan_bundle
 from prokt_deploy.errors import BenchError, ModelError
+from prokt_deploy.harness.measure import RESULTS_KIND, RESULTS_SCHEMA_VERSION
 from prokt_deploy.models import create_model, student_families
 from prokt_deploy.recipe import load_recipe
 from prokt_deploy.train.planner import SizeCache, _capacity, plan_student, read_device_latencies

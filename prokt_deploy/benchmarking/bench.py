@@ -26,7 +26,7 @@ Accuracy is a property of an artifact, not of a timing round: it is measured onc
 where the manifest already records it on the same test split (the export gates, the PyTorch models'
 test accuracy after training, the teacher int8 gate), reused instead of measured again.
 
-Each row is measured in its own worker process (see :mod:`prokt_deploy.benchmarking.measure` for how), the int8
+Each row is measured in its own worker process (see :mod:`prokt_deploy.harness.measure` for how), the int8
 rows are compared with their fp32 counterparts (:mod:`prokt_deploy.benchmarking.int8_diagnosis`), the fastest
 artifact that passes the accuracy gate is recommended, the gates are checked against it, and the
 report is written to ``report.json``, ``report.md`` and ``report.html`` in the run directory
@@ -43,10 +43,11 @@ from pathlib import Path
 import numpy as np
 
 import exporters
-from prokt_deploy.benchmarking import int8_diagnosis, measure, report
-from prokt_deploy.benchmarking.fingerprint import fingerprint
-from prokt_deploy.deploy.references import INT8_FORMATS, ensure_fp32_export, teacher_int8_gates
+from prokt_deploy import formats
+from prokt_deploy.benchmarking import int8_diagnosis, report
+from prokt_deploy.deploy.references import ensure_fp32_export, teacher_int8_gates
 from prokt_deploy.errors import BenchError, BenchGateFailed, RunError, UsageError
+from prokt_deploy.harness import measure
 from prokt_deploy.run.reader import FinishedRun, open_run
 from prokt_deploy.run.records import BenchReport
 from prokt_deploy.run.workspace import resolve_run, run_lock
@@ -122,15 +123,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
             raise BenchError(f"the teacher's ONNX fp32 file {files[0]} could not be run: {exc}") from None
         predictions[BASELINE] = baseline_pred
         accuracy = {"accuracy": {"accuracy": float((baseline_pred == data.test.y.numpy()).mean()), "samples": n_test, "measured": True}}
-        add(
-            "teacher",
-            "onnx",
-            "fp32",
-            "reference",
-            files,
-            {**measure.artifact_engine("onnx", exporters.main_file("onnx", files), targets), **accuracy},
-            **fits(files),
-        )
+        add("teacher", "onnx", "fp32", "reference", files, {**formats.artifact_engine("onnx", files, targets), **accuracy}, **fits(files))
         for fmt, gate in teacher_int8_gates(fr, {a.format for a in artifacts}, data, progress).items():
             if not gate.passed:
                 failed.append({"id": f"teacher/{fmt}/int8", "format": fmt, "precision": "int8", "failures": gate.failures})
@@ -142,7 +135,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
                 "int8",
                 "reference",
                 files,
-                {**measure.artifact_engine(fmt, exporters.main_file(fmt, files), targets), **known(gate.test_accuracy)},
+                {**formats.artifact_engine(fmt, files, targets), **known(gate.test_accuracy)},
                 within_budget=gate.within_budget,
                 budget_bytes=budget,
             )
@@ -158,7 +151,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
     for fmt in sorted({a.format for a in artifacts if a.precision == "int8"} - have_fp32):
         progress(f"exporting the student to {fmt} fp32 (the int8 counterpart)")
         files = ensure_fp32_export(fr, "student", fmt, x)
-        add("student", fmt, "fp32", "reference", files, measure.artifact_engine(fmt, exporters.main_file(fmt, files), targets), **fits(files))
+        add("student", fmt, "fp32", "reference", files, formats.artifact_engine(fmt, files, targets), **fits(files))
     for a in artifacts:
         files = [run / f for f in a.files]
         reuse = known(a.test_accuracy) if a.test_samples == n_test else {}
@@ -168,7 +161,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
             a.precision,
             "artifact",
             files,
-            {**measure.artifact_engine(a.format, exporters.main_file(a.format, files), targets), **reuse},
+            {**formats.artifact_engine(a.format, files, targets), **reuse},
             passed=True,
             within_budget=a.within_budget,
             budget_bytes=a.budget_bytes,
@@ -189,12 +182,11 @@ def relative_to_baseline(rows: list[dict], baseline_id: str) -> None:
         r["speedup_vs_teacher_pytorch"] = round(pytorch["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3) if pytorch else None
 
 
-#: Formats that have an int8 precision (the teacher's own int8 baselines are made in these).
-
-
 def deployable(row: dict) -> bool:
     """A student file a device can run: a passed artifact, or a student fp32 file the bench exported."""
-    return row["model"] == "student" and (row["kind"] == "artifact" or (row["kind"] == "reference" and row["format"] in INT8_FORMATS))
+    return row["model"] == "student" and (
+        row["kind"] == "artifact" or (row["kind"] == "reference" and row["format"] in exporters.formats_with("int8"))
+    )
 
 
 def recommend(rows: list[dict], max_accuracy_drop: float | None, int8: list[dict] | None = None) -> dict | None:
@@ -317,10 +309,10 @@ def check_gates(rep: BenchReport) -> None:
 
 
 def runtime_targets(device: str) -> dict:
-    """What ``device`` means for each runtime (:func:`prokt_deploy.benchmarking.measure.runtime_targets`); an
-    unavailable device is a usage error (exit 2) that lists the available ones."""
+    """What ``device`` means for each runtime of the registered formats (:func:`prokt_deploy.formats.runtime_targets`);
+    an unavailable device is a usage error (exit 2) that lists the available ones."""
     try:
-        return measure.runtime_targets(device)
+        return formats.runtime_targets(device)
     except measure.DeviceUnavailable as exc:
         raise UsageError(str(exc)) from None
 
@@ -383,7 +375,7 @@ def bench(
         row.update(res)
     relative_to_baseline(rows, BASELINE)
 
-    fp = fingerprint()
+    fp = formats.fingerprint()
     if seq_len is not None:
         settings["seq_len"] = seq_len  # text: tokens per timed sample
     settings.update(

@@ -5,7 +5,8 @@ Only causes that can be detected are listed, each with the evidence found:
 - the CPU has no int8 dot-product instructions (fingerprint: no AVX512-VNNI / AVX-VNNI / AMX on x86,
   no ASIMD dot product on ARM);
 - layers that still run in fp32 in the runtime's *executed* graph, and the conversions the int8 graph
-  adds (quantize/dequantize, layout reorders). OpenVINO: ``compiled_model.get_runtime_model()``, each
+  adds (quantize/dequantize, layout reorders), where the format can inspect it (its hook
+  :meth:`exporters.Exporter.executed_graph`, in ``exporters/<fmt>.py``). OpenVINO: ``compiled_model.get_runtime_model()``, each
   op's ``layerType`` and ``runtimePrecision``. onnxruntime: the graph after its optimizer (written with
   ``optimized_model_filepath``), where QDQ groups that were fused appear as QLinearConv/QGemm/... and
   whatever was not fused still runs as float ops between DequantizeLinear and QuantizeLinear;
@@ -17,8 +18,6 @@ Only causes that can be detected are listed, each with the evidence found:
 
 from __future__ import annotations
 
-import tempfile
-from collections import Counter
 from pathlib import Path
 
 #: int8 counts as faster when the fp32 counterpart's p50 is at least this many times its p50
@@ -31,97 +30,20 @@ OVERHEAD_SHARE = 0.5
 #: A model below this many MACs per sample is "tiny" for thread-count advice.
 TINY_MACS = 5_000_000
 
-OV_COMPUTE = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "GroupDeconvolution"}
-OV_CONVERSIONS = {"FakeQuantize", "Reorder", "Convert", "Quantize", "Dequantize"}
-ORT_INT8_COMPUTE = {
-    "QLinearConv",
-    "QGemm",
-    "QLinearMatMul",
-    "MatMulInteger",
-    "ConvInteger",
-    "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul",
-    "QAttention",
-    "QLinearConvTranspose",
-}
-ORT_FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "ConvTranspose", "Attention"}
-ORT_CONVERSIONS = {"QuantizeLinear", "DequantizeLinear", "Transpose", "ReorderInput", "ReorderOutput", "DynamicQuantizeLinear"}
-
-
-def openvino_executed_graph(path: Path, *, device: str, threads: int) -> dict:
-    """Compute layers of OpenVINO's runtime graph by precision, compiled with the bench's settings."""
-    import openvino as ov
-
-    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
-    if device == "CPU":
-        config.update({"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})
-    compiled = ov.Core().compile_model(str(path), device, config)
-    int8, fp, conversions = [], [], Counter()
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        layer = str(rt["layerType"].astype(str)) if "layerType" in rt else op.get_type_name()
-        precision = str(rt["runtimePrecision"].astype(str)).lower() if "runtimePrecision" in rt else "?"
-        if layer in OV_COMPUTE:
-            (int8 if precision in ("i8", "u8") else fp).append(f"{op.get_friendly_name()} ({layer}, {precision})")
-        elif layer in OV_CONVERSIONS:
-            conversions[layer] += 1
-    threads_used = None
-    if device == "CPU":
-        threads_used = int(compiled.get_property("INFERENCE_NUM_THREADS"))
-    return {"runtime": "openvino", "int8_layers": len(int8), "float_layers": fp, "conversions": dict(conversions), "threads_used": threads_used}
-
-
-def onnxruntime_executed_graph(path: Path, *, providers: list[str], threads: int) -> dict:
-    """Compute ops of the graph onnxruntime executes (after its optimizer), split int8 / float."""
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="prokt-ort-graph-") as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        so.optimized_model_filepath = str(optimized)
-        ort.InferenceSession(str(path), sess_options=so, providers=providers)
-        graph = onnx.load(str(optimized), load_external_data=False).graph
-    int8, fp, stem, conversions, between = 0, [], [], Counter(), []
-    producers = {out: node for node in graph.node for out in node.output}
-    inputs = {i.name for i in graph.input}
-    for node in graph.node:
-        if node.op_type in ORT_INT8_COMPUTE:
-            int8 += 1
-        elif node.op_type in ORT_FLOAT_COMPUTE and node.input and node.input[0] in inputs:
-            # the first conv of an image model, kept fp32 by the exporter (exporters/onnx.py, _float_stem)
-            stem.append(f"{node.name} ({node.op_type}, float)")
-        elif node.op_type in ORT_FLOAT_COMPUTE:
-            fp.append(f"{node.name} ({node.op_type}, float)")
-        elif node.op_type in ORT_CONVERSIONS:
-            conversions[node.op_type] += 1
-        elif any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input):
-            between.append(f"{node.name} ({node.op_type})")  # a float op between DequantizeLinear and QuantizeLinear
-    return {
-        "runtime": "onnxruntime",
-        "int8_layers": int8,
-        "float_layers": fp,
-        "float_stem": stem,
-        "float_ops_between_qdq": between,
-        "conversions": dict(conversions),
-        "threads_used": threads,
-    }
-
 
 def executed_graph(fmt: str, path: Path, *, targets: dict, threads: int) -> dict | None:
-    """The executed-graph summary of an artifact, or ``None`` when the runtime cannot be inspected."""
+    """The executed-graph summary of an artifact (its format's hook, :meth:`exporters.Exporter.executed_graph`, on
+    the target ``targets`` gives its runtime), or ``None`` when the format's runtime cannot be inspected."""
+    import exporters
+    from prokt_deploy import formats
+
+    exporter = exporters.get_exporter(fmt)
+    if not exporter.diagnoses_int8:
+        return None
     try:
-        if fmt == "openvino":
-            return openvino_executed_graph(path, device=targets["openvino"], threads=threads)
-        if fmt == "onnx":
-            return onnxruntime_executed_graph(path, providers=targets["onnxruntime"], threads=threads)
+        return exporter.executed_graph(path, target=targets[formats.runtime_name(fmt)], threads=threads)
     except Exception as exc:  # noqa: BLE001 - a diagnosis must never fail the benchmark
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    return None
 
 
 def _cpu_cause(fingerprint: dict) -> str | None:

@@ -7,7 +7,7 @@ report.json, schema_version 1
 -----------------------------
 - ``schema_version`` (1), ``kind`` ("bench"), ``created`` (local ISO time), ``run`` (the run directory),
   ``recipe``, ``method``, ``student`` / ``teacher`` (``arch``, ``params``; the student also ``macs``).
-- ``fingerprint``: the host (:func:`prokt_deploy.benchmarking.fingerprint.fingerprint`): ``id``, ``cpu`` (``model``,
+- ``fingerprint``: the host (:func:`prokt_deploy.harness.fingerprint.fingerprint`): ``id``, ``cpu`` (``model``,
   ``arch``, ``logical_cores``, ``physical_cores``, ``usable_cores``, ``cgroup_cpu_quota``, ``flags``,
   ``int8_dot_product``), ``os``, ``python``, ``versions``, ``runtimes``.
 - ``settings``: ``threads``, ``batch``, ``runs``, ``warmup``, ``repeats``, ``device``, ``fallbacks``
@@ -64,9 +64,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prokt_deploy.benchmarking import measure
 from prokt_deploy.budget import format_size
 from prokt_deploy.errors import RunError
+from prokt_deploy.harness import measure
 from prokt_deploy.run.reader import Manifest
 from prokt_deploy.run.records import BenchReport
 from prokt_deploy.run.workspace import write_json_atomic, write_text_atomic

@@ -10,12 +10,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from prokt_deploy.benchmarking import measure
 from prokt_deploy.benchmarking.report import REPORT_HTML, REPORT_JSON, REPORT_MD, table_rows, versus_line
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json
 from prokt_deploy.deploy.bundle import DEFAULT_SAMPLES, write_bundle
 from prokt_deploy.errors import UsageError
+from prokt_deploy.harness import measure
 from prokt_deploy.pipeline import check_gate_values
 from prokt_deploy.run.records import BenchReport
 from prokt_deploy.run.workspace import check_out_dir, read_manifest, resolve_run
@@ -37,7 +37,7 @@ MinSpeedupOpt = Annotated[
 
 class EngineBars:
     """bench's ``progress``: status text to ``status``, and one bar per engine in ``display`` (its load and
-    accuracy, then each timing round; see :func:`prokt_deploy.benchmarking.measure.measure`)."""
+    accuracy, then each timing round; see :func:`prokt_deploy.harness.measure.measure`)."""
 
     def __init__(self, display: Progress, status) -> None:  # noqa: ANN001 - Callable[[str], None]
         self._display, self._status, self._bars = display, status, {}

@@ -2,9 +2,13 @@
 
 ``write_bundle(run, out)`` writes ``out/`` (a new or empty directory)::
 
-    bench_bundle.py        the measurement script: prokt_deploy/benchmarking/measure.py, copied (numpy + runtime only)
-    fingerprint.py         prokt_deploy/benchmarking/fingerprint.py, copied (standard library only)
-    bundle.json            input spec, classes, the artifacts and their host accuracy, default settings
+    bench_bundle.py        the measurement script: prokt_deploy/harness/measure.py, copied (numpy + runtime only)
+    runners.py             prokt_deploy/harness/runners.py, copied: how each runtime opens and times a file
+    fingerprint.py         prokt_deploy/harness/fingerprint.py, copied (standard library only)
+    format_runners/        the source of a format's own runner class (``<format>.py``), for a format whose
+                           ``Exporter.runner`` is not a built-in one
+    bundle.json            input spec, classes, the artifacts (with the file the runtime opens and the runner
+                           that times it, from the format registry) and their host accuracy, default settings
     samples.npz            x: the first N test samples, preprocessed float32 (N,C,H,W) or, for text, packed
                            int64 (N,2,L) token ids and attention masks; y: their labels
     tokenizer/             text runs: the tokenizer files (tokenizer.json, vocab.txt, ...)
@@ -28,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prokt_deploy.benchmarking import fingerprint, measure
 from prokt_deploy.errors import RunError, UsageError
+from prokt_deploy.harness import fingerprint, measure, runners
 from prokt_deploy.run.reader import open_run
 from prokt_deploy.run.workspace import check_out_dir, staged_run_dir
 
@@ -39,7 +43,7 @@ DEFAULT_SAMPLES = 500
 _README = """\
 On-device benchmark bundle for run {run} (written {created} by prokt-deploy).
 
-Needs Python 3.10+, numpy and onnxruntime and/or openvino; not torch, not prokt-deploy.
+Needs Python 3.10+, numpy and {runtimes}; not torch, not prokt-deploy.
 Artifacts whose runtime is not installed are skipped.
 
     python bench_bundle.py                    # writes device-results.json here
@@ -63,7 +67,7 @@ def write_bundle(
     """Write the on-device bundle of ``run`` (default: the latest run) into ``out``; return its path.
 
     ``samples`` test samples are included (all if the test split is smaller). ``settings`` overrides the
-    bundle's default measurement settings (keys of :data:`prokt_deploy.benchmarking.measure.DEFAULTS`).
+    bundle's default measurement settings (keys of :data:`prokt_deploy.harness.measure.DEFAULTS`).
     """
     from prokt_deploy.deploy.references import ensure_fp32_export, teacher_int8_gates
 
@@ -100,8 +104,15 @@ def write_bundle(
         entries.insert(0, ("teacher", "onnx", "fp32", files, manifest.metrics.get("teacher_test_accuracy")))
 
     spec = _spec("bundle", run.name, manifest.input, manifest.classes, len(y), settings)
-    readme = _README.format(run=run.name, created=spec["created"], run_path=run)
+    readme = _README.format(run=run.name, created=spec["created"], run_path=run, runtimes=_runtimes(entries))
     return _stage(out, entries, spec, _sample_arrays(data, x, y), readme, tokenizer)
+
+
+def _runtimes(entries: list[tuple]) -> str:
+    """The runtimes a bundle's artifacts need (their formats' runners), for its README."""
+    from prokt_deploy import formats
+
+    return " and/or ".join(dict.fromkeys(formats.runtime_name(fmt) for _, fmt, *_ in entries))
 
 
 def _spec(kind: str, run: str, input_spec: dict, classes: list, samples: int, settings: dict | None) -> dict:
@@ -127,14 +138,21 @@ def _sample_arrays(data, x: np.ndarray, y: np.ndarray) -> dict:
 
 def _stage(out: Path, entries: list[tuple], spec: dict, arrays: dict, readme: str, tokenizer: list[Path]) -> Path:
     """Write a bundle directory atomically: ``entries`` (model, format, precision, files, host accuracy) under
-    artifacts/, ``arrays`` as samples.npz, ``spec`` + the artifact list as bundle.json, the scripts, README.txt."""
+    artifacts/, ``arrays`` as samples.npz, ``spec`` + the artifact list as bundle.json, the scripts, README.txt.
+    Each format's runner (the format registry's) is recorded per artifact; a format's own runner class is shipped
+    as its source under format_runners/ (:func:`prokt_deploy.harness.runners.class_source`)."""
+    import exporters
+    from prokt_deploy import formats
+
     with staged_run_dir(out) as staging:
-        listed = []
+        listed, shipped = [], {}
         for model, fmt, precision, files, accuracy in entries:
             folder = Path("artifacts") / f"{model}-{fmt}-{precision}"
             (staging / folder).mkdir(parents=True)
             for f in files:
                 shutil.copy2(f, staging / folder / f.name)
+            if fmt not in shipped:
+                shipped[fmt] = _ship_runner(staging, fmt, formats.runner_ref(fmt))
             listed.append(
                 {
                     "id": f"{model}/{fmt}/{precision}",
@@ -142,6 +160,8 @@ def _stage(out: Path, entries: list[tuple], spec: dict, arrays: dict, readme: st
                     "format": fmt,
                     "precision": precision,
                     "files": [str(folder / f.name) for f in files],
+                    "main_file": str(folder / exporters.main_file(fmt, files).name),
+                    "runner": shipped[fmt],
                     "bytes": sum(f.stat().st_size for f in files),
                     "host_test_accuracy": accuracy,
                 }
@@ -153,9 +173,23 @@ def _stage(out: Path, entries: list[tuple], spec: dict, arrays: dict, readme: st
         np.savez(staging / measure.BUNDLE_SAMPLES, **arrays)
         (staging / measure.BUNDLE_SPEC).write_text(json.dumps({**spec, "artifacts": listed}, indent=2) + "\n")
         shutil.copy2(measure.__file__, staging / "bench_bundle.py")
+        shutil.copy2(runners.__file__, staging / "runners.py")
         shutil.copy2(fingerprint.__file__, staging / "fingerprint.py")
         (staging / "README.txt").write_text(readme)
     return out
+
+
+def _ship_runner(staging: Path, fmt: str, ref: str) -> str:
+    """The runner reference a bundle records for ``fmt``: a built-in runner's name as is; a format's own runner class
+    (``<file>.py:<Class>``) copied as its source alone into ``format_runners/<fmt>.py``, named relative to the bundle."""
+    where, _, name = ref.rpartition(":")
+    if ref in runners.RUNNERS or not where.endswith(".py"):
+        return ref
+    target = Path(measure.BUNDLE_RUNNERS) / f"{fmt}.py"
+    (staging / target.parent).mkdir(exist_ok=True)
+    header = f'"""The runner of format {fmt!r}: class {name} of {Path(where).name}, copied by prokt-deploy bundle (run by bench_bundle.py)."""\n\n'
+    (staging / target).write_text(header + runners.class_source(where, name))
+    return f"{target}:{name}"
 
 
 _PLAN_README = """\
@@ -163,7 +197,7 @@ Plan bundle for recipe {recipe} at {budget} (written {created} by prokt-deploy p
 
 Every student candidate that fits the size budget, untrained (generic weights: the real graph, so the
 real latency), and the teacher's fp32 and int8 artifacts. Accuracies measured here are meaningless
-(untrained models); only the latencies matter. Needs Python 3.10+, numpy and onnxruntime and/or openvino.
+(untrained models); only the latencies matter. Needs Python 3.10+, numpy and {runtimes}.
 
     python bench_bundle.py                    # writes device-results.json here
     python bench_bundle.py --threads 4 --device GPU
@@ -210,7 +244,7 @@ def write_plan_bundle(
                 files = generic_artifact(model, label, fmt, precision, ex, calibration, Path(tmp) / f"{fmt}-{i}", kept(label, fmt))
                 entries.append((model_name(label), fmt, precision, files, None))
         spec = _spec("plan-bundle", f"{PLAN_BUNDLE_PREFIX}{recipe_name}@{budget}", data.input, list(data.classes), len(y), settings)
-        readme = _PLAN_README.format(recipe=recipe_name, recipe_path=recipe_path, budget=budget, created=spec["created"])
+        readme = _PLAN_README.format(recipe=recipe_name, recipe_path=recipe_path, budget=budget, created=spec["created"], runtimes=_runtimes(entries))
         return _stage(out, entries, spec, _sample_arrays(data, x, y), readme, [])
 
 

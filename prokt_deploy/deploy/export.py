@@ -281,7 +281,7 @@ def export_run(
                 say=say,
             )
             record = _export_one(**one, accuracy_aware=precision == "int8" and aware_mode == "on")
-            if precision == "int8" and aware_mode == "auto" and record.accuracy_missed_alone():
+            if precision == "int8" and aware_mode == "auto" and record.accuracy_missed_alone() and exporters.get_exporter(fmt).has_accuracy_aware:
                 say(f"{fmt} int8 missed the accuracy gate by {record.accuracy_drop - max_accuracy_drop:.2f} points: retrying accuracy-aware")
                 plain = record
                 record = _export_one(**one, accuracy_aware=True)

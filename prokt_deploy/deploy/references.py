@@ -29,8 +29,6 @@ from prokt_deploy.run.workspace import filesystem_cause, staged_dir
 GATE_RECORD = "gate.json"
 #: the list of an fp32 reference export's files, written last into its staging directory (the export is complete when it is there)
 FILES_RECORD = "files.json"
-#: the formats the exporter registry can write at int8 (the teacher's own int8 is made in each the student has)
-INT8_FORMATS = tuple(fmt for fmt, precisions in exporters.PRECISIONS.items() if "int8" in precisions)
 Progress = Callable[[str], None]
 
 
@@ -181,5 +179,5 @@ def teacher_int8_gates(run: FinishedRun, formats: Iterable[str], data: DataBundl
             cache=cache,
             reference_accuracy=m.metrics.get("teacher_test_accuracy"),  # PyTorch, this split, after training
         )
-        for fmt in sorted(set(formats) & set(INT8_FORMATS))
+        for fmt in sorted(set(formats) & set(exporters.formats_with("int8")))  # the registered formats with int8
     }

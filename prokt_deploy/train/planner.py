@@ -24,7 +24,7 @@ a smaller student is not always a faster one (a ResNet with 10 small convs, adds
 slower at batch 1 than a teacher made of a few big convs), so the planner also times, in the target
 runtime, the artifact of every candidate that fits the size budget at the deploy precision (an
 untrained copy with generic weights has the real graph) and the teacher's fp32 and int8 artifacts.
-The harness is ``bench``'s (:func:`prokt_deploy.benchmarking.measure.measure`: one worker process per engine, 1
+The harness is ``bench``'s (:func:`prokt_deploy.harness.measure.measure`: one worker process per engine, 1
 thread, warm-up, interleaved rounds, median of per-round p50s at batch 1); p50s are cached per machine
 fingerprint, candidate, input shape, target, precision and library versions
 (``artifact-latency.json`` next to the size cache). The choice rule (:func:`choose_by_latency`):
@@ -287,19 +287,18 @@ def measure_latencies(
 
     Each model is exported as a copy with generic weights (:func:`exporters.size.generic_copy`: the real
     graph, nothing special folded away; int8 calibrated on normal samples of ``example``'s shape, or for
-    text on ``example`` itself) and timed with :func:`prokt_deploy.benchmarking.measure.measure`, all candidates in
+    text on ``example`` itself) and timed with :func:`prokt_deploy.harness.measure.measure`, all candidates in
     one interleaved measurement. Cached per machine fingerprint. ``exported``: label -> a directory that
     already holds that artifact (the planner's size measurement), used instead of exporting again.
     """
     import numpy as np
 
-    import exporters
-    from prokt_deploy.benchmarking import measure
-    from prokt_deploy.benchmarking.fingerprint import fingerprint
+    from prokt_deploy import formats
+    from prokt_deploy.harness import measure
 
     fmt, device = parse_target(target)
     cache = cache if cache is not None else LatencyCache()
-    machine = fingerprint(runtimes=False)["id"]
+    machine = formats.fingerprint(runtimes=False)["id"]
     shape = tuple(example.shape[1:])
     keys = {
         label: f"v{LATENCY_VERSION}|{machine}|{label}|{shape}{key_extra}|{fmt}:{device}|{precision}|{LATENCY_SETTINGS}|{_versions_key()}"
@@ -310,7 +309,7 @@ def measure_latencies(
     if not todo:
         return result  # type: ignore[return-value]
     try:
-        targets = measure.runtime_targets(device)
+        targets = formats.runtime_targets(device)
     except measure.DeviceUnavailable as exc:
         raise UsageError(str(exc)) from None
     x = example.numpy()
@@ -320,8 +319,7 @@ def measure_latencies(
         for i, label in enumerate(todo):
             model, precision = models[label]
             files = generic_artifact(model, label, fmt, precision, example, calibration, Path(tmp) / str(i), (exported or {}).get(label))
-            main = exporters.main_file(fmt, files)
-            engines.append({"id": label, **measure.artifact_engine(fmt, main, targets), "accuracy": {"accuracy": 0.0, "samples": 0}})
+            engines.append({"id": label, **formats.artifact_engine(fmt, files, targets), "accuracy": {"accuracy": 0.0, "samples": 0}})
         data = Path(tmp) / "x.npz"
         np.savez(data, x=np.resize(x, (8, *shape)), y=np.zeros(8, dtype=np.int64))
         try:
@@ -341,8 +339,8 @@ def read_device_latencies(path: str | os.PathLike[str]) -> dict:
     Raises :class:`~prokt_deploy.errors.BenchError` (exit 12) with one line for a file that is missing,
     not JSON, not a device result file, or the result of a run's bundle rather than a plan's.
     """
-    from prokt_deploy.benchmarking import measure
     from prokt_deploy.errors import BenchError
+    from prokt_deploy.harness import measure
 
     try:
         data = measure.read_results(Path(path))

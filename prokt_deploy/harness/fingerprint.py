@@ -2,7 +2,8 @@
 
 Every report carries one, so numbers from different machines can be told apart and compared.
 
-Standalone on purpose: only the standard library (runtimes are asked lazily and optionally), because
+Standalone on purpose: only the standard library at module level (the runtimes are asked, lazily and
+only where installed, through the harness's runners: ``runners.py`` beside this file), because
 ``prokt-deploy bundle`` copies this file next to ``bench_bundle.py`` for boards that have only numpy
 and one runtime.
 
@@ -113,9 +114,9 @@ def int8_dot_product(flags: list[str]) -> str | None:
     return None
 
 
-def _versions() -> dict[str, str | None]:
+def _versions(extra: tuple[str, ...] = ()) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
-    for pkg in PACKAGES:
+    for pkg in (*PACKAGES, *(p for p in extra if p not in PACKAGES)):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -123,29 +124,46 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _runtimes() -> dict:
+def _default_runners() -> tuple:
+    """The harness's runners of the runtimes every fingerprint asks about (``runners.py`` beside this file)."""
+    if __package__:
+        from . import runners
+    else:  # a bundle: the files lie flat beside bench_bundle.py, which loaded runners.py already
+        import importlib.util
+        import sys
+
+        runners = sys.modules.get("_harness_runners")  # as measure.py (bench_bundle.py) names it
+        if runners is None:
+            spec = importlib.util.spec_from_file_location("_harness_runners", Path(__file__).resolve().with_name("runners.py"))
+            runners = importlib.util.module_from_spec(spec)
+            sys.modules["_harness_runners"] = runners
+            spec.loader.exec_module(runners)
+    return tuple(runners.FINGERPRINT_RUNNERS)
+
+
+def _runtimes(runners) -> dict:  # noqa: ANN001 - runner classes (runners.py)
     """What the installed runtimes report about this machine (devices, providers, CPU capabilities)."""
     out: dict = {}
-    try:
-        import onnxruntime as ort
-
-        out["onnxruntime_providers"] = list(ort.get_available_providers())
-    except ImportError:
-        pass
-    try:
-        import openvino as ov
-
-        core = ov.Core()
-        out["openvino_devices"] = list(core.available_devices)
-        if "CPU" in core.available_devices:
-            out["openvino_cpu_capabilities"] = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    except ImportError:
-        pass
+    for runner in runners:
+        if runner.installed():
+            out.update(runner.fingerprint())
     return out
 
 
-def fingerprint(*, runtimes: bool = True) -> dict:
-    """A JSON-able description of this machine and software stack (see the module docstring)."""
+def _with_defaults(runners) -> tuple:  # noqa: ANN001
+    chosen = list(_default_runners())
+    for r in runners or ():
+        if r.name not in {c.name for c in chosen}:
+            chosen.append(r)
+    return tuple(chosen)
+
+
+def fingerprint(*, runtimes: bool = True, runners=None) -> dict:  # noqa: ANN001 - runner classes
+    """A JSON-able description of this machine and software stack (see the module docstring).
+
+    ``runners``: the runner classes (``runners.py``) of the formats in use, beside onnxruntime and OpenVINO which are
+    always asked: their runtimes' versions (``distribution``) and what they report (``runtimes``) are recorded."""
+    chosen = _with_defaults(runners)
     blocks = _cpuinfo()
     flag_text = blocks[0].get("flags", blocks[0].get("Features", "")) if blocks else ""
     present = set(flag_text.split())
@@ -167,10 +185,10 @@ def fingerprint(*, runtimes: bool = True) -> dict:
         },
         "os": {"system": platform.system(), "release": platform.release(), "platform": platform.platform()},
         "python": platform.python_version(),
-        "versions": _versions(),
+        "versions": _versions(tuple(r.distribution for r in chosen if r.distribution)),
     }
     if runtimes:
-        fp["runtimes"] = _runtimes()
+        fp["runtimes"] = _runtimes(chosen)
     fp["id"] = fingerprint_id(fp)
     return fp
 

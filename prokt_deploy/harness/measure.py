@@ -1,11 +1,14 @@
 """Measure models, each in its own worker process: accuracy, latency percentiles, load time, memory.
 
-Standalone on purpose: only the standard library and numpy are imported at module level, and a
-runtime (onnxruntime, openvino; torch for the host's PyTorch rows) only inside the engine that uses
-it. The same file serves two callers, so host and board are measured the same way:
+Standalone on purpose (the harness package imports nothing of prokt-deploy): only the standard library
+and numpy are imported at module level, and a runtime (onnxruntime, openvino; torch for the host's
+PyTorch rows) only inside the runner that uses it (:mod:`runners`: one class per runtime, named by each
+format's ``Exporter.runner`` and recorded in every engine spec). The same file serves two callers, so
+host and board are measured the same way:
 
 - ``prokt-deploy bench`` (:mod:`prokt_deploy.benchmarking.bench`) calls :func:`measure` on the host;
-- ``prokt-deploy bundle`` copies it into a bundle as ``bench_bundle.py`` (with ``fingerprint.py``);
+- ``prokt-deploy bundle`` copies it into a bundle as ``bench_bundle.py`` (with ``runners.py``,
+  ``fingerprint.py`` and the source of any format's own runner under ``format_runners/``);
   ``python bench_bundle.py`` then measures the bundle's artifacts on a board that has numpy and a
   runtime only, and writes a JSON that ``prokt-deploy bench RUN --merge`` adds to the report.
 
@@ -47,6 +50,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -90,13 +94,6 @@ def round_seconds(runtime: str, batch: int) -> float:
 #: Latency statistics of every row, in milliseconds.
 STATS = ("p50", "p90", "p99", "mean", "std")
 
-#: onnxruntime execution providers tried for each ``--device``, best first.
-ORT_PROVIDERS = {
-    "CPU": ("CPUExecutionProvider",),
-    "GPU": ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider"),
-    "NPU": ("QNNExecutionProvider", "VitisAIExecutionProvider"),
-}
-
 BUNDLE_SPEC = "bundle.json"
 BUNDLE_SAMPLES = "samples.npz"
 BUNDLE_RESULTS = "device-results.json"
@@ -112,203 +109,83 @@ class DeviceUnavailable(Exception):
     """The requested device is not available to any runtime here (the message lists those that are)."""
 
 
-# --- engines: one model opened in one runtime, with explicit threads -------------------------------
+# --- engines: one model file opened in one runtime (a runner of runners.py), with explicit threads ------
 
 
-def split_inputs(x: np.ndarray, n_inputs: int) -> list[np.ndarray]:
-    """The graph inputs of one batch: an image batch as is; a packed text batch (B, 2, L) as
-    contiguous ``input_ids`` and ``attention_mask`` (B, L) int64 arrays."""
-    if n_inputs == 2 and x.ndim == 3 and x.shape[1] == 2:
-        return [np.ascontiguousarray(x[:, 0], dtype=np.int64), np.ascontiguousarray(x[:, 1], dtype=np.int64)]
-    return [x]
+def _sibling(name: str) -> ModuleType:
+    """A module of this harness beside this file: ``prokt_deploy.harness.<name>`` in the package, else (a bundle's
+    bench_bundle.py, or this file run by path in a worker) the file ``<name>.py`` next to it."""
+    if __package__:
+        return importlib.import_module(f"{__package__}.{name}")
+    key = f"_harness_{name}"  # under its own name: never a module of that name the board may have
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
-class OrtEngine:
-    """onnxruntime session: ``intra_op=threads``, ``inter_op=1``, sequential, all graph optimizations.
-    Timed calls use an IOBinding made once, so Python builds no feed dict or output list per call."""
-
-    def __init__(self, spec: dict, threads: int) -> None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        self._session = ort.InferenceSession(spec["path"], sess_options=so, providers=spec["providers"])
-        self._inputs = [i.name for i in self._session.get_inputs()]  # text: input_ids, attention_mask
-        self._output = self._session.get_outputs()[0].name
-        self._binding = None
-        self._bound: list[np.ndarray] = []
-        providers = self._session.get_providers()
-        self.runtime = f"onnxruntime {ort.__version__}"
-        self.device = providers[0]
-        self.config = {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "execution_mode": "sequential", "providers": providers}
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run([self._output], dict(zip(self._inputs, split_inputs(x, len(self._inputs)))))[0]
-
-    def bind(self, x: np.ndarray) -> None:
-        self._binding = self._session.io_binding()
-        self._bound = split_inputs(x, len(self._inputs))  # kept alive: the binding points into them
-        for name, arr in zip(self._inputs, self._bound):
-            self._binding.bind_cpu_input(name, arr)
-        self._binding.bind_output(self._output, "cpu")
-
-    def infer(self) -> None:
-        self._session.run_with_iobinding(self._binding)
+runners = _sibling("runners")
+split_inputs = runners.split_inputs
 
 
-class OpenVINOEngine:
-    """Compiled OpenVINO model with one infer request. On CPU: ``INFERENCE_NUM_THREADS=threads``,
-    ``NUM_STREAMS=1``, ``PERFORMANCE_HINT=LATENCY`` and ``INFERENCE_PRECISION_HINT=f32`` (what the
-    export's accuracy gate used: CPUs with bf16/AMX would otherwise downcast)."""
-
-    READ_BACK = ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT", "EXECUTION_DEVICES")
-
-    def __init__(self, spec: dict, threads: int) -> None:
-        import openvino as ov
-
-        device = spec["device"]
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
-        if device == "CPU":
-            config.update({"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})
-        compiled = ov.Core().compile_model(spec["path"], device, config)
-        self._request = compiled.create_infer_request()
-        self._n_inputs = len(compiled.inputs)
-        self._bound: list[np.ndarray] = []
-        self.runtime = f"openvino {ov.__version__.split('-')[0]}"
-        self.config = {}
-        for key in self.READ_BACK:  # what the plugin really uses, not only what was asked
-            try:
-                value = compiled.get_property(key)
-                self.config[key] = [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
-            except RuntimeError:  # not every device answers every property
-                pass
-        self.device = ",".join(self.config.get("EXECUTION_DEVICES", [device]))
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        # share_outputs: a view of the output tensor, read by the caller before the next call
-        feeds = dict(enumerate(split_inputs(x, self._n_inputs)))
-        return self._request.infer(feeds, share_inputs=True, share_outputs=True)[0]
-
-    def bind(self, x: np.ndarray) -> None:
-        import openvino as ov
-
-        self._bound = split_inputs(x, self._n_inputs)
-        for i, arr in enumerate(self._bound):
-            self._request.set_input_tensor(i, ov.Tensor(arr, shared_memory=True))
-
-    def infer(self) -> None:
-        # as benchmark_app: the input tensor is set once, the timed call is only infer(); passing a
-        # dict of numpy inputs instead adds ~50 us of Python-side work per call here
-        self._request.infer(share_outputs=True)
-
-    def runtime_latency_ns(self) -> int:
-        """OpenVINO's own timing of the last call (what benchmark_app reports): no Python overhead."""
-        return int(self._request.latency * 1e6)  # ms -> ns
+def _runner(ref: str) -> type:
+    try:
+        return runners.resolve(ref)
+    except runners.RunnerError as exc:
+        raise MeasureError(str(exc)) from None
 
 
-class TorchEngine:
-    """A PyTorch model (host only), eval mode, no autograd. The spec names its ``loader`` (``"module:function"``,
-    called as ``function(spec["run"], spec["model"])`` and returning the nn.Module): this module imports nothing
-    of the project that made the model (prokt-deploy's bench names ``prokt_deploy.run.reader:load_model``)."""
-
-    def __init__(self, spec: dict, threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already set in this process
-            pass
-        torch.set_grad_enabled(False)  # this process only ever runs inference
-        self._torch = torch
-        self._model = _loader(spec)(spec["run"], spec["model"]).eval()
-        self._x = None
-        self.runtime = f"torch {torch.__version__.split('+')[0]}"
-        self.device = "cpu"
-        self.config = {"num_threads": torch.get_num_threads(), "num_interop_threads": torch.get_num_interop_threads()}
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self._model(self._torch.from_numpy(x)).numpy()
-
-    def bind(self, x: np.ndarray) -> None:
-        self._x = self._torch.from_numpy(x)
-
-    def infer(self) -> None:
-        self._model(self._x)
+def engine_runner(spec: dict) -> str:
+    """The runner reference of an engine spec: its ``runner``, else its ``runtime`` (a built-in runner's name)."""
+    return spec.get("runner") or spec["runtime"]
 
 
-def _loader(spec: dict) -> Callable:
-    module, _, name = str(spec["loader"]).partition(":")
-    return getattr(importlib.import_module(module), name)
+def artifact_engine(runner: str, path: str | os.PathLike[str], targets: dict) -> dict:
+    """The worker spec of an artifact file opened by ``runner`` (a runner reference: a format's ``Exporter.runner``,
+    see :mod:`runners`) on the resolved device ``targets`` (:func:`runtime_targets`)."""
+    cls = _runner(runner)
+    if cls.name not in targets:
+        raise MeasureError(f"no device target for {cls.name}: pass its runner to runtime_targets")
+    spec = {"runtime": cls.name, "path": str(path), cls.target_key: targets[cls.name]}
+    if runner not in runners.RUNNERS:
+        spec["runner"] = runner  # the worker resolves it again; a built-in is found by its runtime's name
+    return spec
 
 
-ENGINES: dict[str, tuple[type, tuple[str, ...]]] = {
-    # runtime -> (engine class, modules to import before the load is timed)
-    "onnxruntime": (OrtEngine, ("onnxruntime",)),
-    "openvino": (OpenVINOEngine, ("openvino",)),
-    "torch": (TorchEngine, ("torch",)),  # and the spec's loader module, imported in `load` before the timed part
-}
-
-
-#: The runtime that runs each artifact format.
-RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "openvino": "openvino"}
-
-
-def artifact_engine(fmt: str, path: str | os.PathLike[str], targets: dict) -> dict:
-    """The worker spec of an artifact file in its format's runtime on the resolved device ``targets``."""
-    if fmt == "onnx":
-        return {"runtime": "onnxruntime", "path": str(path), "providers": targets["onnxruntime"]}
-    if fmt == "openvino":
-        return {"runtime": "openvino", "path": str(path), "device": targets["openvino"]}
-    raise MeasureError(f"no runtime for format {fmt!r}; known formats: {', '.join(RUNTIME_OF_FORMAT)}")
-
-
-def available_devices() -> dict[str, list[str]]:
-    """OpenVINO devices (plus AUTO) and onnxruntime providers of this machine, per installed runtime."""
-    out: dict[str, list[str]] = {}
-    if importlib.util.find_spec("openvino") is not None:
-        import openvino as ov
-
-        out["openvino"] = [*ov.Core().available_devices, "AUTO"]
-    if importlib.util.find_spec("onnxruntime") is not None:
-        import onnxruntime as ort
-
-        out["onnxruntime"] = list(ort.get_available_providers())
+def _device_runners(extra: Sequence[str | type] | None) -> list[type]:
+    out = list(runners.DEVICE_RUNNERS)
+    for r in extra or ():
+        cls = _runner(r) if isinstance(r, str) else r
+        if cls.name not in {o.name for o in out} and cls.name != "torch":
+            out.append(cls)
     return out
 
 
-def runtime_targets(device: str) -> dict:
+def available_devices(extra: Sequence[str | type] | None = None) -> dict[str, list[str]]:
+    """The devices (OpenVINO, plus AUTO) or providers (onnxruntime) of this machine per installed runtime, with those of
+    the ``extra`` runners (references or classes)."""
+    return {r.name: r.devices() for r in _device_runners(extra) if r.installed()}
+
+
+def runtime_targets(device: str, extra: Sequence[str | type] | None = None) -> dict:
     """Map ``--device`` (CPU, GPU, NPU, AUTO or an OpenVINO id such as GPU.1) to each runtime.
 
-    Returns ``{"openvino": device, "onnxruntime": [providers], "fallbacks": [notes]}``. A runtime that
-    cannot use the device runs on CPU (noted in ``fallbacks``); a device that no runtime here can use
-    raises :class:`DeviceUnavailable` listing the devices that are available.
+    Returns ``{"openvino": device, "onnxruntime": [providers], <other runtime>: target, "fallbacks": [notes]}``:
+    the built-in runtimes and those of the ``extra`` runners (references or classes: the runners of the formats in use).
+    A runtime that cannot use the device runs on CPU (noted in ``fallbacks``); a device that no runtime here can
+    use raises :class:`DeviceUnavailable` listing the devices that are available.
     """
     name = device.strip().upper()
-    avail = available_devices()
-    ov_devices = avail.get("openvino", [])
-    ort_available = avail.get("onnxruntime", [])
-    ov_ok = name in ov_devices or any(d.split(".")[0] == name for d in ov_devices)
-    if name == "AUTO":
-        providers = [p for p in ort_available if p != "AzureExecutionProvider"]
-    else:
-        wanted = ORT_PROVIDERS.get(name.split(".")[0], ())
-        providers = [p for p in wanted if p in ort_available][:1]
-        if providers and providers != ["CPUExecutionProvider"]:
-            providers.append("CPUExecutionProvider")  # for the nodes the accelerator cannot run
-    if not ov_ok and not providers:
+    chosen = _device_runners(extra)
+    avail = {r.name: r.devices() for r in chosen if r.installed()}
+    found = {r.name: r.target(name, avail[r.name]) if r.name in avail else None for r in chosen}
+    if all(t is None for t in found.values()):
         listing = "; ".join(f"{rt}: {', '.join(devs) or 'none'}" for rt, devs in avail.items()) or "no runtime installed"
         raise DeviceUnavailable(f"device {device!r} is not available here ({listing}); pick one of those with --device")
-    fallbacks = []
-    if "openvino" in avail and not ov_ok:
-        fallbacks.append(f"OpenVINO has no {name} device here: OpenVINO rows run on CPU")
-    if "onnxruntime" in avail and not providers:
-        fallbacks.append(f"onnxruntime has no provider for {name} here: ONNX rows run on CPUExecutionProvider")
-    return {"openvino": name if ov_ok else "CPU", "onnxruntime": providers or ["CPUExecutionProvider"], "fallbacks": fallbacks}
+    fallbacks = [r.fallback(name) for r in chosen if r.name in avail and found[r.name] is None]
+    return {**{r.name: found[r.name] if found[r.name] is not None else r.cpu_target() for r in chosen}, "fallbacks": fallbacks}
 
 
 # --- statistics -------------------------------------------------------------------------------------
@@ -374,8 +251,8 @@ class _Served:
         self.inputs: dict[int, np.ndarray] = {}
         self.rss_before = 0
 
-    def prepare(self, runtime: str) -> dict:
-        for module in ENGINES[runtime][1]:
+    def prepare(self, runner: str) -> dict:
+        for module in _runner(runner).modules:
             importlib.import_module(module)
         return {}
 
@@ -387,14 +264,14 @@ class _Served:
             self.y = f["y"].astype(np.int64)  # (N,)
             # text: the timed inputs are cut to a realistic length (the caller's choice), not max_length
             self.x_time = np.ascontiguousarray(f["x_time"], dtype=np.int64) if "x_time" in f.files else self.x
-        self.prepare(engine["runtime"])  # a no-op after `prepare`: the import is never part of load_s
+        self.prepare(engine_runner(engine))  # a no-op after `prepare`: the import is never part of load_s
         if "loader" in engine:
-            _loader(engine)  # nor the import of a PyTorch model's loader
+            runners.loader(engine)  # nor the import of a PyTorch model's loader
         gc.collect()
         self.rss_before = _proc_status("VmRSS") or _peak_rss()
         _reset_peak_rss()
         t0 = time.perf_counter_ns()
-        self.engine = ENGINES[engine["runtime"]][0](engine, threads)
+        self.engine = _runner(engine_runner(engine))(engine, threads)
         load_s = (time.perf_counter_ns() - t0) / 1e9
         return {"load_s": round(load_s, 4), "runtime": self.engine.runtime, "device": self.engine.device, "engine_config": self.engine.config}
 
@@ -540,7 +417,8 @@ def measure(
     progress: Progress | None = None,
     keep_predictions: bool = False,
 ) -> list[dict]:
-    """Measure every engine spec (``{"id", "runtime", ...}``, see :data:`ENGINES`) on ``data``.
+    """Measure every engine spec (``{"id", "runtime", ...}``: :func:`artifact_engine`, or a ``torch`` spec with a
+    ``loader``, see :class:`runners.TorchRunner`) on ``data``.
 
     ``data`` is an .npz with ``x`` (N,C,H,W float32, preprocessed) and ``y`` (N,) labels. Returns, in
     the order of ``engines``: ``load_s``, ``runtime``, ``device``, ``engine_config``, ``test_accuracy``,
@@ -564,7 +442,7 @@ def measure(
     workers = [_Worker(e["id"], threads) for e in engines]
     try:
         for w, e in zip(workers, engines):  # runtimes import in parallel ...
-            w.send("prepare", runtime=e["runtime"])
+            w.send("prepare", runner=engine_runner(e))
         for w in workers:
             w.receive()
         results = []
@@ -654,21 +532,32 @@ def measure_steps(n_engines: int, repeats: int, *, accuracy: bool = True) -> int
 # --- on a board: python bench_bundle.py ---------------------------------------------------------------
 
 
+#: where a bundle keeps the source of its formats' own runner classes (``<format>.py``; see :func:`runners.class_source`)
+BUNDLE_RUNNERS = "format_runners"
+
+
+def bundle_runner(bundle: Path, ref: str) -> str:
+    """A bundle.json artifact's ``runner``: a built-in name, or ``format_runners/<format>.py:<Class>`` relative to the bundle."""
+    where, sep, name = ref.rpartition(":")
+    return f"{bundle / where}:{name}" if sep and where.endswith(".py") and not Path(where).is_absolute() else ref
+
+
 def bench_bundle(bundle: Path, *, device: str = "CPU", **settings: int) -> dict:
     """Measure every artifact of a bundle written by ``prokt-deploy bundle``; return the results JSON."""
-    from fingerprint import fingerprint  # copied next to bench_bundle.py by `prokt-deploy bundle`
+    fingerprint = _sibling("fingerprint").fingerprint  # copied next to bench_bundle.py by `prokt-deploy bundle`
 
     spec = json.loads((bundle / BUNDLE_SPEC).read_text())
     settings = {**DEFAULTS, **spec.get("settings", {}), **{k: v for k, v in settings.items() if v is not None}}
-    targets = runtime_targets(device)
+    refs = {art["id"]: bundle_runner(bundle, art["runner"]) for art in spec["artifacts"]}
+    used = [_runner(r) for r in dict.fromkeys(refs.values())]
+    targets = runtime_targets(device, used)
     rows, engines, skipped = [], [], []
     for art in spec["artifacts"]:
-        runtime = RUNTIME_OF_FORMAT.get(art["format"], art["format"])
-        if importlib.util.find_spec(runtime) is None:
-            skipped.append(f"{art['id']}: {runtime} is not installed")
+        runner = _runner(refs[art["id"]])
+        if not runner.installed():
+            skipped.append(f"{art['id']}: {runner.name} is not installed")
             continue
-        main_file = next(f for f in art["files"] if f.endswith((".onnx", ".xml")))
-        engines.append({"id": art["id"], **artifact_engine(art["format"], bundle / main_file, targets)})
+        engines.append({"id": art["id"], **artifact_engine(refs[art["id"]], bundle / art["main_file"], targets)})
         rows.append({k: art[k] for k in ("id", "model", "format", "precision", "files", "bytes", "host_test_accuracy")})
     if not engines:
         raise MeasureError("no artifact of the bundle can run here: " + "; ".join(skipped))
@@ -678,7 +567,7 @@ def bench_bundle(bundle: Path, *, device: str = "CPU", **settings: int) -> dict:
         "kind": RESULTS_KIND,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": spec.get("run"),
-        "fingerprint": fingerprint(),
+        "fingerprint": fingerprint(runners=used),
         "settings": {**settings, "device": device, "fallbacks": targets["fallbacks"]},
         "rows": [{**row, **res} for row, res in zip(rows, results)],
         "skipped": skipped,
