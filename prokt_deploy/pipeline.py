@@ -109,10 +109,10 @@ def run(
         check_out_dir(Path(out))  # before the data is loaded
     baselines = parse_methods(compare) if compare else []  # a bad list fails now too
     import exporters  # torch, onnxruntime: imported once the arguments are known to be good
-    from prokt_deploy.benchmarking import measure
     from prokt_deploy.benchmarking.bench import bench, runtime_targets
     from prokt_deploy.compare import compare as train_baselines
     from prokt_deploy.deploy.export import export_run
+    from prokt_deploy.harness import measure
     from prokt_deploy.run.reader import open_run
     from prokt_deploy.train.distill import distill
 
