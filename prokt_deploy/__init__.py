@@ -32,7 +32,7 @@ _API = {
     "open_run": "prokt_deploy.run.reader",
     "distill": "prokt_deploy.train.distill",
     "train_teacher": "prokt_deploy.train.distill",
-    "plan": "prokt_deploy.train.planner",
+    "plan": "prokt_deploy.planner",
 }
 
 if TYPE_CHECKING:
@@ -41,10 +41,10 @@ if TYPE_CHECKING:
     from prokt_deploy.deploy.bundle import write_bundle
     from prokt_deploy.deploy.export import export_run
     from prokt_deploy.errors import ProktError
+    from prokt_deploy.planner import plan
     from prokt_deploy.recipe import apply_overrides, load_recipe
     from prokt_deploy.run.reader import open_run
     from prokt_deploy.train.distill import distill, train_teacher
-    from prokt_deploy.train.planner import plan
 
 
 # Eager, because a submodule of the same name shadows a lazy attribute: once anything imports the module

@@ -182,8 +182,8 @@ def test_tiny_text_distill_export_and_dynamic_length(tmp_path, family):
 
 def test_image_family_for_text_is_refused(tmp_path):
     from prokt_deploy.errors import RecipeError
+    from prokt_deploy.planner import plan
     from prokt_deploy.recipe import apply_overrides, load_recipe
-    from prokt_deploy.train.planner import plan
 
     recipe = apply_overrides(load_recipe(_tiny_text_recipe(tmp_path)), {"student.family": "resnet"})
     with pytest.raises(RecipeError, match="image family"):
