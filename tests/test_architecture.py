@@ -2,7 +2,7 @@
 interpreter: the stages only import downwards, no import circle, the standalone parts stay standalone.
 
 Stages, lowest first (the map is in the README, "Where the code lives"): the foundation (errors, budget, recipe,
-data, models) < run (workspace, checkpoint, reader) < train (and recipe_writer) < deploy < benchmarking < compare
+data, models) < run (workspace, checkpoint, reader) < train (and planner, recipe_writer) < deploy < benchmarking < compare
 < cli. benchmarking.measure and benchmarking.fingerprint are the standalone harness shipped in bundles: any stage may
 import them, and they import nothing of the project.
 """
@@ -25,6 +25,7 @@ RANK = {
     "data": 0,
     "models": 0,
     "run": 1,
+    "planner": 2,  # the planner builds the teacher (train.build) and train.distill plans: the train stage
     "train": 2,
     "recipe_writer": 2,
     "deploy": 3,

@@ -113,15 +113,18 @@ def no_fit_error(
         big, small = fitting[0], fitting[-1]
         counted = any(e.capacity != e.candidate.params for e in fitting) or teacher_capacity != teacher_params
         unit = "parameters (an embedding table counted by its width)" if counted else "parameters"
-        which = f"{big.arch} with {big.capacity:,}" + (f" down to {small.arch} with {small.capacity:,}" if small is not big else "")
+        have = (
+            f"the {len(fitting)} that fit have from {small.capacity:,} ({small.arch}) to {big.capacity:,} ({big.arch})"
+            if small is not big
+            else f"the one that fits has {big.capacity:,} ({big.arch})"
+        )
         teacher_fits = (
             f"; or deploy the teacher itself: its own {precision} artifact ({format_size(teacher_bytes)}) fits the budget" if not binding else ""
         )
         return BudgetError(
-            f"no student of {families_text(families)} that fits {where} is smaller than the teacher: every one that fits "
-            f"({len(fitting)}, {which}) has at least as many {unit} as the teacher {teacher_arch} ({teacher_capacity:,}), and a student "
-            f"must have fewer. Use a larger teacher, or pin a student to distil into it anyway: --student {big.arch} (student.arch)"
-            f"{teacher_fits}"
+            f"no student of {families_text(families)} that fits {where} is smaller than the teacher {teacher_arch} "
+            f"({teacher_capacity:,} {unit}): {have}, and a student must have fewer than its teacher. Use a larger teacher, "
+            f"or pin a student to distil into it anyway: --student {big.arch} (student.arch){teacher_fits}"
         )
     smallest = entries[-1].candidate
     need = smallest.estimated_bytes
