@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from prokt_deploy import planner
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.harness.fingerprint import fingerprint
 from prokt_deploy.models import create_model, zero_init_head
 from prokt_deploy.recipe import apply_overrides, load_recipe
-from prokt_deploy.train import engine, planner
+from prokt_deploy.train import engine
 from prokt_deploy.train.build import build_teacher
 from prokt_deploy.train.distill import library_versions
 from prokt_deploy.train.methods.kd import kd_method

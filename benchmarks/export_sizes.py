@@ -28,14 +28,14 @@ from pathlib import Path
 import torch
 
 import exporters
+from prokt_deploy import planner
 from prokt_deploy.budget import parse_size
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.models import count_params, create_model, families
+from prokt_deploy.planner import measure_artifact_bytes
 from prokt_deploy.recipe import apply_overrides, load_recipe
-from prokt_deploy.train import planner
 from prokt_deploy.train.build import build_teacher
 from prokt_deploy.train.distill import library_versions
-from prokt_deploy.train.planner import measure_artifact_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTH = ["onnx", "openvino"]

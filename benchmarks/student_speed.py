@@ -48,8 +48,8 @@ from prokt_deploy.data import load_recipe_data
 from prokt_deploy.harness import measure
 from prokt_deploy.harness.fingerprint import fingerprint
 from prokt_deploy.models import count_params, create_model
+from prokt_deploy.planner import plan
 from prokt_deploy.train.build import build_teacher
-from prokt_deploy.train.planner import plan
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_TEACHER = "wide-w96-d3"

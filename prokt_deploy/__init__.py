@@ -33,7 +33,7 @@ _API = {
     "open_run": "prokt_deploy.run.reader",
     "distill": "prokt_deploy.train.distill",
     "train_teacher": "prokt_deploy.train.distill",
-    "plan": "prokt_deploy.train.planner",
+    "plan": "prokt_deploy.planner",
     "run": "prokt_deploy.pipeline",
 }
 
@@ -44,10 +44,10 @@ if TYPE_CHECKING:
     from prokt_deploy.deploy.export import export_run
     from prokt_deploy.errors import ProktError
     from prokt_deploy.pipeline import run
+    from prokt_deploy.planner import plan
     from prokt_deploy.recipe import apply_overrides, load_recipe
     from prokt_deploy.run.reader import open_run
     from prokt_deploy.train.distill import distill, train_teacher
-    from prokt_deploy.train.planner import plan
 
 
 # The built-in methods (prokt_deploy/train/methods/) register themselves with the recipe schema here, at the top of the

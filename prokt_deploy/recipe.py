@@ -6,6 +6,7 @@ permitted``). Command-line flags override fields through :func:`apply_overrides`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,8 @@ from prokt_deploy.errors import RecipeError, UsageError
 # top-level recipes/ of a clone is a symlink to this directory (one source of truth).
 RECIPES_DIR = Path(str(files("prokt_deploy") / "recipes"))
 DEFAULT_RECIPE = RECIPES_DIR / "fashion-mnist.yaml"
+#: ``budget.target: none``: plan by size alone (the default times in the first of ``budget.formats``)
+NO_TARGET = "none"
 
 
 def shipped_recipe(name: str) -> Path | None:
@@ -125,7 +128,7 @@ class TeacherConfig(_Strict):
 
 class StudentConfig(_Strict):
     # One family, a list of families searched together (e.g. [resnet, wide]) or auto (every student family
-    # of the data's kind); across families the planner ranks by capacity (prokt_deploy.train.planner).
+    # of the data's kind); across families the planner ranks by capacity (prokt_deploy.planner).
     family: str | list[str] = "resnet"
     arch: str | None = None  # pin an architecture instead of planning one from the budget
     # text: start the student's token embeddings from the teacher's, projected onto their top
@@ -145,15 +148,18 @@ class BudgetConfig(_Strict):
     # int8 export: keep the fewest layers in fp32 that meet the accuracy gate (exporters/accuracy_aware.py);
     # auto = only when plain int8 misses --max-accuracy-drop
     accuracy_aware: Literal["auto", "on", "off"] = "auto"
-    # Latency in the plan (prokt_deploy.train.planner): time every fitting candidate and the teacher's artifacts in
+    # Latency in the plan (prokt_deploy.planner): time every fitting candidate and the teacher's artifacts in
     # this runtime (onnx or openvino[:DEVICE]) and never choose a student slower than the teacher's fastest
-    # artifact when a faster one fits. None: plan by size alone (a latency budget implies onnx).
+    # artifact when a faster one fits. Left out (or null): the same rule, timed in the first of `formats`.
+    # none: plan by size alone (a latency budget, --latencies or --bundle still time, in onnx).
     target: str | None = None
     latency: str | None = None  # a latency budget, e.g. 0.2ms: only students whose batch-1 p50 is within it
 
     @field_validator("target", "latency")
     @classmethod
     def _valid_latency_plan(cls, v: str | None, info) -> str | None:  # noqa: ANN001 - pydantic's ValidationInfo
+        if info.field_name == "target" and v is not None and v.strip().lower() == NO_TARGET:
+            return NO_TARGET
         if v is not None:
             parse, flag = {"target": (parse_target, "--target"), "latency": (parse_latency, "--latency-budget")}[info.field_name]
             try:
@@ -316,8 +322,29 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-def load_recipe(path: str | Path | None = None) -> Recipe:
-    """Read and validate a recipe; None means the default recipe."""
+#: The default recipe of each task: the settings a recipe file leaves out of :data:`TUNED_KEYS` come from it.
+DEFAULT_RECIPES = {"image-classification": DEFAULT_RECIPE, "text-classification": RECIPES_DIR / "tweets-minilm.yaml"}
+
+#: Keys a recipe file may leave out and then gets from its task's default recipe (the value that recipe was tuned
+#: with) rather than from the schema: the rules of the schedule that hold whatever the dataset, the models, the
+#: method and the optimizer (a floor on optimizer steps, keeping the best validation epoch, gradient clipping).
+#: Not carried over: the data's settings (augmentation, split seed: the default recipe's belong to Fashion-MNIST and
+#: its shipped teacher), the teacher, the student family, epochs, batch size and learning rates (tuned together for
+#: that data and teacher), the methods' settings (the method's own defaults). ``budget.target`` left out is the
+#: never-slower-than-the-teacher rule timed in the first of ``budget.formats`` (see BudgetConfig.target).
+TUNED_KEYS = ("train.min_steps", "train.keep_best", "train.grad_clip")
+
+
+@dataclass(frozen=True)
+class Defaulted:
+    """A key a recipe file leaves out, the value it gets and where that comes from."""
+
+    key: str
+    value: object
+    source: str
+
+
+def _read_mapping(path: str | Path | None) -> tuple[Path, dict]:
     path = Path(path) if path is not None else DEFAULT_RECIPE
     if not path.exists() and (shipped := shipped_recipe(str(path))) is not None:
         path = shipped
@@ -339,8 +366,84 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         raise RecipeError(f"{path}: recipe is empty")
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of fields, got {type(data).__name__}")
+    return path, data
+
+
+def _lookup(data: dict, dotted: str) -> tuple[bool, object]:
+    node: object = data
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return False, None
+        node = node[key]
+    return True, node
+
+
+def _tuned_defaults(data: dict) -> list[Defaulted]:
+    """The :data:`TUNED_KEYS` that ``data`` (a recipe mapping) leaves out, with their default recipe's values."""
+    task = data.get("task", "image-classification")
+    base_path = DEFAULT_RECIPES.get(task, DEFAULT_RECIPE) if isinstance(task, str) else DEFAULT_RECIPE
+    base = yaml.safe_load(base_path.read_text())
+    out = []
+    for dotted in TUNED_KEYS:
+        section, _, _ = dotted.partition(".")
+        if _lookup(data, dotted)[0] or not isinstance(data.get(section, {}), dict):
+            continue  # set, or a malformed section that validation reports
+        found, value = _lookup(base, dotted)
+        if found:
+            out.append(Defaulted(dotted, value, f"{base_path.name}, the default recipe of {task}"))
+    return out
+
+
+def _with_defaults(data: dict, defaults: list[Defaulted]) -> dict:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for d in defaults:
+        section, _, leaf = d.key.partition(".")
+        data.setdefault(section, {})[leaf] = d.value
+    return data
+
+
+def _schema_defaults(model: type[BaseModel], data: object, prefix: str = "") -> list[str]:
+    """Dotted keys of ``model`` that ``data`` leaves out (leaves; a section left out lists its leaves)."""
+    data = data if isinstance(data, dict) else {}
+    out = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += _schema_defaults(ann, data.get(name), f"{prefix}{name}.")
+        elif name not in data:
+            out.append(prefix + name)
+    return out
+
+
+def recipe_defaults(path: str | Path | None = None) -> list[Defaulted]:
+    """What the recipe file at ``path`` leaves out and where each value comes from: its task's default recipe
+    (:data:`TUNED_KEYS`), the planner's rule (``budget.target``) or the schema (``recipe check`` lists them)."""
+    path, data = _read_mapping(path)
+    recipe = load_recipe(path)
+    tuned = _tuned_defaults(data)
+    out = list(tuned)
+    if recipe.budget.target is None:
+        out.append(
+            Defaulted(
+                "budget.target",
+                recipe.budget.formats[0],
+                f"the first of budget.formats: never slower than the teacher's fastest artifact; budget.target: {NO_TARGET} turns it off",
+            )
+        )
+    shown = {d.key for d in out}
+    full = recipe.model_dump(mode="json")
+    for dotted in _schema_defaults(Recipe, data):
+        if dotted not in shown:
+            out.append(Defaulted(dotted, _lookup(full, dotted)[1], "schema"))
+    return out
+
+
+def load_recipe(path: str | Path | None = None) -> Recipe:
+    """Read and validate a recipe; None means the default recipe. Keys of :data:`TUNED_KEYS` the file leaves out
+    come from its task's default recipe (:func:`recipe_defaults` lists every key left out)."""
+    path, data = _read_mapping(path)
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(_with_defaults(data, _tuned_defaults(data)))
     except ValidationError as e:
         raise RecipeError(_format_errors(e, str(path))) from None
 

@@ -19,10 +19,10 @@ import yaml
 
 from prokt_deploy.data import TEXT_SOURCES, DataBundle, infer_source
 from prokt_deploy.errors import ProktError, UsageError
-from prokt_deploy.recipe import DEFAULT_RECIPE, RECIPES_DIR, Recipe, apply_overrides, load_recipe
+from prokt_deploy.recipe import DEFAULT_RECIPE, DEFAULT_RECIPES, NO_TARGET, Recipe, apply_overrides, load_recipe
 from prokt_deploy.train import methods
 
-TEXT_RECIPE = RECIPES_DIR / "tweets-minilm.yaml"
+TEXT_RECIPE = DEFAULT_RECIPES["text-classification"]
 
 # Keys always written (even at their schema default) because a user tuning a recipe looks for them (a method's
 # section: its MethodSpec.shown).
@@ -80,6 +80,8 @@ def new_recipe(
     }
     recipe = apply_overrides(base, over)
     recipe.data.max_train_samples = None  # the text recipe caps the tweets for time; the user's file is theirs
+    if recipe.budget.target == NO_TARGET:
+        recipe.budget.target = None  # the text recipe keeps its size-only plan; a new recipe gets the default latency rule
     teacher_note = None
     if teacher_checkpoint is not None:
         recipe.teacher.init = "checkpoint-reset-head"

@@ -18,8 +18,9 @@ from prokt_deploy.deploy.bundle import write_plan_bundle
 from prokt_deploy.errors import BenchError, ModelError
 from prokt_deploy.harness.measure import RESULTS_KIND, RESULTS_SCHEMA_VERSION
 from prokt_deploy.models import create_model, student_families
+from prokt_deploy.planner import SizeCache, plan_student, read_device_latencies
+from prokt_deploy.planner import capacity as _capacity
 from prokt_deploy.recipe import load_recipe
-from prokt_deploy.train.planner import SizeCache, _capacity, plan_student, read_device_latencies
 
 DIGITS = str(RECIPES / "digits.yaml")
 BIG, SMALL = "cnn-w24-d1", "wide-w8-d2"  # ~52k vs ~1.4k parameters, two families

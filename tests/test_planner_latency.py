@@ -12,7 +12,7 @@ import torch
 import exporters
 from prokt_deploy.errors import BudgetError, UsageError
 from prokt_deploy.models import create_model
-from prokt_deploy.train.planner import Candidate, LatencyCache, SizeCache, choose_by_latency, parse_latency, parse_target, plan_student
+from prokt_deploy.planner import Candidate, LatencyCache, SizeCache, choose_by_latency, parse_latency, parse_target, plan_student
 
 BIG, SMALL = "cnn-w24-d1", "cnn-w4-d1"  # ~52k vs ~1.6k parameters: ~30x the MACs at 28x28
 

@@ -26,7 +26,7 @@ import torch
 import exporters
 from prokt_deploy.data import load_data
 from prokt_deploy.models import create_model, families
-from prokt_deploy.train.planner import SizeCache, measure_artifact_bytes, plan_student
+from prokt_deploy.planner import SizeCache, measure_artifact_bytes, plan_student
 
 SHAPE = (1, 8, 8)
 TEACHER = "resnet-w16-d1"  # the digits recipe's teacher: 105 kB onnx / 147 kB openvino at int8

@@ -143,7 +143,7 @@ def _tiny_text_recipe(tmp_path, family="tfm", method="prokt"):
         "data: {source: tweets, max_length: 24, max_train_samples: 96, tokenizer: all-minilm-l6-v2}\n"
         "teacher: {arch: bert-h64-l1}\n"  # a tiny random BERT built in code: no download
         f"student: {{family: {family}, init_embeddings: teacher-pca}}\n"
-        "budget: {size: 1.3MB, precision: int8, formats: [onnx]}\n"
+        "budget: {size: 1.3MB, precision: int8, formats: [onnx], target: none}\n"  # size alone, as before the latency rule became the default
         "train: {epochs: 1, batch_size: 32}\n"
     )
     return recipe
@@ -182,8 +182,8 @@ def test_tiny_text_distill_export_and_dynamic_length(tmp_path, family):
 
 def test_image_family_for_text_is_refused(tmp_path):
     from prokt_deploy.errors import RecipeError
+    from prokt_deploy.planner import plan
     from prokt_deploy.recipe import apply_overrides, load_recipe
-    from prokt_deploy.train.planner import plan
 
     recipe = apply_overrides(load_recipe(_tiny_text_recipe(tmp_path)), {"student.family": "resnet"})
     with pytest.raises(RecipeError, match="image family"):

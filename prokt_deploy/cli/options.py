@@ -126,7 +126,8 @@ OVERRIDES: dict[str, Override] = {
             "target",
             ("--target",),
             str,
-            "Plan by latency too: time the fitting candidates and the teacher in onnx or openvino[:DEVICE] (recipe budget.target).",
+            "The runtime the plan times the fitting candidates and the teacher in: onnx or openvino[:DEVICE]; none: plan by size alone "
+            "(recipe budget.target; default: the recipe's first format).",
             "budget.target",
         ),
         Override(

@@ -14,6 +14,7 @@ from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import out, print_json
 from prokt_deploy.deploy.bundle import plan_bundle_writer
 from prokt_deploy.errors import UsageError
+from prokt_deploy.recipe import NO_TARGET
 from prokt_deploy.run.workspace import check_out_dir
 
 
@@ -32,7 +33,8 @@ def plan(
         Optional[str],
         typer.Option(
             "--target",
-            help="Time the fitting candidates and the teacher in this runtime: onnx or openvino[:DEVICE] (default with --latency-budget: onnx).",
+            help="Time the fitting candidates and the teacher in this runtime: onnx or openvino[:DEVICE]; none: plan by size alone "
+            "(default: the recipe's budget.target, else its first format).",
         ),
     ] = None,
     latencies: o.LatenciesOpt = None,
@@ -51,10 +53,10 @@ def plan(
     On-device planning: `plan --bundle DIR`, then `python bench_bundle.py` in DIR on the board, then
     `plan --latencies DIR/device-results.json` (or `distill --latencies ...`) chooses from the board's latencies."""
     from prokt_deploy.data import load_recipe_data
-    from prokt_deploy.train.planner import plan as run_plan
+    from prokt_deploy.planner import plan as run_plan
 
     latency_ms = parse_latency(latency_budget) if latency_budget is not None else None
-    if target is not None:
+    if target is not None and target.strip().lower() != NO_TARGET:
         parse_target(target)
     r = o.resolve_recipe(recipe, overrides, trust_recipe_code=trust_recipe_code)
     if bundle is not None and latencies is not None:

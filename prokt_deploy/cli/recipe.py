@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,17 +11,25 @@ import typer
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out
 from prokt_deploy.cli.options import code_hooks
-from prokt_deploy.recipe import load_recipe
+from prokt_deploy.recipe import load_recipe, recipe_defaults
 
 app = typer.Typer(help="Work with recipe files.", no_args_is_help=True)
 
 
 @app.command("check")
 def check(files: Annotated[list[Path], typer.Argument(help="Recipe YAML files to validate.")]) -> None:
-    """Validate recipes against the schema; the first invalid one fails with its location."""
+    """Validate recipes against the schema; the first invalid one fails with its location. Lists the keys each one
+    leaves out: those that come from the default recipe or a rule with their values, then the schema's."""
     for f in files:
         r = load_recipe(f)
         out.print(f"{f}: ok ({r.name}: {r.data.source}, {r.method}, budget {r.budget.size} {r.budget.precision})")
+        defaults = recipe_defaults(f)
+        for d in (d for d in defaults if d.source != "schema"):
+            value = d.value if isinstance(d.value, str) else json.dumps(d.value)
+            out.print(f"  defaulted: {d.key} = {value} (from {d.source})", highlight=False)
+        schema = [d.key for d in defaults if d.source == "schema"]
+        if schema:
+            out.print(f"  schema defaults for {len(schema)} keys left out: {', '.join(schema)}", highlight=False, soft_wrap=True)
         hooks = code_hooks(r.teacher.factory)
         if hooks:  # valid, but the commands that use it refuse it without consent
             err.print(f"warning: {f} names code to import and run ({', '.join(hooks)}); using it needs --trust-recipe-code", highlight=False)

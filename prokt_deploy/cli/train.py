@@ -80,8 +80,8 @@ def check_resume(resume: Path, overrides: list[str], trusted: bool) -> None:
 def _launch_distributed(r, nproc: int, out_dir: Path | None) -> None:
     """Check what can be checked here (recipe, data, budget, output), then re-launch under torchrun."""
     from prokt_deploy.data import load_recipe_data
+    from prokt_deploy.planner import plan as run_plan
     from prokt_deploy.train import distributed
-    from prokt_deploy.train.planner import plan as run_plan
 
     if r is not None:
         data = load_recipe_data(r)

@@ -224,13 +224,13 @@ def write_plan_bundle(
     settings: dict | None = None,
 ) -> Path:
     """Write the planner's ``models`` (label -> (module, precision), see
-    :func:`prokt_deploy.train.planner._plan_student`'s ``bundle``) into an on-device bundle at ``out``: for each
+    :func:`prokt_deploy.planner.plan_student`'s ``bundle``) into an on-device bundle at ``out``: for each
     deploy format the artifact of every candidate at the deploy precision and the teacher's fp32 and int8,
     all with generic weights, plus ``samples`` test samples to time on. ``kept(label, fmt)``: a directory
     that may already hold the size measurement's export of that candidate."""
     import tempfile
 
-    from prokt_deploy.train.planner import PLAN_BUNDLE_PREFIX, generic_artifact, generic_calibration, model_name
+    from prokt_deploy.planner import PLAN_BUNDLE_PREFIX, generic_artifact, generic_calibration, model_name
 
     out = Path(out)
     ex = example[:1]
@@ -249,7 +249,7 @@ def write_plan_bundle(
 
 
 def plan_bundle_writer(out: str | Path, recipe, data, *, recipe_path: str | None = None):  # noqa: ANN001, ANN201 - Recipe, DataBundle -> planner.BundleWriter
-    """The ``bundle`` writer of :func:`prokt_deploy.train.planner.plan` that writes a plan bundle into ``out``
+    """The ``bundle`` writer of :func:`prokt_deploy.planner.plan` that writes a plan bundle into ``out``
     (``plan --bundle DIR``); ``recipe_path`` is named in its README. ``out`` is checked to be a new or empty
     directory now, before anything is planned."""
     check_out_dir(Path(out))

@@ -21,7 +21,7 @@ Two choices set it apart from the other student families:
   AVX-512/VNNI/AMX, the same ``plan --family pool,resnet`` run).
 
 Capacity against other families is compared on the planner's rule: parameters (see
-:func:`prokt_deploy.train.planner._capacity`), then MACs.
+:func:`prokt_deploy.planner.candidates.capacity`), then MACs.
 """
 
 from __future__ import annotations

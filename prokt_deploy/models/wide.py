@@ -12,7 +12,7 @@ Measured here (onnxruntime 1.32, 1 thread, batch 1, 28x28, AMD EPYC Zen 2, AVX2 
 0.044 ms fp32 / 0.056 ms int8 against ``resnet-w8-d1`` 0.139 / 0.191 ms: 3.2-3.4x faster at the same size.
 
 Capacity against other families is compared on the planner's rule: parameters (see
-:func:`prokt_deploy.train.planner._capacity`), then MACs.
+:func:`prokt_deploy.planner.candidates.capacity`), then MACs.
 """
 
 from __future__ import annotations

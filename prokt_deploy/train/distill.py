@@ -23,6 +23,7 @@ from torch import nn
 from prokt_deploy.data import DataBundle, load_recipe_data
 from prokt_deploy.errors import InterruptedRun, RecipeError, RunError, TrainingError
 from prokt_deploy.models import count_params, create_model, zero_init_head
+from prokt_deploy.planner import Plan, plan
 from prokt_deploy.recipe import Recipe, dump_recipe, load_recipe
 from prokt_deploy.run.checkpoint import save_weights
 from prokt_deploy.run.reader import Manifest, ModelEntry, write_manifest
@@ -42,7 +43,6 @@ from prokt_deploy.run.workspace import (
 )
 from prokt_deploy.train import distributed, engine, methods
 from prokt_deploy.train.build import build_teacher, student_zero_head
-from prokt_deploy.train.planner import Plan, plan
 
 log = logging.getLogger("prokt_deploy")
 
@@ -140,7 +140,7 @@ def distill(
     complete. ``resume`` continues an unfinished run from its checkpoint, with the recipe it was
     started with (pass ``recipe=None``); the result equals an uninterrupted run on the same
     machine. ``latest=False`` leaves ``runs/latest`` where it is. ``latencies``: plan from a plan
-    bundle's device result file (see :func:`prokt_deploy.train.planner.plan`); the file is kept in the
+    bundle's device result file (see :func:`prokt_deploy.planner.plan`); the file is kept in the
     run as ``plan-latencies.json`` and a resume plans from it again.
     """
     if recipe is None and resume is None:
