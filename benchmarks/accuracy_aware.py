@@ -39,7 +39,7 @@ from prokt_deploy import apply_overrides, distill, formats, load_recipe
 from prokt_deploy.benchmarking.bench import runtime_targets
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.harness import measure
-from prokt_deploy.run.reader import load_model
+from prokt_deploy.rundir.reader import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = 1000.0

@@ -27,7 +27,7 @@ import torch
 from prokt_deploy.budget import parse_size
 from prokt_deploy.data import load_recipe_data
 from prokt_deploy.recipe import apply_overrides, load_recipe
-from prokt_deploy.run.workspace import CHECKPOINT, is_locked, load_checkpoint, partial_path
+from prokt_deploy.rundir.workspace import CHECKPOINT, is_locked, load_checkpoint, partial_path
 from prokt_deploy.train import methods
 from prokt_deploy.train.build import build_teacher
 from prokt_deploy.train.distill import distill, train_teacher

@@ -30,7 +30,7 @@ _API = {
     "ProktError": "prokt_deploy.errors",
     "apply_overrides": "prokt_deploy.recipe",
     "load_recipe": "prokt_deploy.recipe",
-    "open_run": "prokt_deploy.run.reader",
+    "open_run": "prokt_deploy.rundir.reader",
     "distill": "prokt_deploy.train.distill",
     "train_teacher": "prokt_deploy.train.distill",
     "plan": "prokt_deploy.planner",
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from prokt_deploy.pipeline import run
     from prokt_deploy.planner import plan
     from prokt_deploy.recipe import apply_overrides, load_recipe
-    from prokt_deploy.run.reader import open_run
+    from prokt_deploy.rundir.reader import open_run
     from prokt_deploy.train.distill import distill, train_teacher
 
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prokt_deploy.errors import ExportFailed, GateFailed, UsageError
-from prokt_deploy.run.reader import FinishedRun, Manifest, open_run
-from prokt_deploy.run.workspace import MANIFEST, update_manifest
+from prokt_deploy.rundir.reader import FinishedRun, Manifest, open_run
+from prokt_deploy.rundir.workspace import MANIFEST, update_manifest
 from prokt_deploy.train import methods
 
 COMPARE_DIR = "compare"

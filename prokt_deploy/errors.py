@@ -58,7 +58,7 @@ class ExportFailed(ProktError):
     """Exporting or quantizing an artifact failed, or its runtime is not installed.
 
     ``results``: when raised by ``export_run`` after every requested format was tried, the record of each
-    (``prokt_deploy.run.records``: the passed and failed artifacts, skipped and failed formats); else empty."""
+    (``prokt_deploy.rundir.records``: the passed and failed artifacts, skipped and failed formats); else empty."""
 
     exit_code = 9
 

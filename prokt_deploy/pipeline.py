@@ -24,8 +24,8 @@ from prokt_deploy.errors import GateFailed, UsageError
 from prokt_deploy.recipe import Recipe, load_recipe
 
 if TYPE_CHECKING:
-    from prokt_deploy.run.reader import Manifest
-    from prokt_deploy.run.records import BenchReport, ExportResult
+    from prokt_deploy.rundir.reader import Manifest
+    from prokt_deploy.rundir.records import BenchReport, ExportResult
 
 #: the stages of a run, in order (the CLI shows one bar over them)
 STAGES = ("distill", "compare", "export", "bench")
@@ -101,7 +101,7 @@ def run(
     report; call :meth:`PipelineResult.check` to raise on a missed one. Raises the library's typed errors
     (:mod:`prokt_deploy.errors`) for bad input before training starts."""
     from prokt_deploy.compare import parse_methods
-    from prokt_deploy.run.workspace import check_out_dir
+    from prokt_deploy.rundir.workspace import check_out_dir
 
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
@@ -113,7 +113,7 @@ def run(
     from prokt_deploy.compare import compare as train_baselines
     from prokt_deploy.deploy.export import export_run
     from prokt_deploy.harness import measure
-    from prokt_deploy.run.reader import open_run
+    from prokt_deploy.rundir.reader import open_run
     from prokt_deploy.train.distill import distill
 
     runtime_targets(bench_device)  # an unavailable device fails now, not after training

@@ -20,8 +20,8 @@ from conftest import RECIPES
 
 from prokt_deploy import apply_overrides, distill, export_run, load_recipe
 from prokt_deploy.errors import GateFailed
-from prokt_deploy.run.checkpoint import save_weights
-from prokt_deploy.run.reader import load_model
+from prokt_deploy.rundir.checkpoint import save_weights
+from prokt_deploy.rundir.reader import load_model
 
 pytestmark = pytest.mark.slow
 

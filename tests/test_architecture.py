@@ -2,7 +2,7 @@
 interpreter: the stages only import downwards, no import circle, the standalone parts stay standalone.
 
 Stages, lowest first (the map is in the README, "Where the code lives"): the harness < the foundation (errors,
-budget, recipe, data, models, formats) < run (workspace, checkpoint, reader, records) < train (and planner, recipe_writer) <
+budget, recipe, data, models, formats) < rundir (workspace, checkpoint, reader, records) < train (and planner, recipe_writer) <
 deploy < benchmarking < compare < pipeline (the library's run()) < cli. The harness package (measure, runners,
 fingerprint) is the standalone timing harness shipped in bundles: any stage may import it, and it imports nothing
 of the project.
@@ -26,7 +26,7 @@ RANK = {
     "recipe": 0,
     "data": 0,
     "models": 0,
-    "run": 1,
+    "rundir": 1,
     "planner": 2,  # the planner builds the teacher (train.build) and train.distill plans: the train stage
     "train": 2,
     "recipe_writer": 2,

@@ -160,7 +160,7 @@ def test_text_quality_tiny(tmp_path):
 def test_prokt_dynamics_tiny(tmp_path):
     """benchmarks/prokt_dynamics.py: every variant runs and records a validation path."""
     from prokt_deploy.models import create_model
-    from prokt_deploy.run.checkpoint import save_weights
+    from prokt_deploy.rundir.checkpoint import save_weights
 
     ckpt = tmp_path / "teacher.safetensors"
     save_weights(create_model("resnet-w16-d1", num_classes=10, in_channels=1), ckpt)

@@ -17,7 +17,7 @@ from conftest import RECIPES, ROOT
 from prokt_deploy import apply_overrides, distill, export_run, load_recipe
 from prokt_deploy.errors import ModelError
 from prokt_deploy.models import create_model
-from prokt_deploy.run.reader import load_model
+from prokt_deploy.rundir.reader import load_model
 
 transformers = pytest.importorskip("transformers", reason="hf: teachers need the 'text' extra (transformers)")
 

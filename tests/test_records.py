@@ -10,8 +10,8 @@ import json
 import pytest
 
 from prokt_deploy.errors import RunError, UsageError
-from prokt_deploy.run.reader import SCHEMA_VERSION, Manifest, open_run, write_manifest
-from prokt_deploy.run.records import BenchReport, FailedExport, GateRecord, SkippedExport
+from prokt_deploy.rundir.reader import SCHEMA_VERSION, Manifest, open_run, write_manifest
+from prokt_deploy.rundir.records import BenchReport, FailedExport, GateRecord, SkippedExport
 
 #: a manifest as version 1 wrote it (before issue 34): artifact records without main_file, every model key present
 V1 = {

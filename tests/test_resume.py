@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from prokt_deploy import apply_overrides, distill, load_recipe
 from prokt_deploy.errors import InterruptedRun, RunError, TrainingError
-from prokt_deploy.run.workspace import CHECKPOINT, partial_path
+from prokt_deploy.rundir.workspace import CHECKPOINT, partial_path
 
 
 @pytest.fixture(autouse=True)

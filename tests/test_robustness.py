@@ -29,7 +29,7 @@ from prokt_deploy.cli.main import main
 from prokt_deploy.data import load_data
 from prokt_deploy.errors import DataError
 from prokt_deploy.recipe import dump_recipe
-from prokt_deploy.run.workspace import CHECKPOINT, RunWorkspace, load_checkpoint, partial_path, save_checkpoint
+from prokt_deploy.rundir.workspace import CHECKPOINT, RunWorkspace, load_checkpoint, partial_path, save_checkpoint
 
 OVERRIDES = {"train.epochs": 1, "data.max_train_samples": 200, "student.arch": "cnn-w8-d1", "budget.size": "40KB"}
 
@@ -329,7 +329,7 @@ def test_checkpoint_write_cut_short_keeps_the_previous_one_and_copied_runs_resum
         os.write(fd, bytes(data[: len(data) // 2]))
         raise Killed
 
-    import prokt_deploy.run.workspace as runs
+    import prokt_deploy.rundir.workspace as runs
 
     with monkeypatch.context() as m:
         m.setattr(

@@ -65,7 +65,7 @@ def test_wheel_ships_recipes_and_is_what_gets_imported(installed):
             "import prokt_deploy, exporters; from prokt_deploy.recipe import RECIPES_DIR, DEFAULT_RECIPE;"
             "print(prokt_deploy.__file__); print(exporters.__file__); print(DEFAULT_RECIPE.is_file());"
             "print(sorted(p.name for p in RECIPES_DIR.glob('*.yaml')));"
-            "from prokt_deploy.run.checkpoint import resolve_checkpoint; print(resolve_checkpoint('shipped:fashion-mnist-vgg-w32').is_file())",
+            "from prokt_deploy.rundir.checkpoint import resolve_checkpoint; print(resolve_checkpoint('shipped:fashion-mnist-vgg-w32').is_file())",
         ],
         cwd=work,
         env=env,

@@ -48,9 +48,9 @@ from prokt_deploy.benchmarking import int8_diagnosis, report
 from prokt_deploy.deploy.references import ensure_fp32_export, teacher_int8_gates
 from prokt_deploy.errors import BenchError, BenchGateFailed, RunError, UsageError
 from prokt_deploy.harness import measure
-from prokt_deploy.run.reader import FinishedRun, open_run
-from prokt_deploy.run.records import BenchReport
-from prokt_deploy.run.workspace import resolve_run, run_lock
+from prokt_deploy.rundir.reader import FinishedRun, open_run
+from prokt_deploy.rundir.records import BenchReport
+from prokt_deploy.rundir.workspace import resolve_run, run_lock
 
 BASELINE = "teacher/onnx/fp32"
 BASELINE_PYTORCH = "teacher/pytorch/fp32"
@@ -59,7 +59,7 @@ Progress = Callable[[str], None]
 
 
 #: the loader bench's PyTorch rows name (the worker imports it; bench.measure itself imports nothing of the project)
-TORCH_LOADER = "prokt_deploy.run.reader:load_model"
+TORCH_LOADER = "prokt_deploy.rundir.reader:load_model"
 
 
 def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, predictions: dict) -> tuple[list[dict], list[dict]]:  # noqa: ANN001

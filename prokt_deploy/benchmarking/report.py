@@ -67,9 +67,9 @@ from typing import Any
 from prokt_deploy.budget import format_size
 from prokt_deploy.errors import RunError
 from prokt_deploy.harness import measure
-from prokt_deploy.run.reader import Manifest
-from prokt_deploy.run.records import BenchReport
-from prokt_deploy.run.workspace import write_json_atomic, write_text_atomic
+from prokt_deploy.rundir.reader import Manifest
+from prokt_deploy.rundir.records import BenchReport
+from prokt_deploy.rundir.workspace import write_json_atomic, write_text_atomic
 from prokt_deploy.train import methods
 
 SCHEMA_VERSION = 1

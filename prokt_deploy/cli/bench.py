@@ -17,8 +17,8 @@ from prokt_deploy.deploy.bundle import DEFAULT_SAMPLES, write_bundle
 from prokt_deploy.errors import UsageError
 from prokt_deploy.harness import measure
 from prokt_deploy.pipeline import check_gate_values
-from prokt_deploy.run.records import BenchReport
-from prokt_deploy.run.workspace import check_out_dir, read_manifest, resolve_run
+from prokt_deploy.rundir.records import BenchReport
+from prokt_deploy.rundir.workspace import check_out_dir, read_manifest, resolve_run
 
 D = measure.DEFAULTS
 RunArg = Annotated[Optional[Path], typer.Argument(help="Run directory (default: the latest run, runs/latest).", show_default=False)]

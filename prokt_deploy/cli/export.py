@@ -13,8 +13,8 @@ from prokt_deploy.budget import format_size
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json
 from prokt_deploy.errors import ExportFailed, GateFailed
-from prokt_deploy.run.reader import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_MAX_ACCURACY_DROP
-from prokt_deploy.run.records import ExportResult, FailedExport, SkippedExport
+from prokt_deploy.rundir.reader import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_MAX_ACCURACY_DROP
+from prokt_deploy.rundir.records import ExportResult, FailedExport, SkippedExport
 
 
 def export(

@@ -16,7 +16,7 @@ from prokt_deploy.cli import recipe as recipe_cmd
 from prokt_deploy.cli import run as run_cmd
 from prokt_deploy.cli import train as train_cmd
 from prokt_deploy.errors import EXIT_FILESYSTEM, EXIT_INTERRUPTED, ProktError
-from prokt_deploy.run.workspace import filesystem_cause
+from prokt_deploy.rundir.workspace import filesystem_cause
 
 app = typer.Typer(
     name="prokt-deploy",

@@ -15,7 +15,7 @@ from prokt_deploy.cli.console import out, print_json
 from prokt_deploy.deploy.bundle import plan_bundle_writer
 from prokt_deploy.errors import UsageError
 from prokt_deploy.recipe import NO_TARGET
-from prokt_deploy.run.workspace import check_out_dir
+from prokt_deploy.rundir.workspace import check_out_dir
 
 
 @o.takes_overrides("budget", "data_dir", "data_source", "teacher_checkpoint", "teacher_factory", "student", "family")

@@ -15,10 +15,10 @@ from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, out, print_json
 from prokt_deploy.errors import TrainingError, UsageError
 from prokt_deploy.recipe import load_recipe
-from prokt_deploy.run.workspace import check_out_dir, final_path, find_resumable
+from prokt_deploy.rundir.workspace import check_out_dir, final_path, find_resumable
 
 if TYPE_CHECKING:
-    from prokt_deploy.run.reader import Manifest
+    from prokt_deploy.rundir.reader import Manifest
 
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory to create (default: runs/<time>-<recipe>-<method>).")]
 

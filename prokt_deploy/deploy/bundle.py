@@ -34,8 +34,8 @@ import numpy as np
 
 from prokt_deploy.errors import RunError, UsageError
 from prokt_deploy.harness import fingerprint, measure, runners
-from prokt_deploy.run.reader import open_run
-from prokt_deploy.run.workspace import check_out_dir, staged_run_dir
+from prokt_deploy.rundir.reader import open_run
+from prokt_deploy.rundir.workspace import check_out_dir, staged_run_dir
 
 SCHEMA_VERSION = 1
 DEFAULT_SAMPLES = 500

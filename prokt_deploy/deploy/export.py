@@ -50,9 +50,9 @@ import exporters
 from prokt_deploy.data import DataBundle
 from prokt_deploy.deploy.gate import Reference, gate_artifact
 from prokt_deploy.errors import ExportFailed, GateFailed, UsageError
-from prokt_deploy.run.reader import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_MAX_ACCURACY_DROP, OLDEST_READ, SCHEMA_VERSION, open_run
-from prokt_deploy.run.records import ExportResult, FailedExport, GateRecord, SkippedExport
-from prokt_deploy.run.workspace import filesystem_cause, staged_dir, update_manifest
+from prokt_deploy.rundir.reader import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_MAX_ACCURACY_DROP, OLDEST_READ, SCHEMA_VERSION, open_run
+from prokt_deploy.rundir.records import ExportResult, FailedExport, GateRecord, SkippedExport
+from prokt_deploy.rundir.workspace import filesystem_cause, staged_dir, update_manifest
 
 ARTIFACTS_DIR = "artifacts"
 
@@ -232,8 +232,8 @@ def export_run(
     validation ("CPU"). ``progress`` receives one-line status messages. ``accuracy_aware`` is auto, on
     or off (None: the run recipe's ``budget.accuracy_aware``); see the module docstring.
 
-    Returns one record per requested format: its :class:`~prokt_deploy.run.records.GateRecord` (the manifest
-    entry, see the module docstring), or a :class:`~prokt_deploy.run.records.SkippedExport` for a format
+    Returns one record per requested format: its :class:`~prokt_deploy.rundir.records.GateRecord` (the manifest
+    entry, see the module docstring), or a :class:`~prokt_deploy.rundir.records.SkippedExport` for a format
     without this precision. Raises UsageError (bad names or
     numbers), RunError (no run, corrupted manifest), ModelError (unloadable weights), DataError, and
     after every artifact was tried and recorded: ExportFailed if an export or its runtime failed,

@@ -22,7 +22,7 @@ import torch
 import exporters
 from prokt_deploy.budget import format_size
 from prokt_deploy.data import DataBundle
-from prokt_deploy.run.records import GateRecord
+from prokt_deploy.rundir.records import GateRecord
 
 Say = Callable[[str], None]
 

@@ -22,9 +22,9 @@ import exporters
 from prokt_deploy.data import DataBundle
 from prokt_deploy.deploy.gate import Reference, gate_artifact
 from prokt_deploy.errors import ExportFailed
-from prokt_deploy.run.reader import FinishedRun
-from prokt_deploy.run.records import GateRecord
-from prokt_deploy.run.workspace import filesystem_cause, staged_dir
+from prokt_deploy.rundir.reader import FinishedRun
+from prokt_deploy.rundir.records import GateRecord
+from prokt_deploy.rundir.workspace import filesystem_cause, staged_dir
 
 GATE_RECORD = "gate.json"
 #: the list of an fp32 reference export's files, written last into its staging directory (the export is complete when it is there)

@@ -272,7 +272,7 @@ class OpenVINORunner(Runner):
 class TorchRunner(Runner):
     """A PyTorch model (host only), eval mode, no autograd. The spec names its ``loader`` (``"module:function"``,
     called as ``function(spec["run"], spec["model"])`` and returning the nn.Module): this module imports nothing
-    of the project that made the model (prokt-deploy's bench names ``prokt_deploy.run.reader:load_model``)."""
+    of the project that made the model (prokt-deploy's bench names ``prokt_deploy.rundir.reader:load_model``)."""
 
     name = "torch"
     modules = ("torch",)  # and the spec's loader module, imported in `load` before the timed part

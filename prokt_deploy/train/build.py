@@ -9,7 +9,7 @@ from prokt_deploy.errors import RecipeError
 from prokt_deploy.models import create_model, zero_init_head
 from prokt_deploy.models.external import check_teacher_output, is_external
 from prokt_deploy.recipe import Recipe
-from prokt_deploy.run.checkpoint import build_from_factory, load_weights
+from prokt_deploy.rundir.checkpoint import build_from_factory, load_weights
 from prokt_deploy.train import methods
 
 

@@ -25,9 +25,9 @@ from prokt_deploy.errors import InterruptedRun, RecipeError, RunError, TrainingE
 from prokt_deploy.models import count_params, create_model, zero_init_head
 from prokt_deploy.planner import Plan, plan
 from prokt_deploy.recipe import Recipe, dump_recipe, load_recipe
-from prokt_deploy.run.checkpoint import save_weights
-from prokt_deploy.run.reader import Manifest, ModelEntry, write_manifest
-from prokt_deploy.run.workspace import (
+from prokt_deploy.rundir.checkpoint import save_weights
+from prokt_deploy.rundir.reader import Manifest, ModelEntry, write_manifest
+from prokt_deploy.rundir.workspace import (
     CHECKPOINT,
     DEFAULT_RUNS_ROOT,
     RunWorkspace,

@@ -7,7 +7,7 @@ run was trained on, so the test split is still held out) and its models (through
 factory when the recipe named one, else the model registry).
 
 The manifest is only *read* here; the stages that add to it (export's artifact records, compare's
-table) change it under the run's lock with :func:`prokt_deploy.run.workspace.update_manifest`, and a
+table) change it under the run's lock with :func:`prokt_deploy.rundir.workspace.update_manifest`, and a
 reader opened before such a change sees it after :meth:`FinishedRun.reload`.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prokt_deploy.errors import DataError, RecipeError, RunError
-from prokt_deploy.run.records import GateRecord
-from prokt_deploy.run.workspace import DEFAULT_RUNS_ROOT, MANIFEST, read_manifest, resolve_run, write_json_atomic
+from prokt_deploy.rundir.records import GateRecord
+from prokt_deploy.rundir.workspace import DEFAULT_RUNS_ROOT, MANIFEST, read_manifest, resolve_run, write_json_atomic
 
 if TYPE_CHECKING:  # torch and the data loaders are imported when a model or the data is asked for
     from torch import nn
@@ -287,7 +287,7 @@ class FinishedRun:
         factory is built by it (a recipe that names code was consented to when the run was made)."""
         from prokt_deploy.data import model_kwargs
         from prokt_deploy.models import create_model
-        from prokt_deploy.run.checkpoint import build_from_factory, load_weights
+        from prokt_deploy.rundir.checkpoint import build_from_factory, load_weights
 
         entry = self.manifest.model(which)
         if not entry.weights:

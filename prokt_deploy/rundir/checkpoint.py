@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from prokt_deploy.errors import ModelError
-from prokt_deploy.run.workspace import write_bytes_atomic
+from prokt_deploy.rundir.workspace import write_bytes_atomic
 
 SAFE_FORMATS = "a .safetensors file, or a plain state_dict saved with torch.save (read with weights_only=True)"
 
