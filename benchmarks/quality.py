@@ -344,13 +344,18 @@ def run_cell(recipe, out: Path, runs_root: Path) -> tuple[dict, int | None]:  # 
         if same and there == partial:
             epoch = load_checkpoint(partial / CHECKPOINT)["current"]["epoch"] if (partial / CHECKPOINT).is_file() else 0
             print(f"    {out.name}: continuing from its checkpoint (epoch {epoch})", flush=True)
-            return distill(None, resume=out, runs_root=runs_root, latest=False).manifest, epoch
+            return _as_written(distill(None, resume=out, runs_root=runs_root, latest=False).path), epoch
         n = 0
         while there.with_name(f"{there.name}.stale-{n}").exists():
             n += 1
         there.rename(there.with_name(f"{there.name}.stale-{n}"))
         print(f"    {there.name}: not resumable with these settings, set aside as {there.name}.stale-{n}", flush=True)
-    return distill(recipe, out=out, runs_root=runs_root, latest=False).manifest, None
+    return _as_written(distill(recipe, out=out, runs_root=runs_root, latest=False).path), None
+
+
+def _as_written(run: Path) -> dict:
+    """The run's manifest.json as on disk: a cell reads the same record whether it was trained now or read back."""
+    return json.loads((run / "manifest.json").read_text())
 
 
 def _kept_data(run: Path) -> dict | None:

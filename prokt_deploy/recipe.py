@@ -432,7 +432,10 @@ def recipe_defaults(path: str | Path | None = None) -> list[Defaulted]:
         )
     shown = {d.key for d in out}
     full = recipe.model_dump(mode="json")
-    for dotted in _schema_defaults(Recipe, data):
+    left_out = _schema_defaults(Recipe, data)
+    for section, model in _method_sections().items():  # the methods' sections are validated apart from the fields
+        left_out += _schema_defaults(model, (data if isinstance(data, dict) else {}).get(section), f"{section}.")
+    for dotted in left_out:
         if dotted not in shown:
             out.append(Defaulted(dotted, _lookup(full, dotted)[1], "schema"))
     return out
