@@ -60,7 +60,7 @@ def outlier_copy(student: torch.nn.Module) -> torch.nn.Module | None:
     return m
 
 
-def export_pair(model, fmt, data, out: Path, max_drop: float, calibration: np.ndarray) -> list[dict]:  # noqa: ANN001
+def export_pair(model, fmt, data, out: Path, max_drop: float, calibration: np.ndarray) -> list[dict]:
     x_test, y_test = data.test.x.numpy(), data.test.y.numpy()
     rows = []
     t = time.perf_counter()

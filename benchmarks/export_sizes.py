@@ -50,7 +50,7 @@ DEPLOY_COMBOS = [("onnx", "int8"), ("onnx", "fp32"), ("openvino", "int8")]
 CALIBRATION_SAMPLES = 300  # prokt-deploy export's default
 
 
-def trained(arch: str, data, steps: int) -> torch.nn.Module:  # noqa: ANN001 - DataBundle
+def trained(arch: str, data, steps: int) -> torch.nn.Module:  # DataBundle
     """``arch`` after ``steps`` Adam steps on real batches: real BatchNorm statistics and biases."""
     torch.manual_seed(0)
     model = create_model(arch, num_classes=data.num_classes, **data.model_kwargs)
@@ -64,7 +64,7 @@ def trained(arch: str, data, steps: int) -> torch.nn.Module:  # noqa: ANN001 - D
     return model.eval()
 
 
-def compare(arch: str, data, combos, steps: int) -> list[dict]:  # noqa: ANN001 - DataBundle
+def compare(arch: str, data, combos, steps: int) -> list[dict]:  # DataBundle
     """Planner estimate (untrained ``arch``) vs real export (trained ``arch``) for each combination."""
     untrained = create_model(arch, num_classes=data.num_classes, **data.model_kwargs)
     model = trained(arch, data, steps)

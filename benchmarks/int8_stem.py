@@ -56,7 +56,7 @@ def images(shape: tuple[int, int, int], n_calib: int, n_eval: int) -> tuple[np.n
     return out[0], out[1]
 
 
-def export_variant(model, variant: str, out: Path, calib: np.ndarray):  # noqa: ANN001, ANN201
+def export_variant(model, variant: str, out: Path, calib: np.ndarray):
     precision = "fp32" if variant == "fp32" else "int8"
     saved = onnx_exporter.FLOAT_STEM_MAX_CHANNELS
     if variant == "int8-int8-stem":
@@ -69,7 +69,7 @@ def export_variant(model, variant: str, out: Path, calib: np.ndarray):  # noqa: 
         onnx_exporter.FLOAT_STEM_MAX_CHANNELS = saved
 
 
-def run_cell(arch: str, shape: tuple[int, int, int], args, tmp: Path) -> dict:  # noqa: ANN001
+def run_cell(arch: str, shape: tuple[int, int, int], args, tmp: Path) -> dict:
     calib, evalx = images(shape, args.calibration, args.eval)
     model = generic_copy(create_model(arch, num_classes=10, in_channels=shape[0], image_size=shape[1:]), 0).eval()
     cell = tmp / f"{arch}-{'x'.join(map(str, shape))}"

@@ -168,7 +168,7 @@ def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | 
 class Grid:
     """The cells of one quality grid: the converged teacher per seed, one distill + int8 export per cell."""
 
-    def __init__(self, args, label, base, common, teachers, done) -> None:  # noqa: ANN001
+    def __init__(self, args, label, base, common, teachers, done) -> None:
         self.args, self.base, self.common, self.teachers, self.done = args, base, common, teachers, done
         self.records: list[dict] = []
         self.keep = getattr(args, "work_dir", None) is not None
@@ -324,7 +324,7 @@ class Grid:
         return rec
 
 
-def run_cell(recipe, out: Path, runs_root: Path) -> tuple[dict, int | None]:  # noqa: ANN001
+def run_cell(recipe, out: Path, runs_root: Path) -> tuple[dict, int | None]:
     """Distil one cell into ``out``: (its manifest, the epoch it continued from; None for a fresh run).
 
     An unfinished run there with the same recipe (left by a cut-off invocation) continues from its last
@@ -363,7 +363,7 @@ def _kept_data(run: Path) -> dict | None:
     return load_recipe(run / "recipe.yaml").data.model_dump() if (run / "recipe.yaml").is_file() else None
 
 
-def _teacher_accuracy(recipe, checkpoint: str) -> float:  # noqa: ANN001
+def _teacher_accuracy(recipe, checkpoint: str) -> float:
     """Test accuracy of a given converged teacher on the recipe's data."""
     r = apply_overrides(recipe, {"method": "kd", "teacher.init": "checkpoint", "teacher.checkpoint": checkpoint})
     data = load_recipe_data(r)

@@ -70,13 +70,13 @@ def cases(names: list[str], family: str | None) -> list[tuple[str, dict]]:
     return out
 
 
-def teacher_for(recipe, data) -> torch.nn.Module:  # noqa: ANN001
+def teacher_for(recipe, data) -> torch.nn.Module:
     if recipe.teacher.checkpoint:
         return build_teacher(recipe.model_copy(update={"method": "kd"}), data).eval()  # the trained weights as shipped
     return create_model(recipe.teacher.arch, num_classes=data.num_classes, **data.model_kwargs).eval()
 
 
-def run_case(name: str, overrides: dict, args, tmp: Path, targets: dict) -> dict:  # noqa: ANN001
+def run_case(name: str, overrides: dict, args, tmp: Path, targets: dict) -> dict:
     base = load_recipe(args.recipe)
     if overrides.get("teacher.checkpoint", "keep") is None:  # apply_overrides skips None: clear the checkpoint by hand
         base = base.model_copy(update={"teacher": base.teacher.model_copy(update={"checkpoint": None})})
@@ -134,7 +134,7 @@ def run_case(name: str, overrides: dict, args, tmp: Path, targets: dict) -> dict
     return summarize(name, recipe, teacher, p, rows, args.batch)
 
 
-def summarize(name: str, recipe, teacher, p, rows: list[dict], batch: int) -> dict:  # noqa: ANN001
+def summarize(name: str, recipe, teacher, p, rows: list[dict], batch: int) -> dict:
     by = {r["id"]: r for r in rows}
     out = {
         "case": name,

@@ -80,7 +80,7 @@ class AccuracyAwareResult:
         return d
 
 
-def _accuracy(predict, x: np.ndarray, y: np.ndarray) -> float:  # noqa: ANN001 - callable
+def _accuracy(predict, x: np.ndarray, y: np.ndarray) -> float:  # callable
     correct = 0
     for i in range(0, len(x), EVAL_BATCH):
         correct += int((predict(x[i : i + EVAL_BATCH]).argmax(1) == y[i : i + EVAL_BATCH]).sum())
@@ -111,7 +111,7 @@ def _onnx_node_info(preprocessed: Path) -> dict[str, tuple[str, int]]:
     return {n.name: (n.op_type, sum(sizes.get(i, 0) for i in n.input)) for n in graph.node}
 
 
-def _onnx_search(model, example_input, calibration, val_x, val_y, target, out_dir, name, opset) -> AccuracyAwareResult:  # noqa: ANN001, PLR0913
+def _onnx_search(model, example_input, calibration, val_x, val_y, target, out_dir, name, opset) -> AccuracyAwareResult:
     with tempfile.TemporaryDirectory(prefix="exporters-aa-onnx-") as tmp_str:
         tmp = Path(tmp_str)
         fp32 = export_onnx_fp32(model, example_input, tmp / "fp32.onnx", opset)
@@ -176,7 +176,7 @@ def _onnx_search(model, example_input, calibration, val_x, val_y, target, out_di
 # ------------------------------------------------------------------------------------------- OpenVINO
 
 
-def _ov_quantized_layers(ov_model) -> dict[str, tuple[str, int]]:  # noqa: ANN001 - openvino.Model
+def _ov_quantized_layers(ov_model) -> dict[str, tuple[str, int]]:  # openvino.Model
     """Weighted operations whose data input comes from a FakeQuantize: name -> (type, fp32 weight bytes)."""
     layers = {}
     for op in ov_model.get_ordered_ops():
@@ -190,7 +190,7 @@ def _ov_quantized_layers(ov_model) -> dict[str, tuple[str, int]]:  # noqa: ANN00
     return layers
 
 
-def _ov_search(model, example_input, calibration, val_x, val_y, target, out_dir, name, opset) -> AccuracyAwareResult:  # noqa: ANN001, PLR0913
+def _ov_search(model, example_input, calibration, val_x, val_y, target, out_dir, name, opset) -> AccuracyAwareResult:
     ov = require("openvino")
     nncf = require("nncf")
     text = is_text_input(example_input)
@@ -198,7 +198,7 @@ def _ov_search(model, example_input, calibration, val_x, val_y, target, out_dir,
         tmp = Path(tmp_str)
         onnx_path = export_onnx_fp32(model, example_input, tmp / "fp32.onnx", opset)
 
-        def convert():  # noqa: ANN202 - a fresh fp32 openvino.Model each time (NNCF may transform its input)
+        def convert():  # a fresh fp32 openvino.Model each time (NNCF may transform its input)
             with quiet():
                 m = ov.convert_model(str(onnx_path))
             if problem := _dynamic_problem(m, text):
@@ -207,7 +207,7 @@ def _ov_search(model, example_input, calibration, val_x, val_y, target, out_dir,
                 _fold_constants(m)
             return m
 
-        def save(m, stem: str) -> Path:  # noqa: ANN001
+        def save(m, stem: str) -> Path:
             _stable_names(m)
             xml = tmp / stem / f"{name}.xml"
             xml.parent.mkdir()
@@ -231,7 +231,7 @@ def _ov_search(model, example_input, calibration, val_x, val_y, target, out_dir,
             val = [(val_x[i : i + EVAL_BATCH], val_y[i : i + EVAL_BATCH]) for i in range(0, len(val_x), EVAL_BATCH)]
             counted = [0]
 
-            def validate(compiled, batches) -> float:  # noqa: ANN001 - openvino.CompiledModel, iterable
+            def validate(compiled, batches) -> float:  # openvino.CompiledModel, iterable
                 counted[0] += 1
                 correct = total = 0
                 for xb, yb in batches:
@@ -253,7 +253,7 @@ def _ov_search(model, example_input, calibration, val_x, val_y, target, out_dir,
                         **{k: v for k, v in options.items() if k != "advanced_parameters"},
                         **({"advanced_quantization_parameters": options["advanced_parameters"]} if "advanced_parameters" in options else {}),
                     )
-            except Exception as exc:  # noqa: BLE001 - NNCF raises many types
+            except Exception as exc:  # NNCF raises many types
                 raise ExportError(f"NNCF accuracy-aware quantization failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
             evaluations += counted[0]
             after = _ov_quantized_layers(restored)

@@ -137,11 +137,11 @@ FLOAT_STEM_MAX_CHANNELS = 3
 CALIBRATION_BATCH = 16
 
 
-def _onnx():  # noqa: ANN202 - module
+def _onnx():  # module
     return require("onnx")
 
 
-def _ort():  # noqa: ANN202 - module
+def _ort():  # module
     return require("onnxruntime")
 
 
@@ -195,7 +195,7 @@ def _batch_problem(path: Path, example: torch.Tensor | np.ndarray) -> str | None
             (out,) = session.run(None, feed)[:1]
             if out.shape[0] != b:
                 return f"{what} gave output shape {tuple(out.shape)}"
-    except Exception as exc:  # noqa: BLE001 - any runtime failure means the dims are not really dynamic
+    except Exception as exc:  # any runtime failure means the dims are not really dynamic
         return f"onnxruntime failed at a new input shape: {type(exc).__name__}: {str(exc)[:300]}"
     return None
 
@@ -215,7 +215,7 @@ def _strip_debug_metadata(path: Path) -> None:
     onnx = _onnx()
     model = onnx.load(str(path))
 
-    def strip(graph) -> None:  # noqa: ANN001 - onnx.GraphProto
+    def strip(graph) -> None:  # onnx.GraphProto
         for node in graph.node:
             del node.metadata_props[:]
             node.doc_string = ""
@@ -337,7 +337,7 @@ def export_onnx_fp32(model: torch.nn.Module, example_input: torch.Tensor, path: 
             problem = "" if ok else f"the dynamo exporter fixed the {dims}"
             if ok and (runtime_problem := _batch_problem(path, example_input)):
                 ok, problem = False, f"the dynamo export does not run at other input shapes ({runtime_problem})"
-        except Exception as exc:  # noqa: BLE001 - any dynamo failure -> try the TorchScript exporter
+        except Exception as exc:  # any dynamo failure -> try the TorchScript exporter
             problem = f"dynamo export failed: {type(exc).__name__}: {str(exc)[:500]}"
     else:
         problem = f"opset {opset} < 18 is not supported by the dynamo exporter"
@@ -386,7 +386,7 @@ def export_onnx_fp32(model: torch.nn.Module, example_input: torch.Tensor, path: 
     return path
 
 
-def _calibration_reader(data: np.ndarray, input_names: list[str], batch: int = CALIBRATION_BATCH):  # noqa: ANN202
+def _calibration_reader(data: np.ndarray, input_names: list[str], batch: int = CALIBRATION_BATCH):
     """An onnxruntime ``CalibrationDataReader`` over the calibration array in batches of ``batch``.
 
     Image: (N,C,H,W) float32, fed as ``{input: batch}``. Text (the graph's inputs are ``input_ids`` and
@@ -415,7 +415,7 @@ def _calibration_reader(data: np.ndarray, input_names: list[str], batch: int = C
     return _Reader()
 
 
-def _pre_process(quant_pre_process, src: Path, dst: Path, text: bool) -> None:  # noqa: ANN001 - function
+def _pre_process(quant_pre_process, src: Path, dst: Path, text: bool) -> None:  # function
     """``quant_pre_process``; text models with ``auto_merge=True``.
 
     A text model that slices a learned position table to the input length (``pos[:L]``) has a dim
@@ -431,7 +431,7 @@ def _pre_process(quant_pre_process, src: Path, dst: Path, text: bool) -> None:  
         quant_pre_process(str(src), str(dst))
 
 
-def _spatial_reduce_mean(node, inits: dict, ranks: dict) -> bool | None:  # noqa: ANN001 - onnx.NodeProto
+def _spatial_reduce_mean(node, inits: dict, ranks: dict) -> bool | None:  # onnx.NodeProto
     """``keepdims`` of a ``ReduceMean`` over axes (2, 3) of a 4-D tensor, or ``None`` for any other node."""
     helper = require("onnx.helper", "onnx")
     numpy_helper = require("onnx.numpy_helper", "onnx")
@@ -487,7 +487,7 @@ def _pool_as_global_average(path: Path) -> int:
     return rewritten
 
 
-def _consumers(graph) -> dict[str, list]:  # noqa: ANN001 - onnx.GraphProto
+def _consumers(graph) -> dict[str, list]:  # onnx.GraphProto
     out: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -773,7 +773,7 @@ class OnnxExporter(Exporter):
     def executed_graph(self, path: Path, *, target: object, threads: int) -> dict | None:
         return onnxruntime_executed_graph(path, providers=list(target), threads=threads)
 
-    def accuracy_aware(self, model, out_dir, *, example_input, calibration, validation_x, validation_y, max_accuracy_drop, name, opset):  # noqa: ANN001, ANN201
+    def accuracy_aware(self, model, out_dir, *, example_input, calibration, validation_x, validation_y, max_accuracy_drop, name, opset):
         from .accuracy_aware import _onnx_search  # it imports this module
 
         return _onnx_search(model, example_input, calibration, validation_x, validation_y, max_accuracy_drop, out_dir, name, opset)

@@ -92,7 +92,7 @@ __all__ = [
 ]
 
 
-def _ov():  # noqa: ANN202 - module
+def _ov():  # module
     return require("openvino")
 
 
@@ -125,7 +125,7 @@ def _nncf_options(calibration: np.ndarray, text: bool) -> tuple[list, dict[str, 
     return samples, options
 
 
-def _nncf_quantize(ov_model, calibration: np.ndarray, text: bool = False):  # noqa: ANN001, ANN202 - openvino.Model
+def _nncf_quantize(ov_model, calibration: np.ndarray, text: bool = False):  # openvino.Model
     nncf = require("nncf")
     samples, options = _nncf_options(calibration, text)
     try:
@@ -148,7 +148,7 @@ def _nncf_quantize(ov_model, calibration: np.ndarray, text: bool = False):  # no
         ) from exc
 
 
-def _fold_constants(ov_model) -> None:  # noqa: ANN001 - openvino.Model
+def _fold_constants(ov_model) -> None:  # openvino.Model
     """Replace every ``ShapeOf`` of a constant by its value, then run ``ConstantFolding`` (text models only).
 
     For a BiLSTM, ``ov.convert_model`` takes the shape of the embedding output (its converted LSTM needs
@@ -174,7 +174,7 @@ def _fold_constants(ov_model) -> None:  # noqa: ANN001 - openvino.Model
     manager.run_passes(ov_model)
 
 
-def _dynamic_problem(ov_model, text: bool) -> str | None:  # noqa: ANN001 - openvino.Model
+def _dynamic_problem(ov_model, text: bool) -> str | None:  # openvino.Model
     """Describe an input dim that OpenVINO's converted model fixed (batch; text: also sequence), or ``None``."""
     for port in ov_model.inputs:
         shape = port.get_partial_shape()
@@ -192,7 +192,7 @@ def _dynamic_problem(ov_model, text: bool) -> str | None:  # noqa: ANN001 - open
 _AUTO_NAME = re.compile(r"([A-Za-z][A-Za-z0-9]*)_\d+")
 
 
-def _stable_names(ov_model) -> None:  # noqa: ANN001 - openvino.Model
+def _stable_names(ov_model) -> None:  # openvino.Model
     """Rename auto-named ops (``Constant_20977``, ``Reshape_54053``) after their position (``Constant_5``).
 
     The number in an auto name comes from a process-wide counter that grows with every model built, so
@@ -334,7 +334,7 @@ class OpenVINOExporter(Exporter):
     def executed_graph(self, path: Path, *, target: object, threads: int) -> dict | None:
         return openvino_executed_graph(path, device=str(target), threads=threads)
 
-    def accuracy_aware(self, model, out_dir, *, example_input, calibration, validation_x, validation_y, max_accuracy_drop, name, opset):  # noqa: ANN001, ANN201
+    def accuracy_aware(self, model, out_dir, *, example_input, calibration, validation_x, validation_y, max_accuracy_drop, name, opset):
         from .accuracy_aware import _ov_search  # it imports this module
 
         return _ov_search(model, example_input, calibration, validation_x, validation_y, max_accuracy_drop, out_dir, name, opset)

@@ -70,7 +70,7 @@ def _batches(x: np.ndarray, batch_size: int, trim_padding: bool) -> list[tuple[n
     return out
 
 
-def _run(predict, x: np.ndarray, batch_size: int, trim_padding: bool) -> np.ndarray:  # noqa: ANN001 - a batch -> logits callable
+def _run(predict, x: np.ndarray, batch_size: int, trim_padding: bool) -> np.ndarray:  # a batch -> logits callable
     out: np.ndarray | None = None
     for idx, xb in _batches(x, batch_size, trim_padding):
         logits = np.asarray(predict(xb))

@@ -59,7 +59,7 @@ import prokt_deploy.train.methods  # noqa: E402, F401
 from prokt_deploy.compare import compare  # noqa: E402
 
 
-def __getattr__(name: str):  # noqa: ANN202 - the API object
+def __getattr__(name: str):  # the API object
     if name not in _API:
         raise AttributeError(f"module 'prokt_deploy' has no attribute {name!r}")
     import importlib

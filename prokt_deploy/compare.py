@@ -37,7 +37,7 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
     return names
 
 
-def baseline_recipe(recipe, method: str, student_arch: str):  # noqa: ANN001, ANN201 - recipe.Recipe
+def baseline_recipe(recipe, method: str, student_arch: str):  # recipe.Recipe
     """The run's recipe with another method (or variant: its base method with its settings), the same student
     pinned and the same student start.
 
@@ -58,7 +58,7 @@ def baseline_recipe(recipe, method: str, student_arch: str):  # noqa: ANN001, AN
     return apply_overrides(out, settings) if settings else out
 
 
-def compare(run: str | Path, methods: str | Sequence[str], *, progress=None, status: Callable[[str], None] | None = None) -> list[dict]:  # noqa: ANN001
+def compare(run: str | Path, methods: str | Sequence[str], *, progress=None, status: Callable[[str], None] | None = None) -> list[dict]:
     """Train and export each baseline of ``methods`` beside the run; record the comparison in its manifest."""
     from prokt_deploy.deploy.export import export_run
     from prokt_deploy.train.distill import distill

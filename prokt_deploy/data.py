@@ -267,7 +267,7 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], float]:
             x, y = f["x"], f["y"]
     except DataError:
         raise
-    except Exception as e:  # zipfile/pickle/format errors from a bad file
+    except Exception as e:  # noqa: BLE001 - zipfile/pickle/format errors from a bad file: a DataError
         raise DataError(f"cannot read {path} as .npz: {e}") from None
     if x.ndim == 3:
         x = x[:, None]
@@ -459,7 +459,7 @@ def resolve_tokenizer(ref: str) -> Path:
     return path
 
 
-def load_tokenizer(ref: str):  # noqa: ANN201 - transformers.PreTrainedTokenizerBase
+def load_tokenizer(ref: str):  # transformers.PreTrainedTokenizerBase
     path = resolve_tokenizer(ref)
     try:
         from transformers import AutoTokenizer
@@ -467,13 +467,13 @@ def load_tokenizer(ref: str):  # noqa: ANN201 - transformers.PreTrainedTokenizer
         raise DataError("text data needs the 'text' extra: pip install 'prokt-deploy[text]' (transformers, tokenizers)") from None
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)  # no code from the directory
-    except Exception as e:  # noqa: BLE001 - many error types for a bad directory
+    except Exception as e:  # many error types for a bad directory
         raise DataError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0][:300]}") from None
     tok.padding_side = "right"  # the models rely on right padding (see BiLSTMClassifier)
     return tok
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> torch.Tensor:  # noqa: ANN001
+def tokenize(tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
     """Packed (N, 2, max_length) int64: token ids and attention mask, right-padded and truncated."""
     enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
     ids = enc["input_ids"].astype(np.int64)
@@ -502,7 +502,7 @@ def _load_text(
     path,
     seed: int,
     val_fraction: float,
-    test_fraction: float,  # noqa: ANN001
+    test_fraction: float,
     max_train_samples: int | None,
     text: dict,
 ) -> DataBundle:

@@ -157,7 +157,7 @@ class BudgetConfig(_Strict):
 
     @field_validator("target", "latency")
     @classmethod
-    def _valid_latency_plan(cls, v: str | None, info) -> str | None:  # noqa: ANN001 - pydantic's ValidationInfo
+    def _valid_latency_plan(cls, v: str | None, info) -> str | None:  # pydantic's ValidationInfo
         if info.field_name == "target" and v is not None and v.strip().lower() == NO_TARGET:
             return NO_TARGET
         if v is not None:
@@ -254,7 +254,7 @@ class Recipe(BaseModel):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _method_sections(cls, data: object, handler):  # noqa: ANN206 - pydantic's handler
+    def _method_sections(cls, data: object, handler):  # pydantic's handler
         """Each registered method's section validated by its model (defaults when absent), after the fixed fields,
         in registration order; any other unknown key is an error, with every error of the recipe reported at once."""
         if not isinstance(data, dict):

@@ -78,7 +78,7 @@ class OnnxCopyExporter(Exporter):
     runner = OrtCopyRunner
     starts_from_onnx = True
 
-    def export(self, model, precision, out_dir, *, example_input, calibration, name, opset, fp32_onnx=None) -> Artifact:  # noqa: ANN001
+    def export(self, model, precision, out_dir, *, example_input, calibration, name, opset, fp32_onnx=None) -> Artifact:
         with tempfile.TemporaryDirectory(prefix="onnx-copy-") as tmp:  # only the final file goes into out_dir
             inner = exporters.get_exporter("onnx").export(
                 model, precision, Path(tmp), example_input=example_input, calibration=calibration, name=name, opset=opset, fp32_onnx=fp32_onnx
@@ -87,7 +87,7 @@ class OnnxCopyExporter(Exporter):
             shutil.move(str(inner.files[0]), final)
         return Artifact(format=self.name, precision=precision, files=[final], runtime=self.runtime())
 
-    def load(self, files: list[Path], *, device: str, threads: int | None):  # noqa: ANN201 - exporters.Predictor
+    def load(self, files: list[Path], *, device: str, threads: int | None):  # exporters.Predictor
         return exporters.get_exporter("onnx").load(files, device=device, threads=threads)
 
     def runtime(self) -> str:

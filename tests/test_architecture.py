@@ -137,7 +137,7 @@ def test_the_cli_lists_the_same_options_as_before_the_regrouping():
 
     from prokt_deploy.cli.main import app
 
-    def walk(cmd, prefix: list[str]) -> dict[str, list[str]]:  # noqa: ANN001 - click command
+    def walk(cmd, prefix: list[str]) -> dict[str, list[str]]:  # click command
         if hasattr(cmd, "commands"):
             return {k: v for name, sub in sorted(cmd.commands.items()) for k, v in walk(sub, [*prefix, name]).items()}
         return {

@@ -406,7 +406,7 @@ def test_openvino_int8_uses_fast_bias_correction_for_text_only(data: dict[str, n
 
     seen: list[object] = []
 
-    def spy(model, dataset, **kwargs):  # noqa: ANN001, ANN003, ANN202 - nncf.quantize's signature
+    def spy(model, dataset, **kwargs):  # nncf.quantize's signature
         seen.append(kwargs.get("fast_bias_correction"))
         raise RuntimeError("stop here")
 

@@ -29,7 +29,7 @@ class CeSmoothConfig(Section):
 SEEN: list[float] = []  # the smoothing each built step got (the recipe's section reached the step)
 
 
-def ce_smooth_step(s: StepSetup):  # noqa: ANN201 - engine.Method
+def ce_smooth_step(s: StepSetup):  # engine.Method
     import torch.nn.functional as F
 
     from prokt_deploy.train.engine import Method, check_finite, clip_and_step, make_optimizer, make_scheduler

@@ -62,7 +62,7 @@ Progress = Callable[[str], None]
 TORCH_LOADER = "prokt_deploy.rundir.reader:load_model"
 
 
-def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, predictions: dict) -> tuple[list[dict], list[dict]]:  # noqa: ANN001
+def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, predictions: dict) -> tuple[list[dict], list[dict]]:
     """The rows of the report, each with the worker spec (``engine``) that measures it, and the teacher
     int8 artifacts that missed their gate (``not_benchmarked`` entries). ``predictions`` receives the
     per-sample classes of the rows whose accuracy is measured here (by row id)."""
@@ -421,7 +421,7 @@ def per_class_accuracy(
     rows: list[dict],
     recommendation: dict | None,
     data,
-    threads: int,  # noqa: ANN001
+    threads: int,
     predictions: dict[str, np.ndarray] | None = None,
 ) -> dict | None:
     """Test accuracy per class of the recommended artifact (in its runtime, or the PyTorch student) and of the

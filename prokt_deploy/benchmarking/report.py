@@ -697,7 +697,7 @@ def _frame(
     y_ticks: list[float],
     py,
     x0: float,
-    x1: float,  # noqa: ANN001
+    x1: float,
     css_class: str = "",
 ) -> list[str]:
     """An SVG's opening tag, its title and the horizontal grid lines with their y labels (``py``: value -> pixel)."""

@@ -39,7 +39,7 @@ class EngineBars:
     """bench's ``progress``: status text to ``status``, and one bar per engine in ``display`` (its load and
     accuracy, then each timing round; see :func:`prokt_deploy.harness.measure.measure`)."""
 
-    def __init__(self, display: Progress, status) -> None:  # noqa: ANN001 - Callable[[str], None]
+    def __init__(self, display: Progress, status) -> None:  # Callable[[str], None]
         self._display, self._status, self._bars = display, status, {}
 
     def __call__(self, text: str) -> None:

@@ -248,13 +248,13 @@ def write_plan_bundle(
         return _stage(out, entries, spec, _sample_arrays(data, x, y), readme, [])
 
 
-def plan_bundle_writer(out: str | Path, recipe, data, *, recipe_path: str | None = None):  # noqa: ANN001, ANN201 - Recipe, DataBundle -> planner.BundleWriter
+def plan_bundle_writer(out: str | Path, recipe, data, *, recipe_path: str | None = None):  # Recipe, DataBundle -> planner.BundleWriter
     """The ``bundle`` writer of :func:`prokt_deploy.planner.plan` that writes a plan bundle into ``out``
     (``plan --bundle DIR``); ``recipe_path`` is named in its README. ``out`` is checked to be a new or empty
     directory now, before anything is planned."""
     check_out_dir(Path(out))
 
-    def write(models: dict, kept) -> None:  # noqa: ANN001
+    def write(models: dict, kept) -> None:
         write_plan_bundle(
             out,
             models,

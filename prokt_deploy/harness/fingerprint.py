@@ -141,7 +141,7 @@ def _default_runners() -> tuple:
     return tuple(runners.FINGERPRINT_RUNNERS)
 
 
-def _runtimes(runners) -> dict:  # noqa: ANN001 - runner classes (runners.py)
+def _runtimes(runners) -> dict:  # runner classes (runners.py)
     """What the installed runtimes report about this machine (devices, providers, CPU capabilities)."""
     out: dict = {}
     for runner in runners:
@@ -150,7 +150,7 @@ def _runtimes(runners) -> dict:  # noqa: ANN001 - runner classes (runners.py)
     return out
 
 
-def _with_defaults(runners) -> tuple:  # noqa: ANN001
+def _with_defaults(runners) -> tuple:
     chosen = list(_default_runners())
     for r in runners or ():
         if r.name not in {c.name for c in chosen}:
@@ -158,7 +158,7 @@ def _with_defaults(runners) -> tuple:  # noqa: ANN001
     return tuple(chosen)
 
 
-def fingerprint(*, runtimes: bool = True, runners=None) -> dict:  # noqa: ANN001 - runner classes
+def fingerprint(*, runtimes: bool = True, runners=None) -> dict:  # runner classes
     """A JSON-able description of this machine and software stack (see the module docstring).
 
     ``runners``: the runner classes (``runners.py``) of the formats in use, beside onnxruntime and OpenVINO which are

@@ -336,7 +336,7 @@ def serve() -> None:
             break
         try:
             reply = {"ok": True, **getattr(served, cmd)(**request)}
-        except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises MeasureError
+        except Exception as exc:  # reported to the parent, which raises MeasureError
             reply = {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"}
         replies.write(json.dumps(reply) + "\n")
 

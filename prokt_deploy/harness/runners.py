@@ -344,7 +344,7 @@ def load_class(path: str | Path, name: str) -> type:
     namespace = {k: v for k, v in globals().items() if not k.startswith("__")}
     namespace["__name__"] = f"runner:{Path(path).name}"
     code = compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec", flags=_future.annotations.compiler_flag, dont_inherit=True)
-    exec(code, namespace)  # noqa: S102 - a runner the caller named, the way a worker imports an engine
+    exec(code, namespace)  # a runner the caller named, the way a worker imports an engine
     return namespace[name]
 
 

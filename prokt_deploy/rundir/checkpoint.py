@@ -31,7 +31,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         try:
             return load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for bad headers/truncation
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers/truncation
             raise ModelError(f"checkpoint {str(path)!r} is not a valid safetensors file ({_first_line(e)})") from None
     try:
         with warnings.catch_warnings():
@@ -41,7 +41,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(
             f"checkpoint {str(path)!r} cannot be loaded safely: it holds pickled Python objects that could run code; refused. Use {SAFE_FORMATS}"
         ) from None
-    except Exception as e:  # RuntimeError for truncated or non-zip files
+    except Exception as e:  # noqa: BLE001 - RuntimeError for truncated or non-zip files
         raise ModelError(f"checkpoint {str(path)!r} cannot be loaded safely ({_first_line(e)}); use {SAFE_FORMATS}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

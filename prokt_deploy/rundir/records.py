@@ -57,7 +57,7 @@ class Record:
     def __contains__(self, key: object) -> bool:
         return key in self.to_dict()
 
-    def keys(self):  # noqa: ANN201 - dict_keys
+    def keys(self):  # dict_keys
         return self.to_dict().keys()
 
     def __eq__(self, other: object) -> bool:

@@ -322,7 +322,7 @@ def load_checkpoint(path: Path) -> dict:
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign checkpoint: a RunError that names it
         raise RunError(f"checkpoint {str(path)!r} is unreadable ({type(e).__name__}); the run cannot be resumed") from None
 
 

@@ -88,7 +88,7 @@ def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step + 0x5EED)
 
 
-def from_recipe(cfg, spec: dict) -> Augmentation | None:  # noqa: ANN001 - recipe.AugmentConfig
+def from_recipe(cfg, spec: dict) -> Augmentation | None:  # recipe.AugmentConfig
     """The augmentation a recipe's ``data.augment`` asks for, or None when it asks for none."""
     if cfg is None:
         return None

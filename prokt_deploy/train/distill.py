@@ -176,7 +176,7 @@ class _Run:
     schedules: dict[str, dict] = field(default_factory=dict)  # per phase, set by _train_phases
 
 
-def _prepare(recipe: Recipe | None, *, out, runs_root: Path, resume, latencies) -> _Run:  # noqa: ANN001
+def _prepare(recipe: Recipe | None, *, out, runs_root: Path, resume, latencies) -> _Run:
     """A new run (its directory checked to be creatable) or a resumed one (its saved recipe, checkpoint and
     plan latencies); then the data, the teacher, the plan and the student, built as the recipe asks."""
     t0 = time.perf_counter()
@@ -325,7 +325,7 @@ def _train_phases(run: _Run, ws: RunWorkspace, progress: engine.Progress | None)
     history: dict[str, list[dict]] = dict(ckpt["completed"]) if ckpt else {}
     best_epochs: dict[str, int | None] = dict(ckpt.get("best_epochs", {})) if ckpt else {}
 
-    def saver(done: dict[str, list[dict]], best_done: dict | None = None):  # noqa: ANN202
+    def saver(done: dict[str, list[dict]], best_done: dict | None = None):
         def save(state: dict) -> None:
             save_checkpoint(
                 ws.checkpoint,
@@ -419,7 +419,7 @@ def _finish(run: _Run, ws: RunWorkspace, *, latest: bool, runs_root: Path) -> No
         raise RunError("a rank failed at the end of the run")
 
 
-def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teacher_used, metrics, device, timings, final) -> Manifest:  # noqa: ANN001
+def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teacher_used, metrics, device, timings, final) -> Manifest:
     c = next((c for c in the_plan.candidates if c.arch == student_arch), the_plan.chosen)
     return Manifest(
         kind="distill",
