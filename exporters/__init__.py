@@ -94,7 +94,7 @@ from . import openvino as _openvino_format  # noqa: E402,F401
 from ._common import Artifact, BackendMissingError, ExportError, Predictor, artifact_bytes, frozen_eval
 from ._text import TEXT_INPUT_NAMES, is_text_input
 from .accuracy_aware import AccuracyAwareResult, export_accuracy_aware  # noqa: E402
-from .registry import FORMATS, PRECISIONS, Exporter, formats_with, get_exporter, main_file, register
+from .registry import FORMATS, PRECISIONS, Exporter, default_formats, formats_with, get_exporter, main_file, register
 from .size import measure_bytes  # noqa: E402
 from .validate import Validation, default_tolerance, predict_logits, reference_logits, validate
 
@@ -110,6 +110,7 @@ __all__ = [
     "Predictor",
     "Validation",
     "artifact_bytes",
+    "default_formats",
     "default_tolerance",
     "predict_logits",
     "export",

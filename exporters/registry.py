@@ -26,7 +26,7 @@ from ._common import Artifact, ExportError, Predictor, artifact_bytes
 if TYPE_CHECKING:
     from .accuracy_aware import AccuracyAwareResult
 
-__all__ = ["FORMATS", "PRECISIONS", "Exporter", "formats_with", "get_exporter", "main_file", "register"]
+__all__ = ["FORMATS", "PRECISIONS", "Exporter", "default_formats", "formats_with", "get_exporter", "main_file", "register"]
 
 
 class Exporter(ABC):
@@ -52,6 +52,9 @@ class Exporter(ABC):
     runner: ClassVar[str | type]
     #: the export starts from the model's fp32 ONNX file and can reuse one already made (``export(fp32_onnx=...)``)
     starts_from_onnx: ClassVar[bool] = False
+    #: exported by ``export --format all`` and ``run`` without being named (a format whose runtime is an optional
+    #: extra sets False: it is exported where a recipe's ``budget.formats`` or ``--format`` names it)
+    default: ClassVar[bool] = True
 
     def main_file(self, files: list[Path]) -> Path:
         """The file of ``files`` a runtime opens (the one whose name ends in :attr:`main_suffix`)."""
@@ -171,3 +174,8 @@ def formats_with(precision: str) -> tuple[str, ...]:
 def formats_with_accuracy_aware() -> tuple[str, ...]:
     """The registered formats that have accuracy-aware int8."""
     return tuple(fmt for fmt, exporter in FORMATS.items() if exporter.has_accuracy_aware)
+
+
+def default_formats() -> list[str]:
+    """The registered formats ``all`` means: those with :attr:`Exporter.default`, in registration order."""
+    return [name for name, exporter in FORMATS.items() if exporter.default]

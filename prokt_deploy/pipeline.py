@@ -95,7 +95,8 @@ def run(
     bench_progress: Callable[[str], None] | None = None,
 ) -> PipelineResult:
     """Distill ``recipe`` (a :class:`Recipe`, a recipe file or shipped name, None: the default recipe), train the
-    ``compare`` baselines beside it (e.g. ``"scratch,kd"``), export every registered format at the deploy precision
+    ``compare`` baselines beside it (e.g. ``"scratch,kd"``), export at the deploy precision every format exported by
+    default (ONNX, OpenVINO) and every other one the recipe's ``budget.formats`` names
     (each gated), benchmark everything and write report.json/.md/.html into the run directory (``out``, default
     ``runs/<recipe>-<method>-<time>``). Bench settings left None take bench's defaults. Gates are recorded in the
     report; call :meth:`PipelineResult.check` to raise on a missed one. Raises the library's typed errors
@@ -127,7 +128,8 @@ def run(
         train_baselines(result.path, baselines, progress=training_progress, status=status)
     stage("export")
     try:
-        exports = export_run(result.path, list(exporters.FORMATS), r.budget.precision, progress=status)
+        wanted = [f for f in exporters.FORMATS if f in exporters.default_formats() or f in r.budget.formats]
+        exports = export_run(result.path, wanted, r.budget.precision, progress=status)
         export_failure = None
     except GateFailed as exc:  # the passed artifacts are kept and benchmarked; the report lists the others
         exports, export_failure = exc.results, exc

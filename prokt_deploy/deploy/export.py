@@ -89,7 +89,8 @@ def check_precision_name(precision: str) -> None:
 def export_targets(formats: Sequence[str], precision: str) -> tuple[list[str], dict[str, str]]:
     """The formats to export at ``precision`` and the skipped ones with the reason.
 
-    ``all`` expands to every registered format; those without ``precision`` are skipped. A format named
+    ``all`` expands to the registered formats exported by default (:func:`exporters.default_formats`: those whose
+    runtime is an optional extra are exported where named); those without ``precision`` are skipped. A format named
     explicitly that lacks ``precision`` is a UsageError, and so is a request that leaves nothing to export.
     """
     check_format_names(formats)
@@ -97,7 +98,7 @@ def export_targets(formats: Sequence[str], precision: str) -> tuple[list[str], d
     targets: list[str] = []
     skipped: dict[str, str] = {}
     for fmt in formats:
-        for name in exporters.FORMATS if fmt == "all" else [fmt]:
+        for name in exporters.default_formats() if fmt == "all" else [fmt]:
             if name in targets or name in skipped:
                 continue
             if precision in exporters.PRECISIONS[name]:
