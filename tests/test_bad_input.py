@@ -1,13 +1,14 @@
 """A catalogue of bad input across the commands: one line on stderr, a documented exit code,
 no traceback, nothing left behind. (distill's own catalogue is in test_cli.py, export's in
-test_export_run.py, bench's gates in test_bench_run.py.)"""
+test_export_run.py, bench's gates in test_bench_run.py.) The CLI runs in process through its real entry
+point (conftest.cli_in_process): what is checked is its exit code and stderr, not a process's start-up."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RECIPES
-from test_cli import assert_one_line_error, cli
+from conftest import RECIPES, cli_in_process
+from test_cli import assert_one_line_error
 
 DIGITS = str(RECIPES / "digits.yaml")
 TEXT = "task: text-classification\nteacher: {arch: bert-h32-l1}\nstudent: {family: tfm}\n"
@@ -157,7 +158,7 @@ def _nonempty(t):
 def test_bad_input(tmp_path, case):
     make_args, code, match = CASES[case]
     (tmp_path / "f.txt").write_text("a file, not a directory")
-    proc = cli(*make_args(tmp_path), cwd=tmp_path)
+    proc = cli_in_process(*make_args(tmp_path), cwd=tmp_path)
     assert_one_line_error(proc, code, match)
     assert not (tmp_path / "run").exists()
     assert not list(tmp_path.glob(".*partial*")) and not list(tmp_path.glob("runs/.*partial*"))

@@ -1,7 +1,9 @@
-"""bench, bundle and run: the real CLI in subprocesses on one digits run, plus the pure logic in process.
+"""bench, bundle and run: the real CLI on one digits run, plus the pure logic in process.
 
-The run is made once by `prokt-deploy run` (distill 2 epochs -> export ONNX + OpenVINO int8 -> bench);
-the other CLI tests bench, bundle and merge that run. Measurement settings are tiny (a few dozen
+The run is made once by `prokt-deploy run` in a subprocess (distill 2 epochs -> export ONNX + OpenVINO int8 ->
+bench); the other CLI tests bench, bundle and merge that run through the same entry point in process
+(conftest.cli_in_process; bench times in worker processes either way), and the bundle's own script runs in a
+subprocess that cannot import torch. Measurement settings are tiny (a few dozen
 timed calls): these tests check structure and exit codes, never absolute times.
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RECIPES
+from conftest import RECIPES, cli_in_process
 
 from prokt_deploy.benchmarking import int8_diagnosis
 from prokt_deploy.benchmarking.bench import BASELINE, evaluate_gates, recommend, relative_to_baseline, versus_teacher
@@ -37,6 +39,11 @@ def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
         env={**os.environ, **ENV_1_THREAD, **(env or {})},
         timeout=600,
     )
+
+
+def in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The same command through the CLI's entry point in this process, with the subprocesses' environment."""
+    return cli_in_process(*args, cwd=cwd, env=ENV_1_THREAD)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *match: str) -> str:
@@ -216,7 +223,9 @@ def test_per_class_accuracy_adds_up_to_the_measured_accuracy(run_dir):
 
 def test_missed_gates_exit_11_after_writing_the_report(run_dir):
     out, _ = run_dir
-    proc = cli("bench", str(out), *FAST, "--max-latency-ms", "0.000001", "--min-speedup", "1000000", "--max-accuracy-drop", "100", cwd=out.parent)
+    proc = in_process(
+        "bench", str(out), *FAST, "--max-latency-ms", "0.000001", "--min-speedup", "1000000", "--max-accuracy-drop", "100", cwd=out.parent
+    )
     line = assert_one_line_error(proc, 11, "gate missed", "latency", "speed-up")
     assert "accuracy" not in line  # only the missed gates are named
     report = json.loads((out / "report.json").read_text())
@@ -225,7 +234,7 @@ def test_missed_gates_exit_11_after_writing_the_report(run_dir):
 
 def test_unavailable_device_lists_the_available_ones(run_dir):
     out, _ = run_dir
-    proc = cli("bench", str(out), "--device", "NPU", cwd=out.parent)
+    proc = in_process("bench", str(out), "--device", "NPU", cwd=out.parent)
     assert_one_line_error(proc, 2, "'NPU' is not available", "CPU")
 
 
@@ -246,7 +255,7 @@ sys.meta_path.insert(0, _NoTorch())
 def test_bundle_benchmarks_without_torch_and_merges_back(run_dir, tmp_path):
     out, _ = run_dir
     bundle = tmp_path / "bundle"
-    proc = cli("bundle", str(out), "--out", str(bundle), "--samples", "200", "--runs", "20", "--warmup", "3", "--repeats", "1", cwd=tmp_path)
+    proc = in_process("bundle", str(out), "--out", str(bundle), "--samples", "200", "--runs", "20", "--warmup", "3", "--repeats", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     spec = json.loads((bundle / "bundle.json").read_text())
     assert spec["samples"] == 200 and len(spec["classes"]) == 10 and spec["input"]["shape"] == [None, 1, 8, 8]
@@ -288,7 +297,7 @@ def test_bundle_benchmarks_without_torch_and_merges_back(run_dir, tmp_path):
         assert row["accuracy_samples"] == 200 and 0 <= row["test_accuracy"] <= 1
         assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p90"] <= row["latency_ms"]["p99"]
 
-    merged = cli("bench", str(out), "--merge", str(tmp_path / "device.json"), "--json", cwd=tmp_path)
+    merged = in_process("bench", str(out), "--merge", str(tmp_path / "device.json"), "--json", cwd=tmp_path)
     assert merged.returncode == 0, merged.stderr
     report = json.loads(merged.stdout)
     device_rows = [r for r in report["rows"] if r["kind"] == "device"]
@@ -300,7 +309,7 @@ def test_bundle_benchmarks_without_torch_and_merges_back(run_dir, tmp_path):
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"kind": "something else"}')
-    assert_one_line_error(cli("bench", str(out), "--merge", str(bad), cwd=tmp_path), 12, "not a device result file")
+    assert_one_line_error(in_process("bench", str(out), "--merge", str(bad), cwd=tmp_path), 12, "not a device result file")
 
 
 # --- the logic, in process ------------------------------------------------------------------------------

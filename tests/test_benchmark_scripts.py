@@ -1,19 +1,58 @@
-"""The benchmark scripts run end to end in a tiny configuration, so they cannot rot."""
+"""The benchmark scripts run end to end in a tiny configuration, so they cannot rot.
+
+Each runs as ``python benchmarks/<script> ARGS`` would (as ``__main__``, its directory first on sys.path, in
+``cwd``), but in this process: a script's interpreter start and its torch/ONNX/OpenVINO imports (several
+seconds each) are paid once. What a script changes in the process (environment, working directory, torch's
+thread count, sys.path, the benchmarks' own modules it imported) is put back after it, so every run starts
+as fresh as a new process would for what the scripts read.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import runpy
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
+import torch
 from conftest import RECIPES, ROOT
 
 DIGITS = str(RECIPES / "digits.yaml")
+BENCHMARKS = ROOT / "benchmarks"
 
 
 def bench(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    path = BENCHMARKS / script
+    saved = (list(sys.argv), list(sys.path), dict(os.environ), os.getcwd(), torch.get_num_threads(), set(sys.modules))
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        sys.argv = [str(path), *args]
+        sys.path.insert(0, str(BENCHMARKS))
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(path), run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:  # noqa: BLE001 - a script's crash is its exit status 1 and traceback, as in a process of its own
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv, sys.path[:] = saved[0], saved[1]
+        os.environ.clear()
+        os.environ.update(saved[2])
+        os.chdir(saved[3])
+        torch.set_num_threads(saved[4])
+        for name in set(sys.modules) - saved[5]:  # the benchmarks' helper modules (quality, ...): fresh for the next run
+            if str(BENCHMARKS) in str(getattr(sys.modules[name], "__file__", None) or ""):
+                del sys.modules[name]
+    proc = subprocess.CompletedProcess(sys.argv[:1] + [str(path), *args], code, out.getvalue(), err.getvalue())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -1,4 +1,5 @@
-"""The real CLI in a subprocess: end to end on digits, and bad input."""
+"""The real CLI: its entry point, end to end on digits and --debug's traceback in a subprocess; plan, recipe check
+and bad input through the same entry point in process (conftest.cli_in_process: exit code, stdout, stderr)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES
+from conftest import RECIPES, cli_in_process
 
 DIGITS = str(RECIPES / "digits.yaml")
 
@@ -73,7 +74,7 @@ def test_distill_end_to_end_on_digits(tmp_path):
 
 
 def test_plan_json_marks_a_fitting_student(tmp_path):
-    proc = cli("plan", "--recipe", DIGITS, "--budget", "30KB", "--json", cwd=tmp_path)
+    proc = cli_in_process("plan", "--recipe", DIGITS, "--budget", "30KB", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     chosen = [c for c in plan["candidates"] if c["chosen"]]
@@ -84,7 +85,7 @@ def test_plan_json_marks_a_fitting_student(tmp_path):
 
 
 def test_budget_that_does_not_bind(tmp_path):
-    proc = cli("plan", "--recipe", DIGITS, "--budget", "5MB", "--json", cwd=tmp_path)
+    proc = cli_in_process("plan", "--recipe", DIGITS, "--budget", "5MB", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert plan["binding"] is False and "does not bind" in plan["note"]
@@ -92,7 +93,7 @@ def test_budget_that_does_not_bind(tmp_path):
 
 
 def test_recipe_check(tmp_path):
-    proc = cli("recipe", "check", *map(str, sorted(RECIPES.glob("*.yaml"))), cwd=tmp_path)
+    proc = cli_in_process("recipe", "check", *map(str, sorted(RECIPES.glob("*.yaml"))), cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.count(": ok") >= 2
 
 
@@ -165,7 +166,7 @@ def test_bad_input(tmp_path, case, code, match):
         args += ["--bogus"]
     elif case == "missing-recipe":
         args[2] = str(tmp_path / "nope.yaml")
-    proc = cli(*args, cwd=tmp_path)
+    proc = cli_in_process(*args, cwd=tmp_path)
     assert_one_line_error(proc, code, match)
     nothing_left(tmp_path, out)
     if marker is not None:
@@ -176,7 +177,7 @@ def test_existing_out_dir_is_never_overwritten(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    proc = cli("distill", "--recipe", DIGITS, "--epochs", "1", "--out", str(out), cwd=tmp_path)
+    proc = cli_in_process("distill", "--recipe", DIGITS, "--epochs", "1", "--out", str(out), cwd=tmp_path)
     assert_one_line_error(proc, 7, "already exists")
     assert (out / "precious.txt").read_text() == "keep me"
 

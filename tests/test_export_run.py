@@ -10,16 +10,14 @@ layout, fallbacks); this file adds the registered student families, the run work
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import RECIPES
+from conftest import RECIPES, cli_in_process
 
 import exporters
 from prokt_deploy import apply_overrides, distill, export_run, load_recipe
@@ -288,13 +286,11 @@ def test_float_stem_rule_and_rewrite(tmp_path: Path) -> None:
         assert types[:3] == ["Conv", "MaxPool", "Relu"], types
 
 
-# --- the real CLI in a subprocess -------------------------------------------------------------------
+# --- the real CLI (its entry point, in process: exit code, stdout, stderr) --------------------------
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "prokt_deploy", "export", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ}, timeout=600
-    )
+    return cli_in_process("export", *args, cwd=cwd)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, match: str) -> None:

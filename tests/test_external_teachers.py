@@ -7,12 +7,9 @@ manifest as `bench` does. What cannot be loaded is refused with one line and exi
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import RECIPES, ROOT
+from conftest import RECIPES, ROOT, cli_in_process
 
 from prokt_deploy import apply_overrides, distill, export_run, load_recipe
 from prokt_deploy.errors import ModelError
@@ -113,9 +110,7 @@ def test_unloadable_teachers_are_model_errors(tmp_path, hf_dir):
     # through the CLI: one line on stderr, exit 6
     yaml_file = tmp_path / "r.yaml"
     yaml_file.write_text((RECIPES / "digits.yaml").read_text().replace("arch: resnet-w16-d1", f"arch: torchscript:{bad}"))
-    p = subprocess.run(
-        [sys.executable, "-m", "prokt_deploy", "plan", "--recipe", str(yaml_file)], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    p = cli_in_process("plan", "--recipe", str(yaml_file), cwd=ROOT)
     assert p.returncode == 6, p.stderr
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("Error: torchscript:"), p.stderr
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES
+from conftest import RECIPES, cli_in_process
 from test_cli import cli
 
 from prokt_deploy.data import load_recipe_data
@@ -176,15 +176,16 @@ def test_distill_plans_from_device_latencies(tmp_path: Path) -> None:
         tmp_path / "device.json", {("wide-w12-d2", "int8"): 1.0, ("wide-w8-d2", "int8"): 0.01, ("teacher", "fp32"): 0.05, ("teacher", "int8"): 0.04}
     )
     base = ["--recipe", DIGITS, "--family", "wide", "--budget", "11KB"]
-    proc = cli("plan", *base, "--json", cwd=tmp_path)
+    proc = cli_in_process("plan", *base, "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["chosen"]["arch"] == "wide-w12-d2"  # by size alone
+    # a subprocess: the terminal width comes from its environment (the console reads COLUMNS when it is made)
     table = cli("plan", *base, "--latencies", str(device), cwd=tmp_path, env={"COLUMNS": "80"}).stdout
     rows = table.split("\nteacher ")[0].splitlines()
     assert "…" not in table and max(map(len, rows)) <= 80, table  # nothing cut in an 80-column terminal
     (chosen,) = [line.split() for line in table.splitlines() if line.strip().startswith("->")]
     assert chosen[1] == "wide-w8-d2" and chosen[-2:] == ["0.0100", "yes"] and "Test Board" in table
-    proc = cli(
+    proc = cli_in_process(
         "distill",
         *base,
         "--latencies",
