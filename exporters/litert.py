@@ -246,12 +246,28 @@ def quant_params(path: Path) -> dict:
     }
 
 
+def _failing_op(exc: BaseException) -> str | None:
+    """The torch op the converter was lowering when ``exc`` was raised: the ``target`` of the innermost
+    ``call_function`` frame of litert_torch's lowering interpreter, else an op named in the message."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "call_function" and "litert_torch" in frame.f_code.co_filename and "target" in frame.f_locals:
+            found = str(frame.f_locals["target"])
+        tb = tb.tb_next
+    if found is None:
+        ops = _OP.findall(" ".join(str(exc).split()))
+        found = ops[0] if ops else None
+    return found
+
+
 def _refusal(exc: BaseException, what: str) -> ExportError:
-    """One line naming the op the converter could not take (when its message names one)."""
-    text = " ".join(str(exc).split())
-    ops = sorted(set(_OP.findall(text)))
-    if ops:
-        return ExportError(f"LiteRT cannot convert this model ({what}): unsupported op {ops[0]} ({type(exc).__name__})")
+    """One line naming the op the converter could not take (when it can be found)."""
+    text = " ".join(str(exc).split()).split(" While executing ")[0]
+    op = _failing_op(exc)
+    if op is not None:
+        return ExportError(f"LiteRT cannot convert this model ({what}): unsupported op {op} ({type(exc).__name__}: {text[:150]})")
     return ExportError(f"LiteRT cannot convert this model ({what}): {type(exc).__name__}: {text[:300]}")
 
 
@@ -292,13 +308,7 @@ class LiteRTExporter(Exporter):
         with tempfile.TemporaryDirectory(prefix="exporters-litert-") as tmp_str:
             tmp = Path(tmp_str)
             path = tmp / f"{name}{self.main_suffix}"
-            try:
-                self._convert(lt, module, args, dynamic, precision, calibration, text, path)
-            except ExportError:
-                if dynamic is None:
-                    raise
-                # a dynamic batch the converter cannot lower (e.g. a Flatten written as view(B, -1)): batch 1, looped
-                self._convert(lt, module, (args[0][:1].contiguous(),), None, precision, calibration, text, path)
+            self._convert(lt, module, args, dynamic, precision, calibration, text, path)
             self._check_runs(path, example_input, text)
             files = [path]
             if precision == "int8":
@@ -309,13 +319,27 @@ class LiteRTExporter(Exporter):
         return Artifact(format=self.name, precision=precision, files=files, runtime=self.runtime())
 
     def _convert(self, lt, module, args, dynamic, precision: str, calibration, text: bool, path: Path) -> None:
+        """Convert (int8: quantize first, once) with a dynamic batch; where the converter cannot lower the dynamic
+        batch (e.g. a Flatten written as ``view(B, -1)``), at a static batch 1 (the runner then loops)."""
         with quiet():
             quant_config = None
             if precision == "int8":
                 assert calibration is not None
-                module, quant_config = self._quantized(module, args, dynamic, calibration, text)
+                try:
+                    module, quant_config = self._quantized(module, args, dynamic, calibration, text)
+                except ExportError:
+                    if dynamic is None:
+                        raise
+                    args, dynamic = (args[0][:1].contiguous(),), None  # torch.export cannot make the batch dynamic
+                    module, quant_config = self._quantized(module, args, dynamic, calibration, text)
             try:
                 lt.convert(module, args, dynamic_shapes=dynamic, quant_config=quant_config).export(str(path))
+                return
+            except Exception as exc:
+                if dynamic is None:
+                    raise _refusal(exc, f"{precision} conversion") from None
+            try:
+                lt.convert(module, (args[0][:1].contiguous(),), quant_config=quant_config).export(str(path))
             except Exception as exc:
                 raise _refusal(exc, f"{precision} conversion") from None
 
@@ -338,7 +362,7 @@ class LiteRTExporter(Exporter):
             packed = np.pad(calibration[:, :, :length], ((0, 0), (0, 0), (0, max(0, length - calibration.shape[2]))))
             batches = [tuple(torch.from_numpy(np.ascontiguousarray(packed[i : i + 1, r])) for r in (0, 1)) for i in range(len(packed))]
         else:
-            step = CALIBRATION_BATCH if dynamic is not None else 1  # a static export takes its own batch size only
+            step = CALIBRATION_BATCH if dynamic is not None else 1  # a static graph takes its own batch size only
             batches = [(torch.from_numpy(calibration[i : i + step]),) for i in range(0, len(calibration), step)]
         try:
             for batch in batches:
