@@ -27,11 +27,17 @@ so the gate is on float logits like every other format's (int8 judged by accurac
 
 Batches: an image ``.tflite`` has a dynamic batch (shape signature -1); the runner resizes the input (and
 re-allocates) only when the batch size changes, so validation's batches of up to 256 and bench's 1 and 32 run
-as one call each. Text models (packed (B,2,L) input, two int32 inputs ``input_ids`` + ``attention_mask``: the
+as one call each. Where the converter cannot lower the dynamic batch (the ``pool`` and ``vgg`` families: their
+``flatten(1)`` of a spatial feature map becomes an ``aten.view`` with a symbolic size, which the jax lowering
+rejects), the file is converted at a static batch 1 (int8: quantized and calibrated once, on the dynamic graph) and
+the runner invokes it once per sample (bench's batch 32 is then 32 invokes). Text models (packed (B,2,L) input, two int32 inputs ``input_ids`` + ``attention_mask``: the
 converter downcasts int64) convert only with static shapes here (a dynamic batch fails in ``torch.export`` for the
 BiLSTM and in the jax lowering for the transformer; a static file cannot be resized, its Reshapes are baked), so a
 text file is exported at batch 1 and the example's sequence length L: the runner right-pads (mask 0) or cuts each
 sample to L and runs the samples one at a time.
+
+A model the converter cannot take is refused with one :class:`ExportError` line naming the op it could not lower
+(``unsupported op aten.erfinv.default``), or the converter's own one-line message where it names no op.
 
 Not here: accuracy-aware int8 (litert_torch's ``PT2EQuantizer.set_module_name(name, None)`` would keep a layer in
 float, but the converter then places float<->int8 conversions that no search in ``exporters/accuracy_aware.py``
