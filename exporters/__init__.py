@@ -89,6 +89,7 @@ import numpy as np
 import torch
 
 # Format modules register themselves on import (they import their runtimes lazily).
+from . import litert as _litert_format  # noqa: E402,F401
 from . import onnx as _onnx_format  # noqa: E402,F401
 from . import openvino as _openvino_format  # noqa: E402,F401
 from ._common import Artifact, BackendMissingError, ExportError, Predictor, artifact_bytes, frozen_eval
