@@ -172,7 +172,8 @@ def test_a_corrupted_pte_makes_bench_exit_12_in_one_line(tmp_path, one_thread_mo
     from prokt_deploy import apply_overrides, distill, export_run, load_recipe
 
     recipe = apply_overrides(
-        load_recipe(RECIPES / "digits.yaml"), {"train.epochs": 1, "data.max_train_samples": 300, "student.arch": "cnn-w4-d1", "budget.size": "64KB"}
+        load_recipe(RECIPES / "digits.yaml"),
+        {"train.epochs": 1, "data.max_train_samples": 300, "student.arch": "cnn-w4-d1", "teacher.arch": "cnn-w8-d1", "budget.size": "64KB"},
     )
     run = distill(recipe, out=tmp_path / "run", latest=False).path
     (result,) = export_run(run, [FMT], "fp32")
