@@ -215,12 +215,6 @@ class ExecuTorchRunner:
     def fallback(cls, device: str) -> str:
         return f"ExecuTorch (XNNPACK) has no {device} device here: ExecuTorch rows run on CPU"
 
-    @classmethod
-    def fingerprint(cls) -> dict:
-        from executorch.runtime import Runtime
-
-        return {"executorch_backends": list(Runtime.get().backend_registry.registered_backend_names)}
-
     def __init__(self, spec: dict, threads: int) -> None:
         from importlib.metadata import version
 
