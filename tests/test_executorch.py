@@ -29,7 +29,9 @@ pytest.importorskip("executorch.runtime", reason="the executorch extra is not in
 
 FMT = "executorch"
 #: the smallest model of each image family: students' smallest candidate, vgg (a teacher family) its smallest width
-ARCHS = {f: (fam.candidates() or ["vgg-w8"])[0] for f, fam in sorted(families().items()) if fam.modality == "image" and f != "hf"}
+# every family (and every registered format) passes the gates in tests/test_export_run.py; here the two that the batch,
+# diagnosis and runner tests below use
+ARCHS = {f: (fam.candidates() or ["vgg-w8"])[0] for f, fam in sorted(families().items()) if f in ("cnn", "resnet")}
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def test_every_family_exports_and_passes_the_gates(family, family_results):
         assert report.reference_accuracy > 0.8, "the model did not train"
         assert report.passed, (family, precision, report.failures)
     fp32, int8 = family_results[family, "fp32"][0], family_results[family, "int8"][0]
-    assert int8.bytes < fp32.bytes or family in ("pool", "wide")  # the tiniest students are mostly program, not weights
+    assert int8.bytes < fp32.bytes
 
 
 def test_any_batch_runs_and_int8_is_diagnosed(family_results, digits):
@@ -173,7 +175,14 @@ def test_a_corrupted_pte_makes_bench_exit_12_in_one_line(tmp_path, one_thread_mo
 
     recipe = apply_overrides(
         load_recipe(RECIPES / "digits.yaml"),
-        {"train.epochs": 1, "data.max_train_samples": 300, "student.arch": "cnn-w4-d1", "teacher.arch": "cnn-w8-d1", "budget.size": "64KB"},
+        {
+            "train.epochs": 1,
+            "data.max_train_samples": 300,
+            "student.arch": "cnn-w4-d1",
+            "teacher.arch": "cnn-w8-d1",
+            "budget.size": "64KB",
+            "method": "scratch",  # no teacher: bench times the student's files only (the corrupted one is the point)
+        },
     )
     run = distill(recipe, out=tmp_path / "run", latest=False).path
     (result,) = export_run(run, [FMT], "fp32")
