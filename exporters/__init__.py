@@ -88,9 +88,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Format modules register themselves on import (they import their runtimes lazily).
-from . import onnx as _onnx_format  # noqa: E402,F401
-from . import openvino as _openvino_format  # noqa: E402,F401
+# Format modules register themselves on import (they import their runtimes lazily), in this order (the registry's).
+# isort: off
+from . import onnx as _onnx_format  # noqa: F401
+from . import openvino as _openvino_format  # noqa: F401
+from . import litert as _litert_format  # noqa: F401
+from . import executorch as _executorch_format  # noqa: F401
+
+# isort: on
 from ._common import Artifact, BackendMissingError, ExportError, Predictor, artifact_bytes, frozen_eval
 from ._text import TEXT_INPUT_NAMES, is_text_input
 from .accuracy_aware import AccuracyAwareResult, export_accuracy_aware  # noqa: E402
