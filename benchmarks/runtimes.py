@@ -31,6 +31,7 @@ from prokt_deploy.deploy.references import ensure_fp32_export, ensure_int8_expor
 from prokt_deploy.errors import ExportFailed, GateFailed
 from prokt_deploy.formats import artifact_engine, fingerprint, runtime_targets
 from prokt_deploy.harness import measure
+from prokt_deploy.rundir.records import FailedExport, GateRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = {"train.epochs": 1, "train.min_steps": 0}
@@ -56,12 +57,11 @@ def artifacts(run: Path, formats: list[str]) -> tuple[list[dict], list[dict]]:
         except (GateFailed, ExportFailed) as exc:
             records = exc.results
         for r in records:
-            if getattr(r, "passed", None):
+            if isinstance(r, GateRecord) and r.passed:
                 made.append({"model": "student", "format": r.format, "precision": precision, "files": [run / f for f in r.files]})
             else:
-                failed.append(
-                    {"id": f"student/{r.format}/{precision}", "why": "; ".join(getattr(r, "failures", []) or [r.get("error") or r.get("skipped")])}
-                )
+                why = "; ".join(r.failures) if isinstance(r, GateRecord) else r.error if isinstance(r, FailedExport) else r.skipped
+                failed.append({"id": f"student/{r.format}/{precision}", "why": why})
     fr.reload()
     calibration, max_drop = fr.manifest.int8_settings()
     cache: dict = {}
