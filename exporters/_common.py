@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,8 +32,18 @@ __all__ = [
     "as_text_batch",
     "move_into",
     "quiet",
+    "quiet_native",
     "require",
 ]
+
+
+#: OpenVINO's model converter and NNCF send usage telemetry (Google Analytics, from a process they fork: with jax
+#: loaded by litert-torch the fork warns of a deadlock) unless the user opted out with their ``opt_in_out`` script.
+#: prokt-deploy sends none on its users' behalf: ``openvino_telemetry`` is made unimportable in this process before
+#: anything imports openvino (both then use their own no-op stubs). ``PROKT_DEPLOY_OPENVINO_TELEMETRY=1`` leaves it be.
+TELEMETRY_ENV = "PROKT_DEPLOY_OPENVINO_TELEMETRY"
+if os.environ.get(TELEMETRY_ENV) != "1":
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[assignment]
 
 
 class ExportError(Exception):
@@ -110,6 +121,31 @@ def quiet() -> Iterator[None]:
             yield
     finally:
         logging.disable(previous_disable)
+
+
+@contextlib.contextmanager
+def quiet_native() -> Iterator[None]:
+    """:func:`quiet`, plus what native code writes to file descriptor 2 (TensorFlow/absl ``I0000 ...`` lines, cpuinfo
+    probes, torchao's "Failed to load" notes, the interpreter's "Created TensorFlow Lite XNNPACK delegate") sent to
+    /dev/null, and the root logger's handlers and level restored on exit (importing ``litert_torch`` pulls TensorFlow
+    and jax, which install a root handler that would print every later log record a second time, unformatted).
+
+    Errors are unaffected: they are raised as exceptions and turned into one-line messages by the callers."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read once, when TensorFlow's native library loads
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null, quiet():
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def move_into(files: Iterable[Path], out_dir: Path) -> list[Path]:

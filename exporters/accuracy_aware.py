@@ -23,6 +23,17 @@ target are layers put back to fp32:
   NNCF options as ``exporters/openvino.py``. The layers kept in fp32 are the weighted operations
   (Convolution, MatMul, ...) whose input is quantized in the plain int8 model but not in the result.
 
+- LiteRT and ExecuTorch (PT2E, ``exporters/litert.py`` / ``exporters/executorch.py``): the candidates are the model's
+  weighted modules (Conv1d/Conv2d/Linear, by module name) and a candidate is kept in float by giving its module no
+  quantization config in the quantizer (:func:`pt2e_keep_float`); the ranking and pruning are the ONNX search's
+  (:func:`ranked_exclusion`), each step a full PT2E quantization, conversion and validation pass (2-5 s per tiny
+  student here). Deviation: both quantizers' public ``set_module_name(name, None)`` asserts "None is not supported
+  yet", so the None config is written into their ``module_name_config`` directly (their annotation skips a None config
+  and the global config skips the named module; measured: the kept layer's weights stay fp32 in the file and keeping
+  every layer reproduces the fp32 accuracy), under the module-name key their own filter matches (litert-torch 0.10's
+  filter strips a fixed ``L__self___`` prefix that torch 2.13 writes one character shorter; the key is found by asking
+  the filter). The converter/delegate then runs the kept layer in float with int8<->float conversions around it.
+
 For every kept layer the result lists its fp32 weight bytes (what it stores instead of about a
 quarter of that in int8); ``extra_bytes`` is the exact size difference of the two artifacts' files.
 The caller still checks the size budget: keeping layers in fp32 costs bytes.
@@ -31,6 +42,7 @@ The caller still checks the size budget: keeping layers in fp32 costs bytes.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,7 +54,7 @@ from ._text import is_text_input, text_feed
 from .onnx import OrtPredictor, _quantize_int8, export_onnx_fp32, ort_runtime
 from .openvino import OpenVINOPredictor, _dynamic_problem, _fold_constants, _nncf_options, _nncf_quantize, _stable_names, ov_runtime
 
-__all__ = ["AccuracyAwareResult", "export_accuracy_aware"]
+__all__ = ["AccuracyAwareResult", "export_accuracy_aware", "pt2e_keep_float", "pt2e_search", "ranked_exclusion", "weighted_modules"]
 
 #: OpenVINO operations whose weights make a layer (what "kept in fp32" lists).
 _OV_WEIGHTED = frozenset({"Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData", "Gather"})
@@ -91,6 +103,33 @@ def _drop(reference: float, accuracy: float) -> float:
     return 100.0 * (reference - accuracy)
 
 
+def ranked_exclusion(
+    build: Callable[[tuple[str, ...]], float], candidates: list[str], reference: float, target: float, cost: dict[str, int]
+) -> tuple[tuple[str, ...], bool]:
+    """The fewest ``candidates`` to keep in fp32 so that the accuracy ``build(kept)`` (a cached build-and-validate of
+    the int8 model with those kept in fp32) is within ``target`` points of ``reference``; ``(kept, met)``.
+
+    All candidates at once first: when even that misses, nothing can (``((), False)``). Then each candidate's
+    sensitivity is the accuracy with only it quantized (the others in fp32); the most harmful are kept first (ties:
+    fewer fp32 ``cost`` bytes, then the given order), one more each time until the target is met, then any kept one
+    the target does not need is quantized again (least sensitive first)."""
+    if not candidates or _drop(reference, build(tuple(candidates))) > target:
+        return (), False
+    order = {c: i for i, c in enumerate(candidates)}
+    alone = {c: build(tuple(o for o in candidates if o != c)) for c in candidates}
+    ranked = sorted(candidates, key=lambda c: (alone[c], cost.get(c, 0), order[c]))
+    chosen: tuple[str, ...] = tuple(ranked)
+    for k in range(1, len(ranked) + 1):
+        if _drop(reference, build(tuple(ranked[:k]))) <= target:
+            chosen = tuple(ranked[:k])
+            break
+    for c in reversed(chosen):
+        fewer = tuple(o for o in chosen if o != c)
+        if fewer and _drop(reference, build(fewer)) <= target:
+            chosen = fewer
+    return chosen, True
+
+
 # ----------------------------------------------------------------------------------------------- ONNX
 
 
@@ -130,31 +169,13 @@ def _onnx_search(model, example_input, calibration, val_x, val_y, target, out_di
 
         plain_path, plain_acc = build(())
         info = _onnx_node_info(tmp / "q0" / "preprocessed.onnx")
-        chosen, (path, acc) = (), (plain_path, plain_acc)
+        chosen: tuple[str, ...] = ()
         met = _drop(reference, plain_acc) <= target
         if not met:
             candidates = _quantized_nodes(plain_path)
-            _, all_acc = build(tuple(candidates))
-            if candidates and _drop(reference, all_acc) <= target:
-                # sensitivity of a node: the validation accuracy with only that node quantized (the others
-                # in fp32); the most harmful first, then fewer fp32 bytes, then graph order
-                order = {c: i for i, c in enumerate(candidates)}
-                alone = {c: build(tuple(o for o in candidates if o != c))[1] for c in candidates}
-                ranked = sorted(candidates, key=lambda c: (alone[c], info.get(c, ("", 0))[1], order[c]))
-                for k in range(1, len(ranked) + 1):
-                    chosen = tuple(ranked[:k])
-                    path, acc = build(chosen)
-                    if _drop(reference, acc) <= target:
-                        met = True
-                        break
-                # then drop any kept node the target does not need (least sensitive first): the fewest in fp32
-                for c in reversed(chosen if met else ()):
-                    fewer = tuple(o for o in chosen if o != c)
-                    if fewer and _drop(reference, build(fewer)[1]) <= target:
-                        chosen = fewer
-                path, acc = build(chosen)
-            if not met:
-                chosen, (path, acc) = (), (plain_path, plain_acc)
+            cost = {c: info.get(c, ("", 0))[1] for c in candidates}
+            chosen, met = ranked_exclusion(lambda kept: build(kept)[1], candidates, reference, target, cost)
+        path, acc = build(chosen)
         plain_bytes = artifact_bytes([plain_path])
         final = path.with_name(f"{name}.onnx")
         files = move_into([final], out_dir)
@@ -276,6 +297,91 @@ def _ov_search(model, example_input, calibration, val_x, val_y, target, out_dir,
             plain_bytes=plain_bytes,
             evaluations=evaluations,
         )
+
+
+# ------------------------------------------------------------------------------- PT2E (LiteRT, ExecuTorch)
+
+#: the module types a PT2E quantizer quantizes by their weights (the candidates kept in fp32)
+_PT2E_WEIGHTED = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
+
+
+def weighted_modules(module: torch.nn.Module) -> dict[str, tuple[str, int]]:
+    """name -> (module type, fp32 weight + bias bytes) of ``module``'s Conv/Linear submodules, in definition order."""
+    return {
+        name: (type(m).__name__, 4 * sum(p.numel() for p in m.parameters(recurse=False)))
+        for name, m in module.named_modules()
+        if isinstance(m, _PT2E_WEIGHTED)
+    }
+
+
+def pt2e_keep_float(quantizer, graph: torch.fx.GraphModule, names: tuple[str, ...], module_filter: Callable) -> None:
+    """Give the modules ``names`` of the exported ``graph`` no quantization config in the PT2E ``quantizer`` (before
+    ``prepare_pt2e``): they stay fp32. ``module_filter(key)`` is the quantizer's own node filter for a module name;
+    the key it matches for each name is looked up on a node of that module (see the module docstring)."""
+    for name in names:
+        node = next((n for n in graph.graph.nodes if any(v[0] == name for v in n.meta.get("nn_module_stack", {}).values())), None)
+        if node is None:
+            raise ExportError(f"accuracy-aware int8: no operation of module {name!r} in the exported graph")
+        keys = [name, ("L__self__" + name)[len("L__self___") :].replace("_", ".")]
+        key = next((k for k in keys if module_filter(k)(node)), None)
+        if key is None:
+            raise ExportError(f"accuracy-aware int8: the quantizer's module filter does not match module {name!r}")
+        # the public set_module_name(name, None) asserts; a None config is what it would store
+        quantizer.module_name_config[key] = None
+
+
+def pt2e_search(
+    fmt: str,
+    *,
+    build: Callable[[tuple[str, ...], Path], list[Path]],
+    predictor: Callable[[list[Path]], Callable[[np.ndarray], np.ndarray]],
+    fp32_files: list[Path],
+    candidates: dict[str, tuple[str, int]],
+    size: Callable[[list[Path]], int],
+    validation_x: np.ndarray,
+    validation_y: np.ndarray,
+    target: float,
+    out_dir: Path,
+    work: Path,
+    runtime: str,
+    method: str,
+) -> AccuracyAwareResult:
+    """Accuracy-aware int8 for a PT2E format: ``build(kept, dir)`` writes the int8 artifact with the modules ``kept``
+    in fp32 into ``dir`` and returns its files; ``predictor(files)`` is its predict function; ``candidates`` are
+    :func:`weighted_modules` of the quantized module. The search is :func:`ranked_exclusion`."""
+    reference = _accuracy(predictor(fp32_files), validation_x, validation_y)
+    built: dict[tuple[str, ...], tuple[list[Path], float]] = {}
+
+    def build_one(kept: tuple[str, ...]) -> tuple[list[Path], float]:
+        key = tuple(sorted(kept))
+        if key not in built:
+            where = work / f"q{len(built)}"
+            where.mkdir()
+            files = build(key, where)
+            built[key] = (files, _accuracy(predictor(files), validation_x, validation_y))
+        return built[key]
+
+    plain_files, plain_acc = build_one(())
+    chosen: tuple[str, ...] = ()
+    met = _drop(reference, plain_acc) <= target
+    if not met:
+        cost = {c: b for c, (_, b) in candidates.items()}
+        chosen, met = ranked_exclusion(lambda kept: build_one(kept)[1], list(candidates), reference, target, cost)
+    files, acc = build_one(chosen)
+    plain_bytes = size(plain_files)
+    moved = move_into(files, out_dir)
+    return AccuracyAwareResult(
+        artifact=Artifact(format=fmt, precision="int8", files=moved, runtime=runtime),
+        method=method,
+        target_drop=target,
+        reference_accuracy=reference,
+        plain_accuracy=plain_acc,
+        accuracy=acc,
+        met=met,
+        kept_fp32=[{"name": n, "op_type": candidates[n][0], "fp32_weight_bytes": candidates[n][1]} for n in chosen],
+        plain_bytes=plain_bytes,
+        evaluations=len(built) + 1,
+    )
 
 
 def export_accuracy_aware(

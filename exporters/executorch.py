@@ -40,30 +40,25 @@ into a loop unrolled over the example's sequence length, so the sequence dimensi
 fixed-length ``bilstm`` student did export: 180 kB for a 2-layer 32-unit model whose ONNX file is ~90 kB, in 50 s;
 not offered). Other unsupported ops are refused in one line naming the op.
 
-No accuracy-aware int8 (:meth:`Exporter.accuracy_aware` is not overridden): ``XNNPACKQuantizer.set_module_name(name,
-None)`` can keep chosen modules in float (XNNPACK then runs them as fp32 nodes), so it is possible, but each candidate
-costs a full re-export and XNNPACK lowering (2-7 s per tiny student on this machine), and the ranking search and its
-tests did not fit this change. int8 diagnosis (:meth:`ExecuTorchExporter.executed_graph`) reads the program: the
+Accuracy-aware int8 (:meth:`ExecuTorchExporter.accuracy_aware`): the fewest Conv/Linear modules kept in float that meet
+the target, by the ranked search of ``exporters/accuracy_aware.py`` (XNNPACK runs a kept module as an fp32 node; each
+step is a full re-export, XNNPACK lowering and validation, 2-7 s per tiny student here). int8 diagnosis (:meth:`ExecuTorchExporter.executed_graph`) reads the program: the
 compute nodes of each XNNPACK delegate with their precision, and the ops left on the portable CPU kernels.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import subprocess
-import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ._common import Artifact, ExportError, Predictor, as_batch, as_text_batch, move_into, quiet, require
+from ._common import Artifact, ExportError, Predictor, as_batch, as_text_batch, move_into, quiet, quiet_native, require
 from ._text import PackedTextAdapter, example_text_batch, is_text_input, text_check_shapes
 from .registry import Exporter, register
 
@@ -111,22 +106,8 @@ def et_runtime() -> str:
     return f"executorch {_version()}"
 
 
-@contextlib.contextmanager
-def _silent_fd2() -> Iterator[None]:
-    """Send what the C++ runtime writes to file descriptor 2 (cpuinfo probes, threadpool notes) to /dev/null."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _load_method(path: Path, threads: int | None):  # executorch.runtime.Method
-    with quiet(), _silent_fd2():
+    with quiet_native():
         runtime = _require("executorch.runtime")
         if threads:
             lib = _require("executorch.extension.pybindings.portable_lib")
@@ -194,7 +175,7 @@ class ExecuTorchRunner:
     chunks (``run``); the timed call (``bind``/``infer``) refuses one."""
 
     name = "executorch"
-    modules = ("executorch.runtime",)  # its pybindings import torch
+    modules = ("executorch.runtime", "torch")  # its pybindings import torch: a board without torch skips these rows
     distribution = "executorch"
     target_key = "device"
     label = "ExecuTorch"
@@ -322,7 +303,10 @@ def _calibrate(prepared, calibration: np.ndarray, text: bool, max_len: int) -> N
             prepared(chunk)
 
 
-def _lower(model, args, dynamic_shapes, precision: str, calibration: np.ndarray | None, text: bool):  # ExecutorchProgramManager
+def _lower(
+    model, args, dynamic_shapes, precision: str, calibration: np.ndarray | None, text: bool, keep_float: tuple[str, ...] = ()
+):  # ExecutorchProgramManager
+    """The lowered program; int8 leaves the modules named in ``keep_float`` in float (accuracy-aware int8)."""
     exir = _require("executorch.exir")
     partition = _require("executorch.backends.xnnpack.partition.xnnpack_partitioner")
     ep = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
@@ -330,8 +314,12 @@ def _lower(model, args, dynamic_shapes, precision: str, calibration: np.ndarray 
         assert calibration is not None
         pt2e = _require("torchao.quantization.pt2e.quantize_pt2e")
         xq = _require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+        from .accuracy_aware import pt2e_keep_float
+
         quantizer = xq.XNNPACKQuantizer().set_global(xq.get_symmetric_quantization_config(is_per_channel=True))
-        prepared = pt2e.prepare_pt2e(ep.module(), quantizer)
+        graph = ep.module()
+        pt2e_keep_float(quantizer, graph, keep_float, xq.get_module_name_filter)
+        prepared = pt2e.prepare_pt2e(graph, quantizer)
         _calibrate(prepared, calibration, text, int(args[0].shape[1]) if text else 0)
         ep = torch.export.export(pt2e.convert_pt2e(prepared), args, dynamic_shapes=dynamic_shapes)
     edge = exir.to_edge_transform_and_lower(ep, partitioner=[partition.XnnpackPartitioner()])
@@ -341,7 +329,7 @@ def _lower(model, args, dynamic_shapes, precision: str, calibration: np.ndarray 
 def _missing_kernels(program) -> list[str]:  # executorch.exir.schema.Program
     """Operators the program calls outside a delegate that this runtime has no kernel for."""
     runtime = _require("executorch.runtime")
-    with _silent_fd2():
+    with quiet_native():
         known = set(runtime.Runtime.get().operator_registry.operator_names)
     names = []
     for plan in program.execution_plan:
@@ -364,7 +352,7 @@ def _check_runs(path: Path, example_input: torch.Tensor, text: bool) -> None:
         batches = [np.repeat(sample[:1], b, axis=0).astype(np.float32) for b in (1, 3)]
     for xb in batches:
         try:
-            with _silent_fd2():
+            with quiet_native():
                 out = predictor.predict(xb)
         except ExportError as exc:
             raise ExportError(f"the ExecuTorch program does not run at input shape {xb.shape}: {exc}") from None
@@ -372,7 +360,14 @@ def _check_runs(path: Path, example_input: torch.Tensor, text: bool) -> None:
             raise ExportError(f"the ExecuTorch program gave output shape {out.shape} for a batch of {len(xb)}")
 
 
-def _export_pte(model: torch.nn.Module, precision: str, example_input: torch.Tensor, calibration: np.ndarray | None, path: Path) -> None:
+def _export_pte(
+    model: torch.nn.Module,
+    precision: str,
+    example_input: torch.Tensor,
+    calibration: np.ndarray | None,
+    path: Path,
+    keep_float: tuple[str, ...] = (),
+) -> None:
     text = is_text_input(example_input)
     recurrent = _recurrent_op(model) if text else None
     if recurrent:
@@ -381,10 +376,10 @@ def _export_pte(model: torch.nn.Module, precision: str, example_input: torch.Ten
             "over a fixed sequence length, so the sequence dimension cannot stay dynamic); use onnx or openvino for it"
         )
     module, args, dynamic_shapes = _spec(model, example_input)
-    with quiet(), _silent_fd2():
+    with quiet_native():
         _require("executorch.exir")  # a missing runtime is BackendMissingError, before any tracing
         try:
-            program = _lower(module, args, dynamic_shapes, precision, calibration, text)
+            program = _lower(module, args, dynamic_shapes, precision, calibration, text, keep_float)
         except ExportError:
             raise
         except Exception as exc:
@@ -502,6 +497,50 @@ class ExecuTorchExporter(Exporter):
             _export_pte(model, precision, example_input, calibration, final)
             files = move_into([final], out_dir)
         return Artifact(format=self.name, precision=precision, files=files, runtime=self.runtime())
+
+    def accuracy_aware(
+        self,
+        model: torch.nn.Module,
+        out_dir: Path,
+        *,
+        example_input: torch.Tensor,
+        calibration: np.ndarray,
+        validation_x: np.ndarray,
+        validation_y: np.ndarray,
+        max_accuracy_drop: float,
+        name: str,
+        opset: int,
+    ):  # AccuracyAwareResult
+        """The fewest Conv/Linear modules kept in float (PT2E, ``exporters/accuracy_aware.py``) that meet the target;
+        XNNPACK runs a kept module as an fp32 node."""
+        from .accuracy_aware import pt2e_search, weighted_modules
+
+        def build(kept: tuple[str, ...], where: Path) -> list[Path]:
+            path = where / f"{name}.pte"
+            _export_pte(model, "int8", example_input, calibration, path, kept)
+            return [path]
+
+        quantized = PackedTextAdapter(model) if is_text_input(example_input) else model
+        with tempfile.TemporaryDirectory(prefix="exporters-aa-et-") as tmp_str:
+            tmp = Path(tmp_str)
+            (tmp / "fp32").mkdir()
+            fp32 = tmp / "fp32" / f"{name}.pte"
+            _export_pte(model, "fp32", example_input, None, fp32)
+            return pt2e_search(
+                self.name,
+                build=build,
+                predictor=lambda files: ExecuTorchPredictor(files[0], threads=1).predict,
+                fp32_files=[fp32],
+                candidates=weighted_modules(quantized),
+                size=self.size,
+                validation_x=validation_x,
+                validation_y=validation_y,
+                target=max_accuracy_drop,
+                out_dir=out_dir,
+                work=tmp,
+                runtime=et_runtime(),
+                method="ExecuTorch XNNPACKQuantizer PT2E, Conv/Linear modules kept in float, ranked by validation accuracy",
+            )
 
     def load(self, files: list[Path], *, device: str, threads: int | None) -> Predictor:
         pte = [f for f in files if Path(f).name.endswith(self.main_suffix)]

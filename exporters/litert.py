@@ -39,10 +39,11 @@ sample to L and runs the samples one at a time.
 A model the converter cannot take is refused with one :class:`ExportError` line naming the op it could not lower
 (``unsupported op aten.erfinv.default``), or the converter's own one-line message where it names no op.
 
-Not here: accuracy-aware int8 (litert_torch's ``PT2EQuantizer.set_module_name(name, None)`` would keep a layer in
-float, but the converter then places float<->int8 conversions that no search in ``exporters/accuracy_aware.py``
-measures yet; left off) and int8 diagnosis (the interpreter exposes no executed-graph precisions; XNNPACK
-delegates the whole graph).
+Accuracy-aware int8 (:meth:`LiteRTExporter.accuracy_aware`): the fewest Conv/Linear modules kept in float that meet
+the target, by the ranked search of ``exporters/accuracy_aware.py`` (each step a full quantize-convert-validate; a
+kept module's weights are stored in fp32 and the converter places int8<->float conversions around it).
+
+Not here: int8 diagnosis (the interpreter exposes no executed-graph precisions; XNNPACK delegates the whole graph).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import Artifact, ExportError, Predictor, move_into, quiet, require
+from ._common import Artifact, ExportError, Predictor, move_into, quiet_native, require
 from ._text import PackedTextAdapter, example_export_batch, is_text_input
 from .registry import Exporter, register
 
@@ -211,7 +212,8 @@ class LiteRTPredictor:
     def __init__(self, path: Path, threads: int | None) -> None:
         require("ai_edge_litert.interpreter", PIP_EXTRA)
         try:
-            self._runner = LiteRTRunner({"path": str(path), "device": "CPU"}, threads)
+            with quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self._runner = LiteRTRunner({"path": str(path), "device": "CPU"}, threads)
         except (ValueError, RuntimeError) as exc:
             raise ExportError(f"LiteRT cannot open {path}: {' '.join(str(exc).split())[:300]}") from None
         self.runtime = litert_runtime()
@@ -299,6 +301,50 @@ class LiteRTExporter(Exporter):
         opset: int,
         fp32_onnx: Path | None = None,
     ) -> Artifact:
+        with quiet_native():  # the converter's and TensorFlow's native logging, jax's root log handler
+            return self._export(model, precision, out_dir, example_input=example_input, calibration=calibration, name=name)
+
+    def accuracy_aware(
+        self,
+        model: torch.nn.Module,
+        out_dir: Path,
+        *,
+        example_input: torch.Tensor,
+        calibration: np.ndarray,
+        validation_x: np.ndarray,
+        validation_y: np.ndarray,
+        max_accuracy_drop: float,
+        name: str,
+        opset: int,
+    ):  # AccuracyAwareResult
+        """The fewest Conv/Linear modules kept in float (PT2E, ``exporters/accuracy_aware.py``) that meet the target."""
+        from .accuracy_aware import pt2e_search, weighted_modules
+
+        quantized = PackedTextAdapter(model) if is_text_input(example_input) else model
+        with quiet_native(), tempfile.TemporaryDirectory(prefix="exporters-aa-litert-") as tmp_str:
+            tmp = Path(tmp_str)
+            fp32 = self._export(model, "fp32", tmp / "fp32", example_input=example_input, calibration=None, name=name)
+            return pt2e_search(
+                self.name,
+                build=lambda kept, where: (
+                    self._export(model, "int8", where, example_input=example_input, calibration=calibration, name=name, keep_float=kept).files
+                ),
+                predictor=lambda files: LiteRTRunner({"path": str(self.main_file(files)), "device": "CPU"}, 1).run,
+                fp32_files=fp32.files,
+                candidates=weighted_modules(quantized),
+                size=self.size,
+                validation_x=validation_x,
+                validation_y=validation_y,
+                target=max_accuracy_drop,
+                out_dir=out_dir,
+                work=tmp,
+                runtime=litert_runtime(),
+                method="litert-torch PT2E, Conv/Linear modules kept in float, ranked by validation accuracy",
+            )
+
+    def _export(
+        self, model, precision: str, out_dir: Path, *, example_input: torch.Tensor, calibration, name: str, keep_float: tuple[str, ...] = ()
+    ) -> Artifact:
         lt = _litert_torch()
         litert_runtime()
         text = is_text_input(example_input)
@@ -314,7 +360,7 @@ class LiteRTExporter(Exporter):
         with tempfile.TemporaryDirectory(prefix="exporters-litert-") as tmp_str:
             tmp = Path(tmp_str)
             path = tmp / f"{name}{self.main_suffix}"
-            self._convert(lt, module, args, dynamic, precision, calibration, text, path)
+            self._convert(lt, module, args, dynamic, precision, calibration, text, path, keep_float)
             self._check_runs(path, example_input, text)
             files = [path]
             if precision == "int8":
@@ -324,42 +370,49 @@ class LiteRTExporter(Exporter):
             files = move_into(files, out_dir)
         return Artifact(format=self.name, precision=precision, files=files, runtime=self.runtime())
 
-    def _convert(self, lt, module, args, dynamic, precision: str, calibration, text: bool, path: Path) -> None:
-        """Convert (int8: quantize first, once) with a dynamic batch; where the converter cannot lower the dynamic
-        batch (e.g. a Flatten written as ``view(B, -1)``), at a static batch 1 (the runner then loops)."""
-        with quiet():
-            quant_config = None
-            if precision == "int8":
-                assert calibration is not None
-                try:
-                    module, quant_config = self._quantized(module, args, dynamic, calibration, text)
-                except ExportError:
-                    if dynamic is None:
-                        raise
-                    args, dynamic = (args[0][:1].contiguous(),), None  # torch.export cannot make the batch dynamic
-                    module, quant_config = self._quantized(module, args, dynamic, calibration, text)
+    def _convert(self, lt, module, args, dynamic, precision: str, calibration, text: bool, path: Path, keep_float: tuple[str, ...]) -> None:
+        """Convert (int8: quantize first, once, the modules ``keep_float`` left in float) with a dynamic batch; where
+        the converter cannot lower the dynamic batch (a ``flatten(1)`` of a spatial map), at a static batch 1 (the
+        runner then loops)."""
+        quant_config = None
+        if precision == "int8":
+            assert calibration is not None
             try:
-                lt.convert(module, args, dynamic_shapes=dynamic, quant_config=quant_config).export(str(path))
-                return
-            except Exception as exc:
+                module, quant_config = self._quantized(module, args, dynamic, calibration, text, keep_float)
+            except ExportError:
                 if dynamic is None:
-                    raise _refusal(exc, f"{precision} conversion") from None
+                    raise
+                args, dynamic = (args[0][:1].contiguous(),), None  # torch.export cannot make the batch dynamic
+                module, quant_config = self._quantized(module, args, dynamic, calibration, text, keep_float)
+        try:
+            lt.convert(module, args, dynamic_shapes=dynamic, quant_config=quant_config).export(str(path))
+            return
+        except Exception as exc:
+            if dynamic is None:
+                raise _refusal(exc, f"{precision} conversion") from None
             try:
                 lt.convert(module, (args[0][:1].contiguous(),), quant_config=quant_config).export(str(path))
             except Exception as exc:
                 raise _refusal(exc, f"{precision} conversion") from None
 
     @staticmethod
-    def _quantized(module, args, dynamic, calibration: np.ndarray, text: bool):
-        """The PT2E-quantized (converted, not folded) module and its ``QuantConfig``, calibrated on ``calibration``."""
+    def _quantized(module, args, dynamic, calibration: np.ndarray, text: bool, keep_float: tuple[str, ...] = ()):
+        """The PT2E-quantized (converted, not folded) module and its ``QuantConfig``, calibrated on ``calibration``;
+        the modules named in ``keep_float`` stay in float (accuracy-aware int8)."""
         require("litert_torch", PIP_EXTRA)
         from litert_torch.quantize import pt2e_quantizer as pq
         from litert_torch.quantize.quant_config import QuantConfig
         from torchao.quantization.pt2e import quantize_pt2e
 
+        from .accuracy_aware import pt2e_keep_float
+
         quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
         try:
             graph = torch.export.export(module, args, dynamic_shapes=dynamic).module()
+        except Exception as exc:
+            raise _refusal(exc, "int8 preparation") from None
+        pt2e_keep_float(quantizer, graph, keep_float, pq._get_module_name_filter)
+        try:
             observed = quantize_pt2e.prepare_pt2e(graph, quantizer)
         except Exception as exc:
             raise _refusal(exc, "int8 preparation") from None

@@ -149,7 +149,7 @@ class BudgetConfig(_Strict):
     # auto = only when plain int8 misses --max-accuracy-drop
     accuracy_aware: Literal["auto", "on", "off"] = "auto"
     # Latency in the plan (prokt_deploy.planner): time every fitting candidate and the teacher's artifacts in
-    # this runtime (onnx or openvino[:DEVICE]) and never choose a student slower than the teacher's fastest
+    # this runtime (onnx, openvino[:DEVICE], litert or executorch) and never choose a student slower than the teacher's fastest
     # artifact when a faster one fits. Left out (or null): the same rule, timed in the first of `formats`.
     # none: plan by size alone (a latency budget, --latencies or --bundle still time, in onnx).
     target: str | None = None

@@ -111,3 +111,21 @@ def test_cli_flag(broken_run: Path, tmp_path: Path) -> None:
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "accuracy-aware" in p.stdout and "kept in fp32 node_Conv" in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("fmt", ["litert", "executorch"])
+def test_pt2e_formats_keep_the_harmful_modules_in_float(fmt: str, broken_run: Path, tmp_path: Path) -> None:
+    """LiteRT and ExecuTorch: the plain PT2E int8 file misses the gate; the search keeps the fewest Conv/Linear
+    modules in float (named by module), the file passes, and the kept weights cost bytes."""
+    pytest.importorskip({"litert": "litert_torch", "executorch": "executorch.runtime"}[fmt])
+    run = Path(shutil.copytree(broken_run, tmp_path / "run"))
+    (record,) = export_run(run, [fmt], "int8")  # auto: the plain miss triggers the search
+    aware = record["accuracy_aware"]
+    print("\n" + json.dumps(aware, indent=1))
+    assert aware["plain_int8"]["accuracy_drop"] > 10 and aware["met"] and aware["drop"] <= 1.0
+    assert record["passed"] and record["accuracy_drop"] <= 1.0 and record["within_budget"]
+    kept = aware["kept_fp32"]
+    modules = dict(load_model(run, "student").named_modules())
+    assert 1 <= len(kept) <= 3 and all(k["op_type"] == type(modules[k["name"]]).__name__ == "Conv2d" for k in kept), kept
+    assert all(k["fp32_weight_bytes"] == 4 * sum(p.numel() for p in modules[k["name"]].parameters()) for k in kept)
+    assert aware["extra_bytes"] == record["bytes"] - aware["plain_bytes"] > 0

@@ -69,7 +69,7 @@ def test_the_format_is_registered_with_everything_it_declares(fmt):
     # a device its runtime cannot use: its rows run on CPU, and the note says so
     gpu = measure.runtime_targets("AUTO", [runners.resolve(exporter.runner_ref())])
     assert gpu["ort-copy"] == ["CPUExecutionProvider"] and any("onnx-copy rows run on CPU" in n for n in gpu["fallbacks"])
-    with pytest.raises(exporters.ExportError, match="accuracy-aware int8 supports onnx, openvino, not 'onnx-copy'"):
+    with pytest.raises(exporters.ExportError, match="accuracy-aware int8 supports onnx, openvino, litert, executorch, not 'onnx-copy'"):
         exporters.export_accuracy_aware(
             None, fmt, ".", example_input=None, calibration=np.zeros(1), validation_x=[1], validation_y=[1], max_accuracy_drop=1
         )

@@ -211,7 +211,7 @@ def run(tmp_path_factory) -> Path:
                 "train.epochs": 2,
                 "data.max_train_samples": 600,
                 "student.arch": "cnn-w4-d1",
-                "budget.formats": ["litert"],
+                "budget.formats": ["litert"],  # the bundle test exports the other three formats into a copy
                 "budget.size": "40KB",
                 "method": "scratch",  # no teacher: bench times the student's files only (the corrupted one is the point)
             },
@@ -228,10 +228,23 @@ def test_export_run_gates_litert_and_a_corrupted_tflite_makes_bench_exit_12(run,
     assert (
         int8["passed"] and int8["within_budget"] and int8["files"] == ["artifacts/litert-int8/model.tflite", "artifacts/litert-int8/model.quant.json"]
     )
-    (fp32,) = export_run(run, ["litert"], "fp32")
-    assert fp32["passed"] and fp32["max_abs_diff"] <= 1e-4 and fp32["top1_agreement"] == 1.0
+    # fp32 through the real CLI, in its own process: the converter's native logging (TensorFlow/absl "I0000" lines,
+    # the interpreter's "Created TensorFlow Lite XNNPACK delegate", torchao's "Failed to load") stays off the
+    # terminal, and the root log handler jax installs does not print prokt-deploy's records a second time
     broken = tmp_path / "run"
     shutil.copytree(run, broken)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prokt_deploy", "export", str(broken), "-f", "litert", "--precision", "fp32", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (fp32,) = json.loads(proc.stdout)["artifacts"]
+    assert fp32["passed"] and fp32["max_abs_diff"] <= 1e-4 and fp32["top1_agreement"] == 1.0
+    noise = ("I0000", "W0000", "Created TensorFlow Lite", "Failed to load", "INFO:", "absl::InitializeLog", "os.fork()")
+    assert not [ln for ln in proc.stderr.splitlines() if any(n in ln for n in noise)], proc.stderr[-2000:]
     (broken / "artifacts" / "litert-int8" / "model.tflite").write_bytes(b"not a flatbuffer" * 8)
     proc = subprocess.run(
         [sys.executable, "-m", "prokt_deploy", "bench", str(broken), "--runs", "5", "--warmup", "1", "--repeats", "1", "--batch", "4"],
@@ -243,3 +256,45 @@ def test_export_run_gates_litert_and_a_corrupted_tflite_makes_bench_exit_12(run,
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 12, proc.stderr[-2000:]
     assert "litert" in lines[-1] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_bundle_of_all_four_formats_runs_on_a_board_without_torch(run, tmp_path):
+    """ONNX, OpenVINO, LiteRT and ExecuTorch files in one bundle; its bench script on a "board" without torch (nor
+    prokt-deploy, nor the exporters) times the first three and skips ExecuTorch with a note (its runtime needs torch)."""
+    pytest.importorskip("executorch.runtime")
+    import textwrap
+
+    from test_bench_run import SHIM
+
+    from prokt_deploy import export_run, write_bundle
+
+    board_run = shutil.copytree(run, tmp_path / "run")
+    records = export_run(board_run, ["onnx", "openvino", "litert", "executorch"], "int8", max_accuracy_drop=100.0)
+    assert [r["format"] for r in records] == ["onnx", "openvino", "litert", "executorch"] and all(r["passed"] for r in records)
+    bundle = write_bundle(board_run, tmp_path / "bundle", samples=64, settings={"runs": 20, "warmup": 3, "repeats": 1})
+    spec = json.loads((bundle / "bundle.json").read_text())
+    ids = {a["id"] for a in spec["artifacts"]}
+    # the int8 files, and the fp32 files the bundle adds as their references
+    assert ids == {f"student/{f}/{p}" for f in ("onnx", "openvino", "litert", "executorch") for p in ("fp32", "int8")}
+    by_id = {a["id"]: a for a in spec["artifacts"]}
+    assert by_id["student/litert/int8"]["main_file"].endswith(".tflite") and by_id["student/executorch/int8"]["main_file"].endswith(".pte")
+    assert all((bundle / f).is_file() for a in spec["artifacts"] for f in a["files"])
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(textwrap.dedent(SHIM))
+    proc = subprocess.run(
+        [sys.executable, "bench_bundle.py", "--out", str(tmp_path / "device.json")],
+        cwd=bundle,
+        env={**os.environ, "PYTHONPATH": str(shim)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "device.json").read_text())
+    rows = {r["id"]: r for r in results["rows"]}
+    assert set(rows) == ids - {"student/executorch/fp32", "student/executorch/int8"}
+    assert rows["student/litert/int8"]["runtime"].startswith("litert ") and rows["student/litert/int8"]["latency_ms"]["p50"] > 0
+    assert all(r["accuracy_samples"] == 64 for r in rows.values())
+    assert sorted(results["skipped"]) == [f"student/executorch/{p}: executorch cannot run here (cannot import torch)" for p in ("fp32", "int8")]
+    assert "skipped student/executorch/int8" in proc.stdout + proc.stderr

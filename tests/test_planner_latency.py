@@ -105,3 +105,20 @@ def test_latency_and_target_parsing() -> None:
     assert parse_target("onnx") == ("onnx", "CPU") and parse_target("openvino:GPU") == ("openvino", "GPU")
     with pytest.raises(UsageError, match="unknown --target"):
         parse_target("tflite")
+
+
+@pytest.mark.parametrize("fmt,module", [("litert", "ai_edge_litert"), ("executorch", "executorch.runtime")])
+def test_the_edge_runtimes_are_plan_targets(fmt: str, module: str, tmp_path: Path) -> None:
+    """``--target litert|executorch``: the planner exports a candidate's generic copy to the format and times it in
+    that runtime (the harness's runner of the format, in a worker process)."""
+    pytest.importorskip(module)
+    from prokt_deploy.planner.latency import measure_latencies
+
+    small = create_model(SMALL, num_classes=10, in_channels=1, image_size=(8, 8))
+    models = {f"{SMALL}/fp32": (small, "fp32"), f"{SMALL}/int8": (small, "int8")}
+    cache = LatencyCache(tmp_path / "latency.json")
+    got = measure_latencies(models, fmt, example=torch.zeros(1, 1, 8, 8), cache=cache)
+    assert set(got) == set(models) and all(0 < v < 1000 for v in got.values()), got
+    assert parse_target(fmt) == (fmt, "CPU")
+    # cached per machine, format and precision: asked again, nothing is exported or timed
+    assert measure_latencies(models, fmt, example=torch.zeros(1, 1, 8, 8), cache=cache) == got

@@ -21,7 +21,11 @@ def export(
     run: Annotated[Optional[Path], typer.Argument(help="Run directory written by 'distill' (default: runs/latest).")] = None,
     formats: Annotated[
         Optional[list[str]],
-        typer.Option("--format", "-f", help="onnx | openvino | all; repeatable (default: the formats the run was planned for)."),
+        typer.Option(
+            "--format",
+            "-f",
+            help="onnx | openvino | litert | executorch | all (onnx and openvino); repeatable (default: the formats the run was planned for).",
+        ),
     ] = None,
     precision: Annotated[
         Optional[str], typer.Option(help="fp32 | fp16 | int8 (default: the run's deploy precision). ONNX has no fp16: 'all' skips it.")

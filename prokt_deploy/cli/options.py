@@ -126,7 +126,7 @@ OVERRIDES: dict[str, Override] = {
             "target",
             ("--target",),
             str,
-            "The runtime the plan times the fitting candidates and the teacher in: onnx or openvino[:DEVICE]; none: plan by size alone "
+            "The runtime the plan times the fitting candidates and the teacher in: onnx, openvino[:DEVICE], litert or executorch; none: plan by size alone "
             "(recipe budget.target; default: the recipe's first format).",
             "budget.target",
         ),

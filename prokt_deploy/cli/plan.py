@@ -33,7 +33,7 @@ def plan(
         Optional[str],
         typer.Option(
             "--target",
-            help="Time the fitting candidates and the teacher in this runtime: onnx or openvino[:DEVICE]; none: plan by size alone "
+            help="Time the fitting candidates and the teacher in this runtime: onnx, openvino[:DEVICE], litert or executorch; none: plan by size alone "
             "(default: the recipe's budget.target, else its first format).",
         ),
     ] = None,

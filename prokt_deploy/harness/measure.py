@@ -554,8 +554,8 @@ def bench_bundle(bundle: Path, *, device: str = "CPU", **settings: int) -> dict:
     rows, engines, skipped = [], [], []
     for art in spec["artifacts"]:
         runner = _runner(refs[art["id"]])
-        if not runner.installed():
-            skipped.append(f"{art['id']}: {runner.name} is not installed")
+        if missing := runner.missing():
+            skipped.append(f"{art['id']}: {runner.name} cannot run here (cannot import {', '.join(missing)})")
             continue
         engines.append({"id": art["id"], **artifact_engine(refs[art["id"]], bundle / art["main_file"], targets)})
         rows.append({k: art[k] for k in ("id", "model", "format", "precision", "files", "bytes", "host_test_accuracy")})

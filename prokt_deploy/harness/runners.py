@@ -69,7 +69,7 @@ class Runner:
 
     #: the runtime's name: the key of ``runtime_targets`` and the engine spec's ``runtime``
     name: ClassVar[str]
-    #: modules imported before the load is timed; the first one tells whether the runtime is installed
+    #: modules imported before the load is timed; the runtime is installed when every one of them can be found
     modules: ClassVar[tuple[str, ...]] = ()
     #: the pip distribution whose version the fingerprint records (None: none)
     distribution: ClassVar[str | None] = None
@@ -79,8 +79,22 @@ class Runner:
     label: ClassVar[str] = ""
 
     @classmethod
+    def missing(cls) -> list[str]:
+        """The modules of :attr:`modules` that cannot be found here (a package whose own import fails counts as
+        missing: ExecuTorch's Python runtime is installed on a board without torch, but cannot be imported)."""
+        gone = []
+        for m in cls.modules:
+            try:
+                found = importlib.util.find_spec(m) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                gone.append(m)
+        return gone
+
+    @classmethod
     def installed(cls) -> bool:
-        return all(importlib.util.find_spec(m) is not None for m in cls.modules[:1])
+        return not cls.missing()
 
     @classmethod
     def devices(cls) -> list[str]:
