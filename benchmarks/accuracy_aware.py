@@ -1,4 +1,5 @@
-"""Plain int8 vs accuracy-aware int8: test accuracy drop, bytes and batch-1 latency, per format.
+"""Plain int8 vs accuracy-aware int8: test accuracy drop, bytes and batch-1 latency, per format (every registered
+format with accuracy-aware int8: ONNX, OpenVINO, LiteRT, ExecuTorch where their runtimes are installed).
 
 For each recipe a student is distilled with the recipe (``--epochs`` / ``--max-train-samples``
 shorten it), then exported at int8 twice per format: plain (``exporters.export``) and accuracy-aware
@@ -16,7 +17,8 @@ student; latency is batch 1, 1 thread, one process per engine (``prokt_deploy.ha
 timed runs, rounds rotated, median of the rounds' p50). Only families whose second block is
 conv -> BatchNorm -> ReLU -> conv (``cnn``) get the outlier case.
 
-    python benchmarks/accuracy_aware.py                                   # digits, ~3 min on 2 cores
+    python benchmarks/accuracy_aware.py                                   # digits, every format with it
+    python benchmarks/accuracy_aware.py --formats onnx openvino           # ~3 min on 2 cores
     python benchmarks/accuracy_aware.py --recipes digits fashion-mnist --max-train-samples 6000 --epochs 1
 
 Writes benchmarks/results/accuracy_aware.json.
@@ -89,7 +91,7 @@ def export_pair(model, fmt, data, out: Path, max_drop: float, calibration: np.nd
             "accuracy_drop": round(v.accuracy_drop, 4),
             "passes_gate": v.accuracy_drop <= max_drop,
             "export_s": round(seconds, 2),
-            "main_file": str(next(f for f in art.files if f.suffix in (".onnx", ".xml"))),
+            "main_file": str(exporters.main_file(fmt, art.files)),
         }
         if mode == "accuracy-aware":
             row["search"] = aware.to_dict()
@@ -102,6 +104,12 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=["digits"])
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the recipe's)")
     ap.add_argument("--max-train-samples", type=int, default=None)
+    ap.add_argument(
+        "--formats",
+        nargs="+",
+        default=list(exporters.formats_with_accuracy_aware()),
+        help="formats to compare (default: every registered format with accuracy-aware int8)",
+    )
     ap.add_argument("--max-accuracy-drop", type=float, default=1.0)
     ap.add_argument("--calibration-samples", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
@@ -140,7 +148,7 @@ def main() -> None:
                 if model is None:
                     continue
                 rows = []
-                for fmt in ("onnx", "openvino"):
+                for fmt in args.formats:
                     print(f"{name} {case} {fmt}", flush=True)
                     rows += export_pair(model, fmt, data, tmp / name / case, args.max_accuracy_drop, calibration)
                 engines = [{"id": f"{r['format']}-{r['mode']}", **formats.artifact_engine(r["format"], [r["main_file"]], targets)} for r in rows]

@@ -113,13 +113,13 @@ def test_cli_flag(broken_run: Path, tmp_path: Path) -> None:
     assert "accuracy-aware" in p.stdout and "kept in fp32 node_Conv" in p.stdout, p.stdout
 
 
-@pytest.mark.parametrize("fmt", ["litert", "executorch"])
-def test_pt2e_formats_keep_the_harmful_modules_in_float(fmt: str, broken_run: Path, tmp_path: Path) -> None:
-    """LiteRT and ExecuTorch: the plain PT2E int8 file misses the gate; the search keeps the fewest Conv/Linear
-    modules in float (named by module), the file passes, and the kept weights cost bytes."""
-    pytest.importorskip({"litert": "litert_torch", "executorch": "executorch.runtime"}[fmt])
+def test_litert_keeps_the_harmful_modules_in_float(broken_run: Path, tmp_path: Path) -> None:
+    """LiteRT (PT2E): the plain int8 file misses the gate; the search keeps the fewest Conv/Linear modules in float
+    (named by module), the file passes, and the kept weights cost bytes. ExecuTorch runs the same search
+    (``pt2e_search``); its own part, the quantizer keeping modules in float, is the next test."""
+    pytest.importorskip("litert_torch")
     run = Path(shutil.copytree(broken_run, tmp_path / "run"))
-    (record,) = export_run(run, [fmt], "int8")  # auto: the plain miss triggers the search
+    (record,) = export_run(run, ["litert"], "int8")  # auto: the plain miss triggers the search
     aware = record["accuracy_aware"]
     print("\n" + json.dumps(aware, indent=1))
     assert aware["plain_int8"]["accuracy_drop"] > 10 and aware["met"] and aware["drop"] <= 1.0
@@ -129,3 +129,31 @@ def test_pt2e_formats_keep_the_harmful_modules_in_float(fmt: str, broken_run: Pa
     assert 1 <= len(kept) <= 3 and all(k["op_type"] == type(modules[k["name"]]).__name__ == "Conv2d" for k in kept), kept
     assert all(k["fp32_weight_bytes"] == 4 * sum(p.numel() for p in modules[k["name"]].parameters()) for k in kept)
     assert aware["extra_bytes"] == record["bytes"] - aware["plain_bytes"] > 0
+
+
+def test_executorch_runs_the_modules_kept_in_float_as_fp32_nodes(broken_run: Path, tmp_path: Path) -> None:
+    """ExecuTorch's quantizer leaves the named modules unquantized: XNNPACK runs them as fp32 nodes (the program's
+    delegate graph says so), the file grows by their fp32 weights, and the outlier's accuracy comes back."""
+    pytest.importorskip("executorch.runtime")
+    import numpy as np
+
+    from exporters.executorch import ExecuTorchPredictor, _export_pte, executorch_executed_graph
+    from prokt_deploy.data import load_recipe_data
+    from prokt_deploy.recipe import load_recipe as load_run_recipe
+
+    student = load_model(broken_run, "student")
+    data = load_recipe_data(load_run_recipe(broken_run / "recipe.yaml"))
+    calibration, x, y = data.train.x[:300].numpy(), data.test.x.numpy(), data.test.y.numpy()
+    found = {}
+    for kept in ((), ("features.3", "features.6")):
+        path = tmp_path / f"{len(kept)}.pte"
+        _export_pte(student, "int8", data.train.x[:2], calibration, path, kept)
+        accuracy = float((ExecuTorchPredictor(path, threads=1).predict(x).argmax(1) == y).mean())
+        found[kept] = (executorch_executed_graph(path, threads=1), path.stat().st_size, accuracy)
+    (plain, plain_bytes, plain_acc), (aware, aware_bytes, aware_acc) = found.values()
+    reference = float((student(data.test.x).argmax(1).numpy() == y).mean())
+    assert aware["int8_layers"] == plain["int8_layers"] - 2 and len(aware["float_layers"]) == len(plain["float_layers"]) + 2, (plain, aware)
+    kept_bytes = 4 * sum(p.numel() for n in ("features.3", "features.6") for p in dict(student.named_modules())[n].parameters())
+    assert aware_bytes - plain_bytes > kept_bytes // 2, (plain_bytes, aware_bytes, kept_bytes)
+    assert plain_acc < reference - 0.10 and aware_acc >= reference - 0.01, (plain_acc, aware_acc, reference)
+    assert np.isfinite(aware_acc)

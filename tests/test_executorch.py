@@ -67,7 +67,7 @@ def test_registered_optional_and_imported_lazily():
     assert exporters.PRECISIONS[FMT] == ("fp32", "int8") and exporter.main_suffix == ".pte"
     assert not exporter.default and FMT not in exporters.default_formats()
     assert exporter.runner_ref().endswith("exporters/executorch.py:ExecuTorchRunner") and formats.runtime_name(FMT) == "executorch"
-    assert exporter.diagnoses_int8 and not exporter.has_accuracy_aware
+    assert exporter.diagnoses_int8 and exporter.has_accuracy_aware
     code = "import sys, exporters, prokt_deploy; print([m for m in sys.modules if m.split('.')[0] in ('executorch', 'torchao')])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -87,7 +87,7 @@ def test_registered_as_an_optional_format_without_importing_its_runtime():
     assert exporters.PRECISIONS["litert"] == ("fp32", "int8") and exporter.main_suffix == ".tflite"
     assert not exporter.default and "litert" not in exporters.default_formats()
     assert exporter.runner_ref().endswith("exporters/litert.py:LiteRTRunner")
-    assert not exporter.has_accuracy_aware and not exporter.diagnoses_int8
+    assert exporter.has_accuracy_aware and not exporter.diagnoses_int8
     code = "import sys, exporters, prokt_deploy; print([m for m in ('jax', 'litert_torch', 'ai_edge_litert') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
