@@ -59,6 +59,7 @@ def new_recipe(
     teacher_checkpoint: str | None = None,
     teacher_factory: str | None = None,
     budget: str | None = None,
+    formats: list[str] | None = None,
 ) -> tuple[Recipe, DataBundle, str]:
     """The recipe for the data at ``data_path``, the data as it loads, and the recipe's commented YAML."""
     from prokt_deploy.data import load_recipe_data
@@ -76,6 +77,7 @@ def new_recipe(
         "data.source": source,
         "data.path": str(path),
         "budget.size": budget,
+        "budget.formats": formats,
         "teacher.factory": teacher_factory,
     }
     recipe = apply_overrides(base, over)

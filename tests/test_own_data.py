@@ -63,12 +63,12 @@ def test_each_path_kind_selects_its_source(tmp_path):
 def test_recipe_new_passes_recipe_check_and_distills_one_step(tmp_path, capsys):
     npz = _digits_npz(tmp_path / "digits.npz", 300)
     out = tmp_path / "my.yaml"
-    assert _run("recipe", "new", "--data", str(npz), "--out", str(out), "--budget", "50KB") == 0
+    assert _run("recipe", "new", "--data", str(npz), "--out", str(out), "--budget", "50KB", "--formats", "ONNX, litert,onnx") == 0
     text = out.read_text()
     assert "# Data: " in text and "10 classes: 0, 1, 2" in text and "train 210 / val 30 / test 60" in text
     assert "input shape (C, H, W) 1 x 8 x 8" in text
     r = load_recipe(out)
-    assert (r.data.source, r.data.path, r.budget.size) == ("npz", str(npz), "50KB")
+    assert (r.data.source, r.data.path, r.budget.size, r.budget.formats) == ("npz", str(npz), "50KB", ["onnx", "litert"])
     assert r.train.min_steps == load_recipe(None).train.min_steps > 0  # the default recipe's schedule rule
     assert _run("recipe", "check", str(out)) == 0
     assert not list(tmp_path.glob(".my.yaml.*"))  # the temporary file is gone
@@ -76,6 +76,10 @@ def test_recipe_new_passes_recipe_check_and_distills_one_step(tmp_path, capsys):
     capsys.readouterr()
     assert _run("recipe", "new", "--data", str(npz), "--out", str(out)) == 2
     assert "already exists" in capsys.readouterr().err and out.read_text() == text
+    # a format that is not registered: a usage error naming the registered ones, before anything is written
+    assert _run("recipe", "new", "--data", str(npz), "--out", str(tmp_path / "other.yaml"), "--formats", "onnx,tflite") == 2
+    assert "--formats 'onnx,tflite': use registered formats, comma-separated: onnx, openvino, litert, executorch" in capsys.readouterr().err
+    assert not (tmp_path / "other.yaml").exists()
 
     # one step, as `distill --recipe my.yaml --epochs 1 --max-train-samples 64 --min-steps 1` would run it; planned
     # against ONNX only with the smallest student pinned: measuring OpenVINO int8 candidates costs minutes on 2 shared cores

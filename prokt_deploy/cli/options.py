@@ -43,6 +43,17 @@ def _size(text: str) -> str:
     return text
 
 
+def _formats(text: str) -> list[str]:
+    """``onnx,litert`` -> ["onnx", "litert"]: registered format names (a usage error otherwise, exit 2)."""
+    import exporters
+
+    names = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = [f for f in names if f not in exporters.FORMATS]
+    if unknown or not names:
+        raise UsageError(f"--formats {text!r}: use registered formats, comma-separated: {', '.join(exporters.FORMATS)}")
+    return list(dict.fromkeys(names))
+
+
 @dataclass(frozen=True)
 class Override:
     """One command-line flag that overrides a recipe field: ``--budget 5MB`` sets ``budget.size``."""
@@ -70,6 +81,15 @@ OVERRIDES: dict[str, Override] = {
             "Size budget of the deployed artifact, e.g. 5MB, 200KB, 1.5MiB (kB/MB = 1000, KiB/MiB = 1024).",
             "budget.size",
             _size,
+        ),
+        Override(
+            "formats",
+            ("--formats",),
+            str,
+            "Deploy formats, comma-separated: onnx, openvino, litert, executorch (recipe budget.formats; the size budget binds on the "
+            "largest; run exports them).",
+            "budget.formats",
+            _formats,
         ),
         Override("method", ("--method",), str, " | ".join(methods.names()) + ".", "method"),  # the methods registered at import
         Override("epochs", ("--epochs",), int, "Training epochs.", "train.epochs"),

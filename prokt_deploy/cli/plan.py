@@ -18,7 +18,7 @@ from prokt_deploy.recipe import NO_TARGET
 from prokt_deploy.rundir.workspace import check_out_dir
 
 
-@o.takes_overrides("budget", "data_dir", "data_source", "teacher_checkpoint", "teacher_factory", "student", "family")
+@o.takes_overrides("budget", "formats", "data_dir", "data_source", "teacher_checkpoint", "teacher_factory", "student", "family")
 def plan(
     recipe: o.RecipeOpt = None,
     overrides: dict | None = None,

@@ -36,7 +36,7 @@ def check(files: Annotated[list[Path], typer.Argument(help="Recipe YAML files to
 
 
 @app.command("new")
-@o.takes_overrides("data_source", "teacher_checkpoint", "teacher_factory", "budget")
+@o.takes_overrides("data_source", "teacher_checkpoint", "teacher_factory", "budget", "formats")
 def new(
     data: Annotated[
         Path,
@@ -51,11 +51,13 @@ def new(
     """Write a commented recipe for your data: the default recipe's settings with the data's source, path, shape, classes and split sizes filled in."""
     from prokt_deploy.recipe_writer import check_new_path, new_recipe, write_new
 
-    data_source, teacher_checkpoint, teacher_factory, budget = (
-        overrides[k] for k in ("data_source", "teacher_checkpoint", "teacher_factory", "budget")
+    data_source, teacher_checkpoint, teacher_factory, budget, formats = (
+        overrides[k] for k in ("data_source", "teacher_checkpoint", "teacher_factory", "budget", "formats")
     )
     if budget is not None:
         o.OVERRIDES["budget"].convert(budget)  # usage errors before the data is read
+    if formats is not None:
+        formats = o.OVERRIDES["formats"].convert(formats)
     check_new_path(out_file)
     r, d, text = new_recipe(
         data,
@@ -63,6 +65,7 @@ def new(
         teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
         teacher_factory=teacher_factory,
         budget=budget,
+        formats=formats,
     )
     write_new(out_file, text)
     out.print(
