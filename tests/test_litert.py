@@ -101,9 +101,9 @@ def test_a_missing_runtime_names_the_extra(monkeypatch):
         litert.litert_runtime()
 
 
-# every family (and every registered format) passes the gates in tests/test_export_run.py; here the two batch modes: a
-# dynamic batch (cnn) and the static batch-1 fallback (pool, the default student family)
-@pytest.mark.parametrize("family", ["cnn", "pool"])
+# every image family, in both batch modes: a dynamic batch (cnn, resnet, wide) and the static batch-1 file run per
+# sample (pool, the default student family, and vgg); tests/test_export_run.py covers the default formats only
+@pytest.mark.parametrize("family", sorted(IMAGE_FAMILIES))
 def test_image_students_export_at_both_precisions_and_pass_the_gates(family, exported, digits):
     model, arts = exported(family)
     fp32, int8 = arts["fp32"], arts["int8"]
