@@ -99,7 +99,7 @@ from . import executorch as _executorch_format  # noqa: F401
 from ._common import Artifact, BackendMissingError, ExportError, Predictor, artifact_bytes, frozen_eval
 from ._text import TEXT_INPUT_NAMES, is_text_input
 from .accuracy_aware import AccuracyAwareResult, export_accuracy_aware  # noqa: E402
-from .registry import FORMATS, PRECISIONS, Exporter, default_formats, formats_with, get_exporter, main_file, register
+from .registry import FORMATS, PRECISIONS, Exporter, default_formats, formats_with, formats_with_accuracy_aware, get_exporter, main_file, register
 from .size import measure_bytes  # noqa: E402
 from .validate import Validation, default_tolerance, predict_logits, reference_logits, validate
 
@@ -121,6 +121,7 @@ __all__ = [
     "export",
     "export_accuracy_aware",
     "formats_with",
+    "formats_with_accuracy_aware",
     "get_exporter",
     "is_text_input",
     "load",
