@@ -247,3 +247,12 @@ def test_bench_time_tiny(tmp_path):
     assert all(s["seconds"] is not None and s["seconds"] >= 0 for s in rec["steps"])
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before and not (run / "report.json").exists()
     assert "bench" in proc.stdout and "target 60 s" in proc.stdout
+
+
+def test_every_argparse_script_builds_its_options(tmp_path):
+    """``--help`` of every benchmark script with its own options: what its argument parser computes at start-up (the
+    formats a default names, ...) still exists; the scripts nothing else here runs are at least this far alive."""
+    scripts = sorted(p.name for p in BENCHMARKS.glob("*.py") if "ArgumentParser(" in p.read_text())
+    assert "accuracy_aware.py" in scripts and "runtimes.py" in scripts
+    for script in scripts:
+        assert "usage:" in bench(script, "--help", cwd=tmp_path).stdout, script
