@@ -29,9 +29,10 @@ pytest.importorskip("executorch.runtime", reason="the executorch extra is not in
 
 FMT = "executorch"
 #: the smallest model of each image family: students' smallest candidate, vgg (a teacher family) its smallest width
-# every family (and every registered format) passes the gates in tests/test_export_run.py; here the two that the batch,
-# diagnosis and runner tests below use
-ARCHS = {f: (fam.candidates() or ["vgg-w8"])[0] for f, fam in sorted(families().items()) if f in ("cnn", "resnet")}
+# (tests/test_export_run.py covers the default formats only: every family's ExecuTorch export is here)
+ARCHS = {
+    f: (fam.candidates() or ["vgg-w8"])[0] for f, fam in sorted(families().items()) if fam.modality == "image" and (fam.candidates() or f == "vgg")
+}
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,8 @@ def test_every_family_exports_and_passes_the_gates(family, family_results):
         assert report.reference_accuracy > 0.8, "the model did not train"
         assert report.passed, (family, precision, report.failures)
     fp32, int8 = family_results[family, "fp32"][0], family_results[family, "int8"][0]
-    assert int8.bytes < fp32.bytes
+    if family in ("cnn", "resnet", "wide", "vgg"):  # the tiniest pool/mobile students (1-5k parameters) carry more per-op
+        assert int8.bytes < fp32.bytes  # quantization data (scales, q/dq nodes) than int8 saves on their weights
 
 
 def test_any_batch_runs_and_int8_is_diagnosed(family_results, digits):

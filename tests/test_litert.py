@@ -28,7 +28,14 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
 N_TEST = 400
-IMAGE_FAMILIES = {"cnn": "cnn-w4-d1", "resnet": "resnet-w4-d1", "wide": "wide-w8-d2", "pool": "pool-w4-d2", "vgg": "vgg-w8"}
+IMAGE_FAMILIES = {
+    "cnn": "cnn-w4-d1",
+    "resnet": "resnet-w4-d1",
+    "wide": "wide-w8-d2",
+    "pool": "pool-w4-d2",
+    "vgg": "vgg-w8",
+    "mobile": "mobile-w8-d2-e2",
+}
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +109,8 @@ def test_a_missing_runtime_names_the_extra(monkeypatch):
 
 
 # every image family, in both batch modes: a dynamic batch (cnn, resnet, wide) and the static batch-1 file run per
-# sample (pool, the default student family, and vgg); tests/test_export_run.py covers the default formats only
+# sample (pool, the default student family, vgg and mobile: a flattened spatial head); tests/test_export_run.py covers
+# the default formats only
 @pytest.mark.parametrize("family", sorted(IMAGE_FAMILIES))
 def test_image_students_export_at_both_precisions_and_pass_the_gates(family, exported, digits):
     model, arts = exported(family)

@@ -27,7 +27,7 @@ BIG, SMALL = "cnn-w24-d1", "wide-w8-d2"  # ~52k vs ~1.4k parameters, two familie
 
 
 def test_student_families_resolve_lists_and_auto() -> None:
-    assert student_families("auto", "image") == ["cnn", "pool", "resnet", "wide"]
+    assert student_families("auto", "image") == ["cnn", "mobile", "pool", "resnet", "wide"]
     assert set(student_families("auto", "text")) == {"bilstm", "tfm"}
     assert student_families(["wide", "resnet", "wide"], "image") == ["wide", "resnet"]
     for bad, match in (

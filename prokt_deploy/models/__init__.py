@@ -10,6 +10,7 @@ the student candidates it offers to the planner. Adding a family is one module a
 
 from prokt_deploy.models import cnn as _cnn  # noqa: F401  (registers the family)
 from prokt_deploy.models import external as _external  # noqa: F401
+from prokt_deploy.models import mobile as _mobile  # noqa: F401
 from prokt_deploy.models import pool as _pool  # noqa: F401
 from prokt_deploy.models import resnet as _resnet  # noqa: F401
 from prokt_deploy.models import text as _text  # noqa: F401
