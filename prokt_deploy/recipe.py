@@ -154,6 +154,9 @@ class BudgetConfig(_Strict):
     # none: plan by size alone (a latency budget, --latencies or --bundle still time, in onnx).
     target: str | None = None
     latency: str | None = None  # a latency budget, e.g. 0.2ms: only students whose batch-1 p50 is within it
+    # a RAM budget, e.g. 64KB: only students whose peak activation memory at batch 1 and the deploy precision is within
+    # it (prokt_deploy/planner/memory.py: the arena a microcontroller needs; weights are not counted)
+    ram: str | None = None
 
     @field_validator("target", "latency")
     @classmethod
@@ -188,11 +191,12 @@ class BudgetConfig(_Strict):
             raise ValueError(f"unknown format {unknown[0]!r}; the exporters know {', '.join(exporters.FORMATS)}")
         return v
 
-    @field_validator("size")
+    @field_validator("size", "ram")
     @classmethod
-    def _valid_size(cls, v: str) -> str:
+    def _valid_size(cls, v: str | None) -> str | None:
         try:
-            parse_size(v)
+            if v is not None:
+                parse_size(v)
         except UsageError as e:
             raise ValueError(str(e)) from None
         return v

@@ -23,6 +23,7 @@ from conftest import RECIPES, cli_in_process
 
 from prokt_deploy.benchmarking import int8_diagnosis
 from prokt_deploy.benchmarking.bench import BASELINE, evaluate_gates, recommend, relative_to_baseline, versus_teacher
+from prokt_deploy.budget import format_size
 from prokt_deploy.harness import measure
 
 DIGITS = str(RECIPES / "digits.yaml")
@@ -78,6 +79,8 @@ def run_dir(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
         "100",
         "--min-speedup",
         "0.0001",
+        "--ram-budget",
+        "8KB",
         cwd=work,
     )
     return out, proc
@@ -194,6 +197,10 @@ def test_teacher_int8_rows_and_the_verdict_against_them(run_dir):
     md = (out / "report.md").read_text()
     assert "Versus the teacher's own artifacts" in md and v["teacher_artifact"] in md
     assert "| fits |" in md
+    # the RAM budget (--ram-budget 8KB): the student's peak activation memory is recorded and reported against it
+    ram = manifest["student"]["ram_bytes"]
+    assert 0 < ram <= manifest["plan"]["ram_budget_bytes"] == 8000 and report["student"]["ram_bytes"] == ram
+    assert f"peak activation RAM {format_size(ram)} at batch 1 (int8; weights not counted) against the RAM budget 8.0 kB: within" in md
 
 
 def test_html_report_is_self_contained(run_dir):

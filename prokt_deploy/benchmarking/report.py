@@ -97,7 +97,14 @@ def new_report(
         "run": str(run),
         "recipe": manifest.recipe,
         "method": manifest.method,
-        "student": {"arch": student.arch, "params": student.params, "macs": student.macs},
+        "student": {
+            "arch": student.arch,
+            "params": student.params,
+            "macs": student.macs,
+            "ram_bytes": student.ram_bytes,
+            "precision": manifest.precision,
+        },
+        "ram_budget_bytes": (manifest.plan or {}).get("ram_budget_bytes"),
         "teacher": {"arch": teacher.factory or teacher.arch, "params": teacher.params},
         "fingerprint": fingerprint,
         "settings": settings,
@@ -378,6 +385,17 @@ def _summary_section(rep: dict) -> Section:
     ]
     if v:
         blocks.append(Para([Bold("Versus the teacher's own artifacts"), f": {versus_line(v)}."]))
+    if st.get("ram_bytes") is not None:
+        ram, limit = st["ram_bytes"], rep.get("ram_budget_bytes")
+        within = "" if limit is None else f" against the RAM budget {format_size(limit)}: {'within' if ram <= limit else 'over'}"
+        blocks.append(
+            Para(
+                [
+                    Bold("Memory"),
+                    f": peak activation RAM {format_size(ram)} at batch 1 ({st.get('precision') or 'int8'}; weights not counted){within}.",
+                ]
+            )
+        )
     return Section(f"Benchmark: {Path(rep['run']).name}", blocks, level=1)
 
 

@@ -151,6 +151,15 @@ OVERRIDES: dict[str, Override] = {
             "budget.target",
         ),
         Override(
+            "ram_budget",
+            ("--ram-budget",),
+            str,
+            "Only students whose peak activation memory at batch 1 and the deploy precision is within it, e.g. 32KB (recipe "
+            "budget.ram; the arena a microcontroller needs, weights not counted).",
+            "budget.ram",
+            _size,
+        ),
+        Override(
             "latency_budget",
             ("--latency-budget",),
             str,

@@ -18,7 +18,7 @@ from prokt_deploy.recipe import NO_TARGET
 from prokt_deploy.rundir.workspace import check_out_dir
 
 
-@o.takes_overrides("budget", "formats", "data_dir", "data_source", "teacher_checkpoint", "teacher_factory", "student", "family")
+@o.takes_overrides("budget", "formats", "ram_budget", "data_dir", "data_source", "teacher_checkpoint", "teacher_factory", "student", "family")
 def plan(
     recipe: o.RecipeOpt = None,
     overrides: dict | None = None,
@@ -79,17 +79,28 @@ def plan(
     fams = ", ".join(p.families) or str(r.student.family)
     # fits an 80-column terminal without cutting a name, a size, a latency or the verdict
     table = Table(title=f"students of {fams} for {format_size(p.budget_bytes)} at {p.precision}", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("", "arch", "params", "MACs", *p.formats, *(["p50 ms"] if p.target else []), "fits"):
+    for col in ("", "arch", "params", "MACs", *p.formats, "RAM", *(["p50 ms"] if p.target else []), "fits"):
         table.add_column(col, justify="right" if col not in ("", "arch") else "left", no_wrap=True)
-    over_by_weights = False
+    over_by_weights = over_ram = False
     for c in p.candidates:
         fits = {True: "yes", False: "no", None: "-"}[c.fits]
-        if not c.bytes and c.lower_bound_bytes > p.budget_bytes:
+        if p.ram_budget_bytes is not None and c.ram_bytes is not None and c.ram_bytes > p.ram_budget_bytes:
+            fits, over_ram = "no+", True
+        elif not c.bytes and c.lower_bound_bytes > p.budget_bytes:
             fits, over_by_weights = "no*", True
         sizes = [format_size(c.bytes[f]) if f in c.bytes else "-" for f in p.formats]
+        ram = format_size(c.ram_bytes) if c.ram_bytes is not None else "-"
         latency = [f"{c.latency_ms:.4f}" if c.latency_ms is not None else "-"] if p.target else []
         table.add_row(
-            "->" if c.chosen else "", c.arch, compact(c.params), compact(c.macs), *sizes, *latency, fits, style="bold green" if c.chosen else None
+            "->" if c.chosen else "",
+            c.arch,
+            compact(c.params),
+            compact(c.macs),
+            *sizes,
+            ram,
+            *latency,
+            fits,
+            style="bold green" if c.chosen else None,
         )
     out.print(table)
     out.print(
@@ -98,6 +109,9 @@ def plan(
     )
     if over_by_weights:
         out.print(f"no*: its {p.precision} weights alone exceed the budget (not exported); sizes are artifact bytes per format")
+    out.print(f"RAM: peak activation memory at batch 1, {p.precision} (the arena a microcontroller needs; weights not counted)")
+    if over_ram:
+        out.print(f"no+: its peak activation memory exceeds the RAM budget {format_size(p.ram_budget_bytes or 0)}")
     out.print(p.note)
     if p.latency_source and p.latency_source != "measured here":
         out.print(f"latencies from {p.latency_source}")

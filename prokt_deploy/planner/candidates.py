@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from prokt_deploy.models import count_macs, count_params, create_model, families, get_family
+from prokt_deploy.planner.memory import peak_activation_bytes
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
@@ -28,6 +29,7 @@ class Candidate:
     fits: bool | None = None  # None: not decided (not measured, not needed)
     chosen: bool = False
     latency_ms: float | None = None  # p50 at batch 1 in the plan's target runtime, when timed
+    ram_bytes: int | None = None  # peak activation memory at batch 1 and the deploy precision (planner/memory.py)
 
     @property
     def estimated_bytes(self) -> int | None:
@@ -110,6 +112,7 @@ def build_candidates(
     for name in names:
         model = create_model(name, num_classes=num_classes, **model_kwargs)
         c = Candidate(name, count_params(model), count_macs(model, input_shape, ex), weight_elements(model) * BYTES_PER_ELEMENT[precision])
+        c.ram_bytes = peak_activation_bytes(model, ex if ex is not None else torch.zeros(1, *input_shape), BYTES_PER_ELEMENT[precision])
         entries.append(Entry(c, capacity(model), model))
     entries.sort(key=lambda e: (e.capacity, e.candidate.macs), reverse=True)
     return entries

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from prokt_deploy.budget import parse_latency
+from prokt_deploy.budget import parse_latency, parse_size
 from prokt_deploy.data import DataBundle, load_recipe_data
 from prokt_deploy.errors import ModelError, RecipeError
 from prokt_deploy.models import student_families
@@ -84,6 +84,7 @@ def plan(
         device_latencies=device_latencies,
         bundle=bundle,
         lazy_latency=lazy_latency,
+        ram_budget_bytes=parse_size(recipe.budget.ram) if recipe.budget.ram is not None else None,
         target_reason=reason,
     )
     return search(recipe.budget.bytes, task, options)

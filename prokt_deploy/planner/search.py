@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prokt_deploy.budget import parse_target
-from prokt_deploy.errors import UsageError
+from prokt_deploy.budget import format_size, parse_target
+from prokt_deploy.errors import BudgetError, UsageError
 from prokt_deploy.models import count_params
 from prokt_deploy.planner import rules
 from prokt_deploy.planner.candidates import (
@@ -27,6 +27,7 @@ from prokt_deploy.planner.candidates import (
     build_candidates,
     candidate_names,
     capacity,
+    families_text,
     teacher_label,
     weight_elements,
 )
@@ -56,6 +57,7 @@ class Plan:
     teacher_latency_ms: dict[str, float] = field(default_factory=dict)  # "fp32"/"int8" -> p50 in the target
     families: list[str] = field(default_factory=list)  # the student families searched
     latency_source: str | None = None  # where the latencies come from: "measured here" or a device results file
+    ram_budget_bytes: int | None = None  # peak activation memory allowed (budget.ram), when set
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -100,6 +102,7 @@ class PlanOptions:
     device_latencies: dict | None = None
     bundle: BundleWriter | None = None
     lazy_latency: bool = False
+    ram_budget_bytes: int | None = None
     #: why the plan times in ``target`` when the caller did not name it (said in the note), e.g. the default rule
     target_reason: str | None = None
 
@@ -161,6 +164,7 @@ def plan_student(
     device_latencies: dict | None = None,
     bundle: BundleWriter | None = None,
     lazy_latency: bool = False,
+    ram_budget_bytes: int | None = None,
     cache: SizeCache | None = None,
     latency_cache: LatencyCache | None = None,
 ) -> Plan:
@@ -180,6 +184,8 @@ def plan_student(
     callback, which writes them into an on-device bundle; ``kept(label, fmt)`` is the directory that may already hold
     the size measurement's export. ``lazy_latency``: when timing here, size and time the size rule's choice first and
     keep it if it satisfies the latency rule (ignored with ``exact``, ``device_latencies`` or ``bundle``).
+    ``ram_budget_bytes``: only candidates whose peak activation memory (:mod:`prokt_deploy.planner.memory`, batch 1,
+    the deploy precision) is within it take part in the choice; the others are listed as not fitting.
     ``cache`` / ``latency_cache``: where measured sizes and latencies are cached (default: the user's cache).
 
     When timing, the artifacts the size measurement exports are kept in a temporary directory and timed."""
@@ -196,6 +202,7 @@ def plan_student(
         device_latencies=device_latencies,
         bundle=bundle,
         lazy_latency=lazy_latency,
+        ram_budget_bytes=ram_budget_bytes,
     )
     return search(budget_bytes, task, options, sizes=cache, latencies=latency_cache)
 
@@ -215,9 +222,10 @@ def _search(budget_bytes: int, task: Task, opts: PlanOptions, sizes: SizeCache, 
     fams = list(task.families)
     student_kwargs = task.student_kwargs()
     names = candidate_names(fams, student_arch=opts.student_arch, candidates=list(opts.candidates) if opts.candidates else None)
-    entries = build_candidates(
+    listed = build_candidates(
         names, num_classes=task.num_classes, input_shape=task.input_shape, model_kwargs=student_kwargs, example=task.example, precision=opts.precision
     )
+    entries = _within_ram(listed, opts.ram_budget_bytes, fams, opts.precision)
     sizer = Sizer(
         formats=list(opts.formats),
         precision=opts.precision,
@@ -281,11 +289,13 @@ def _search(budget_bytes: int, task: Task, opts: PlanOptions, sizes: SizeCache, 
             note += f"; latency in {opts.target}{why}{where}: {latency_note}"
     for e in entries:
         e.candidate.chosen = e is choice
+    if opts.ram_budget_bytes is not None:
+        note += f"; peak activation RAM within {format_size(opts.ram_budget_bytes)}: {len(entries)} of {len(listed)} candidates"
     return Plan(
         budget_bytes,
         opts.precision,
         list(opts.formats),
-        [e.candidate for e in entries],
+        [e.candidate for e in listed],
         choice.candidate,
         task.teacher_arch,
         teacher.params,
@@ -297,7 +307,27 @@ def _search(budget_bytes: int, task: Task, opts: PlanOptions, sizes: SizeCache, 
         teacher_latency_ms=teacher_latency,
         families=fams,
         latency_source=latency_source,
+        ram_budget_bytes=opts.ram_budget_bytes,
     )
+
+
+def _within_ram(entries: list[Entry], ram_budget: int | None, fams: list[str], precision: str) -> list[Entry]:
+    """The entries whose peak activation RAM is within ``ram_budget`` (all without a budget, or without a figure);
+    the others are marked as not fitting. None within it: BudgetError naming the smallest figure."""
+    if ram_budget is None:
+        return entries
+    over = [e for e in entries if e.candidate.ram_bytes is not None and e.candidate.ram_bytes > ram_budget]
+    for e in over:
+        e.candidate.fits = False
+    kept = [e for e in entries if e not in over]
+    if not kept:
+        least = min(over, key=lambda e: e.candidate.ram_bytes or 0)
+        raise BudgetError(
+            f"no student of the {families_text(fams)} keeps its peak activation memory within the RAM budget "
+            f"{format_size(ram_budget)} at {precision} (batch 1): the least is {least.arch} with "
+            f"{format_size(least.candidate.ram_bytes or 0)}; raise --ram-budget or try another family"
+        )
+    return kept
 
 
 def _size_teacher(budget_bytes: int, task: Task, precision: str, sizer: Sizer) -> TeacherSize:

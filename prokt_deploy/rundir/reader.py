@@ -50,6 +50,7 @@ class ModelEntry:
     macs: int | None = None
     estimated_bytes: int | None = None
     bytes_by_format: dict | None = None  # the planner's measured bytes of the student per format (students only)
+    ram_bytes: int | None = None  # peak activation memory at batch 1 and the deploy precision (students only)
     init: str | None = None  # teacher.init of the recipe (distill runs' teachers)
     checkpoint: str | None = None  # teacher.checkpoint of the recipe
 

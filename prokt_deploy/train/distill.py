@@ -442,6 +442,7 @@ def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teac
             "latency_source": the_plan.latency_source,
             "latency_ms": c.latency_ms,
             "teacher_latency_ms": the_plan.teacher_latency_ms,
+            "ram_budget_bytes": the_plan.ram_budget_bytes,
         },
         student=ModelEntry(
             arch=student_arch,
@@ -449,6 +450,7 @@ def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teac
             macs=c.macs,
             estimated_bytes=c.estimated_bytes,
             bytes_by_format=c.bytes,
+            ram_bytes=c.ram_bytes,
             weights="student.safetensors",
         ),
         teacher=ModelEntry(
