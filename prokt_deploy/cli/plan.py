@@ -78,7 +78,9 @@ def plan(
         return
     fams = ", ".join(p.families) or str(r.student.family)
     # fits an 80-column terminal without cutting a name, a size, a latency or the verdict
-    table = Table(title=f"students of {fams} for {format_size(p.budget_bytes)} at {p.precision}", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=f"students of {fams} for {format_size(p.budget_bytes)} at {p.precision}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+    )
     for col in ("", "arch", "params", "MACs", *p.formats, "RAM", *(["p50 ms"] if p.target else []), "fits"):
         table.add_column(col, justify="right" if col not in ("", "arch") else "left", no_wrap=True)
     over_by_weights = over_ram = False
@@ -88,8 +90,8 @@ def plan(
             fits, over_ram = "no+", True
         elif not c.bytes and c.lower_bound_bytes > p.budget_bytes:
             fits, over_by_weights = "no*", True
-        sizes = [format_size(c.bytes[f]) if f in c.bytes else "-" for f in p.formats]
-        ram = format_size(c.ram_bytes) if c.ram_bytes is not None else "-"
+        sizes = [kilo(c.bytes[f]) if f in c.bytes else "-" for f in p.formats]
+        ram = kilo(c.ram_bytes) if c.ram_bytes is not None else "-"
         latency = [f"{c.latency_ms:.4f}" if c.latency_ms is not None else "-"] if p.target else []
         table.add_row(
             "->" if c.chosen else "",
@@ -107,14 +109,20 @@ def plan(
         f"teacher {p.teacher_arch}: {p.teacher_params:,} params, {format_size(p.teacher_bytes)} at {p.precision}"
         + (f"; p50 in {p.target}: " + ", ".join(f"{k} {v:.4f} ms" for k, v in p.teacher_latency_ms.items()) if p.teacher_latency_ms else "")
     )
+    out.print(f"sizes: artifact bytes per format, k = 1000 bytes; RAM: peak activation memory at batch 1, {p.precision} (weights not counted)")
     if over_by_weights:
-        out.print(f"no*: its {p.precision} weights alone exceed the budget (not exported); sizes are artifact bytes per format")
-    out.print(f"RAM: peak activation memory at batch 1, {p.precision} (the arena a microcontroller needs; weights not counted)")
+        out.print(f"no*: its {p.precision} weights alone exceed the budget (not exported)")
     if over_ram:
         out.print(f"no+: its peak activation memory exceeds the RAM budget {format_size(p.ram_budget_bytes or 0)}")
     out.print(p.note)
     if p.latency_source and p.latency_source != "measured here":
         out.print(f"latencies from {p.latency_source}")
+
+
+def kilo(n: int) -> str:
+    """Bytes in thousands with one decimal, '54.6k' (the table's unit line says k = 1000 bytes): a size column of an
+    80-column table."""
+    return f"{n / 1000:.1f}k"
 
 
 def compact(n: int) -> str:
