@@ -148,6 +148,9 @@ class BudgetConfig(_Strict):
     # int8 export: keep the fewest layers in fp32 that meet the accuracy gate (exporters/accuracy_aware.py);
     # auto = only when plain int8 misses --max-accuracy-drop
     accuracy_aware: Literal["auto", "on", "off"] = "auto"
+    # int8 export: fine-tune the student with simulated int8 against its teacher first (prokt_deploy/train/qat.py);
+    # auto = only when post-training int8, accuracy-aware included, still misses --max-accuracy-drop
+    qat: Literal["auto", "on", "off"] = "auto"
     # Latency in the plan (prokt_deploy.planner): time every fitting candidate and the teacher's artifacts in
     # this runtime (onnx, openvino[:DEVICE], litert or executorch) and never choose a student slower than the teacher's fastest
     # artifact when a faster one fits. Left out (or null): the same rule, timed in the first of `formats`.

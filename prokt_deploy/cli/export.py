@@ -45,6 +45,13 @@ def export(
             help="int8: keep the fewest layers in fp32 that meet --max-accuracy-drop (default: the recipe's budget.accuracy_aware, auto = only when plain int8 misses it).",
         ),
     ] = None,
+    qat: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--qat/--no-qat",
+            help="int8: fine-tune the student with simulated int8 against its teacher first (default: the recipe's budget.qat, auto = only when post-training int8, accuracy-aware included, misses --max-accuracy-drop).",
+        ),
+    ] = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Export, validate in each artifact's own runtime, check the size budget; keep only what passes."""
@@ -69,6 +76,7 @@ def export(
                 device=device,
                 progress=status.update,
                 accuracy_aware=None if accuracy_aware is None else ("on" if accuracy_aware else "off"),
+                qat=None if qat is None else ("on" if qat else "off"),
             )
         except (GateFailed, ExportFailed) as e:
             failure = e
@@ -100,6 +108,16 @@ def _accuracy_aware_note(name: str, aware: dict) -> str:
     return (
         f"{head}: kept in fp32 {layers}; +{aware['extra_bytes']:,} B over plain int8; validation drop "
         f"{aware['plain_drop']:+.2f} -> {aware['drop']:+.2f} points"
+    )
+
+
+def _qat_note(name: str, qat: dict) -> str:
+    before = qat.get("before")
+    was = f"{before['int8_path']} int8 lost {before['accuracy_drop']:.2f} points on test" if before else "asked for"
+    source = "the teacher's soft targets and the labels" if qat["teacher"] else "the labels"
+    return (
+        f"{name}: quantization-aware fine-tuning ({was}): {qat['steps']} steps on {source}, simulated int8 validation "
+        f"accuracy {100 * qat['val_accuracy_simulated_before']:.2f}% -> {100 * qat['val_accuracy_simulated_after']:.2f}%"
     )
 
 
@@ -139,6 +157,8 @@ def print_results(run: Path, results: list[ExportResult]) -> None:
             notes.extend(f"{name}: {f}" for f in r.failures)
         if r.accuracy_aware:
             notes.append(_accuracy_aware_note(name, r.accuracy_aware))
+        if r.qat:
+            notes.append(_qat_note(name, r.qat))
         if not r.budget_gated:
             notes.append(f"* {name}: the budget is only a gate at the precision the run was planned for")
     out.print(table)

@@ -31,6 +31,14 @@ Choices:
   ``accuracy_aware``: the layers kept in fp32 with their fp32 weight bytes, the exact extra bytes over
   plain int8, the validation accuracies and, under auto, the plain attempt's drop and size. The test
   split still gates the result, and so does the budget.
+- Quantization-aware distillation (``qat``, default: the run recipe's ``budget.qat``, itself ``auto``): ``on``
+  exports int8 from a copy of the student fine-tuned with simulated int8 against the run's teacher
+  (:func:`prokt_deploy.train.qat.quantization_aware_distill`; labels alone for a run without a teacher);
+  ``auto`` does so only when the post-training file (accuracy-aware included) still missed the accuracy gate
+  alone. The fine-tuning runs once per call and serves every format. The gate's reference stays the run's
+  student: the drop is measured against the model that was trained. Every int8 record says which path made
+  it (``int8_path``: ptq, accuracy-aware or qat) and a qat record has ``qat``: the fine-tuning and the
+  attempt it replaced (``before``). The run's student weights are not changed.
 - Re-exporting a format+precision replaces the earlier artifact and its manifest entry, whatever the
   outcome: a failed re-export also removes the earlier directory, so the directory on disk is always
   the one the manifest describes as passed.
@@ -150,9 +158,11 @@ def _export_one(
     device: str,
     say: ProgressFn,
     accuracy_aware: bool = False,
+    reference_model: torch.nn.Module | None = None,
 ) -> GateRecord:
-    """Export, validate and size one artifact (:func:`gate_artifact`); move it into place if it passed, else
-    remove the earlier one of the same format and precision. Returns its record."""
+    """Export, validate and size one artifact (:func:`gate_artifact`) of ``student`` against ``reference_model``
+    (default: the same model); move it into place if it passed, else remove the earlier one of the same format and
+    precision. Returns its record."""
     root = run / ARTIFACTS_DIR
     created_root = not root.exists()
     final = root / f"{fmt}-{precision}"
@@ -167,7 +177,7 @@ def _export_one(
                     final=final,
                     run=run,
                     data=data,
-                    reference=Reference(model=student),
+                    reference=Reference(model=reference_model if reference_model is not None else student),
                     calibration=calibration,
                     tolerance=tolerance if tolerance is not None else exporters.default_tolerance(precision),
                     max_accuracy_drop=max_accuracy_drop if precision == "int8" else None,
@@ -222,6 +232,7 @@ def export_run(
     device: str = "CPU",
     progress: ProgressFn | None = None,
     accuracy_aware: str | None = None,
+    qat: str | None = None,
 ) -> list[ExportResult]:
     """Export the run's student to each of ``formats`` at ``precision`` and gate every artifact.
 
@@ -231,7 +242,8 @@ def export_run(
     ``tolerance`` overrides the default max |logit diff| of the precision (fp32 1e-4, fp16 5e-2, int8 none);
     ``max_accuracy_drop`` (percentage points) gates int8. ``device`` is the runtime device used for
     validation ("CPU"). ``progress`` receives one-line status messages. ``accuracy_aware`` is auto, on
-    or off (None: the run recipe's ``budget.accuracy_aware``); see the module docstring.
+    or off (None: the run recipe's ``budget.accuracy_aware``); so is ``qat`` (None: ``budget.qat``); see the module
+    docstring.
 
     Returns one record per requested format: its :class:`~prokt_deploy.rundir.records.GateRecord` (the manifest
     entry, see the module docstring), or a :class:`~prokt_deploy.rundir.records.SkippedExport` for a format
@@ -250,6 +262,8 @@ def export_run(
         raise UsageError(f"--tolerance must be a non-negative number, got {tolerance}")
     if accuracy_aware not in (None, "auto", "on", "off"):
         raise UsageError(f"accuracy-aware must be auto, on or off, got {accuracy_aware!r}")
+    if qat not in (None, "auto", "on", "off"):
+        raise UsageError(f"qat must be auto, on or off, got {qat!r}")
 
     fr = open_run(run)
     path, budget, planned_precision = fr.path, fr.manifest.budget_bytes, fr.manifest.precision
@@ -258,6 +272,20 @@ def export_run(
     student = fr.model("student")
     calibration = data.train.x[:calibration_samples].numpy() if precision == "int8" else None
     aware_mode = accuracy_aware or fr.recipe().budget.accuracy_aware  # the schema's default (auto) for older recipes
+    qat_mode = qat or fr.recipe().budget.qat
+    qat_made: list = []  # (model, info) once made: one fine-tuning serves every format
+
+    def qat_model() -> tuple[torch.nn.Module, dict]:
+        if not qat_made:
+            from prokt_deploy.train.qat import quantization_aware_distill
+
+            teacher = fr.model("teacher") if fr.manifest.teacher.weights else None
+            say(f"quantization-aware fine-tuning of the student{' against the teacher' if teacher is not None else ' on the labels'}")
+            model, result = quantization_aware_distill(
+                student, (data.train.x, data.train.y), (data.val.x, data.val.y), teacher=teacher, seed=fr.recipe().seed
+            )
+            qat_made.append((model, result.to_dict()))
+        return qat_made[0]
 
     results: list[ExportResult] = []
     errors: list[str] = []
@@ -281,7 +309,12 @@ def export_run(
                 device=device,
                 say=say,
             )
-            record = _export_one(**one, accuracy_aware=precision == "int8" and aware_mode == "on")
+            if precision == "int8" and qat_mode == "on":
+                model, info = qat_model()
+                record = _export_one(**{**one, "student": model}, reference_model=student)
+                record.int8_path, record.qat = "qat", dict(info)
+            else:
+                record = _export_one(**one, accuracy_aware=precision == "int8" and aware_mode == "on")
             if precision == "int8" and aware_mode == "auto" and record.accuracy_missed_alone() and exporters.get_exporter(fmt).has_accuracy_aware:
                 say(f"{fmt} int8 missed the accuracy gate by {record.accuracy_drop - max_accuracy_drop:.2f} points: retrying accuracy-aware")
                 plain = record
@@ -291,6 +324,26 @@ def export_run(
                     "test_accuracy": plain.test_accuracy,
                     "accuracy_drop": plain.accuracy_drop,
                     "failures": plain.failures,
+                }
+            if precision == "int8" and record.int8_path is None:
+                record.int8_path = "accuracy-aware" if record.accuracy_aware else "ptq"
+            if precision == "int8" and qat_mode == "auto" and record.accuracy_missed_alone():
+                say(
+                    f"{fmt} int8 ({record.int8_path}) missed the accuracy gate by {record.accuracy_drop - max_accuracy_drop:.2f} points: quantization-aware fine-tuning"
+                )
+                before = record
+                model, info = qat_model()
+                record = _export_one(**{**one, "student": model}, reference_model=student)
+                record.int8_path = "qat"
+                record.qat = {
+                    **info,
+                    "before": {
+                        "int8_path": before.int8_path,
+                        "bytes": before.bytes,
+                        "test_accuracy": before.test_accuracy,
+                        "accuracy_drop": before.accuracy_drop,
+                        "failures": before.failures,
+                    },
                 }
         except exporters.BackendMissingError as e:
             errors.append(f"{fmt} {precision} needs a runtime that is not installed ({e})")

@@ -113,8 +113,22 @@ class GateRecord(Record):
     accuracy_aware: dict | None = None
     tokenizer_files: list[str] | None = None
     tokenizer_bytes: int | None = None
+    #: int8 only: what produced the file: "ptq" (post-training), "accuracy-aware" (some layers kept in fp32) or "qat"
+    #: (the student fine-tuned with simulated int8 first, prokt_deploy/train/qat.py)
+    int8_path: str | None = None
+    #: the quantization-aware fine-tuning, when it ran: steps, teacher, the simulated validation accuracy before and
+    #: after, and ``before``: the post-training attempt it replaced (path, bytes, test accuracy, drop)
+    qat: dict | None = None
 
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("main_file", "reference", "accuracy_aware", "tokenizer_files", "tokenizer_bytes")
+    OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "main_file",
+        "reference",
+        "accuracy_aware",
+        "tokenizer_files",
+        "tokenizer_bytes",
+        "int8_path",
+        "qat",
+    )
 
     @property
     def key(self) -> tuple[str, str]:
