@@ -248,6 +248,15 @@ def test_bench_time_tiny(tmp_path):
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before and not (run / "report.json").exists()
     assert "bench" in proc.stdout and "target 60 s" in proc.stdout
 
+    # benchmarks/qat.py on the same run: post-training and QAT int8 of a copy, both measured; the run untouched
+    out = tmp_path / "q.json"
+    proc = bench("qat.py", str(run), "--out", str(out), cwd=tmp_path)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["format"] == "onnx" and row["ptq"]["bytes"] > 0 and "qat" not in row["ptq"]
+    assert row["qat"]["qat"]["steps"] >= 300 and row["qat"]["qat"]["teacher"] is (row["method"] != "scratch")
+    assert all(abs(row[p]["accuracy_drop"]) < 100 for p in ("ptq", "qat")) and "mean drop" in proc.stdout
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
 
 def test_every_argparse_script_builds_its_options(tmp_path):
     """``--help`` of every benchmark script with its own options: what its argument parser computes at start-up (the
