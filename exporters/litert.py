@@ -70,6 +70,9 @@ QUANT_SUFFIX = ".quant.json"
 #: calibration samples per forward pass of the observed model
 CALIBRATION_BATCH = 32
 
+#: model classes (module.qualname) whose batch-dynamic conversion failed in this process and that converted at batch 1
+_STATIC_ONLY: set[str] = set()
+
 _OP = re.compile(r"\b(aten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?|tfl\.[A-Za-z0-9_]+|torch\.ops\.[A-Za-z0-9_.]+)")
 
 
@@ -373,8 +376,11 @@ class LiteRTExporter(Exporter):
     def _convert(self, lt, module, args, dynamic, precision: str, calibration, text: bool, path: Path, keep_float: tuple[str, ...]) -> None:
         """Convert (int8: quantize first, once, the modules ``keep_float`` left in float) with a dynamic batch; where
         the converter cannot lower the dynamic batch (a ``flatten(1)`` of a spatial map), at a static batch 1 (the
-        runner then loops)."""
+        runner then loops). A model class that needed the static fallback once goes static at once for the rest of
+        the process (:data:`_STATIC_ONLY`: the failed dynamic lowering costs seconds, and the planner converts many
+        candidates of one family)."""
         quant_config = None
+        kind = f"{type(module).__module__}.{type(module).__qualname__}"
         if precision == "int8":
             assert calibration is not None
             try:
@@ -384,6 +390,8 @@ class LiteRTExporter(Exporter):
                     raise
                 args, dynamic = (args[0][:1].contiguous(),), None  # torch.export cannot make the batch dynamic
                 module, quant_config = self._quantized(module, args, dynamic, calibration, text, keep_float)
+        if dynamic is not None and kind in _STATIC_ONLY:
+            dynamic, args = None, (args[0][:1].contiguous(),)  # this model class failed the dynamic lowering before
         try:
             lt.convert(module, args, dynamic_shapes=dynamic, quant_config=quant_config).export(str(path))
             return
@@ -394,6 +402,7 @@ class LiteRTExporter(Exporter):
                 lt.convert(module, (args[0][:1].contiguous(),), quant_config=quant_config).export(str(path))
             except Exception as exc:
                 raise _refusal(exc, f"{precision} conversion") from None
+            _STATIC_ONLY.add(kind)
 
     @staticmethod
     def _quantized(module, args, dynamic, calibration: np.ndarray, text: bool, keep_float: tuple[str, ...] = ()):
