@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ._common import Artifact, ExportError, artifact_bytes, frozen_eval, move_into, quiet, require
-from ._text import is_text_input, text_feed
+from ._text import PackedTextAdapter, is_text_input, text_feed
 from .onnx import OrtPredictor, _quantize_int8, export_onnx_fp32, ort_runtime
 from .openvino import OpenVINOPredictor, _dynamic_problem, _fold_constants, _nncf_options, _nncf_quantize, _stable_names, ov_runtime
 
@@ -331,47 +331,53 @@ def pt2e_keep_float(quantizer, graph: torch.fx.GraphModule, names: tuple[str, ..
 
 
 def pt2e_search(
-    fmt: str,
+    exporter,  # registry.Exporter (imported lazily: the registry imports this module's names)
+    model: torch.nn.Module,
     *,
-    build: Callable[[tuple[str, ...], Path], list[Path]],
-    predictor: Callable[[list[Path]], Callable[[np.ndarray], np.ndarray]],
-    fp32_files: list[Path],
-    candidates: dict[str, tuple[str, int]],
-    size: Callable[[list[Path]], int],
+    example_input: torch.Tensor,
+    build: Callable[[str, tuple[str, ...], Path], list[Path]],
     validation_x: np.ndarray,
     validation_y: np.ndarray,
     target: float,
     out_dir: Path,
-    work: Path,
-    runtime: str,
     method: str,
 ) -> AccuracyAwareResult:
-    """Accuracy-aware int8 for a PT2E format: ``build(kept, dir)`` writes the int8 artifact with the modules ``kept``
-    in fp32 into ``dir`` and returns its files; ``predictor(files)`` is its predict function; ``candidates`` are
-    :func:`weighted_modules` of the quantized module. The search is :func:`ranked_exclusion`."""
-    reference = _accuracy(predictor(fp32_files), validation_x, validation_y)
-    built: dict[tuple[str, ...], tuple[list[Path], float]] = {}
+    """Accuracy-aware int8 for a PT2E format: ``build(precision, kept, dir)`` writes the ``exporter``'s artifact of
+    ``model`` at ``precision`` (int8: the modules ``kept`` in fp32) into the existing ``dir`` and returns its files.
+    The candidates are :func:`weighted_modules` of the module the format quantizes (a text model's packed-input
+    adapter); accuracies come from the exporter's own predictor. The search is :func:`ranked_exclusion`."""
+    quantized = PackedTextAdapter(model) if is_text_input(example_input) else model
+    candidates = weighted_modules(quantized)
 
-    def build_one(kept: tuple[str, ...]) -> tuple[list[Path], float]:
-        key = tuple(sorted(kept))
-        if key not in built:
-            where = work / f"q{len(built)}"
-            where.mkdir()
-            files = build(key, where)
-            built[key] = (files, _accuracy(predictor(files), validation_x, validation_y))
-        return built[key]
+    def accuracy(files: list[Path]) -> float:
+        return _accuracy(exporter.load(files, device="CPU", threads=1).predict, validation_x, validation_y)
 
-    plain_files, plain_acc = build_one(())
-    chosen: tuple[str, ...] = ()
-    met = _drop(reference, plain_acc) <= target
-    if not met:
-        cost = {c: b for c, (_, b) in candidates.items()}
-        chosen, met = ranked_exclusion(lambda kept: build_one(kept)[1], list(candidates), reference, target, cost)
-    files, acc = build_one(chosen)
-    plain_bytes = size(plain_files)
-    moved = move_into(files, out_dir)
+    with tempfile.TemporaryDirectory(prefix=f"exporters-aa-{exporter.name}-") as tmp_str:
+        work = Path(tmp_str)
+        built: dict[tuple[str, ...], tuple[list[Path], float]] = {}
+
+        def build_one(kept: tuple[str, ...]) -> tuple[list[Path], float]:
+            key = tuple(sorted(kept))
+            if key not in built:
+                where = work / f"q{len(built)}"
+                where.mkdir()
+                files = build("int8", key, where)
+                built[key] = (files, accuracy(files))
+            return built[key]
+
+        (work / "fp32").mkdir()
+        reference = accuracy(build("fp32", (), work / "fp32"))
+        plain_files, plain_acc = build_one(())
+        chosen: tuple[str, ...] = ()
+        met = _drop(reference, plain_acc) <= target
+        if not met:
+            cost = {c: b for c, (_, b) in candidates.items()}
+            chosen, met = ranked_exclusion(lambda kept: build_one(kept)[1], list(candidates), reference, target, cost)
+        files, acc = build_one(chosen)
+        plain_bytes = exporter.size(plain_files)
+        moved = move_into(files, out_dir)
     return AccuracyAwareResult(
-        artifact=Artifact(format=fmt, precision="int8", files=moved, runtime=runtime),
+        artifact=Artifact(format=exporter.name, precision="int8", files=moved, runtime=exporter.runtime()),
         method=method,
         target_drop=target,
         reference_accuracy=reference,

@@ -513,34 +513,24 @@ class ExecuTorchExporter(Exporter):
     ):  # AccuracyAwareResult
         """The fewest Conv/Linear modules kept in float (PT2E, ``exporters/accuracy_aware.py``) that meet the target;
         XNNPACK runs a kept module as an fp32 node."""
-        from .accuracy_aware import pt2e_search, weighted_modules
+        from .accuracy_aware import pt2e_search
 
-        def build(kept: tuple[str, ...], where: Path) -> list[Path]:
+        def build(precision: str, kept: tuple[str, ...], where: Path) -> list[Path]:
             path = where / f"{name}.pte"
-            _export_pte(model, "int8", example_input, calibration, path, kept)
+            _export_pte(model, precision, example_input, calibration if precision == "int8" else None, path, kept)
             return [path]
 
-        quantized = PackedTextAdapter(model) if is_text_input(example_input) else model
-        with tempfile.TemporaryDirectory(prefix="exporters-aa-et-") as tmp_str:
-            tmp = Path(tmp_str)
-            (tmp / "fp32").mkdir()
-            fp32 = tmp / "fp32" / f"{name}.pte"
-            _export_pte(model, "fp32", example_input, None, fp32)
-            return pt2e_search(
-                self.name,
-                build=build,
-                predictor=lambda files: ExecuTorchPredictor(files[0], threads=1).predict,
-                fp32_files=[fp32],
-                candidates=weighted_modules(quantized),
-                size=self.size,
-                validation_x=validation_x,
-                validation_y=validation_y,
-                target=max_accuracy_drop,
-                out_dir=out_dir,
-                work=tmp,
-                runtime=et_runtime(),
-                method="ExecuTorch XNNPACKQuantizer PT2E, Conv/Linear modules kept in float, ranked by validation accuracy",
-            )
+        return pt2e_search(
+            self,
+            model,
+            example_input=example_input,
+            build=build,
+            validation_x=validation_x,
+            validation_y=validation_y,
+            target=max_accuracy_drop,
+            out_dir=out_dir,
+            method="ExecuTorch XNNPACKQuantizer PT2E, Conv/Linear modules kept in float, ranked by validation accuracy",
+        )
 
     def load(self, files: list[Path], *, device: str, threads: int | None) -> Predictor:
         pte = [f for f in files if Path(f).name.endswith(self.main_suffix)]

@@ -321,27 +321,21 @@ class LiteRTExporter(Exporter):
         opset: int,
     ):  # AccuracyAwareResult
         """The fewest Conv/Linear modules kept in float (PT2E, ``exporters/accuracy_aware.py``) that meet the target."""
-        from .accuracy_aware import pt2e_search, weighted_modules
+        from .accuracy_aware import pt2e_search
 
-        quantized = PackedTextAdapter(model) if is_text_input(example_input) else model
-        with quiet_native(), tempfile.TemporaryDirectory(prefix="exporters-aa-litert-") as tmp_str:
-            tmp = Path(tmp_str)
-            fp32 = self._export(model, "fp32", tmp / "fp32", example_input=example_input, calibration=None, name=name)
+        def build(precision: str, kept: tuple[str, ...], where: Path) -> list[Path]:
+            return self._export(model, precision, where, example_input=example_input, calibration=calibration, name=name, keep_float=kept).files
+
+        with quiet_native():
             return pt2e_search(
-                self.name,
-                build=lambda kept, where: (
-                    self._export(model, "int8", where, example_input=example_input, calibration=calibration, name=name, keep_float=kept).files
-                ),
-                predictor=lambda files: LiteRTRunner({"path": str(self.main_file(files)), "device": "CPU"}, 1).run,
-                fp32_files=fp32.files,
-                candidates=weighted_modules(quantized),
-                size=self.size,
+                self,
+                model,
+                example_input=example_input,
+                build=build,
                 validation_x=validation_x,
                 validation_y=validation_y,
                 target=max_accuracy_drop,
                 out_dir=out_dir,
-                work=tmp,
-                runtime=litert_runtime(),
                 method="litert-torch PT2E, Conv/Linear modules kept in float, ranked by validation accuracy",
             )
 

@@ -46,6 +46,7 @@ Choices:
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 from collections.abc import Callable, Sequence
@@ -205,6 +206,11 @@ def _export_one(
             root.rmdir()  # a failed first export leaves the run as it was
 
 
+def _attempt(record: GateRecord) -> dict:
+    """What a replaced int8 attempt is remembered by (its size, test accuracy, drop and failures)."""
+    return {"bytes": record.bytes, "test_accuracy": record.test_accuracy, "accuracy_drop": record.accuracy_drop, "failures": record.failures}
+
+
 def _remove_dir(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path, ignore_errors=True)
@@ -273,19 +279,17 @@ def export_run(
     calibration = data.train.x[:calibration_samples].numpy() if precision == "int8" else None
     aware_mode = accuracy_aware or fr.recipe().budget.accuracy_aware  # the schema's default (auto) for older recipes
     qat_mode = qat or fr.recipe().budget.qat
-    qat_made: list = []  # (model, info) once made: one fine-tuning serves every format
 
+    @functools.cache  # one fine-tuning serves every format
     def qat_model() -> tuple[torch.nn.Module, dict]:
-        if not qat_made:
-            from prokt_deploy.train.qat import quantization_aware_distill
+        from prokt_deploy.train.qat import quantization_aware_distill
 
-            teacher = fr.model("teacher") if fr.manifest.teacher.weights else None
-            say(f"quantization-aware fine-tuning of the student{' against the teacher' if teacher is not None else ' on the labels'}")
-            model, result = quantization_aware_distill(
-                student, (data.train.x, data.train.y), (data.val.x, data.val.y), teacher=teacher, seed=fr.recipe().seed
-            )
-            qat_made.append((model, result.to_dict()))
-        return qat_made[0]
+        teacher = fr.model("teacher") if fr.manifest.teacher.weights else None
+        say(f"quantization-aware fine-tuning of the student{' against the teacher' if teacher is not None else ' on the labels'}")
+        model, result = quantization_aware_distill(
+            student, (data.train.x, data.train.y), (data.val.x, data.val.y), teacher=teacher, seed=fr.recipe().seed
+        )
+        return model, result.to_dict()
 
     results: list[ExportResult] = []
     errors: list[str] = []
@@ -319,12 +323,7 @@ def export_run(
                 say(f"{fmt} int8 missed the accuracy gate by {record.accuracy_drop - max_accuracy_drop:.2f} points: retrying accuracy-aware")
                 plain = record
                 record = _export_one(**one, accuracy_aware=True)
-                record.accuracy_aware["plain_int8"] = {
-                    "bytes": plain.bytes,
-                    "test_accuracy": plain.test_accuracy,
-                    "accuracy_drop": plain.accuracy_drop,
-                    "failures": plain.failures,
-                }
+                record.accuracy_aware["plain_int8"] = _attempt(plain)
             if precision == "int8" and record.int8_path is None:
                 record.int8_path = "accuracy-aware" if record.accuracy_aware else "ptq"
             if precision == "int8" and qat_mode == "auto" and record.accuracy_missed_alone():
@@ -335,16 +334,7 @@ def export_run(
                 model, info = qat_model()
                 record = _export_one(**{**one, "student": model}, reference_model=student)
                 record.int8_path = "qat"
-                record.qat = {
-                    **info,
-                    "before": {
-                        "int8_path": before.int8_path,
-                        "bytes": before.bytes,
-                        "test_accuracy": before.test_accuracy,
-                        "accuracy_drop": before.accuracy_drop,
-                        "failures": before.failures,
-                    },
-                }
+                record.qat = {**info, "before": {"int8_path": before.int8_path, **_attempt(before)}}
         except exporters.BackendMissingError as e:
             errors.append(f"{fmt} {precision} needs a runtime that is not installed ({e})")
             results.append(FailedExport(fmt, precision, errors[-1]))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from prokt_deploy.errors import ModelError
-from prokt_deploy.models.pool import MAX_SIDE
+from prokt_deploy.models import pool
 from prokt_deploy.models.registry import Family, init_conv_weights, register_family
 
 _NAME = re.compile(r"^mobile-w(\d+)-d(\d+)-e(\d+)$")
@@ -39,14 +39,9 @@ MAX_EXPANSION = 8
 
 
 def head_grid(image_size: tuple[int, int], depth: int) -> tuple[int, tuple[int, int]]:
-    """(average-pool kernel, the head's (H, W) grid) after ``depth`` stride-2 blocks (each ceil(n / 2)) of
-    ``image_size``; a map wider than the pool family's ``MAX_SIDE`` is averaged down to about 3x3 first."""
-    side = list(image_size)
-    for _ in range(depth):
-        side = [(s + 1) // 2 for s in side]
-    kernel = max(1, max(side) // 3) if max(side) > MAX_SIDE else 1
-    kernel = min(kernel, *side)
-    return kernel, (side[0] // kernel, side[1] // kernel)
+    """(average-pool kernel, the head's (H, W) grid) after ``depth`` stride-2 blocks: the pool family's rule, each
+    halving rounded up (ceil(n / 2))."""
+    return pool.head_grid(image_size, depth, round_up=True)
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> list[nn.Module]:

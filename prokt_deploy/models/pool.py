@@ -41,9 +41,12 @@ MAX_DEPTH = 3
 MAX_SIDE = 5  # a last map wider than this is averaged down to about 3x3 before the head
 
 
-def head_grid(image_size: tuple[int, int], depth: int) -> tuple[int, tuple[int, int]]:
-    """(average-pool kernel, the head's (H, W) grid) after ``depth`` 2x2 max pools of ``image_size``."""
-    side = [s // 2**depth for s in image_size]
+def head_grid(image_size: tuple[int, int], depth: int, *, round_up: bool = False) -> tuple[int, tuple[int, int]]:
+    """(average-pool kernel, the head's (H, W) grid) after ``depth`` 2x2 max pools of ``image_size`` (``round_up``:
+    after ``depth`` stride-2 convs with padding 1, each ceil(n / 2), as the mobile family's blocks)."""
+    side = list(image_size)
+    for _ in range(depth):
+        side = [(s + 1) // 2 if round_up else s // 2 for s in side]
     if min(side) < 1:
         raise ModelError(f"pool-*-d{depth} needs images of at least {2**depth}x{2**depth} pixels, got {image_size[0]}x{image_size[1]}")
     kernel = max(1, max(side) // 3) if max(side) > MAX_SIDE else 1
