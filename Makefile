@@ -16,5 +16,5 @@ demo: setup
 # crashed natively (SIGSEGV) after the rest of the suite had run in the same process (2026-12-02, AMD EPYC;
 # alone it passed 7 of 7 times). Not yet understood: see the note in tests/test_resume.py.
 test: setup
-	$(VENV)/bin/python -m pytest -q --durations=15 --ignore=tests/test_resume.py
+	$(VENV)/bin/python -m pytest -q -n auto --dist loadfile --durations=15 --ignore=tests/test_resume.py
 	$(VENV)/bin/python -m pytest -q tests/test_resume.py
