@@ -59,6 +59,15 @@ def format_size(n_bytes: int | float) -> str:
     raise AssertionError("unreachable")
 
 
+def compact(n: int) -> str:
+    """19810 -> '19.8k', 2364832 -> '2.36M': counts short enough for an 80-column table."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.3g}{unit}"
+    return str(n)
+
+
 def parse_target(target: str) -> tuple[str, str]:
     """``onnx``, ``onnx:CPU``, ``openvino`` or ``openvino:GPU`` -> (format, device): a format of the exporter
     registry, timed in its runtime."""

@@ -41,9 +41,12 @@ def baseline_recipe(recipe, method: str, student_arch: str):  # recipe.Recipe
     """The run's recipe with another method (or variant: its base method with its settings), the same student
     pinned and the same student start.
 
-    A method against a frozen teacher (KD) needs a converged one: a teacher checkpoint is used as it is
+    A method against a frozen teacher (KD, DKD) needs a converged one: a teacher checkpoint is used as it is
     (``checkpoint``); without one, its run trains the teacher with cross-entropy first, as ``distill --method kd``
-    does. The student's head starts as the run's student did (student.zero_init_head resolved), so the
+    does. With few labels (``data.labels``) and a checkpoint whose head the run resets (``checkpoint-reset-head``:
+    a pretrained backbone), the head means nothing for this data and must not have seen labels beyond the kept
+    ones: the baseline's run fine-tunes the backbone with a zeroed head on the kept labels first (ProKT fine-tunes
+    it jointly instead, as its reference does). The student's head starts as the run's student did (student.zero_init_head resolved), so the
     methods differ only in their loss.
     """
     from prokt_deploy.recipe import apply_overrides
@@ -52,7 +55,9 @@ def baseline_recipe(recipe, method: str, student_arch: str):  # recipe.Recipe
     spec, settings = methods.resolve(method)
     teacher = recipe.teacher
     if spec.teacher == "frozen":
-        teacher = teacher.model_copy(update={"init": "checkpoint" if teacher.checkpoint else "pretrain"})
+        backbone = teacher.init == "checkpoint-reset-head" and recipe.data.labels is not None
+        init = "pretrain" if not teacher.checkpoint else ("checkpoint-reset-head" if backbone else "checkpoint")
+        teacher = teacher.model_copy(update={"init": init})
     student = recipe.student.model_copy(update={"arch": student_arch, "zero_init_head": student_zero_head(recipe)})
     out = recipe.model_copy(update={"method": spec.name, "student": student, "teacher": teacher})
     return apply_overrides(out, settings) if settings else out
@@ -86,7 +91,8 @@ def compare(run: str | Path, methods: str | Sequence[str], *, progress=None, sta
         sub_manifest = open_run(sub).manifest
         rows.append(_row(name, f"{COMPARE_DIR}/{name}", sub_manifest, sub_manifest.deployed_accuracy(fmt)))
     _add_gains(fr, rows)
-    update_manifest(run, lambda m: m.update(compare={"format": fmt, "precision": m["precision"], "rows": rows}))  # under the run's lock
+    counts = {"labelled": (manifest.data or {}).get("train"), "unlabelled": (manifest.data or {}).get("unlabelled", 0)}
+    update_manifest(run, lambda m: m.update(compare={"format": fmt, "precision": m["precision"], **counts, "rows": rows}))  # under the run's lock
     return rows
 
 
@@ -104,6 +110,8 @@ def _row(method: str, path: str, manifest: Manifest, deployed: float | None) -> 
         "val_curve": [e.get("val_student_accuracy") for e in (m.get("history") or {}).get("student", [])],
         # the method's own cost: wall seconds of the student phase on this machine (a teacher trained first is not counted)
         "train_s": manifest.timings.get("train_s"),
+        # and the samples it drew: labelled, and unlabelled from a transfer set (0 for a method that cannot use one)
+        "samples_seen": m.get("samples_seen"),
     }
 
 

@@ -56,6 +56,14 @@ class DataBundle:
     val: Split
     test: Split
     input: dict = field(default_factory=dict)  # preprocessing spec, written to the manifest
+    # The unlabelled pool (data.unlabeled_rest, data.unlabeled): inputs only, preprocessed as the splits are; None
+    # without one. ``unlabeled_from`` says where its samples came from ({"rest of the training split": n, path: n}).
+    unlabeled: torch.Tensor | None = None
+    unlabeled_from: dict = field(default_factory=dict)
+
+    @property
+    def n_unlabeled(self) -> int:
+        return 0 if self.unlabeled is None else len(self.unlabeled)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -116,13 +124,22 @@ def load_data(
     image_size: tuple[int, int] | None = None,
     channels: int | None = None,
     text: dict | None = None,
+    labels: int | None = None,
+    unlabeled_rest: bool = False,
+    unlabeled: str | Path | None = None,
+    max_val_samples: int | None = None,
 ) -> DataBundle:
     """Load a dataset, split it by seed and normalise it with the training split's statistics.
 
     Text sources need ``text``: ``{"tokenizer": ref, "max_length": L, "text_column": ..., "label_column": ...}``.
+    ``labels``: keep that many labelled training samples, balanced over the classes (:func:`keep_labels`);
+    ``unlabeled_rest``: the other training samples become the unlabelled pool (labels dropped); ``unlabeled``: a
+    file or folder of unlabelled inputs added to the pool (:func:`load_unlabeled`); ``max_val_samples``: the first
+    N of the (seeded) validation split.
     """
+    few = {"labels": labels, "unlabeled_rest": unlabeled_rest, "unlabeled": unlabeled, "max_val_samples": max_val_samples}
     if source in TEXT_SOURCES:
-        return _load_text(source, path, seed, val_fraction, test_fraction, max_train_samples, text or {})
+        return _load_text(source, path, seed, val_fraction, test_fraction, max_train_samples, text or {}, few)
     if source == "digits":
         raw_x, raw_y, classes, scale = _digits()
         splits = _seeded_split(len(raw_y), seed, val_fraction, test_fraction)
@@ -142,10 +159,7 @@ def load_data(
         raise DataError(f"unknown data source {source!r}; use digits, fashion-mnist, image-folder, npz, tweets or text-file")
 
     train_idx, val_idx, test_idx = splits
-    if max_train_samples is not None and max_train_samples < len(train_idx):
-        train_idx = train_idx[:max_train_samples]  # already a seeded permutation
-    if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
-        raise DataError(f"dataset {source!r} is too small to split into train/val/test ({len(raw_y)} samples)")
+    train_idx, val_idx, rest_idx = _subsets(source, raw_y, len(classes), train_idx, val_idx, test_idx, seed, max_train_samples, few)
     check_labels(f"dataset {source!r}", raw_y, list(classes), {"train": train_idx, "validation": val_idx, "test": test_idx}, _FIX)
 
     x = raw_x.astype(np.float32) / scale  # (N, C, H, W) in [0, 1]
@@ -166,7 +180,177 @@ def load_data(
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
     }
-    return DataBundle(source, list(classes), split(train_idx), split(val_idx), split(test_idx), spec)
+    bundle = DataBundle(source, list(classes), split(train_idx), split(val_idx), split(test_idx), spec)
+    if few["unlabeled_rest"]:
+        _add_unlabeled(bundle, torch.from_numpy(np.ascontiguousarray(x[rest_idx])), REST)
+    if few["unlabeled"] is not None:
+        _add_unlabeled(bundle, load_unlabeled(few["unlabeled"], bundle, image_size=image_size, channels=channels), str(few["unlabeled"]))
+    return bundle
+
+
+#: ``DataBundle.unlabeled_from``'s key for the training samples beyond the kept labels (data.unlabeled_rest)
+REST = "rest of the training split"
+
+
+def _subsets(source, y: np.ndarray, n_classes: int, train_idx, val_idx, test_idx, seed: int, max_train: int | None, few: dict):
+    """The training indices kept (max_train_samples, then data.labels), the validation indices kept
+    (max_val_samples) and the training indices beyond the kept labels (the unlabelled rest)."""
+    if max_train is not None and max_train < len(train_idx):
+        train_idx = train_idx[:max_train]  # already a seeded permutation
+    if few["max_val_samples"] is not None:
+        val_idx = val_idx[: few["max_val_samples"]]
+    if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
+        raise DataError(f"dataset {source!r} is too small to split into train/val/test ({len(y)} samples)")
+    rest = train_idx[:0]
+    if few["labels"] is not None:
+        train_idx, rest = keep_labels(train_idx, y, n_classes, few["labels"], seed)
+    return train_idx, val_idx, rest
+
+
+def keep_labels(train_idx: np.ndarray, y: np.ndarray, n_classes: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` labelled samples of the training indices, the same number per class (the first ``n % K`` classes in a
+    seeded order get one more; a class with too few samples gives all it has and the others make up the
+    difference), chosen by a seeded permutation: the same indices for the same seed and split. Returns (kept,
+    rest), both in the order of ``train_idx``. Why balanced and not proportional: the few-label benchmarks
+    (and a user labelling a sample of each class) keep the same number per class."""
+    if n > len(train_idx):
+        raise DataError(f"data.labels {n} is more than the {len(train_idx)} training samples; use at most {len(train_idx)}")
+    if n < n_classes:
+        raise DataError(f"data.labels {n} keeps fewer samples than the {n_classes} classes; use at least {n_classes} (one per class)")
+    rng = np.random.default_rng([seed, 7919])  # its own stream: the split's permutation stays as it was
+    order = train_idx[rng.permutation(len(train_idx))]
+    by_class = [order[y[order] == c] for c in range(n_classes)]
+    quota = np.zeros(n_classes, dtype=np.int64)
+    left, open_classes = n, [c for c in rng.permutation(n_classes) if len(by_class[c])]
+    while left and open_classes:  # water-filling: equal shares, capped by what each class has
+        share, extra = divmod(left, len(open_classes))
+        for i, c in enumerate(open_classes):
+            take = min(share + (i < extra), len(by_class[c]) - quota[c])
+            quota[c] += take
+            left -= take
+        open_classes = [c for c in open_classes if quota[c] < len(by_class[c])]
+    chosen = np.concatenate([by_class[c][: quota[c]] for c in range(n_classes)])
+    keep = np.isin(train_idx, chosen)
+    return train_idx[keep], train_idx[~keep]
+
+
+def _add_unlabeled(bundle: DataBundle, x: torch.Tensor, source: str) -> None:
+    if len(x):
+        bundle.unlabeled = x if bundle.unlabeled is None else torch.cat([bundle.unlabeled, x])
+    bundle.unlabeled_from[source] = len(x)
+
+
+def load_unlabeled(path: str | Path, like: DataBundle, *, image_size=None, channels=None, text: dict | None = None) -> torch.Tensor:
+    """Unlabelled inputs preprocessed as ``like``'s splits are: images normalised with its training statistics
+    and checked against its (C, H, W) (``data.image_size`` / ``data.channels`` resize and convert, as for the
+    labelled images); texts tokenised with its tokenizer and length. Sources: a ``.npz`` with ``x`` (``y`` is
+    ignored), a folder of images (searched recursively, class folders or not), a ``.txt`` of one text per line or a
+    ``.csv``/``.tsv``/``.jsonl`` with the text column. Every refusal is a DataError naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"unlabelled data {str(p)!r} does not exist")
+    if like.is_text:
+        return _unlabeled_texts(p, like, text or {})
+    want = tuple(like.input_shape)  # (C, H, W)
+    if p.is_dir():
+        raw, scale = _unlabeled_images(p, image_size, channels)
+    elif p.suffix.lower() == ".npz":
+        raw, scale = _unlabeled_npz(p)
+    else:
+        raise DataError(f"unlabelled data {str(p)!r}: expected a .npz file with x or a folder of images for image data")
+    if tuple(raw.shape[1:]) != want:
+        raise DataError(
+            f"unlabelled data {str(p)!r} holds inputs of shape {tuple(raw.shape[1:])} (C, H, W) but the labelled ones are {want}; "
+            "give inputs of the same shape (or a folder of images, which data.image_size / data.channels convert)"
+        )
+    if scale != like.input.get("scale"):
+        raise DataError(
+            f"unlabelled data {str(p)!r} holds values on the scale 0..{scale:g} but the labelled data's is 0..{like.input.get('scale'):g}; "
+            "store both the same way (uint8 0..255, or floats)"
+        )
+    mean = np.asarray(like.input["mean"], dtype=np.float32)[None, :, None, None]
+    std = np.asarray(like.input["std"], dtype=np.float32)[None, :, None, None]
+    return torch.from_numpy(np.ascontiguousarray((raw.astype(np.float32) / scale - mean) / std))
+
+
+def _unlabeled_npz(path: Path) -> tuple[np.ndarray, float]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f:
+                raise DataError(f"{path} must contain an array 'x' of unlabelled inputs (found: {', '.join(f.files) or 'none'})")
+            x = f["x"]
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zipfile/format errors from a bad file: a DataError
+        raise DataError(f"cannot read {path} as .npz: {e}") from None
+    x = _nchw(path, x)
+    if len(x) == 0:
+        raise DataError(f"{path}: x holds no samples")
+    return x, 255.0 if x.dtype == np.uint8 else 1.0
+
+
+def _nchw(path: Path, x: np.ndarray) -> np.ndarray:
+    """(N,H,W), (N,C,H,W) or (N,H,W,C) numeric and finite -> (N,C,H,W); a DataError otherwise."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    elif x.ndim != 4:
+        raise DataError(f"{path}: x must have shape (N,H,W), (N,C,H,W) or (N,H,W,C); got {x.shape}")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{path}: x must be numeric; got dtype {x.dtype}")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise DataError(f"{path}: x contains NaN or inf")
+    return x
+
+
+def _unlabeled_images(root: Path, size: tuple[int, int] | None, channels: int | None) -> tuple[np.ndarray, float]:
+    """Every image under ``root`` (recursively, sorted), converted to ``channels`` and resized to ``size`` (H, W)
+    only when the recipe sets them (data.channels, data.image_size), as for a labelled folder; otherwise each keeps
+    its own, and one of another kind than the labelled images is refused by :func:`load_unlabeled`."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in f.parts))
+    if not files:
+        raise DataError(f"no images found under {root} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                own = "L" if img.mode in ("L", "1", "I;16") else "RGB"
+                img = img.convert({1: "L", 3: "RGB"}.get(channels, own))
+                if size is not None and (img.height, img.width) != tuple(size):
+                    img = img.resize((size[1], size[0]))
+                arr = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"cannot read image {file}: {e}") from None
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        if images and arr.shape != images[0].shape:
+            raise DataError(
+                f"images of different kinds: {files[0]} is {images[0].shape} (C, H, W), {file} is {arr.shape}; "
+                "set data.image_size: [H, W] and data.channels to convert them all"
+            )
+        images.append(arr)
+    return np.stack(images), 255.0
+
+
+def _unlabeled_texts(path: Path, like: DataBundle, text: dict) -> torch.Tensor:
+    """Texts from a .txt (one per line, blank lines skipped) or the text column of a .csv/.tsv/.jsonl, tokenised as
+    ``like``'s splits were."""
+    if path.is_dir():
+        raise DataError(f"unlabelled data {str(path)!r} is a directory; for text give a .txt, .csv, .tsv or .jsonl file")
+    column = text.get("text_column") or "text"
+    if path.suffix.lower() == ".txt":
+        try:
+            texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    else:
+        texts, _ = _read_table(path, column, None)
+    if not texts:
+        raise DataError(f"{path} holds no texts")
+    tokenizer = load_tokenizer(like.input["tokenizer"])
+    return tokenize(tokenizer, texts, int(like.input["max_length"]))
 
 
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -269,22 +453,13 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], float]:
         raise
     except Exception as e:  # noqa: BLE001 - zipfile/pickle/format errors from a bad file: a DataError
         raise DataError(f"cannot read {path} as .npz: {e}") from None
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    elif x.ndim != 4:
-        raise DataError(f"{path}: x must have shape (N,H,W), (N,C,H,W) or (N,H,W,C); got {x.shape}")
+    x = _nchw(path, x)
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: y must have shape ({len(x)},); got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: y must hold integer class labels; got dtype {y.dtype}")
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise DataError(f"{path}: x must be numeric; got dtype {x.dtype}")
     if y.min() < 0:
         raise DataError(f"{path}: labels must be 0..K-1; found {y.min()}")
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        raise DataError(f"{path}: x contains NaN or inf")
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     classes = [str(i) for i in range(int(y.max()) + 1)]
     return x, y.astype(np.int64), classes, scale
@@ -398,8 +573,9 @@ def tweets_csv() -> Path:
     return path
 
 
-def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
-    """Texts and labels from a .csv, .tsv or .jsonl file (by suffix; .txt is read as TSV)."""
+def _read_table(path: Path, text_column: str, label_column: str | None) -> tuple[list[str], list[str]]:
+    """Texts and labels from a .csv, .tsv or .jsonl file (by suffix; .txt is read as TSV); ``label_column`` None:
+    texts alone (unlabelled data), the labels list empty."""
     import csv
     import json
 
@@ -421,7 +597,7 @@ def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[s
                 reader = csv.DictReader(f, delimiter="," if suffix == ".csv" else "\t")
                 columns = reader.fieldnames or []
                 for needed in (text_column, label_column):
-                    if columns and needed not in columns:
+                    if needed is not None and columns and needed not in columns:
                         raise DataError(f"{path}: no column {needed!r} (columns: {', '.join(columns)}); set data.text_column / data.label_column")
                 rows = list(reader)
             else:
@@ -432,6 +608,11 @@ def _read_table(path: Path, text_column: str, label_column: str) -> tuple[list[s
         raise DataError(f"{path}: malformed CSV/TSV: {e}") from None
     if not rows:
         raise DataError(f"{path} holds no examples (expected a header and one text/label row per example)")
+    if label_column is None:
+        for n, row in enumerate(rows, 1):
+            if text_column not in row:
+                raise DataError(f"{path}: example {n} has no {text_column!r} field (fields: {', '.join(map(str, row))}); set data.text_column")
+        return [str(r[text_column] or "") for r in rows], []
     for n, row in enumerate(rows, 1):
         if text_column not in row or label_column not in row:
             missing = text_column if text_column not in row else label_column
@@ -505,6 +686,7 @@ def _load_text(
     test_fraction: float,
     max_train_samples: int | None,
     text: dict,
+    few: dict,
 ) -> DataBundle:
     max_length = int(text.get("max_length") or 64)
     if max_length < 2:
@@ -538,10 +720,7 @@ def _load_text(
     key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns, source, text.get("text_column"), str(tok_dir), max_length)
     tokenizer, x = _tokenized(key, tok_dir, texts, max_length)
     train_idx, val_idx, test_idx = _seeded_split(len(y), seed, val_fraction, test_fraction)
-    if max_train_samples is not None and max_train_samples < len(train_idx):
-        train_idx = train_idx[:max_train_samples]
-    if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
-        raise DataError(f"dataset {source!r} is too small to split into train/val/test ({len(y)} examples)")
+    train_idx, val_idx, rest_idx = _subsets(source, y, len(classes), train_idx, val_idx, test_idx, seed, max_train_samples, few)
     check_labels(f"dataset {source!r}", y, classes, {"train": train_idx, "validation": val_idx, "test": test_idx}, _FIX)
     lengths = x[:, 1].sum(1).numpy()
 
@@ -564,7 +743,12 @@ def _load_text(
         "token_length_p95": int(np.percentile(lengths, 95)),
         "truncated_fraction": round(float(np.mean(lengths >= max_length)), 4),
     }
-    return DataBundle(source, classes, split(train_idx), split(val_idx), split(test_idx), spec)
+    bundle = DataBundle(source, classes, split(train_idx), split(val_idx), split(test_idx), spec)
+    if few["unlabeled_rest"]:
+        _add_unlabeled(bundle, x[torch.from_numpy(rest_idx)].contiguous(), REST)
+    if few["unlabeled"] is not None:
+        _add_unlabeled(bundle, load_unlabeled(few["unlabeled"], bundle, text=text), str(few["unlabeled"]))
+    return bundle
 
 
 def load_recipe_data(recipe: Recipe) -> DataBundle:
@@ -580,6 +764,10 @@ def load_recipe_data(recipe: Recipe) -> DataBundle:
         image_size=d.image_size,
         channels=d.channels,
         text=text_options(recipe),
+        labels=d.labels,
+        unlabeled_rest=d.unlabeled_rest,
+        unlabeled=d.unlabeled,
+        max_val_samples=d.max_val_samples,
     )
 
 

@@ -106,6 +106,20 @@ class DataConfig(_Strict):
     text_column: str = "text"
     label_column: str = "label"
     augment: AugmentConfig = AugmentConfig()
+    # Few labels and a transfer set (docs/data.md#few-labels-and-unlabelled-data). labels: keep N labelled training
+    # samples, the same number per class (seeded); unlabeled_rest: the rest of the training split joins the
+    # unlabelled pool with its labels dropped; unlabeled: a file or folder of unlabelled inputs (npz with x, a folder
+    # of images, a .txt/.csv/.tsv/.jsonl of texts). Methods with a teacher (kd, dkd, prokt) learn from the pool too.
+    labels: int | None = Field(None, ge=2)
+    unlabeled_rest: bool = False
+    unlabeled: str | None = None
+    max_val_samples: int | None = Field(None, ge=1)  # the first N (seeded) validation samples: a few-label user's validation set
+
+    @model_validator(mode="after")
+    def _rest_needs_labels(self) -> DataConfig:
+        if self.unlabeled_rest and self.labels is None:
+            raise ValueError("data.unlabeled_rest needs data.labels: it passes the training samples beyond the kept labels unlabelled")
+        return self
 
 
 class TeacherConfig(_Strict):
@@ -232,6 +246,9 @@ class TrainConfig(_Strict):
     # epochs x steps per epoch is below it, the phase runs ceil(min_steps / steps per epoch) epochs
     # instead, so a recipe tuned on a large dataset still converges on a small one. 0: off.
     min_steps: int = Field(0, ge=0)
+    # With an unlabelled pool (data.unlabeled / data.unlabeled_rest), the share of each batch drawn from the labelled
+    # samples (the rest from the pool) for the methods that learn from it; an epoch is a pass over both together.
+    labeled_share: float = Field(0.25, gt=0, lt=1)
 
 
 class Recipe(BaseModel):

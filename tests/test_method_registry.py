@@ -100,7 +100,7 @@ def test_recipe_check_validates_the_methods_section(tmp_path, capsys):
     bad.write_text("method: ce-smooth\nce_smooth: {smoothing: 1.5, smooth: 1}\n")
     code, _, err = cli(capsys, "recipe", "check", str(bad))
     assert code == 3 and "ce_smooth.smoothing" in err and "ce_smooth.smooth: Extra inputs" in err, err
-    with pytest.raises(UsageError, match="known methods: prokt, kd, scratch, ce-smooth"):
+    with pytest.raises(UsageError, match="known methods: prokt, kd, dkd, scratch, ce-smooth"):
         apply_overrides(load_recipe(DIGITS), {"method": "smooth"})
 
 

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prokt_deploy.budget import format_size
+from prokt_deploy.budget import compact, format_size
 from prokt_deploy.errors import RunError
 from prokt_deploy.harness import measure
 from prokt_deploy.rundir.reader import Manifest
@@ -115,6 +115,13 @@ def new_report(
         "gates": gates,
         "devices": {},
         "compare": manifest.comparison(),
+        "data": {
+            "labelled": (manifest.data or {}).get("train"),
+            "labels_kept": (manifest.data or {}).get("labels_kept"),
+            "unlabelled": (manifest.data or {}).get("unlabelled", 0),
+            "unlabelled_from": (manifest.data or {}).get("unlabelled_from", {}),
+            "samples_seen": manifest.metrics.get("samples_seen"),
+        },
         "learning_curves": manifest.metrics.get("history"),
         "budget_bytes": manifest.budget_bytes,
         "per_class": None,  # filled by prokt_deploy.benchmarking.bench.per_class_accuracy
@@ -221,12 +228,21 @@ def compare_cells(comp: dict | None) -> tuple[list[str], list[list[str]], list[s
     if not comp:
         return [], [], []
     header = ["method", "student", "best epoch", "fp32 test", f"{comp['format']} {comp['precision']} test", "gain over scratch", "training"]
+    transfer = bool(comp.get("unlabelled"))
+    if transfer:
+        header.append("samples drawn (labelled + unlabelled)")
     cells, notes = [], []
+    if transfer and any(not (r.get("samples_seen") or {}).get("unlabelled") for r in comp["rows"]):
+        blind = ", ".join(r["method"] for r in comp["rows"] if not (r.get("samples_seen") or {}).get("unlabelled"))
+        notes.append(
+            f"Note: {blind} cannot learn from the {comp['unlabelled']:,} unlabelled samples: trained on the {comp.get('labelled') or 0:,} labelled "
+            "ones alone, for as many optimizer steps as the methods that use them"
+        )
     for r in comp["rows"]:
         ratio = r.get("train_time_vs_scratch")
         if ratio is not None and ratio >= 1.5:
             notes.append(
-                f"Note: {r['method']} trained {ratio:.1f}x as long as scratch (the same epochs); given the same time, scratch could run "
+                f"Note: {r['method']} trained {ratio:.1f}x as long as scratch (the same optimizer steps); given the same time, scratch could run "
                 f"about {ratio:.1f}x the epochs, which this table does not measure"
             )
         gain = r.get("gain_over_scratch_points")
@@ -247,9 +263,17 @@ def compare_cells(comp: dict | None) -> tuple[list[str], list[list[str]], list[s
                 "-" if deployed is None else f"{deployed * 100:.2f}%",
                 gain_text,
                 _train_time_text(r),
+                *([_seen_text(r.get("samples_seen"))] if transfer else []),
             ]
         )
     return header, cells, notes
+
+
+def _seen_text(seen: dict | None) -> str:
+    """'6.4k + 19.2k': labelled and unlabelled samples a method's phase drew (each counted every time it was drawn)."""
+    if not seen:
+        return "-"
+    return f"{compact(seen.get('labelled', 0))} + {compact(seen.get('unlabelled', 0))}"
 
 
 def _train_time_text(row: dict) -> str:
@@ -396,7 +420,29 @@ def _summary_section(rep: dict) -> Section:
                 ]
             )
         )
+    data_line = data_text(rep.get("data") or {}, rep["method"])
+    if data_line:
+        blocks.append(Para([Bold("Data"), f": {data_line}."]))
     return Section(f"Benchmark: {Path(rep['run']).name}", blocks, level=1)
+
+
+def data_text(data: dict, method: str) -> str | None:
+    """The few-label setting in one sentence (None for a run on all its labels without unlabelled data)."""
+    n_u, n_l = data.get("unlabelled") or 0, data.get("labelled")
+    if not n_u and not data.get("labels_kept"):
+        return None
+    kept = " (data.labels: the same number per class)" if data.get("labels_kept") else ""
+    text = f"{n_l:,} labelled training samples{kept}"
+    if not n_u:
+        return text + ", no unlabelled data"
+    sources = ", ".join(f"{n:,} from {src}" for src, n in (data.get("unlabelled_from") or {}).items())
+    text += f" and {n_u:,} unlabelled ({sources})"
+    seen = data.get("samples_seen") or {}
+    if seen.get("unlabelled"):
+        text += f"; {method} learned from both ({seen['labelled']:,} labelled + {seen['unlabelled']:,} unlabelled samples drawn)"
+    else:
+        text += f"; {method} cannot learn from unlabelled samples: it trained on the labelled ones alone, for as many optimizer steps"
+    return text
 
 
 def _plots_section(rep: dict) -> Section:

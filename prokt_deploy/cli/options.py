@@ -103,6 +103,36 @@ OVERRIDES: dict[str, Override] = {
             "data.max_train_samples",
         ),
         Override(
+            "labels",
+            ("--labels",),
+            int,
+            "Keep N labelled training samples, the same number per class (seeded): the few-label setting (recipe data.labels).",
+            "data.labels",
+        ),
+        Override(
+            "unlabeled_rest",
+            ("--unlabeled-rest",),
+            bool,
+            "With --labels: pass the rest of the training split unlabelled, as a transfer set for kd, dkd and prokt (data.unlabeled_rest).",
+            "data.unlabeled_rest",
+        ),
+        Override(
+            "unlabeled",
+            ("--unlabeled",),
+            Path,
+            "Unlabelled inputs for kd, dkd and prokt to learn from (a transfer set): an .npz with x, a folder of images, or a .txt/.csv/"
+            ".tsv/.jsonl of texts; the shape, channels and scale of --data's (recipe data.unlabeled).",
+            "data.unlabeled",
+            str,
+        ),
+        Override(
+            "max_val_samples",
+            ("--max-val-samples",),
+            int,
+            "Use only the first N (seeded) validation samples: the validation set a few-label user has (data.max_val_samples).",
+            "data.max_val_samples",
+        ),
+        Override(
             "data_dir",
             ("--data", "--data-dir"),
             Path,

@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from prokt_deploy.budget import format_size, parse_latency, parse_target
+from prokt_deploy.budget import compact, format_size, parse_latency, parse_target
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import out, print_json
 from prokt_deploy.deploy.bundle import plan_bundle_writer
@@ -123,12 +123,3 @@ def kilo(n: int) -> str:
     """Bytes in thousands with one decimal, '54.6k' (the table's unit line says k = 1000 bytes): a size column of an
     80-column table."""
     return f"{n / 1000:.1f}k"
-
-
-def compact(n: int) -> str:
-    """19810 -> '19.8k', 2364832 -> '2.36M': counts short enough for an 80-column table."""
-    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= scale:
-            v = n / scale
-            return f"{v:.3g}{unit}"
-    return str(n)

@@ -86,7 +86,23 @@ def _teacher_schedule(recipe: Recipe, data: DataBundle) -> dict:
 
 
 def _student_schedule(recipe: Recipe, data: DataBundle) -> dict:
-    return engine.schedule(recipe.train.epochs, len(data.train), recipe.train.batch_size, recipe.train.min_steps)
+    """The method's phase. With an unlabelled pool, a method that learns from it runs its epochs over the labelled and
+    unlabelled samples together; one that cannot (scratch) runs on the labelled ones for at least as many optimizer
+    steps (its epochs raised), so every method of a comparison gets the same number of updates."""
+    t = recipe.train
+    n_labelled, n_unlabelled = len(data.train), data.n_unlabeled
+    if not n_unlabelled:
+        return engine.schedule(t.epochs, n_labelled, t.batch_size, t.min_steps)
+    if methods.get(recipe.method).unlabeled:
+        return {**engine.schedule(t.epochs, n_labelled + n_unlabelled, t.batch_size, t.min_steps), "transfer_set": True}
+    transfer_steps = t.epochs * engine.steps_per_epoch(n_labelled + n_unlabelled, t.batch_size)
+    sched = engine.schedule(t.epochs, n_labelled, t.batch_size, max(t.min_steps, transfer_steps))
+    if sched["epochs"] != t.epochs:
+        sched["reason"] = (
+            f"{recipe.method} cannot learn from the {n_unlabelled} unlabelled samples: {sched['epochs']} epochs over the {n_labelled} "
+            f"labelled ones, at least the {transfer_steps} optimizer steps of {t.epochs} epochs over labelled + unlabelled"
+        )
+    return {**sched, "transfer_set": False}
 
 
 def _log_schedule(phase: str, sched: dict) -> None:
@@ -370,6 +386,8 @@ def _train_phases(run: _Run, ws: RunWorkspace, progress: engine.Progress | None)
         phase=recipe.method,
         save=saver(dict(history), best_epochs),
         resume=_resume_point(ckpt, recipe.method),
+        unlabeled=data.unlabeled if spec.unlabeled else None,  # the transfer set, for the methods that learn from it
+        labeled_share=recipe.train.labeled_share,
         **fit,
     )
     best_epochs["student"] = method.best_epoch
@@ -392,6 +410,7 @@ def _write_run(run: _Run, ws: RunWorkspace, history: dict[str, list[dict]], best
         "teacher_best_epoch": best_epochs.get("teacher"),
         "epochs": run.schedules["student"]["epochs"],  # run, after train.min_steps (see schedule)
         "schedule": run.schedules,
+        "samples_seen": samples_seen(history.get("student", [])),
     }
     run.timings["total_s"] = run.timings.get("total_s", 0.0) + time.perf_counter() - run.t0
     manifest = _manifest(recipe, run.plan, run.student_arch, data, student, teacher, teacher_used, metrics, device, run.timings, run.final)
@@ -461,7 +480,15 @@ def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teac
             checkpoint=recipe.teacher.checkpoint,
             weights="teacher.safetensors" if teacher_used else None,
         ),
-        data={"source": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        data={
+            "source": data.name,
+            "train": len(data.train),
+            "val": len(data.val),
+            "test": len(data.test),
+            "unlabelled": data.n_unlabeled,
+            "unlabelled_from": dict(data.unlabeled_from),
+            "labels_kept": recipe.data.labels,
+        },
         input={**data.input},
         classes=data.classes,
         metrics={k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()},
@@ -469,6 +496,12 @@ def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teac
         timings={k: round(v, 3) for k, v in timings.items()},
         artifacts=[],
     )
+
+
+def samples_seen(history: list[dict]) -> dict[str, int]:
+    """Labelled and unlabelled samples a phase trained on (each counted every time it was drawn), from its history."""
+    unlabelled = sum(int(e.get("train_unlabelled_samples", 0)) for e in history)
+    return {"labelled": sum(int(e.get("train_samples", 0)) for e in history) - unlabelled, "unlabelled": unlabelled}
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")

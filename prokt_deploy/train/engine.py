@@ -357,6 +357,8 @@ def fit(
     resume: Resume | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     keep_best: bool = False,
+    unlabeled: torch.Tensor | None = None,
+    labeled_share: float = 0.25,
 ) -> list[dict]:
     """Run ``method`` for ``epochs`` over the training split; validate after each epoch.
 
@@ -368,10 +370,15 @@ def fit(
     the weights of the epoch with the best validation accuracy of ``method.student`` (ties keep the
     earlier epoch), and ``method.best_epoch`` says which; otherwise the last epoch's. Returns the
     per-epoch history.
+
+    ``unlabeled`` (a transfer set: inputs without labels, for a method whose step handles label -1): each batch
+    is ``labeled_share`` labelled samples and the rest unlabelled ones (label -1), each drawn from its own
+    seeded stream (:class:`TransferBatches`); an epoch is as many steps as one pass over both together.
     """
     progress = progress or SilentProgress()
     train = data.train
-    n = len(train)
+    transfer = TransferBatches(len(train), len(unlabeled), batch_size, labeled_share, seed) if unlabeled is not None and len(unlabeled) else None
+    n = len(train) + (len(unlabeled) if transfer else 0)
     per_epoch = steps_per_epoch(n, batch_size)
     history: list[dict] = list(resume.history) if resume else []
     first_epoch = resume.epoch if resume else 0
@@ -419,20 +426,29 @@ def fit(
                     if not all_ok(not stop.is_set()):  # all ranks stop at the same step
                         checkpoint(epoch, step, sums, count)
                         raise Interrupted(f"interrupted in {phase} epoch {epoch + 1}, step {step}")
-                    idx = shard(order[step * batch_size : (step + 1) * batch_size])  # this rank's part
-                    x = trim_padding(train.x[idx]).to(device, non_blocking=True)  # (B, C, H, W) or text (B, 2, L)
-                    y = train.y[idx].to(device, non_blocking=True)  # (B,)
+                    if transfer is None:
+                        idx = shard(order[step * batch_size : (step + 1) * batch_size])  # this rank's part
+                        x = trim_padding(train.x[idx]).to(device, non_blocking=True)  # (B, C, H, W) or text (B, 2, L)
+                        y = train.y[idx].to(device, non_blocking=True)  # (B,)
+                    else:
+                        li, ui = (shard(i) for i in transfer.batch(epoch * per_epoch + step))
+                        x = trim_padding(torch.cat([train.x[li], unlabeled[ui]])).to(device, non_blocking=True)
+                        y = torch.cat([train.y[li], torch.full((len(ui),), NO_LABEL, dtype=train.y.dtype)]).to(device, non_blocking=True)
+                        sums["unlabelled_samples"] = sums.get("unlabelled_samples", 0.0) + len(ui)
                     if augment is not None:
                         x = augment(x, step_generator(seed, epoch, step))
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     metrics = method.step(x, y)
                     for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v * len(idx)
-                    count += len(idx)
+                        sums[k] = sums.get(k, 0.0) + v * len(y)
+                    count += len(y)
                     progress.step({**metrics, "epoch": epoch + 1})
                 total_sums, total_count = sum_metrics(sums, count)
                 record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - start, 3), "train_samples": total_count}
+                unlabelled = total_sums.pop("unlabelled_samples", None)
+                if unlabelled is not None:
+                    record["train_unlabelled_samples"] = int(unlabelled)
                 record.update({f"train_{k}": round(v / total_count, 6) for k, v in total_sums.items()})
                 record.update(validate(method, data, device))
                 if keep_best and (best is None or record["val_student_accuracy"] > best["val"]):
@@ -452,6 +468,56 @@ def fit(
                 unwrap(method.teacher).load_state_dict(best["state"]["teacher"])
             log.info("%s: keeping epoch %d (best validation accuracy %.4f) of %d", phase, best["epoch"], best["val"], len(history))
     return history
+
+
+#: the label of an unlabelled sample in a transfer batch (a method's label terms skip it: losses.labelled_ce)
+NO_LABEL = -1
+
+
+class TransferBatches:
+    """The batches of a transfer set: per step, ``round(batch_size * share)`` (at least 1, at most batch_size - 1)
+    labelled samples and the rest unlabelled, each from an endless stream of seeded permutations of its own
+    (pass ``p`` of a stream is a permutation seeded by (seed, stream, p)). A batch depends only on the seed and the
+    global step, so a resumed run draws the batches it would have drawn, and every method with the same seed
+    sees the same batches. Why two streams at a fixed share and not one shuffled union: with 1,000 labels beside
+    53,000 unlabelled samples a batch of the union holds 2 or 3 labels, too few for the label terms of KD and of
+    ProKT's teacher step; a fixed share is what semi-supervised training does (FixMatch's 1:7)."""
+
+    def __init__(self, n_labelled: int, n_unlabelled: int, batch_size: int, share: float, seed: int) -> None:
+        self.n = (n_labelled, n_unlabelled)
+        self.k_labelled = min(batch_size - 1, max(1, round(batch_size * share))) if batch_size > 1 else 1
+        self.k = (self.k_labelled, max(0, batch_size - self.k_labelled))
+        self.seed = seed
+        self._perms: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _perm(self, stream: int, p: int) -> torch.Tensor:
+        key = (stream, p)
+        if key not in self._perms:
+            if len(self._perms) > 8:
+                self._perms.clear()
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + stream * 7919 + p)
+            self._perms[key] = torch.randperm(self.n[stream], generator=gen)
+        return self._perms[key]
+
+    def _take(self, stream: int, global_step: int) -> torch.Tensor:
+        n, k = self.n[stream], self.k[stream]
+        start, parts, got = global_step * k, [], 0
+        while got < k:
+            p, off = divmod(start, n)
+            take = min(k - got, n - off)
+            parts.append(self._perm(stream, p)[off : off + take])
+            start, got = start + take, got + take
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+
+    def batch(self, global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labelled indices, unlabelled indices) of a global step (epoch * steps per epoch + step)."""
+        return self._take(0, global_step), self._take(1, global_step)
+
+
+def labelled_accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy over the labelled samples of a batch (a transfer batch's unlabelled ones have label -1)."""
+    mask = y >= 0
+    return (logits[mask].argmax(1) == y[mask]).float().mean().item() if mask.any() else 0.0
 
 
 def _model_weights(method: Method) -> dict:

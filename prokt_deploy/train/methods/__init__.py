@@ -1,6 +1,6 @@
 """Training methods, one file each, registered in :mod:`prokt_deploy.train.methods.registry` (the API for a
 method of one's own: ``register(MethodSpec(...))``). Importing this package registers the built-in ones, in
-this order: prokt, kd, scratch."""
+this order: prokt, kd, dkd, scratch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 # isort: off
 from prokt_deploy.train.methods import prokt  # noqa: F401 - each registers itself
 from prokt_deploy.train.methods import kd  # noqa: F401
+from prokt_deploy.train.methods import dkd  # noqa: F401
 from prokt_deploy.train.methods import scratch  # noqa: F401
 
 # isort: on

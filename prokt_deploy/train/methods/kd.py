@@ -1,6 +1,7 @@
 """Knowledge distillation (Hinton et al. 2015): the student matches a frozen, converged teacher's softened
 outputs, alpha * T^2 * KL at temperature T plus (1 - alpha) * CE on the labels. Without a teacher checkpoint the
-run trains the teacher with cross-entropy first."""
+run trains the teacher with cross-entropy first. With unlabelled data (Hinton's transfer set) the KL covers every
+sample and the CE the labelled ones."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class KDConfig(Section):
 def kd_method(student: nn.Module, teacher: nn.Module, opt_cfg: OptimizerConfig, cfg: KDConfig, total_steps: int, grad_clip: float | None) -> Method:
     import torch
 
-    from prokt_deploy.train.engine import Method, check_finite, clip_and_step, make_optimizer, make_scheduler
+    from prokt_deploy.train.engine import Method, check_finite, clip_and_step, labelled_accuracy, make_optimizer, make_scheduler
     from prokt_deploy.train.losses import kd_loss
 
     opt = make_optimizer(student.parameters(), opt_cfg)
@@ -42,7 +43,7 @@ def kd_method(student: nn.Module, teacher: nn.Module, opt_cfg: OptimizerConfig, 
         loss = kd_loss(logits, t_logits, y, cfg.alpha, cfg.temperature)
         check_finite(loss, "KD")
         clip_and_step(student, opt, sched, loss, grad_clip)
-        return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+        return {"loss": loss.item(), "acc": labelled_accuracy(logits, y)}
 
     return Method("kd", step, student, teacher, optimizers={"student": (opt, sched)})
 
@@ -61,5 +62,6 @@ register(
         section="kd",
         config=KDConfig,
         shown=("alpha", "temperature"),
+        unlabeled=True,  # the transfer set: KL on every sample, CE on the labelled ones
     )
 )

@@ -4,6 +4,10 @@ Per minibatch, (a) the teacher takes one optimizer step on (1 - lam) * CE + lam 
 the current student in eval mode, then (b) the student takes one step on KL(p' || q_phi) with p' from the
 *updated* teacher in eval mode. Two optimizers, two schedules, gradient clipping at ``grad_clip``. Both heads
 start at zero (``prokt.zero_init_heads``); a teacher pre-trained in the run gets its head zeroed before ProKT.
+
+Unlabelled samples (a transfer set, label -1; a deviation, PROKT.md has labels everywhere): the teacher's CE term
+averages over the labelled samples of the batch and its KL(q || p_theta) over all of them, so where there is no
+label the teacher is only held close to the student; the student's step needs no label and uses every sample.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def prokt_method(
 ) -> Method:
     import torch
 
-    from prokt_deploy.train.engine import Method, check_finite, clip_and_step, make_optimizer, make_scheduler, soft_targets
+    from prokt_deploy.train.engine import Method, check_finite, clip_and_step, labelled_accuracy, make_optimizer, make_scheduler, soft_targets
     from prokt_deploy.train.losses import prokt_constrained_teacher_loss, prokt_student_loss, prokt_teacher_loss
 
     opt_t = make_optimizer(teacher.parameters(), teacher_opt_cfg)
@@ -84,8 +88,8 @@ def prokt_method(
             "loss": loss_s.item(),
             "teacher_loss": loss_t.item(),
             "kl_q_p": kl.item(),
-            "acc": (s_logits.argmax(1) == y).float().mean().item(),
-            "teacher_acc": (t_logits.argmax(1) == y).float().mean().item(),
+            "acc": labelled_accuracy(s_logits, y),
+            "teacher_acc": labelled_accuracy(t_logits, y),
         }
 
     return Method("prokt", step, student, teacher, state, optimizers={"teacher": (opt_t, sched_t), "student": (opt_s, sched_s)}, trains_teacher=True)
@@ -109,6 +113,8 @@ register(
         zero_heads=lambda recipe: recipe.prokt.zero_init_heads,
         # the reference's start (PROKT.md): a trained backbone, the head reset to zero, fine-tuned jointly
         reset_pretrained_teacher_head=True,
+        # a transfer set: the teacher's CE on the labelled samples, both KL terms on all (docs/prokt.md, "Unlabelled data")
+        unlabeled=True,
     )
 )
 register_variant(Variant("prokt+label", "prokt", {"student_label_weight": 0.3}, "ProKT with a label term in the student's loss"))

@@ -14,6 +14,10 @@ A method is one file (``prokt_deploy/train/methods/<name>.py``, or any module of
   errors) with its defaults; ``recipe.<section>`` is the validated section;
 * ``zero_heads``: whether the heads start at zero (the student's, and a teacher trained from scratch in the run);
   ``reset_pretrained_teacher_head``: whether a teacher pre-trained in the run gets its head zeroed before the method;
+* ``unlabeled``: whether its step learns from a transfer set (data.unlabeled / data.unlabeled_rest): it is then
+  given batches of labelled and unlabelled samples, the unlabelled ones with label -1 (``engine.NO_LABEL``), and
+  must skip their label terms (``losses.labelled_ce``); a method without it trains on the labelled samples alone,
+  for as many optimizer steps as the methods with it;
 * ``label``, ``description`` and ``shown``: how it appears in the report (``teacher (during ProKT)``), the note
   above its section in ``recipe new`` and the keys written there even at their defaults.
 
@@ -67,6 +71,7 @@ class MethodSpec:
     shown: tuple[str, ...] = ()  # section keys recipe new writes even at their defaults
     zero_heads: Callable[[Recipe], bool] = field(default=lambda recipe: False)
     reset_pretrained_teacher_head: bool = False
+    unlabeled: bool = False
 
     @property
     def needs_teacher(self) -> bool:
