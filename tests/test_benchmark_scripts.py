@@ -126,6 +126,16 @@ def test_quality_and_ablation_tiny(tmp_path):
     combined = json.loads((tmp_path / "c.json").read_text())
     assert combined == everything + [{**everything[-1], "seed": 7}]
 
+    # few labels: scratch on the 50 kept labels, DKD with the rest of the 300 as its transfer set (the same optimizer steps)
+    out = tmp_path / "few.json"
+    few = ["--set", "data.labels=50", "--set", "data.unlabeled_rest=true", "--set", "data.max_val_samples=100"]
+    bench("quality.py", "--recipe", DIGITS, "--budgets", "20KB", "--seeds", "0", "--epochs", "1", "--teacher-epochs", "1",
+          "--max-train-samples", "300", "--methods", "scratch,dkd", *few, "--out", str(out), cwd=tmp_path)  # fmt: skip
+    few_records = {r["method"]: r for r in json.loads(out.read_text())}
+    assert {(r["labelled"], r["unlabelled"]) for r in few_records.values()} == {(50, 250)}
+    assert few_records["dkd"]["samples_seen"]["unlabelled"] > 0 and few_records["scratch"]["samples_seen"]["unlabelled"] == 0
+    assert "| 20KB | dkd |" in out.with_suffix(".md").read_text()
+
     out = tmp_path / "a.json"
     bench(
         "ablation.py",

@@ -257,3 +257,31 @@ def test_cli_flags_and_bad_unlabelled_input_exit_4_in_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()  # refused before anything was written
     r = cli_in_process("distill", "--recipe", RECIPES / "digits.yaml", "--unlabeled-rest", cwd=tmp_path)
     assert r.returncode == 2 and "data.unlabeled_rest needs data.labels" in r.stderr  # a usage error: the flags given
+
+
+def test_the_report_says_what_each_method_drew_and_that_scratch_cannot_use_the_pool():
+    from prokt_deploy.benchmarking.report import compare_cells, data_text
+
+    row = {"student_arch": "cnn-w4-d1", "best_epoch": 3, "epochs": 3, "student_test_accuracy": 0.9, "deployed_test_accuracy": 0.9, "train_s": 10.0}
+    comp = {
+        "format": "onnx",
+        "precision": "int8",
+        "labelled": 1000,
+        "unlabelled": 53000,
+        "rows": [
+            {**row, "method": "prokt", "samples_seen": {"labelled": 201_000, "unlabelled": 609_000}},
+            {**row, "method": "scratch", "samples_seen": {"labelled": 810_000, "unlabelled": 0}},
+        ],
+    }
+    header, cells, notes = compare_cells(comp)
+    assert header[-1] == "samples drawn (labelled + unlabelled)" and cells[0][-1] == "201k + 609k" and cells[1][-1] == "810k + 0"
+    assert any(n.startswith("Note: scratch cannot learn from the 53,000 unlabelled samples") for n in notes)
+    # without a pool: no column, no note
+    plain = {**comp, "unlabelled": 0, "rows": [{**r, "samples_seen": {"labelled": 5, "unlabelled": 0}} for r in comp["rows"]]}
+    header, cells, notes = compare_cells(plain)
+    assert "samples drawn (labelled + unlabelled)" not in header and not any("cannot learn" in n for n in notes)
+    data = {"labelled": 1000, "labels_kept": 1000, "unlabelled": 53000, "unlabelled_from": {REST: 53000}}
+    assert "1,000 labelled" in data_text({**data, "samples_seen": {"labelled": 9, "unlabelled": 27}}, "prokt")
+    assert "prokt learned from both (9 labelled + 27 unlabelled" in data_text({**data, "samples_seen": {"labelled": 9, "unlabelled": 27}}, "prokt")
+    assert "scratch cannot learn from unlabelled samples" in data_text({**data, "samples_seen": {"labelled": 9, "unlabelled": 0}}, "scratch")
+    assert data_text({"labelled": 54000, "unlabelled": 0}, "prokt") is None
