@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The few-label grid (issue 37): where distillation pays. N labels kept per run (the same number per class, seeded),
+# the rest of the training split passed unlabelled (a transfer set for kd, dkd and prokt; scratch cannot use it), a
+# 500-sample validation split (what a few-label user has), 3 seeds, each method tuned on validation with the same
+# budget (3 runs, seed 0). No model sees a label beyond the N kept ones: the teacher is what such a user has, a
+# pretrained backbone fine-tuned on the same N labels (KD/DKD: beforehand, one per seed, kept in the teachers folder;
+# ProKT: jointly from the backbone, as its reference does); the shipped teacher (trained on all 54,000 labels) is
+# not used. One method per process, 1 thread each (two processes share the 2 cores); every cell checkpoints each
+# epoch in runs/few-label-grid-N/ and every finished cell is written at once: rerun the same command to continue.
+#
+#   few_label_grid.sh image N METHOD [SEEDS]   Fashion-MNIST, 64 kB pool student, EfficientNet-Lite0 (ImageNet) teacher
+#   few_label_grid.sh text N METHOD [SEEDS]    tweets, the 5 MB text student, MiniLM teacher
+#   (METHOD: scratch, kd, dkd, prokt or prokt+label; N: 1000 or 5000 for images, 1000 for text)
+#
+# Cost (not yet run in full; measured on 2 cores without a GPU): an EfficientNet-Lite0 training step at batch 128 takes
+# about 2 s on 2 threads (TOOLCHAIN.md), so one ProKT epoch over the 54,000-image transfer set (422 steps) is about
+# 15-20 min, and the grid's EPOCHS (default 5: 2,110 steps a cell) about 1.5 h per ProKT cell on 1 thread; KD and
+# DKD only run the frozen teacher forward, scratch not at all. With a CUDA device set DEVICE=cuda.
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+KIND="${1:?usage: $0 image|text N METHOD [SEEDS]}"
+N="${2:?labels kept, e.g. 1000}"
+M="${3:?method: scratch, kd, dkd, prokt or prokt+label}"
+SEEDS="${4:-0,1,2}"
+EPOCHS=${EPOCHS:-5}
+COMMON=(--seeds "$SEEDS" --methods "$M" --epochs "$EPOCHS" --tune --threads 1 --resume --work-dir "runs/few-label-grid-$KIND-$N"
+        --teacher-dir "runs/few-label-teachers-$KIND-$N" --max-train-samples 1000000
+        --set "data.labels=$N" --set data.unlabeled_rest=true --set data.max_val_samples=500 --set "device=${DEVICE:-cpu}")
+case "$KIND" in
+  image)
+    # the default recipe's student and budget (64 kB over ONNX and OpenVINO int8: pool-w16-d3), planned by size
+    # tuning (3 runs per method, seed 0) on the first 12,000 training images: the N labels and 12,000 - N unlabelled
+    exec $PY benchmarks/quality.py --recipe recipes/fashion-mnist-efficientnet.yaml --budgets 64KB "${COMMON[@]}" \
+      --tune-set data.max_train_samples=12000 --set student.family=pool --set 'budget.formats=[onnx, openvino]' --set budget.target=none \
+      --out "benchmarks/results/few-labels-image-$N-$M.json" ;;
+  text)
+    # tuning on text_quality.py's 6,000-tweet subset: the N labels and 6,000 - N unlabelled
+    exec $PY benchmarks/text_quality.py "${COMMON[@]}" --out "benchmarks/results/few-labels-text-$N-$M.json" ;;
+  *) echo "usage: $0 image|text N METHOD [SEEDS]" >&2; exit 2 ;;
+esac
