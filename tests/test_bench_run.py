@@ -103,6 +103,28 @@ def test_run_end_to_end_on_digits(run_dir):
     assert "run" in proc.stderr and "prokt" in proc.stderr
 
 
+def test_the_report_and_the_terminal_answer_the_four_questions_first(run_dir):
+    """What to ship (the file's path) and the input it expects, the accuracy lost against the teacher, the speed
+    against the teacher's fastest file, and whether distillation helped: the first lines of the terminal summary and
+    of report.md, before any table."""
+    out, proc = run_dir
+    report = json.loads((out / "report.json").read_text())
+    rec = next(r for r in report["rows"] if r["id"] == report["recommendation"]["id"])
+    first = [line for line in proc.stdout.splitlines() if line.strip()][:6]
+    assert first[0].startswith("Ship: ") and str(out / rec["files"][0]) in first[0] and f"{rec['bytes']:,} bytes" in first[0]
+    assert first[1].startswith("Input: float32 NCHW Nx1x8x8, x = (raw / 16 - mean) / std")
+    teacher = next(r for r in report["rows"] if r["id"] == "teacher/pytorch/fp32")["test_accuracy"]
+    points = abs(100 * (teacher - rec["test_accuracy"]))
+    assert first[2].startswith(f"Accuracy: {100 * rec['test_accuracy']:.2f}% on the test split, {points:.2f} points")
+    assert first[3].startswith("Speed: ") and f"({report['versus_teacher']['teacher_artifact']})" in first[3]
+    assert first[4].startswith("Distillation: not measured in this run; add --compare scratch")
+    md = (out / "report.md").read_text()
+    head = md.split("# Benchmark")[0]
+    assert head.startswith("# run: what to ship") and "**Ship**: " in head and "**Distillation**: not measured" in head
+    best, epochs = report["training"]["best_epoch"], report["training"]["epochs"]
+    assert ("**Warning**: the best validation epoch was the last" in head) == (best == epochs)
+
+
 def test_report_schema_rows_and_percentiles(run_dir):
     out, _ = run_dir
     report = json.loads((out / "report.json").read_text())

@@ -129,6 +129,8 @@ def test_compare_and_the_report_show_the_registered_method(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert any(line.startswith("| ce-smooth | cnn-w8-d1 |") for line in md.splitlines()), md  # the compare table
     assert "student (ce-smooth, baseline)" in (out / "report.html").read_text()  # its learning curve
+    # the headline answers "did distillation help?" from the comparison (a scratch run: the compared method's gain)
+    assert f"**Distillation**: ce-smooth {rows[1]['gain_over_scratch_points']:+.2f} points over scratch" in md.split("# Benchmark")[0]
 
 
 def test_a_variant_is_its_base_method_with_fixed_settings():

@@ -409,6 +409,7 @@ def bench(
         not_benchmarked=not_benchmarked,
     )
     rep["versus_teacher"] = versus_teacher(rows, recommendation)
+    rep["headline"] = report.headline(rep)  # the answers first: the report's opening lines and the terminal's
     progress("per-class accuracy of the recommended artifact and the teacher")
     rep["per_class"] = per_class_accuracy(fr, rows, recommendation, data, threads, predictions)
     with run_lock(run):  # not in the middle of a --merge's read-modify-write

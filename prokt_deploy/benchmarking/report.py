@@ -122,6 +122,11 @@ def new_report(
             "unlabelled_from": (manifest.data or {}).get("unlabelled_from", {}),
             "samples_seen": manifest.metrics.get("samples_seen"),
         },
+        "input": dict(manifest.input or {}),
+        "training": {
+            k: manifest.metrics.get(k)
+            for k in ("best_epoch", "epochs", "student_test_accuracy", "teacher_test_accuracy", "teacher_given_test_accuracy")
+        },
         "learning_curves": manifest.metrics.get("history"),
         "budget_bytes": manifest.budget_bytes,
         "per_class": None,  # filled by prokt_deploy.benchmarking.bench.per_class_accuracy
@@ -198,6 +203,114 @@ def table_rows(rep: dict) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return header, cells
+
+
+def headline(rep: dict) -> dict | None:
+    """The four answers a user looks for first, from a report: which file to ship (path, bytes, runtime) and the
+    input it expects, how much accuracy it lost (against the teacher as the method left it, and as the user brought
+    it when the method changed it), how much faster it is than the teacher's fastest file, and whether distillation
+    helped (the gain over scratch when ``--compare`` ran); plus warnings (the best epoch is the last one). None
+    without a recommended file."""
+    rec = rep.get("recommendation")
+    row = next((r for r in rep["rows"] if rec and r["id"] == rec["id"]), None)
+    if row is None:
+        return None
+    run = Path(rep["run"])
+    files = [str(run / f) for f in row.get("files") or []]
+    teacher_row = next((r for r in rep["rows"] if r["id"] == "teacher/pytorch/fp32"), None)
+    training = rep.get("training") or {}
+    acc = row.get("test_accuracy")
+    out: dict = {
+        "ship": {"artifact": row["id"], "files": files, "bytes": row.get("bytes"), "runtime": row.get("runtime"), "test_accuracy": acc},
+        "input": _input_text(rep.get("input") or {}, files),
+        "accuracy": [],
+        "speed": None,
+        "distillation": None,
+        "warnings": [],
+    }
+    after = teacher_row["test_accuracy"] if teacher_row else training.get("teacher_test_accuracy")
+    given = training.get("teacher_given_test_accuracy")
+    if acc is not None and given is not None:
+        out["accuracy"].append({"against": "the teacher as you brought it", "teacher": given, "points": round(100 * (given - acc), 2)})
+    if acc is not None and after is not None:
+        who = f"the teacher as {rep['method']} left it" if given is not None else "the teacher"
+        out["accuracy"].append({"against": who, "teacher": after, "points": round(100 * (after - acc), 2)})
+    v = rep.get("versus_teacher")
+    if v:
+        out["speed"] = {
+            "speedup": v["speedup"],
+            "batch_speedup": v["batch_speedup"],
+            "teacher_artifact": v["teacher_artifact"],
+            "size_ratio": v["size_ratio"],
+        }
+    comp = rep.get("compare") or {}
+    gains = [r for r in comp.get("rows", []) if r.get("gain_over_scratch_points") is not None]
+    # this run's own gain; a scratch run compared with other methods: the best of theirs
+    own = next((r for r in gains if r.get("run") == "."), None) or max(gains, key=lambda r: r["gain_over_scratch_points"], default=None)
+    if own is not None:
+        out["distillation"] = {
+            "method": own["method"],
+            "gain_points": own["gain_over_scratch_points"],
+            "standard_error_points": own["gain_standard_error_points"],
+            "within_noise": own["within_noise"],
+            "time_vs_scratch": own.get("train_time_vs_scratch"),
+        }
+    best, epochs = training.get("best_epoch"), training.get("epochs")
+    if best is not None and epochs and best == epochs and epochs > 1:
+        out["warnings"].append(
+            f"the best validation epoch was the last ({best} of {epochs}): the student may not have converged; train longer (--epochs)"
+        )
+    return out
+
+
+def _input_text(spec: dict, files: list[str]) -> str:
+    """What a device feeds the file: shape, dtype and preprocessing; the int8 I/O parameters of a LiteRT file."""
+    if spec.get("kind") == "text":
+        return f"input_ids and attention_mask (B, L <= {spec.get('max_length')}) int64, from the tokenizer shipped beside the file (right padding)"
+    shape = "x".join("N" if d is None else str(d) for d in spec.get("shape", []))
+    text = f"{spec.get('dtype', 'float32')} {spec.get('layout', 'NCHW')} {shape}"
+    if "mean" in spec:
+        mean = ", ".join(f"{m:.4g}" for m in spec["mean"])
+        std = ", ".join(f"{v:.4g}" for v in spec["std"])
+        text += f", x = (raw / {spec.get('scale', 1):g} - mean) / std with mean [{mean}], std [{std}] per channel"
+    quant = next((Path(f) for f in files if f.endswith(".quant.json")), None)
+    if quant is not None and quant.is_file():
+        try:
+            q = json.loads(quant.read_text())["inputs"][0]
+            text += f"; then int8: q = round(x / {q['scale']:.6g}) + {q['zero_point']} (model.quant.json)"
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+    return text
+
+
+def headline_lines(h: dict | None, method: str) -> list[str]:
+    """The headline as plain sentences, the order a user asks in (the terminal, Markdown and HTML render these)."""
+    if h is None:
+        return ["No file to ship: no student file passed its gates within the accuracy limit (see the gates below)."]
+    ship = h["ship"]
+    lines = [f"Ship: {', '.join(ship['files']) or ship['artifact']} ({ship['bytes']:,} bytes, {ship['runtime']}; {ship['artifact']})"]
+    lines.append(f"Input: {h['input']}")
+    if h["accuracy"]:
+        versus = "; ".join(
+            f"{abs(a['points']):.2f} points {'below' if a['points'] > 0 else 'above'} {a['against']} ({100 * a['teacher']:.2f}%)"
+            for a in h["accuracy"]
+        )
+        lines.append(f"Accuracy: {100 * ship['test_accuracy']:.2f}% on the test split, {versus}")
+    if h["speed"]:
+        s = h["speed"]
+        lines.append(
+            f"Speed: {s['speedup']:.2f}x the teacher's fastest file ({s['teacher_artifact']}) at batch 1, {s['batch_speedup']:.2f}x batched; "
+            f"{s['size_ratio']:.1f}x smaller"
+        )
+    d = h["distillation"]
+    if d is None:
+        lines.append(f"Distillation: not measured in this run; add --compare scratch to train the same student on labels alone beside {method}")
+    else:
+        noise = "within noise: not shown to beat scratch" if d["within_noise"] else "beyond noise"
+        cost = f", at {d['time_vs_scratch']:.1f}x scratch's training time" if d.get("time_vs_scratch") else ""
+        lines.append(f"Distillation: {d['method']} {d['gain_points']:+.2f} points over scratch (± {d['standard_error_points']:.2f}, {noise}){cost}")
+    lines += [f"Warning: {w}" for w in h["warnings"]]
+    return lines
 
 
 def versus_line(v: dict) -> str:
@@ -606,10 +719,20 @@ def _machine_sections(rep: dict) -> list[Section]:
     return out
 
 
+def _headline_section(rep: dict) -> Section:
+    """The answers first: what to ship, what it expects, what was lost, how fast, did distillation help."""
+    paras = []
+    for line in headline_lines(rep["headline"] if "headline" in rep else headline(rep), rep["method"]):
+        key, _, rest = line.partition(": ")
+        paras.append(Para([Bold(key), f": {rest}"], css="fail" if key == "Warning" else None) if rest else Para(line))
+    return Section(f"{Path(rep['run']).name}: what to ship", [Lines(paras)], level=1)
+
+
 def report_sections(rep: dict) -> list:
     """The report's sections in order (``Section``, or ``Alt`` of sections; ``None`` entries are skipped)."""
     per_class = _per_class_section(rep.get("per_class"))
     return [
+        _headline_section(rep),
         _summary_section(rep),
         _plots_section(rep),  # HTML only: Markdown has no figures
         Alt(md=None, html=per_class),  # HTML: beside the plots

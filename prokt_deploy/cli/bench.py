@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from prokt_deploy.benchmarking.report import REPORT_HTML, REPORT_JSON, REPORT_MD, table_rows, versus_line
+from prokt_deploy.benchmarking.report import REPORT_HTML, REPORT_JSON, REPORT_MD, headline_lines, table_rows, versus_line
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import err, out, print_json
 from prokt_deploy.deploy.bundle import DEFAULT_SAMPLES, write_bundle
@@ -118,7 +119,11 @@ def show_report(rep: BenchReport, as_json: bool) -> None:
     if as_json:
         print_json(rep.to_dict())
         return
-    header, cells = table_rows(rep.to_dict())
+    as_dict = rep.to_dict()
+    for line in headline_lines(as_dict.get("headline"), rep.method):  # the four answers first
+        key, _, rest = line.partition(": ")
+        out.print(f"[bold {'red' if key == 'Warning' else 'green'}]{key}[/]: {escape(rest)}" if rest else line, highlight=False)
+    header, cells = table_rows(as_dict)
     s = rep.settings
     table = Table(title=f"{Path(rep.run).name}: batch-1 latency, batch-{s['batch']} throughput, {s['threads']} thread(s), {s['device']}")
     for i, h in enumerate(header):

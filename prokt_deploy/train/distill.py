@@ -401,6 +401,9 @@ def _write_run(run: _Run, ws: RunWorkspace, history: dict[str, list[dict]], best
     recipe, data, device, student, teacher = run.recipe, run.data, run.device, run.student, run.teacher
     teacher_used = methods.get(recipe.method).needs_teacher
     metrics = {
+        # the teacher as the user brought it (its checkpoint with its own head), when the method changed it: the
+        # report shows what the student lost against it as well as against the teacher the method left
+        "teacher_given_test_accuracy": _given_teacher_accuracy(recipe, data, device) if methods.get(recipe.method).trains_teacher else None,
         "student_test_accuracy": engine.accuracy(student, data.test, device),
         "student_val_accuracy": engine.accuracy(student, data.val, device),
         "teacher_test_accuracy": engine.accuracy(teacher, data.test, device) if teacher_used else None,
@@ -426,6 +429,20 @@ def _write_run(run: _Run, ws: RunWorkspace, history: dict[str, list[dict]], best
         write_manifest(ws.path, manifest)
         log.info("student test accuracy %.4f", metrics["student_test_accuracy"])
     return manifest
+
+
+def _given_teacher_accuracy(recipe: Recipe, data: DataBundle, device: torch.device) -> float | None:
+    """Test accuracy of the teacher checkpoint as given (its own head), for a method that fine-tunes the teacher;
+    None when the teacher was not given as a checkpoint, or its head does not fit this data's classes."""
+    if recipe.teacher.init not in ("checkpoint", "checkpoint-reset-head") or not recipe.teacher.checkpoint:
+        return None
+    given = recipe.model_copy(update={"teacher": recipe.teacher.model_copy(update={"init": "checkpoint"})})
+    try:
+        teacher = build_teacher(given, data, zero_head=False).to(device)
+    except Exception as exc:  # noqa: BLE001 - a head of other classes, another input: no such number, not a failed run
+        log.info("the teacher as given is not scored on this data: %s", str(exc).splitlines()[0][:200])
+        return None
+    return engine.accuracy(teacher, data.test, device)
 
 
 def _finish(run: _Run, ws: RunWorkspace, *, latest: bool, runs_root: Path) -> None:
