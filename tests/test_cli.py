@@ -185,3 +185,17 @@ def test_existing_out_dir_is_never_overwritten(tmp_path):
 def test_debug_shows_traceback(tmp_path):
     proc = cli("--debug", "distill", "--recipe", str(tmp_path / "nope.yaml"), cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_bare_prokt_deploy_shows_the_help_and_exits_0(tmp_path):
+    r = cli_in_process(cwd=tmp_path)
+    assert r.returncode == 0 and "Usage: prokt-deploy" in r.stdout and "Error" not in r.stderr
+
+
+def test_run_distill_and_plan_take_the_recipe_the_same_way(tmp_path):
+    """A positional RECIPE or --recipe, a path or a shipped name; two different ones are a usage error (exit 2)."""
+    for command in ("plan", "distill", "run"):
+        r = cli_in_process(command, "digits", "--recipe", "fashion-mnist", cwd=tmp_path)
+        assert r.returncode == 2 and "two recipes given (digits and --recipe fashion-mnist)" in r.stderr, (command, r.stderr)
+    r = cli_in_process("plan", RECIPES / "digits.yaml", "--budget", "20KB", "--target", "none", cwd=tmp_path)
+    assert r.returncode == 0 and "chose" in r.stdout

@@ -62,8 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI. Errors print one line on stderr and exit with the code documented in docs/cli.md (Exit codes)."""
     global _debug
     _debug = os.environ.get("PROKT_DEPLOY_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(argv if argv is not None else sys.argv[1:])
+    if not [a for a in args if a != "--debug"]:
+        args = ["--help"]  # bare prokt-deploy: the help, exit 0 (not a usage error)
     try:
-        code = app(args=argv, prog_name="prokt-deploy", standalone_mode=False)
+        code = app(args=args, prog_name="prokt-deploy", standalone_mode=False)
     except ProktError as e:
         if _debug:
             raise

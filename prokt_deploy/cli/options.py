@@ -22,6 +22,19 @@ RecipeOpt = Annotated[
     Optional[Path],
     typer.Option("--recipe", "-r", help="Recipe YAML, or a shipped recipe by name (digits, fashion-mnist, tweets-minilm; default: fashion-mnist)."),
 ]
+RecipeArg = Annotated[
+    Optional[Path], typer.Argument(metavar="RECIPE", help="Recipe YAML or a shipped recipe's name (the same as --recipe).", show_default=False)
+]
+
+
+def one_recipe(positional: Path | None, option: Path | None) -> Path | None:
+    """The recipe given as the positional RECIPE or as --recipe (the same for run, distill and plan); both: a usage error
+    unless they are the same."""
+    if positional is not None and option is not None and positional != option:
+        raise UsageError(f"two recipes given ({positional} and --recipe {option}); give one")
+    return positional or option
+
+
 LatenciesOpt = Annotated[
     Optional[Path],
     typer.Option(

@@ -20,6 +20,7 @@ from prokt_deploy.rundir.workspace import check_out_dir
 
 @o.takes_overrides("budget", "formats", "ram_budget", "data_dir", "data_source", "teacher_checkpoint", "teacher_factory", "student", "family")
 def plan(
+    recipe_file: o.RecipeArg = None,
     recipe: o.RecipeOpt = None,
     overrides: dict | None = None,
     exact: Annotated[bool, typer.Option("--exact", help="Measure every candidate's artifact, not only those needed to decide.")] = False,
@@ -58,7 +59,7 @@ def plan(
     latency_ms = parse_latency(latency_budget) if latency_budget is not None else None
     if target is not None and target.strip().lower() != NO_TARGET:
         parse_target(target)
-    r = o.resolve_recipe(recipe, overrides, trust_recipe_code=trust_recipe_code)
+    r = o.resolve_recipe(o.one_recipe(recipe_file, recipe), overrides, trust_recipe_code=trust_recipe_code)
     if bundle is not None and latencies is not None:
         raise UsageError("--bundle writes the artifacts to measure on the device and --latencies reads what was measured: use one at a time")
     writer = data = None

@@ -3,7 +3,6 @@ compare -> export at the deploy precision -> bench -> report)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -14,7 +13,6 @@ from prokt_deploy.cli import bench as b
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, err
 from prokt_deploy.cli.train import OutOpt
-from prokt_deploy.errors import UsageError
 from prokt_deploy.pipeline import STAGES
 
 
@@ -83,7 +81,7 @@ class PipelineProgress(RichProgress):
 
 @o.takes_overrides(*o.TRAINING)
 def run(
-    recipe_file: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help="Recipe YAML (the same as --recipe).", show_default=False)] = None,
+    recipe_file: o.RecipeArg = None,
     recipe: o.RecipeOpt = None,
     overrides: dict | None = None,
     out_dir: OutOpt = None,
@@ -110,9 +108,7 @@ def run(
 
     Takes the overrides of `distill`; `--out DIR` is the run directory, where report.json, report.md and report.html are written. An artifact that misses its export gates is left out of the bench and listed in the report; after the report, a missed bench gate exits with code 11, and a missed export gate of a format the recipe plans for (budget.formats) with code 10.
     """
-    if recipe_file is not None and recipe is not None and recipe_file != recipe:
-        raise UsageError(f"two recipes given ({recipe_file} and --recipe {recipe}); give one")
-    r = o.resolve_recipe(recipe_file or recipe, overrides, trust_recipe_code=trust_recipe_code)
+    r = o.resolve_recipe(o.one_recipe(recipe_file, recipe), overrides, trust_recipe_code=trust_recipe_code)
     with PipelineProgress() as progress:
         result = pipeline.run(
             r,

@@ -25,6 +25,7 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directo
 
 @o.takes_overrides(*o.TRAINING)
 def distill(
+    recipe_file: o.RecipeArg = None,
     recipe: o.RecipeOpt = None,
     overrides: dict | None = None,
     out_dir: OutOpt = None,
@@ -40,6 +41,7 @@ def distill(
     as_json: o.JsonOpt = False,
 ) -> None:
     """Plan the student that fits the budget and distill the teacher into it (ProKT by default)."""
+    recipe = o.one_recipe(recipe_file, recipe)
     r = None
     if resume is None:
         r = o.resolve_recipe(recipe, overrides, trust_recipe_code=trust_recipe_code)
