@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prokt_deploy.errors import ExportFailed, GateFailed, UsageError
 from prokt_deploy.rundir.reader import FinishedRun, Manifest, open_run
-from prokt_deploy.rundir.workspace import MANIFEST, update_manifest
+from prokt_deploy.rundir.workspace import MANIFEST, partial_path, update_manifest
 from prokt_deploy.train import methods
 
 COMPARE_DIR = "compare"
@@ -81,8 +81,12 @@ def compare(run: str | Path, methods: str | Sequence[str], *, progress=None, sta
             continue  # the run itself
         sub = run / COMPARE_DIR / name
         if not (sub / MANIFEST).is_file():
-            say(f"compare: training {name}")
-            distill(baseline_recipe(recipe, name, student_arch), out=sub, progress=progress, latest=False)
+            if (partial_path(sub) / "recipe.yaml").is_file():  # stopped mid-way (run --resume): continue it from its checkpoint
+                say(f"compare: continuing {name}")
+                distill(None, resume=sub, progress=progress, latest=False)
+            else:
+                say(f"compare: training {name}")
+                distill(baseline_recipe(recipe, name, student_arch), out=sub, progress=progress, latest=False)
             say(f"compare: exporting {name} ({fmt} {manifest.precision})")
             try:
                 export_run(sub, [fmt], manifest.precision)

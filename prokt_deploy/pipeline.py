@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from prokt_deploy.errors import GateFailed, UsageError
+from prokt_deploy.errors import GateFailed, InterruptedRun, UsageError
 from prokt_deploy.recipe import Recipe, load_recipe
 
 if TYPE_CHECKING:
@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 #: the stages of a run, in order (the CLI shows one bar over them)
 STAGES = ("distill", "compare", "export", "bench")
+#: what ``run`` was asked besides the recipe (baselines, bench settings, gates), kept in the run directory from the
+#: start so ``run --resume`` continues with the same
+RUN_REQUEST = "run-request.json"
+REQUEST_KEYS = ("compare", "threads", "batch", "runs", "warmup", "repeats", "bench_device", "max_latency_ms", "max_accuracy_drop", "min_speedup")
 
 
 class RunProgress(Protocol):
@@ -93,6 +97,7 @@ def run(
     progress: RunProgress | None = None,
     training_progress: object | None = None,
     bench_progress: Callable[[str], None] | None = None,
+    resume: str | Path | None = None,
 ) -> PipelineResult:
     """Distill ``recipe`` (a :class:`Recipe`, a recipe file or shipped name, None: the default recipe), train the
     ``compare`` baselines beside it (e.g. ``"scratch,kd"``), export at the deploy precision every format exported by
@@ -100,14 +105,38 @@ def run(
     (each gated), benchmark everything and write report.json/.md/.html into the run directory (``out``, default
     ``runs/<recipe>-<method>-<time>``). Bench settings left None take bench's defaults. Gates are recorded in the
     report; call :meth:`PipelineResult.check` to raise on a missed one. Raises the library's typed errors
-    (:mod:`prokt_deploy.errors`) for bad input before training starts."""
-    from prokt_deploy.compare import parse_methods
-    from prokt_deploy.rundir.workspace import check_out_dir
+    (:mod:`prokt_deploy.errors`) for bad input before training starts.
 
-    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    check_gate_values(max_latency_ms, max_accuracy_drop, min_speedup)
-    if out is not None:
-        check_out_dir(Path(out))  # before the data is loaded
+    ``resume``: the run directory of an interrupted ``run`` (pass nothing else): it continues whatever stage was
+    stopped, with the recipe and the request it was started with (training from its checkpoint, a baseline from
+    its own, then export and bench again), and ends as an uninterrupted run would. Interrupted, ``run`` raises
+    :class:`~prokt_deploy.errors.InterruptedRun` saying so."""
+    import json
+
+    from prokt_deploy.compare import parse_methods
+    from prokt_deploy.rundir.workspace import DEFAULT_RUNS_ROOT, MANIFEST, check_out_dir, default_run_path, find_resumable, partial_path
+
+    request = dict(compare=compare, threads=threads, batch=batch, runs=runs, warmup=warmup, repeats=repeats, bench_device=bench_device)
+    request.update(max_latency_ms=max_latency_ms, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup)
+    if resume is not None:
+        final = Path(resume)
+        if final.name.endswith(".partial"):
+            final = final.with_name(final.name[1 : -len(".partial")])
+        finished = (final / MANIFEST).is_file()
+        home = final if finished else find_resumable(final)  # a RunError saying what is there otherwise
+        if not (home / RUN_REQUEST).is_file():
+            raise UsageError(
+                f"{final} was not started by 'prokt-deploy run' (no {RUN_REQUEST}): continue its training with 'prokt-deploy distill --resume {final}'"
+            )
+        request = {**request, **json.loads((home / RUN_REQUEST).read_text())}
+        r = None
+    else:
+        r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+        final = Path(out) if out is not None else default_run_path(DEFAULT_RUNS_ROOT, r.name, r.method)
+        check_out_dir(final)  # before the data is loaded
+        finished = False
+    compare = request["compare"]
+    check_gate_values(request["max_latency_ms"], request["max_accuracy_drop"], request["min_speedup"])
     baselines = parse_methods(compare) if compare else []  # a bad list fails now too
     import exporters  # torch, onnxruntime: imported once the arguments are known to be good
     from prokt_deploy.benchmarking.bench import bench, runtime_targets
@@ -117,36 +146,53 @@ def run(
     from prokt_deploy.rundir.reader import open_run
     from prokt_deploy.train.distill import distill
 
-    runtime_targets(bench_device)  # an unavailable device fails now, not after training
+    runtime_targets(request["bench_device"])  # an unavailable device fails now, not after training
     stage = progress.stage if progress is not None else (lambda name: None)
     status = progress.status if progress is not None else (lambda text: None)
+    current = "distill"
 
-    stage("distill")
-    result = distill(r, out=out, progress=training_progress, latencies=latencies)  # type: ignore[arg-type]
-    stage("compare")
-    if baselines:
-        train_baselines(result.path, baselines, progress=training_progress, status=status)
-    stage("export")
+    def enter(name: str) -> None:
+        nonlocal current
+        current = name
+        stage(name)
+
     try:
-        wanted = [f for f in exporters.FORMATS if f in exporters.default_formats() or f in r.budget.formats]
-        exports = export_run(result.path, wanted, r.budget.precision, progress=status)
-        export_failure = None
-    except GateFailed as exc:  # the passed artifacts are kept and benchmarked; the report lists the others
-        exports, export_failure = exc.results, exc
-    stage("bench")
-    settings = {"threads": threads, "batch": batch, "runs": runs, "warmup": warmup, "repeats": repeats}
-    report = bench(
-        result.path,
-        **{k: (measure.DEFAULTS[k] if v is None else v) for k, v in settings.items()},
-        device=bench_device,
-        max_latency_ms=max_latency_ms,
-        max_accuracy_drop=max_accuracy_drop,
-        min_speedup=min_speedup,
-        progress=bench_progress or status,
-    )
+        enter("distill")
+        if not finished:
+            keep = {RUN_REQUEST: json.dumps({k: request[k] for k in REQUEST_KEYS}, indent=1) + "\n"}
+            distill(r, out=final, progress=training_progress, latencies=latencies, keep=keep, resume=final if resume is not None else None)  # type: ignore[arg-type]
+        fr = open_run(final)
+        r = fr.recipe()
+        enter("compare")
+        if baselines:
+            train_baselines(final, baselines, progress=training_progress, status=status)
+        enter("export")
+        try:
+            wanted = [f for f in exporters.FORMATS if f in exporters.default_formats() or f in r.budget.formats]
+            exports = export_run(final, wanted, r.budget.precision, progress=status)
+            export_failure = None
+        except GateFailed as exc:  # the passed artifacts are kept and benchmarked; the report lists the others
+            exports, export_failure = exc.results, exc
+        enter("bench")
+        report = bench(
+            final,
+            **{k: (measure.DEFAULTS[k] if request[k] is None else request[k]) for k in ("threads", "batch", "runs", "warmup", "repeats")},
+            device=request["bench_device"],
+            max_latency_ms=request["max_latency_ms"],
+            max_accuracy_drop=request["max_accuracy_drop"],
+            min_speedup=request["min_speedup"],
+            progress=bench_progress or status,
+        )
+    except (InterruptedRun, KeyboardInterrupt):
+        if not ((final / MANIFEST).is_file() or (partial_path(final) / "recipe.yaml").is_file()):
+            raise  # nothing on disk to continue from
+        raise InterruptedRun(
+            f"interrupted in {current}; what is done is kept: continue the whole run (training, baselines, export, bench) "
+            f"with 'prokt-deploy run --resume {final}'"
+        ) from None
     return PipelineResult(
-        path=result.path,
-        manifest=open_run(result.path).manifest,
+        path=final,
+        manifest=open_run(final).manifest,
         exports=exports,
         report=report,
         export_failure=export_failure,

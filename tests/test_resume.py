@@ -191,3 +191,54 @@ def test_quality_grid_cell_continues_from_its_checkpoint(tmp_path):
         with pytest.raises(SystemExit, match="another process is running the cell"):
             quality.run_cell(recipe("kd"), busy, runs)
     assert partial_path(busy).is_dir()
+
+
+def _pipeline(out, **kw):
+    from prokt_deploy import pipeline
+
+    r = recipe("prokt", **{"student.arch": "cnn-w8-d1", "budget.size": "64KB", "train.epochs": 2})
+    return pipeline.run(r, out=out, compare="scratch", runs=20, warmup=3, repeats=2, batch=8, **kw)
+
+
+def _artifacts(run):
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted((run / "artifacts").rglob("*")) if p.is_file()}
+
+
+def test_run_resume_finishes_a_run_killed_in_training_or_in_bench(tmp_path, monkeypatch):
+    """`run --resume RUN` continues whatever stage was stopped (training, a baseline, export, bench) with the recipe and
+    the request the run was started with, and ends with what an uninterrupted run makes: the same weights, the same
+    baseline, byte-identical ONNX artifacts and a report."""
+    from prokt_deploy import pipeline
+
+    monkeypatch.chdir(tmp_path)  # runs/latest
+    ref = _pipeline(tmp_path / "ref")
+    out = tmp_path / "killed"
+    with pytest.raises(InterruptedRun, match=f"interrupted in distill; .*'prokt-deploy run --resume {out}'"):
+        _pipeline(out, training_progress=CtrlCAt(4, KeyboardInterrupt()))
+    assert (partial_path(out) / "run-request.json").is_file() and not out.exists()
+    resumed = pipeline.run(resume=out)
+    assert_same(weights(ref.path), weights(resumed.path))
+    assert_same(
+        load_file(str(ref.path / "compare" / "scratch" / "student.safetensors")), load_file(str(out / "compare" / "scratch" / "student.safetensors"))
+    )
+    onnx = {k: v for k, v in _artifacts(ref.path).items() if k.endswith(".onnx")}
+    assert onnx and onnx == {k: v for k, v in _artifacts(out).items() if k.endswith(".onnx")}
+    assert set(_artifacts(ref.path)) == set(_artifacts(out))
+    assert [r.id for r in resumed.report.rows] == [r.id for r in ref.report.rows]
+    assert resumed.report.settings["runs"] == 20 and resumed.report.compare["rows"][1]["method"] == "scratch"  # the saved request
+
+    # killed in bench: training, the baseline and the export are kept; the bench and the report are made again
+    killed = tmp_path / "killed-in-bench"
+
+    def stop(text):
+        raise KeyboardInterrupt
+
+    with pytest.raises(InterruptedRun, match="interrupted in bench"):
+        _pipeline(killed, bench_progress=stop)
+    assert (killed / "manifest.json").is_file() and not (killed / "report.json").exists()
+    before = (killed / "student.safetensors").stat().st_mtime_ns
+    done = pipeline.run(resume=killed)
+    assert (killed / "report.json").is_file() and (killed / "student.safetensors").stat().st_mtime_ns == before  # not retrained
+    assert [r.id for r in done.report.rows] == [r.id for r in ref.report.rows]
+    with pytest.raises(RunError, match="no unfinished run"):
+        pipeline.run(resume=tmp_path / "nothing-here")

@@ -3,6 +3,7 @@ compare -> export at the deploy precision -> bench -> report)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -13,6 +14,7 @@ from prokt_deploy.cli import bench as b
 from prokt_deploy.cli import options as o
 from prokt_deploy.cli.console import RichProgress, err
 from prokt_deploy.cli.train import OutOpt
+from prokt_deploy.errors import UsageError
 from prokt_deploy.pipeline import STAGES
 
 
@@ -102,16 +104,46 @@ def run(
             "--compare", help="Also train these baselines on the same split, student and epochs, e.g. scratch,kd; the report compares them."
         ),
     ] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run (its --out directory): the stage that was stopped (training, baselines, export, bench) "
+            "and the ones after it, with the recipe and settings it was started with.",
+        ),
+    ] = None,
     as_json: o.JsonOpt = False,
 ) -> None:
     """Distill, export ONNX and OpenVINO at the deploy precision, benchmark and write the report, in one go.
 
     Takes the overrides of `distill`; `--out DIR` is the run directory, where report.json, report.md and report.html are written. An artifact that misses its export gates is left out of the bench and listed in the report; after the report, a missed bench gate exits with code 11, and a missed export gate of a format the recipe plans for (budget.formats) with code 10.
     """
-    r = o.resolve_recipe(o.one_recipe(recipe_file, recipe), overrides, trust_recipe_code=trust_recipe_code)
+    if resume is not None:
+        given = {"RECIPE": recipe_file, "--recipe": recipe, "--out": out_dir, "--latencies": latencies, "--compare": compare_methods}
+        given.update({"--max-latency-ms": max_latency_ms, "--max-accuracy-drop": max_accuracy_drop, "--min-speedup": min_speedup})
+        settings = {"--threads": threads, "--batch": batch, "--runs": runs, "--warmup": warmup, "--repeats": repeats, "--bench-device": bench_device}
+        defaults = {
+            "--threads": b.D["threads"],
+            "--batch": b.D["batch"],
+            "--runs": b.D["runs"],
+            "--warmup": b.D["warmup"],
+            "--repeats": b.D["repeats"],
+        }
+        flags = [k for k, v in given.items() if v is not None] + [k for k, v in settings.items() if v != defaults.get(k, "CPU")]
+        flags += o.given_flags(overrides)
+        if flags:
+            raise UsageError(
+                f"--resume continues {resume} with the recipe and settings it was started with; {', '.join(flags)} cannot change them: "
+                f"drop {', '.join(flags)}, or start a new run"
+            )
+        _consent_for_saved_recipe(resume, trust_recipe_code)
+        r = None
+    else:
+        r = o.resolve_recipe(o.one_recipe(recipe_file, recipe), overrides, trust_recipe_code=trust_recipe_code)
     with PipelineProgress() as progress:
         result = pipeline.run(
             r,
+            resume=resume,
             out=out_dir,
             compare=compare_methods,
             latencies=latencies,
@@ -130,3 +162,14 @@ def run(
         )
     b.show_report(result.report, as_json)
     result.check()
+
+
+def _consent_for_saved_recipe(run_dir: Path, trusted: bool) -> None:
+    """A resumed run imports what its saved recipe names (teacher.factory) only with --trust-recipe-code."""
+    from prokt_deploy.recipe import load_recipe
+    from prokt_deploy.rundir.workspace import partial_path
+
+    for saved in (run_dir / "recipe.yaml", partial_path(run_dir) / "recipe.yaml"):
+        if saved.is_file():
+            o.require_code_consent(o.code_hooks(load_recipe(saved).teacher.factory), trusted, f"the run's recipe {str(saved)!r}")
+            return

@@ -147,6 +147,7 @@ def distill(
     resume: str | Path | None = None,
     latest: bool = True,
     latencies: str | Path | None = None,
+    keep: dict[str, str] | None = None,
 ) -> RunResult:
     """Plan a student for the budget, train it with the recipe's method, write a run directory.
 
@@ -157,14 +158,15 @@ def distill(
     started with (pass ``recipe=None``); the result equals an uninterrupted run on the same
     machine. ``latest=False`` leaves ``runs/latest`` where it is. ``latencies``: plan from a plan
     bundle's device result file (see :func:`prokt_deploy.planner.plan`); the file is kept in the
-    run as ``plan-latencies.json`` and a resume plans from it again.
+    run as ``plan-latencies.json`` and a resume plans from it again. ``keep``: files (name -> text) written into
+    the run directory before the first checkpoint, there through a resume (``run`` keeps its request in it).
     """
     if recipe is None and resume is None:
         raise ValueError("distill needs a recipe, or resume= to continue an unfinished run")
     run = _prepare(recipe, out=out, runs_root=Path(runs_root), resume=resume, latencies=latencies)
     ws = _open_workspace(run)
     with _logging_to(ws.path, run.main), _keeping_the_checkpoint(ws, run):
-        _start_log(run, ws)
+        _start_log(run, ws, keep or {})
         history, best_epochs = _train_phases(run, ws, progress)
         manifest = _write_run(run, ws, history, best_epochs)
     _finish(run, ws, latest=latest, runs_root=Path(runs_root))
@@ -310,12 +312,15 @@ def _keeping_the_checkpoint(ws: RunWorkspace, run: _Run) -> Iterator[None]:
         raise
 
 
-def _start_log(run: _Run, ws: RunWorkspace) -> None:
-    """Before the first checkpoint, the resolved recipe (whole or absent: --resume reads it) and the plan
-    latencies are written; the log says whether the run starts, starts again or resumes."""
+def _start_log(run: _Run, ws: RunWorkspace, keep: dict[str, str]) -> None:
+    """Before the first checkpoint, the resolved recipe (whole or absent: --resume reads it), the plan
+    latencies and the ``keep`` files are written; the log says whether the run starts, starts again or resumes."""
     if not run.main:
         return
     if run.ckpt is None:
+        for name, text in keep.items():
+            if not (ws.path / name).is_file():  # a resumed run keeps what it was started with
+                write_text_atomic(ws.path / name, text)
         write_text_atomic(ws.path / "recipe.yaml", dump_recipe(run.recipe))
         if run.latencies is not None:
             write_text_atomic(ws.path / PLAN_LATENCIES, Path(run.latencies).read_text())
