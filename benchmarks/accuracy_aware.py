@@ -4,7 +4,7 @@ format with accuracy-aware int8: ONNX, OpenVINO, LiteRT, ExecuTorch where their 
 For each recipe a student is distilled with the recipe (``--epochs`` / ``--max-train-samples``
 shorten it), then exported at int8 twice per format: plain (``exporters.export``) and accuracy-aware
 (``exporters.export_accuracy_aware``, the search ranked on the validation split, target
-``--max-accuracy-drop``). Two cases per recipe:
+``--max-int8-drop``). Two cases per recipe:
 
 - ``trained``: the student as distilled. Plain int8 usually meets the gate and accuracy-aware then
   keeps nothing in fp32 (it costs one plain quantization plus the fp32 and int8 validation runs).
@@ -110,7 +110,7 @@ def main() -> None:
         default=list(exporters.formats_with_accuracy_aware()),
         help="formats to compare (default: every registered format with accuracy-aware int8)",
     )
-    ap.add_argument("--max-accuracy-drop", type=float, default=1.0)
+    ap.add_argument("--max-int8-drop", type=float, default=1.0)
     ap.add_argument("--calibration-samples", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--runs", type=int, default=300)

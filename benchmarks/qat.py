@@ -4,7 +4,7 @@ file and of the QAT file against each run's PyTorch student, side by side.
 Each run is copied (the run itself is never changed) and its student exported to int8 in each ``--formats`` twice:
 post-training (``qat=off``, accuracy-aware off: the plain file) and quantization-aware (``qat=on``: the student
 fine-tuned with simulated int8 against the run's teacher first, ``prokt_deploy/train/qat.py``). The gate is opened
-(``--max-accuracy-drop 100``) so both are always measured; the drop is in points on the run's test split.
+(``max_accuracy_drop=100``) so both are always measured; the drop is in points on the run's test split.
 
     python benchmarks/qat.py runs/mobile-grid/prokt-64KB-seed0 runs/converged-grid/prokt-64KB-seed0 ...
     python benchmarks/qat.py --glob 'runs/mobile-grid/*-64KB-seed*'        # every finished cell of a grid

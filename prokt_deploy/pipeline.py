@@ -71,10 +71,14 @@ class PipelineResult:
 def check_gate_values(max_latency_ms: float | None, max_accuracy_drop: float | None, min_speedup: float | None) -> None:
     """Gate limits that no measurement could meet or miss (NaN, inf, a latency of 0) are usage errors,
     raised before anything is exported, trained or measured."""
-    for flag, value in (("--max-latency-ms", max_latency_ms), ("--max-accuracy-drop", max_accuracy_drop), ("--min-speedup", min_speedup)):
+    for flag, value in (
+        ("--max-latency-ms", max_latency_ms),
+        ("--max-drop-vs-teacher", max_accuracy_drop),
+        ("--min-speedup-vs-teacher", min_speedup),
+    ):
         if value is not None and not math.isfinite(value):
             raise UsageError(f"{flag} must be a finite number, got {value}")
-    for flag, value in (("--max-latency-ms", max_latency_ms), ("--min-speedup", min_speedup)):
+    for flag, value in (("--max-latency-ms", max_latency_ms), ("--min-speedup-vs-teacher", min_speedup)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be positive, got {value:g}")
 

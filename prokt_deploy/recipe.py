@@ -160,10 +160,10 @@ class BudgetConfig(_Strict):
     formats: list[str] = ["onnx", "openvino"]  # formats of the exporter registry (exporters.FORMATS)
     max_teacher_fraction: float = Field(0.25, gt=0, le=1)
     # int8 export: keep the fewest layers in fp32 that meet the accuracy gate (exporters/accuracy_aware.py);
-    # auto = only when plain int8 misses --max-accuracy-drop
+    # auto = only when plain int8 misses --max-int8-drop
     accuracy_aware: Literal["auto", "on", "off"] = "auto"
     # int8 export: fine-tune the student with simulated int8 against its teacher first (prokt_deploy/train/qat.py);
-    # auto = only when post-training int8, accuracy-aware included, still misses --max-accuracy-drop
+    # auto = only when post-training int8, accuracy-aware included, still misses --max-int8-drop
     qat: Literal["auto", "on", "off"] = "auto"
     # Latency in the plan (prokt_deploy.planner): time every fitting candidate and the teacher's artifacts in
     # this runtime (onnx, openvino[:DEVICE], litert or executorch) and never choose a student slower than the teacher's fastest

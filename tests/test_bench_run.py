@@ -75,9 +75,9 @@ def run_dir(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
         "--out",
         str(out),
         *FAST,
-        "--max-accuracy-drop",
+        "--max-drop-vs-teacher",
         "100",
-        "--min-speedup",
+        "--min-speedup-vs-teacher",
         "0.0001",
         "--ram-budget",
         "8KB",
@@ -253,7 +253,16 @@ def test_per_class_accuracy_adds_up_to_the_measured_accuracy(run_dir):
 def test_missed_gates_exit_11_after_writing_the_report(run_dir):
     out, _ = run_dir
     proc = in_process(
-        "bench", str(out), *FAST, "--max-latency-ms", "0.000001", "--min-speedup", "1000000", "--max-accuracy-drop", "100", cwd=out.parent
+        "bench",
+        str(out),
+        *FAST,
+        "--max-latency-ms",
+        "0.000001",
+        "--min-speedup-vs-teacher",
+        "1000000",
+        "--max-drop-vs-teacher",
+        "100",
+        cwd=out.parent,
     )
     line = assert_one_line_error(proc, 11, "gate missed", "latency", "speed-up")
     assert "accuracy" not in line  # only the missed gates are named
@@ -263,7 +272,7 @@ def test_missed_gates_exit_11_after_writing_the_report(run_dir):
 
 def test_unavailable_device_lists_the_available_ones(run_dir):
     out, _ = run_dir
-    proc = in_process("bench", str(out), "--device", "NPU", cwd=out.parent)
+    proc = in_process("bench", str(out), "--runtime-device", "NPU", cwd=out.parent)
     assert_one_line_error(proc, 2, "'NPU' is not available", "CPU")
 
 

@@ -206,3 +206,16 @@ def test_run_resume_refuses_flags_that_would_change_the_run(tmp_path):
     assert r.returncode == 2 and "--compare, --runs, --epochs cannot change them" in r.stderr, r.stderr
     r = cli_in_process("run", "--resume", tmp_path / "nothing", cwd=tmp_path)
     assert r.returncode != 0 and "no unfinished run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_renamed_flags_still_work_for_one_release_with_a_deprecation_line(tmp_path):
+    """Each flag name means one thing: the old names are rewritten to the new ones, said on stderr (prokt_deploy/cli/main.py)."""
+    from prokt_deploy.cli.main import RENAMED, _renamed_flags
+
+    assert _renamed_flags(["export", "RUN", "--max-accuracy-drop", "1"]) == ["export", "RUN", "--max-int8-drop", "1"]
+    assert _renamed_flags(["bench", "--max-accuracy-drop=2", "--device", "CPU"]) == ["bench", "--max-drop-vs-teacher=2", "--runtime-device", "CPU"]
+    assert _renamed_flags(["distill", "--device", "cpu"]) == ["distill", "--device", "cpu"]  # the training device keeps its name
+    r = cli_in_process("bench", tmp_path / "no-run", "--device", "XPU", cwd=tmp_path)
+    assert "warning: bench --device is deprecated, use --runtime-device" in r.stderr and r.returncode != 0
+    for (command, _old), (new, _) in RENAMED.items():  # every new name exists on its command
+        assert new in json.loads((Path(__file__).parent / "data" / "cli_options.json").read_text())[command], (command, new)

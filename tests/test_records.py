@@ -178,7 +178,7 @@ def test_the_library_run_refuses_bad_arguments_before_training(tmp_path, monkeyp
     for kwargs, match in (
         ({"out": busy}, "already exists and is not empty"),
         ({"compare": "scratch,nonsense"}, "nonsense"),
-        ({"min_speedup": 0.0}, "--min-speedup must be positive"),
+        ({"min_speedup": 0.0}, "--min-speedup-vs-teacher must be positive"),
         ({"bench_device": "TPU9"}, "TPU9"),
     ):
         with pytest.raises((UsageError, RunError), match=match):

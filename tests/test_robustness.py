@@ -166,15 +166,19 @@ def test_refused_invocations_leave_the_run_unchanged(run, tmp_path, capsys, reci
     bad_results.write_text("{}")
     before = snapshot(mine)
     cases = [
-        (["export", mine, "--device", "XPU"], 2, "device 'XPU' is not available"),
+        (["export", mine, "--runtime-device", "XPU"], 2, "device 'XPU' is not available"),
         (["export", mine, "--precision", "int8", "--calibration-samples", "0"], 2, "--calibration-samples"),
         (["export", mine, "--format", "tflite"], 2, "unknown format"),
-        (["bench", mine, "--device", "XPU"], 2, "device 'XPU' is not available"),
+        (["bench", mine, "--runtime-device", "XPU"], 2, "device 'XPU' is not available"),
         (["bench", mine, "--max-latency-ms", "nan"], 2, "--max-latency-ms must be a finite number"),
         (["bench", mine, "--merge", bad_results], 7, "no report.json"),
         (["bundle", mine, "--out", tmp_path / "a-file"], 7, "already exists"),  # exported the teacher into the run first, before
         (["run", "--recipe", recipe_file, "--out", mine], 7, "already exists"),
-        (["run", "--recipe", recipe_file, "--out", tmp_path / "new", "--min-speedup", "0"], 2, "--min-speedup must be positive"),
+        (
+            ["run", "--recipe", recipe_file, "--out", tmp_path / "new", "--min-speedup-vs-teacher", "0"],
+            2,
+            "--min-speedup-vs-teacher must be positive",
+        ),
         (["distill", "--recipe", recipe_file, "--out", mine], 7, "already exists"),
         (["distill", "--resume", mine], 7, "already finished"),
         (["train-teacher", "--recipe", recipe_file, "--out", mine], 7, "already exists"),

@@ -28,11 +28,19 @@ BatchOpt = Annotated[int, typer.Option(min=1, help="The larger batch for batch l
 RunsOpt = Annotated[int, typer.Option(min=1, help="Timed calls per round and batch size.")]
 WarmupOpt = Annotated[int, typer.Option(min=0, help="Untimed calls before the first round's timed calls (2 before each later round).")]
 RepeatsOpt = Annotated[int, typer.Option(min=1, help="Rounds, interleaved across engines; statistics are medians over rounds.")]
-TargetOpt = Annotated[str, typer.Option("--device", help="CPU, GPU, NPU, AUTO or an OpenVINO device id; onnxruntime uses the matching provider.")]
+TargetOpt = Annotated[
+    str,
+    typer.Option("--runtime-device", help="Runtime device: CPU, GPU, NPU, AUTO or an OpenVINO device id; onnxruntime uses the matching provider."),
+]
 MaxLatencyOpt = Annotated[Optional[float], typer.Option("--max-latency-ms", help="Gate: the recommended artifact's batch-1 p50 latency, ms.")]
-MaxDropOpt = Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: test accuracy below the teacher, percentage points.")]
+MaxDropOpt = Annotated[
+    Optional[float], typer.Option("--max-drop-vs-teacher", help="Gate: the recommended file's test accuracy below the teacher's, percentage points.")
+]
 MinSpeedupOpt = Annotated[
-    Optional[float], typer.Option("--min-speedup", help="Gate: batch-1 speed-up of the recommended artifact over the teacher's ONNX fp32.")
+    Optional[float],
+    typer.Option(
+        "--min-speedup-vs-teacher", help="Gate: batch-1 speed-up of the recommended file over the teacher's fastest file (the report's verdict)."
+    ),
 ]
 
 

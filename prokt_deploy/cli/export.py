@@ -34,22 +34,28 @@ def export(
         int, typer.Option("--calibration-samples", help="Real training samples to calibrate int8 on.")
     ] = DEFAULT_CALIBRATION_SAMPLES,
     max_accuracy_drop: Annotated[
-        float, typer.Option("--max-accuracy-drop", help="int8 gate: most test accuracy lost vs PyTorch, in percentage points.")
+        float,
+        typer.Option(
+            "--max-int8-drop",
+            help="int8 gate: most test accuracy the int8 file may lose against the student's fp32 PyTorch model, percentage points.",
+        ),
     ] = DEFAULT_MAX_ACCURACY_DROP,
     tolerance: Annotated[Optional[float], typer.Option(help="Max |logit diff| vs PyTorch (default: fp32 1e-4, fp16 5e-2, int8 unchecked).")] = None,
-    device: Annotated[str, typer.Option(help="Runtime device for validation (OpenVINO device name; onnxruntime: CPU or cuda).")] = "CPU",
+    device: Annotated[
+        str, typer.Option("--runtime-device", help="Runtime device for validation (OpenVINO device name; onnxruntime: CPU or cuda).")
+    ] = "CPU",
     accuracy_aware: Annotated[
         Optional[bool],
         typer.Option(
             "--accuracy-aware/--no-accuracy-aware",
-            help="int8: keep the fewest layers in fp32 that meet --max-accuracy-drop (default: the recipe's budget.accuracy_aware, auto = only when plain int8 misses it).",
+            help="int8: keep the fewest layers in fp32 that meet --max-int8-drop (default: the recipe's budget.accuracy_aware, auto = only when plain int8 misses it).",
         ),
     ] = None,
     qat: Annotated[
         Optional[bool],
         typer.Option(
             "--qat/--no-qat",
-            help="int8: fine-tune the student with simulated int8 against its teacher first (default: the recipe's budget.qat, auto = only when post-training int8, accuracy-aware included, misses --max-accuracy-drop).",
+            help="int8: fine-tune the student with simulated int8 against its teacher first (default: the recipe's budget.qat, auto = only when post-training int8, accuracy-aware included, misses --max-int8-drop).",
         ),
     ] = None,
     as_json: o.JsonOpt = False,

@@ -36,6 +36,33 @@ app.command("run")(run_cmd.run)
 
 _debug = False
 
+#: Flags renamed so that each name means one thing across commands: (command, old flag) -> (new flag, why). The old
+#: names keep working for one release, with one line on stderr (:func:`_renamed_flags`).
+RENAMED = {
+    ("export", "--max-accuracy-drop"): ("--max-int8-drop", "export's limit is the int8 file against the student's fp32 model"),
+    ("bench", "--max-accuracy-drop"): ("--max-drop-vs-teacher", "bench's limit is the student's file against the teacher"),
+    ("run", "--max-accuracy-drop"): ("--max-drop-vs-teacher", "run's limit is the student's file against the teacher"),
+    ("bench", "--min-speedup"): ("--min-speedup-vs-teacher", "now against the teacher's fastest file, as the report's verdict, not its ONNX fp32"),
+    ("run", "--min-speedup"): ("--min-speedup-vs-teacher", "now against the teacher's fastest file, as the report's verdict, not its ONNX fp32"),
+    ("bench", "--device"): ("--runtime-device", "--device is the training device of distill and run"),
+    ("export", "--device"): ("--runtime-device", "--device is the training device of distill and run"),
+    ("run", "--bench-device"): ("--runtime-device", "the same name as bench's and export's"),
+}
+
+
+def _renamed_flags(args: list[str]) -> list[str]:
+    """``args`` with deprecated flag names (:data:`RENAMED`) replaced by their new ones, each replacement said on stderr."""
+    command = next((a for a in args if not a.startswith("-")), None)
+    out = []
+    for a in args:
+        name, eq, value = a.partition("=")
+        new = RENAMED.get((command, name))
+        if new is not None:
+            sys.stderr.write(f"warning: {command} {name} is deprecated, use {new[0]} ({new[1]}); the old name goes in the next release\n")
+            a = new[0] + eq + value
+        out.append(a)
+    return out
+
 
 def _version(value: bool) -> None:
     if value:
@@ -65,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(argv if argv is not None else sys.argv[1:])
     if not [a for a in args if a != "--debug"]:
         args = ["--help"]  # bare prokt-deploy: the help, exit 0 (not a usage error)
+    args = _renamed_flags(args)
     try:
         code = app(args=args, prog_name="prokt-deploy", standalone_mode=False)
     except ProktError as e:

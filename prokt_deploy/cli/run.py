@@ -93,7 +93,9 @@ def run(
     runs: b.RunsOpt = b.D["runs"],
     warmup: b.WarmupOpt = b.D["warmup"],
     repeats: b.RepeatsOpt = b.D["repeats"],
-    bench_device: Annotated[str, typer.Option("--bench-device", help="bench --device: CPU, GPU, NPU, AUTO or an OpenVINO device id.")] = "CPU",
+    bench_device: Annotated[
+        str, typer.Option("--runtime-device", help="bench's runtime device: CPU, GPU, NPU, AUTO or an OpenVINO device id.")
+    ] = "CPU",
     max_latency_ms: b.MaxLatencyOpt = None,
     max_accuracy_drop: b.MaxDropOpt = None,
     min_speedup: b.MinSpeedupOpt = None,
@@ -120,8 +122,15 @@ def run(
     """
     if resume is not None:
         given = {"RECIPE": recipe_file, "--recipe": recipe, "--out": out_dir, "--latencies": latencies, "--compare": compare_methods}
-        given.update({"--max-latency-ms": max_latency_ms, "--max-accuracy-drop": max_accuracy_drop, "--min-speedup": min_speedup})
-        settings = {"--threads": threads, "--batch": batch, "--runs": runs, "--warmup": warmup, "--repeats": repeats, "--bench-device": bench_device}
+        given.update({"--max-latency-ms": max_latency_ms, "--max-drop-vs-teacher": max_accuracy_drop, "--min-speedup-vs-teacher": min_speedup})
+        settings = {
+            "--threads": threads,
+            "--batch": batch,
+            "--runs": runs,
+            "--warmup": warmup,
+            "--repeats": repeats,
+            "--runtime-device": bench_device,
+        }
         defaults = {
             "--threads": b.D["threads"],
             "--batch": b.D["batch"],

@@ -263,7 +263,7 @@ def export_run(
     if calibration_samples < 1:
         raise UsageError(f"--calibration-samples must be at least 1, got {calibration_samples}")
     if not math.isfinite(max_accuracy_drop):
-        raise UsageError(f"--max-accuracy-drop must be a finite number of points, got {max_accuracy_drop}")
+        raise UsageError(f"--max-int8-drop must be a finite number of points, got {max_accuracy_drop}")
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance must be a non-negative number, got {tolerance}")
     if accuracy_aware not in (None, "auto", "on", "off"):
