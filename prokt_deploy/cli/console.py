@@ -65,6 +65,13 @@ class RichProgress:
             parts.append(f"KL(t||s) {record['val_kl_teacher_student']:.4f}")
         self.console.print(" | ".join(parts))
 
+    def estimate(self, record: dict) -> None:
+        """The phase's steps and the time it will take at the pace of its first steps, once, above the bar."""
+        from prokt_deploy.train.engine import estimate_line
+
+        if not self.quiet:
+            self.console.print(estimate_line(record), highlight=False)
+
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()

@@ -50,6 +50,129 @@ RENAMED = {
 }
 
 
+#: Help panels (at 80 columns each panel is its own table, so no flag name is cut): the options of every command
+#: grouped by what they set; the rest stay under "Options".
+PANELS = {
+    "Budget and student": ("--budget", "--formats", "--family", "--student", "--target", "--ram-budget", "--latency-budget", "--exact", "--bundle"),
+    "Data": ("--data", "--data-source", "--max-train-samples", "--labels", "--unlabeled-rest", "--unlabeled", "--max-val-samples"),
+    "Training": (
+        "--method",
+        "--epochs",
+        "--seed",
+        "--device",
+        "--min-steps",
+        "--teacher-checkpoint",
+        "--teacher-init",
+        "--teacher-factory",
+        "--compare",
+    ),
+    "Deploy": ("--format", "--precision", "--runtime-device", "--calibration-samples", "--max-int8-drop", "--tolerance"),
+    "int8 fallbacks": ("--accuracy-aware", "--qat"),
+    "Benchmark and gates": (
+        "--threads",
+        "--batch",
+        "--runs",
+        "--warmup",
+        "--repeats",
+        "--max-latency-ms",
+        "--max-drop-vs-teacher",
+        "--min-speedup-vs-teacher",
+    ),
+}
+#: The value placeholder of each option in the help (flags show none; anything else: N, X, PATH or TEXT by its type).
+METAVARS = {
+    **dict.fromkeys(("--budget", "--ram-budget"), "SIZE"),
+    "--latency-budget": "TIME",
+    "--formats": "FMT,...",
+    "--family": "FAMILY,...",
+    "--student": "ARCH",
+    "--target": "RUNTIME",
+    **dict.fromkeys(("--latencies", "--merge", "--teacher-checkpoint"), "FILE"),
+    **dict.fromkeys(("--bundle", "--out", "--resume", "--runs-dir"), "DIR"),
+    **dict.fromkeys(("--data", "--unlabeled"), "PATH"),
+    "--data-source": "SOURCE",
+    "--method": "METHOD",
+    "--compare": "METHOD,...",
+    **dict.fromkeys(("--device", "--runtime-device"), "DEVICE"),
+    "--teacher-init": "INIT",
+    "--teacher-factory": "MOD:FN",
+    "--format": "FMT",
+    "--precision": "PREC",
+    **dict.fromkeys(("--max-int8-drop", "--max-drop-vs-teacher"), "POINTS"),
+    "--max-latency-ms": "MS",
+    "--recipe": "RECIPE",
+}
+#: Examples under each command's help.
+EXAMPLES = {
+    "run": [
+        ("prokt-deploy run", "the default recipe: 15 epochs of ProKT (~45 min on 2 cores), export, bench"),
+        ("prokt-deploy run digits --budget 20KB --compare scratch,kd", "a small recipe in about a minute"),
+        ("prokt-deploy run --data my.npz --labels 1000 --unlabeled-rest --compare scratch,kd,dkd", "few labels"),
+        ("prokt-deploy run --resume runs/NAME", "continue a stopped run"),
+    ],
+    "distill": [
+        ("prokt-deploy distill --budget 64KB", "plan the student, then ProKT from the shipped teacher"),
+        ("prokt-deploy distill my.yaml --method kd --epochs 5", "your recipe, another method"),
+        ("prokt-deploy distill --resume runs/NAME", "continue after Ctrl-C"),
+    ],
+    "plan": [
+        ("prokt-deploy plan --budget 64KB", "which student fits (exact file bytes per format)"),
+        ("prokt-deploy plan --family auto --ram-budget 32KB", "every family, a microcontroller's RAM"),
+        ("prokt-deploy plan --budget 64KB --bundle board/", "artifacts to time on the device"),
+    ],
+    "export": [
+        ("prokt-deploy export --format all", "int8 files of the latest run, each gated"),
+        ("prokt-deploy export runs/NAME --format litert --qat", "LiteRT, quantization-aware"),
+    ],
+    "bench": [
+        ("prokt-deploy bench", "the latest run: every file against the teacher's"),
+        ("prokt-deploy bench runs/NAME --max-drop-vs-teacher 2 --min-speedup-vs-teacher 3", "CI gates (exit 11)"),
+    ],
+}
+
+
+def build_command():  # click.Command
+    """The Typer app as a Click command (Typer's own vendored Click) with the help's panels, placeholders and examples."""
+    root = typer.main.get_command(app)
+    panel_of = {flag: panel for panel, flags in PANELS.items() for flag in flags}
+
+    def walk(cmd, name: str) -> None:
+        for sub_name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, sub_name)
+        for p in cmd.params:
+            if p.param_type_name == "argument":  # its name is its placeholder (RUN, FILES...); no type column
+                if p.metavar is None:
+                    p.metavar = p.name.upper()
+                p.display_type_rich = lambda ctx: None
+                continue
+            if p.param_type_name != "option":
+                continue
+            flag = next((o for o in p.opts if o.startswith("--")), p.opts[0])
+            if flag in panel_of:
+                p.rich_help_panel = panel_of[flag]
+            if p.is_flag:
+                p.metavar = ""
+            elif flag in METAVARS:
+                p.metavar = METAVARS[flag]
+            elif p.metavar is None:
+                bare = p.bare_type()  # Typer's name of the annotation: int, float, Path, str, list[str] ...
+                p.metavar = {"int": "N", "float": "X", "Path": "PATH", "list[Path]": "PATH"}.get(bare, "TEXT")
+        help_option = cmd.get_help_option
+
+        def plain_help(ctx, _get=help_option):
+            option = _get(ctx)
+            if option is not None:
+                option.metavar = ""  # a flag: no placeholder
+            return option
+
+        cmd.get_help_option = plain_help
+        if name in EXAMPLES and cmd.epilog is None:
+            cmd.epilog = "Examples:\n\n" + "\n\n".join(f"  {line}  ({what})" for line, what in EXAMPLES[name])
+
+    walk(root, "")
+    return root
+
+
 def _renamed_flags(args: list[str]) -> list[str]:
     """``args`` with deprecated flag names (:data:`RENAMED`) replaced by their new ones, each replacement said on stderr."""
     command = next((a for a in args if not a.startswith("-")), None)
@@ -94,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         args = ["--help"]  # bare prokt-deploy: the help, exit 0 (not a usage error)
     args = _renamed_flags(args)
     try:
-        code = app(args=args, prog_name="prokt-deploy", standalone_mode=False)
+        code = build_command().main(args=args, prog_name="prokt-deploy", standalone_mode=False)
     except ProktError as e:
         if _debug:
             raise

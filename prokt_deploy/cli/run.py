@@ -118,6 +118,8 @@ def run(
 ) -> None:
     """Distill, export ONNX and OpenVINO at the deploy precision, benchmark and write the report, in one go.
 
+    Bare `prokt-deploy run` trains the default recipe: ProKT from the shipped Fashion-MNIST teacher into a 64 kB student for 15 epochs (about 45 minutes on 2 CPU cores; each training phase prints its steps and a time estimate after its first steps), then exports, benchmarks and writes the report. `run digits` is a one-minute recipe.
+
     Takes the overrides of `distill`; `--out DIR` is the run directory, where report.json, report.md and report.html are written. An artifact that misses its export gates is left out of the bench and listed in the report; after the report, a missed bench gate exits with code 11, and a missed export gate of a format the recipe plans for (budget.formats) with code 10.
     """
     if resume is not None:

@@ -1,9 +1,16 @@
-"""The report's headline (issue 38): the four answers first, and the teacher as the user brought it."""
+"""A user's first hour (issue 38): the report's headline (the four answers first, the teacher as the user brought it),
+the time a training phase says it will take, and help that reads at 80 columns."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
-from conftest import RECIPES
+from conftest import RECIPES, ROOT
 
 from prokt_deploy import apply_overrides, distill, load_recipe
 from prokt_deploy.benchmarking.report import headline, headline_lines
@@ -72,3 +79,62 @@ def test_the_headline_says_both_losses_the_speed_and_how_to_measure_the_gain(tmp
     assert lines[2] == "Accuracy: 92.00% on the test split, 2.00 points below the teacher (94.00%)" and not any("Warning" in x for x in lines)
     # nothing passed: the headline says there is no file, not a made-up one
     assert headline_lines(headline({**_rep(), "recommendation": None}), "prokt")[0].startswith("No file to ship")
+
+
+class _Estimates:
+    """engine.Progress that keeps the estimates a run says."""
+
+    def __init__(self):
+        self.records = []
+
+    def start(self, phase, total_steps, completed=0):
+        pass
+
+    def step(self, metrics):
+        pass
+
+    def epoch(self, record):
+        pass
+
+    def stop(self):
+        pass
+
+    def estimate(self, record):
+        self.records.append(record)
+
+
+def test_each_training_phase_says_its_steps_and_time_after_its_first_steps(tmp_path, one_thread):
+    from prokt_deploy.train.engine import ESTIMATE_AFTER_STEPS, estimate_line
+
+    r = apply_overrides(load_recipe(RECIPES / "digits.yaml"), {"method": "kd", "train.epochs": 2, "student.arch": "cnn-w4-d1", "teacher.epochs": 1})
+    said = _Estimates()
+    m = distill(r, out=tmp_path / "run", runs_root=tmp_path, latest=False, progress=said).manifest
+    assert [e["phase"] for e in said.records] == ["teacher (CE)", "kd"]  # once per phase
+    kd = said.records[1]
+    sched = m.metrics["schedule"]["student"]
+    assert (kd["steps"], kd["epochs"], kd["steps_per_epoch"]) == (sched["steps"], sched["epochs"], sched["steps_per_epoch"])
+    assert kd["remaining_s"] == pytest.approx(kd["seconds_per_step"] * (sched["steps"] - ESTIMATE_AFTER_STEPS), rel=0.01, abs=0.05)
+    assert estimate_line({**kd, "remaining_s": 1500}).endswith("about 25 min left")
+
+
+COMMANDS = ["run", "distill", "plan", "export", "bench", "bundle", "train-teacher", "recipe new", "recipe check"]
+
+
+def test_help_reads_at_80_columns(tmp_path):
+    """Every command's --help at 80 columns names every flag in full (no '...' cut), shows human placeholders (no
+    Python types), groups the options in panels, and the main commands end with examples."""
+    options = json.loads((ROOT / "tests" / "data" / "cli_options.json").read_text())
+    env = {**os.environ, "COLUMNS": "80", "TERM": "dumb", "NO_COLOR": "1"}
+    for command in COMMANDS:
+        p = subprocess.run([sys.executable, "-m", "prokt_deploy", *command.split(), "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        text = p.stdout
+        assert max(len(line) for line in text.splitlines()) <= 80 and "\u2026" not in text, command
+        for flag in [o for o in options[command] if o.startswith("--")]:
+            assert flag in text, (command, flag)
+        assert not any(t in text for t in ("<bool>", "<str>", "<int>", "<float>", "<list[")), command
+        if command in ("run", "distill", "plan", "export", "bench"):
+            assert "Examples:" in text and f"prokt-deploy {command}" in text.split("Examples:")[1], command
+    p = subprocess.run([sys.executable, "-m", "prokt_deploy", "run", "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert all(f"─ {panel} " in p.stdout for panel in ("Budget and student", "Data", "Training", "Benchmark and gates"))
+    assert "Bare `prokt-deploy run` trains the default recipe" in " ".join(p.stdout.split())
