@@ -20,7 +20,13 @@ TEXT_DEFAULT_RECIPE = RECIPES_DIR / "tweets-minilm.yaml"
 
 RecipeOpt = Annotated[
     Optional[Path],
-    typer.Option("--recipe", "-r", help="Recipe YAML, or a shipped recipe by name (digits, fashion-mnist, tweets-minilm; default: fashion-mnist)."),
+    typer.Option(
+        "--recipe",
+        "-r",
+        help="Recipe YAML, or a shipped recipe by name ("
+        + ", ".join(sorted(f.stem for f in RECIPES_DIR.glob("*.yaml")))
+        + "; default: fashion-mnist).",
+    ),
 ]
 RecipeArg = Annotated[
     Optional[Path], typer.Argument(metavar="RECIPE", help="Recipe YAML or a shipped recipe's name (the same as --recipe).", show_default=False)

@@ -1,0 +1,132 @@
+"""The docs' measured numbers, from the result files: one source for every number marked in README.md and docs/*.md.
+
+A number in the docs is written between two invisible markers, ``<!--n:NAME-->91.76 ± 0.10<!--/n-->``; NAME says
+which result file and which value (:func:`value`). ``--check`` (what tests/test_docs_numbers.py runs) exits 1 listing
+every marked number that no longer equals what its source gives, and every unknown NAME; ``--write`` rewrites them
+from the sources. It also checks that every relative link in the docs points at a file in the repository.
+
+    python scripts/docs_numbers.py --check
+    python scripts/docs_numbers.py --write      # after a result file changed
+
+Names:
+- ``teacher.shipped``: the shipped teacher's test accuracy, % (benchmarks/results/teacher-vgg-w32-manifest.json)
+- ``grid.BUDGET.METHOD``: a converged-grid cell's test accuracy over its seeds, mean ± sample std, %
+  (benchmarks/results/quality.json, the grid records)
+- ``paired.BUDGET.A-B``: the paired difference A - B by seed, mean ± sample std, points (same file)
+- ``runtimes.ROW.FIELD``: a row of benchmarks/results/runtimes.json (ROW its id with '/' written '.', e.g.
+  student.onnx.int8); FIELD bytes, acc (%), p50, p90 (ms, 4 decimals) or b32 (ms, 3 decimals)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+MARKER = re.compile(r"<!--n:([A-Za-z0-9_.+-]+)-->(.*?)<!--/n-->")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@cache
+def _json(name: str):
+    return json.loads((RESULTS / name).read_text())
+
+
+def _grid(budget: str, method: str) -> dict[int, float]:
+    return {
+        r["seed"]: 100 * r["student_test_accuracy"]
+        for r in _json("quality.json")
+        if r.get("phase", "grid") == "grid" and r["budget"] == budget and r["method"] == method
+    }
+
+
+def _mean_std(xs: list[float], signed: bool = False) -> str:
+    if len(xs) < 2:
+        raise KeyError("fewer than 2 seeds")
+    sign = "+" if signed else ""
+    return f"{statistics.mean(xs):{sign}.2f} ± {statistics.stdev(xs):.2f}"
+
+
+def value(name: str) -> str:
+    """The text of the number called ``name`` (KeyError: no such number)."""
+    parts = name.split(".")
+    if name == "teacher.shipped":
+        return f"{100 * _json('teacher-vgg-w32-manifest.json')['metrics']['teacher_test_accuracy']:.2f}"
+    if parts[0] == "grid" and len(parts) == 3:
+        return _mean_std(list(_grid(parts[1], parts[2]).values()))
+    if parts[0] == "paired" and len(parts) == 3:
+        a, b = parts[2].split("-")
+        first, second = _grid(parts[1], a), _grid(parts[1], b)
+        return _mean_std([first[s] - second[s] for s in first if s in second], signed=True)
+    if parts[0] == "runtimes" and len(parts) == 5:
+        row_id, field = "/".join(parts[1:4]), parts[4]
+        row = next(r for r in _json("runtimes.json")["rows"] if r["id"] == row_id)
+        formats = {
+            "bytes": lambda r: f"{r['bytes']:,}",
+            "acc": lambda r: f"{100 * r['test_accuracy']:.2f}",
+            "p50": lambda r: f"{r['p50_ms']:.4f}",
+            "p90": lambda r: f"{r['p90_ms']:.4f}",
+            "b32": lambda r: f"{r['batch32_p50_ms']:.3f}",
+        }
+        return formats[field](row)
+    raise KeyError(name)
+
+
+def doc_files(root: Path = ROOT) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def check(root: Path = ROOT) -> list[str]:
+    """Every problem: a marked number that differs from its source, an unknown name, a relative link to nothing."""
+    problems = []
+    for doc in doc_files(root):
+        text = doc.read_text()
+        for m in MARKER.finditer(text):
+            try:
+                want = value(m.group(1))
+            except (KeyError, StopIteration, FileNotFoundError) as exc:
+                problems.append(f"{doc.relative_to(root)}: unknown number {m.group(1)!r} ({exc})")
+                continue
+            if m.group(2) != want:
+                problems.append(f"{doc.relative_to(root)}: {m.group(1)} is {m.group(2)!r} in the text but {want!r} in its source")
+        for m in LINK.finditer(text):
+            target = m.group(1).split("#")[0]
+            if target and not target.startswith(("http://", "https://", "mailto:")) and not (doc.parent / target).exists():
+                problems.append(f"{doc.relative_to(root)}: link to {m.group(1)!r}, which is not in the repository")
+    return problems
+
+
+def write(root: Path = ROOT) -> int:
+    changed = 0
+    for doc in doc_files(root):
+        text = doc.read_text()
+        new = MARKER.sub(lambda m: f"<!--n:{m.group(1)}-->{value(m.group(1))}<!--/n-->", text)
+        if new != text:
+            doc.write_text(new)
+            changed += 1
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="rewrite the marked numbers from their sources")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a marked number differs from its source (the default)")
+    args = ap.parse_args(argv)
+    if args.write:
+        print(f"rewrote the numbers of {write()} file(s)")
+    problems = check()
+    for p in problems:
+        print(p, file=sys.stderr)
+    n = sum(len(MARKER.findall(d.read_text())) for d in doc_files())
+    print(f"{n} marked numbers, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
