@@ -37,6 +37,15 @@ def test_prokt_records_the_teacher_as_brought_beside_the_teacher_it_leaves(tmp_p
     # scored with its own head, as given (ProKT resets the head and fine-tunes it): the checkpoint's own accuracy
     assert m.metrics["teacher_given_test_accuracy"] == round(accuracy(given, data.test, torch.device("cpu")), 6)
     assert m.metrics["teacher_test_accuracy"] != m.metrics["teacher_given_test_accuracy"]
+    # bench shows it as a row of its own beside the teacher ProKT left, and the headline states both losses
+    from prokt_deploy import bench, export_run
+
+    export_run(tmp_path / "run", ["onnx"], "int8", max_accuracy_drop=100.0)
+    rep = bench(tmp_path / "run", runs=20, warmup=3, repeats=2, batch=8).to_dict()
+    given_row = next(r for r in rep["rows"] if r["id"] == "teacher-given/pytorch/fp32")
+    assert given_row["test_accuracy"] == m.metrics["teacher_given_test_accuracy"] and given_row["latency_ms"]["p50"] > 0
+    assert given_row["files"] == [str(tmp_path / "teacher.safetensors")]
+    assert [a["against"] for a in rep["headline"]["accuracy"]] == ["the teacher as you brought it", "the teacher as prokt left it"]
     # KD does not change its teacher: nothing to tell apart
     kd = distill(apply_overrides(r, {**over, "method": "kd", "teacher.init": "checkpoint"}), out=tmp_path / "kd", runs_root=tmp_path, latest=False)
     assert kd.manifest.metrics["teacher_given_test_accuracy"] is None

@@ -87,7 +87,7 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
                 "format": fmt,
                 "precision": precision,
                 "kind": kind,
-                "files": [str(f.relative_to(run)) for f in files],
+                "files": [str(f.relative_to(run)) if f.is_relative_to(run) else str(f) for f in files],
                 "bytes": sum(f.stat().st_size for f in files),
                 "engine": {"id": row_id, **engine},
                 **extra,
@@ -112,6 +112,22 @@ def _rows_to_measure(fr: FinishedRun, data, targets: dict, progress: Progress, p
             [run / manifest.teacher.weights],
             {"runtime": "torch", "loader": TORCH_LOADER, "run": str(run), "model": "teacher", **known(metrics.get("teacher_test_accuracy"))},
         )
+        given = fr.given_teacher_file()
+        if given is not None:  # the teacher as the user brought it, before the method fine-tuned it: a row to compare with
+            add(
+                "teacher-given",
+                "pytorch",
+                "fp32",
+                "reference",
+                [given],
+                {
+                    "runtime": "torch",
+                    "loader": TORCH_LOADER,
+                    "run": str(run),
+                    "model": "teacher-given",
+                    **known(metrics["teacher_given_test_accuracy"]),
+                },
+            )
         progress("exporting the teacher to ONNX fp32 (the baseline)")
         files = ensure_fp32_export(fr, "teacher", "onnx", x)
         # its accuracy once, here on every core, before anything is timed (a MiniLM pass at 1 thread in the

@@ -229,7 +229,8 @@ def headline(rep: dict) -> dict | None:
         "warnings": [],
     }
     after = teacher_row["test_accuracy"] if teacher_row else training.get("teacher_test_accuracy")
-    given = training.get("teacher_given_test_accuracy")
+    given_row = next((r for r in rep["rows"] if r["id"] == "teacher-given/pytorch/fp32"), None)
+    given = given_row["test_accuracy"] if given_row else training.get("teacher_given_test_accuracy")
     if acc is not None and given is not None:
         out["accuracy"].append({"against": "the teacher as you brought it", "teacher": given, "points": round(100 * (given - acc), 2)})
     if acc is not None and after is not None:
@@ -818,7 +819,7 @@ def render_markdown(rep: dict) -> str:
 
 # --- HTML with inline SVG -----------------------------------------------------------------------------
 
-_COLORS = {"teacher": "#c0392b", "student": "#2471a3", "device": "#7d3c98"}
+_COLORS = {"teacher": "#c0392b", "teacher-given": "#e59866", "student": "#2471a3", "device": "#7d3c98"}
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222;max-width:1100px}
 table{border-collapse:collapse;font-size:.85rem;margin:1rem 0}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}

@@ -285,18 +285,35 @@ class FinishedRun:
 
     def model(self, which: str) -> nn.Module:
         """The run's ``"teacher"`` or ``"student"`` in eval mode with its weights; a teacher named by a
-        factory is built by it (a recipe that names code was consented to when the run was made)."""
+        factory is built by it (a recipe that names code was consented to when the run was made).
+        ``"teacher-given"``: the teacher as the user brought it (its checkpoint with its own head, before a
+        method such as ProKT fine-tuned it), when the run scored it (``metrics.teacher_given_test_accuracy``)."""
         from prokt_deploy.data import model_kwargs
         from prokt_deploy.models import create_model
         from prokt_deploy.rundir.checkpoint import build_from_factory, load_weights
 
-        entry = self.manifest.model(which)
-        if not entry.weights:
+        entry = self.manifest.model("teacher" if which == "teacher-given" else which)
+        weights = self.given_teacher_file() if which == "teacher-given" else (self.path / entry.weights if entry.weights else None)
+        if weights is None:
             raise RunError(f"{self.path} has no {which} weights (method {self.manifest.method!r} does not keep a {which})")
         kwargs = {"num_classes": len(self.manifest.classes), **model_kwargs(self.manifest.input)}
         model = build_from_factory(entry.factory, **kwargs) if entry.factory else create_model(entry.arch, **kwargs)
-        load_weights(model, self.path / entry.weights)
+        load_weights(model, weights)
         return model.eval()
+
+    def given_teacher_file(self) -> Path | None:
+        """The checkpoint of the teacher as the user brought it, when the run scored it and it is still there."""
+        from prokt_deploy.errors import ModelError
+        from prokt_deploy.rundir.checkpoint import resolve_checkpoint
+
+        ckpt = self.manifest.teacher.checkpoint if self.manifest.teacher else None
+        if ckpt is None or self.manifest.metrics.get("teacher_given_test_accuracy") is None:
+            return None
+        try:
+            path = resolve_checkpoint(ckpt)
+        except ModelError:
+            return None
+        return path if path.is_file() else None
 
 
 def open_run(run: str | Path | None, *, kind: str | None = "distill", runs_root: Path = DEFAULT_RUNS_ROOT) -> FinishedRun:
