@@ -13,12 +13,13 @@ within noise (a different seed moves a small student by more than that: see docs
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prokt_deploy.errors import ExportFailed, GateFailed, UsageError
 from prokt_deploy.rundir.reader import FinishedRun, Manifest, open_run
-from prokt_deploy.rundir.workspace import MANIFEST, partial_path, update_manifest
+from prokt_deploy.rundir.workspace import MANIFEST, is_locked, partial_path, update_manifest
 from prokt_deploy.train import methods
 
 COMPARE_DIR = "compare"
@@ -81,13 +82,17 @@ def compare(run: str | Path, methods: str | Sequence[str], *, progress=None, sta
             continue  # the run itself
         sub = run / COMPARE_DIR / name
         if not (sub / MANIFEST).is_file():
-            if (partial_path(sub) / "recipe.yaml").is_file():  # stopped mid-way (run --resume): continue it from its checkpoint
+            partial = partial_path(sub)
+            if (partial / "recipe.yaml").is_file():  # stopped mid-way (run --resume): continue it from its checkpoint
                 say(f"compare: continuing {name}")
                 distill(None, resume=sub, progress=progress, latest=False)
             else:
+                if partial.is_dir() and not is_locked(partial):
+                    shutil.rmtree(partial)  # stopped before it saved anything: nothing to continue
                 say(f"compare: training {name}")
                 distill(baseline_recipe(recipe, name, student_arch), out=sub, progress=progress, latest=False)
-            say(f"compare: exporting {name} ({fmt} {manifest.precision})")
+        if not any(a.format == fmt and a.precision == manifest.precision for a in open_run(sub).manifest.artifacts):
+            say(f"compare: exporting {name} ({fmt} {manifest.precision})")  # also a baseline stopped in its export
             try:
                 export_run(sub, [fmt], manifest.precision)
             except (GateFailed, ExportFailed):

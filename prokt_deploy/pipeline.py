@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from prokt_deploy.errors import GateFailed, InterruptedRun, UsageError
+from prokt_deploy.errors import GateFailed, InterruptedRun, RunError, UsageError
 from prokt_deploy.recipe import Recipe, load_recipe
 
 if TYPE_CHECKING:
@@ -127,6 +127,10 @@ def run(
         if final.name.endswith(".partial"):
             final = final.with_name(final.name[1 : -len(".partial")])
         finished = (final / MANIFEST).is_file()
+        if (final / "report.json").is_file():
+            raise RunError(
+                f"run {str(final)!r} already finished (it has its report); nothing to resume: 'prokt-deploy bench {final}' measures it again"
+            )
         home = final if finished else find_resumable(final)  # a RunError saying what is there otherwise
         if not (home / RUN_REQUEST).is_file():
             raise UsageError(
@@ -171,12 +175,22 @@ def run(
         if baselines:
             train_baselines(final, baselines, progress=training_progress, status=status)
         enter("export")
+        wanted = [f for f in exporters.FORMATS if f in exporters.default_formats() or f in r.budget.formats]
+        # a resumed run keeps the formats it already exported (passed or not); the others are exported now
+        done = [a for a in open_run(final).manifest.artifacts if a.precision == r.budget.precision and a.format in wanted]
+        todo = [f for f in wanted if f not in {a.format for a in done}]
+        exports, export_failure = list(done), None
         try:
-            wanted = [f for f in exporters.FORMATS if f in exporters.default_formats() or f in r.budget.formats]
-            exports = export_run(final, wanted, r.budget.precision, progress=status)
-            export_failure = None
+            if todo:
+                exports += export_run(final, todo, r.budget.precision, progress=status)
         except GateFailed as exc:  # the passed artifacts are kept and benchmarked; the report lists the others
-            exports, export_failure = exc.results, exc
+            exports += exc.results
+            export_failure = exc
+        missed = [a for a in done if not a.passed]
+        if missed and export_failure is None:  # what an uninterrupted run raised for the formats exported before the stop
+            export_failure = GateFailed(
+                f"{len(missed)} artifact(s) missed a gate before the run was resumed: {', '.join(a.format for a in missed)}", results=exports
+            )
         enter("bench")
         report = bench(
             final,

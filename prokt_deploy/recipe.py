@@ -321,6 +321,23 @@ class Recipe(BaseModel):
             raise ValueError(f"task text-classification needs a text data.source (tweets or text-file), not {self.data.source!r}")
         return self
 
+    @model_validator(mode="after")
+    def _few_labels_are_few(self) -> Recipe:
+        """With data.labels no model may have seen a label beyond the kept ones: the shipped Fashion-MNIST teacher was
+        trained on all 54,000 training labels, so on Fashion-MNIST it would carry the pool's labels into every
+        distilled student and inflate its gain over scratch."""
+        d = self.data
+        if (d.unlabeled or d.unlabeled_rest) and self.train.batch_size < 2:
+            raise ValueError("unlabelled data needs train.batch_size of at least 2 (each batch mixes labelled and unlabelled samples)")
+        ckpt = self.teacher.checkpoint or ""
+        if d.labels is not None and d.source == "fashion-mnist" and ckpt.startswith("shipped:fashion-mnist"):
+            raise ValueError(
+                f"data.labels keeps {d.labels} labels but the teacher {ckpt} was trained on all 54,000 Fashion-MNIST training labels: "
+                "it would leak the labels beyond the kept ones; use a teacher that has not seen them (recipes/fashion-mnist-efficientnet.yaml's "
+                "ImageNet EfficientNet-Lite0, teacher.init: pretrain, or your own checkpoint)"
+            )
+        return self
+
 
 def _line_errors(err: ValidationError) -> list[dict]:
     """``err``'s errors as pydantic takes them back (ValidationError.from_exception_data)."""

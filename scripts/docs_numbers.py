@@ -90,7 +90,7 @@ def check(root: Path = ROOT) -> list[str]:
         for m in MARKER.finditer(text):
             try:
                 want = value(m.group(1))
-            except (KeyError, StopIteration, FileNotFoundError) as exc:
+            except (KeyError, ValueError, StopIteration, FileNotFoundError) as exc:
                 problems.append(f"{doc.relative_to(root)}: unknown number {m.group(1)!r} ({exc})")
                 continue
             if m.group(2) != want:
@@ -102,11 +102,19 @@ def check(root: Path = ROOT) -> list[str]:
     return problems
 
 
+def _or_as_is(m: re.Match) -> str:
+    """The source's number for a marker, or its text as it is when the name is unknown (--check reports it)."""
+    try:
+        return value(m.group(1))
+    except (KeyError, ValueError, StopIteration, FileNotFoundError):
+        return m.group(2)
+
+
 def write(root: Path = ROOT) -> int:
     changed = 0
     for doc in doc_files(root):
         text = doc.read_text()
-        new = MARKER.sub(lambda m: f"<!--n:{m.group(1)}-->{value(m.group(1))}<!--/n-->", text)
+        new = MARKER.sub(lambda m: f"<!--n:{m.group(1)}-->{_or_as_is(m)}<!--/n-->", text)
         if new != text:
             doc.write_text(new)
             changed += 1

@@ -215,6 +215,15 @@ def test_renamed_flags_still_work_for_one_release_with_a_deprecation_line(tmp_pa
     assert _renamed_flags(["export", "RUN", "--max-accuracy-drop", "1"]) == ["export", "RUN", "--max-int8-drop", "1"]
     assert _renamed_flags(["bench", "--max-accuracy-drop=2", "--device", "CPU"]) == ["bench", "--max-drop-vs-teacher=2", "--runtime-device", "CPU"]
     assert _renamed_flags(["distill", "--device", "cpu"]) == ["distill", "--device", "cpu"]  # the training device keeps its name
+    # only flags: not an option's value (a directory called --min-speedup), nothing after --
+    assert _renamed_flags(["run", "--out", "--min-speedup", "--min-speedup", "2"]) == [
+        "run",
+        "--out",
+        "--min-speedup",
+        "--min-speedup-vs-teacher",
+        "2",
+    ]
+    assert _renamed_flags(["bench", "--", "--device"]) == ["bench", "--", "--device"]
     r = cli_in_process("bench", tmp_path / "no-run", "--device", "XPU", cwd=tmp_path)
     assert "warning: bench --device is deprecated, use --runtime-device" in r.stderr and r.returncode != 0
     for (command, _old), (new, _) in RENAMED.items():  # every new name exists on its command

@@ -285,3 +285,17 @@ def test_the_report_says_what_each_method_drew_and_that_scratch_cannot_use_the_p
     assert "prokt learned from both (9 labelled + 27 unlabelled" in data_text({**data, "samples_seen": {"labelled": 9, "unlabelled": 27}}, "prokt")
     assert "scratch cannot learn from unlabelled samples" in data_text({**data, "samples_seen": {"labelled": 9, "unlabelled": 0}}, "scratch")
     assert data_text({"labelled": 54000, "unlabelled": 0}, "prokt") is None
+
+
+def test_text_trains_on_a_transfer_set(tmp_path):
+    """Text with few labels and the rest unlabelled: the transfer batches mix padded token sequences of both kinds."""
+    recipe = tmp_path / "few-text.yaml"
+    recipe.write_text(
+        "name: few-text\ntask: text-classification\nmethod: prokt\n"
+        "data: {source: tweets, max_length: 24, max_train_samples: 96, tokenizer: all-minilm-l6-v2, labels: 20, unlabeled_rest: true}\n"
+        "teacher: {arch: bert-h64-l1}\nstudent: {family: bilstm, arch: bilstm-e32-h32}\n"
+        "budget: {size: 1.3MB, precision: int8, formats: [onnx], target: none}\ntrain: {epochs: 1, batch_size: 16}\n"
+    )
+    m = distill(load_recipe(recipe), out=tmp_path / "run", runs_root=tmp_path, latest=False).manifest
+    assert (m.data["train"], m.data["unlabelled"]) == (20, 76)
+    assert m.metrics["samples_seen"] == {"labelled": 4 * 6, "unlabelled": 12 * 6}  # 6 steps of 16: a quarter labelled

@@ -242,3 +242,24 @@ def test_run_resume_finishes_a_run_killed_in_training_or_in_bench(tmp_path, monk
     assert [r.id for r in done.report.rows] == [r.id for r in ref.report.rows]
     with pytest.raises(RunError, match="no unfinished run"):
         pipeline.run(resume=tmp_path / "nothing-here")
+    with pytest.raises(RunError, match="already finished"):  # a whole run is not made again
+        pipeline.run(resume=killed)
+
+    # killed in export, after the ONNX file was exported and recorded: resume exports only what is missing
+    in_export = tmp_path / "killed-in-export"
+
+    class StopAfterOnnx:
+        def stage(self, name):
+            pass
+
+        def status(self, text):
+            if text.startswith("onnx int8:") and text.endswith("passed"):  # recorded, before openvino
+                raise KeyboardInterrupt
+
+    with pytest.raises(InterruptedRun, match="interrupted in export"):
+        _pipeline(in_export, progress=StopAfterOnnx())
+    onnx_file = in_export / "artifacts" / "onnx-int8" / "model.onnx"
+    stamp = onnx_file.stat().st_mtime_ns
+    done = pipeline.run(resume=in_export)
+    assert onnx_file.stat().st_mtime_ns == stamp and (in_export / "artifacts" / "openvino-int8").is_dir()
+    assert [r.id for r in done.report.rows] == [r.id for r in ref.report.rows]

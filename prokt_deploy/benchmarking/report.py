@@ -304,7 +304,9 @@ def headline_lines(h: dict | None, method: str) -> list[str]:
             f"{s['size_ratio']:.1f}x smaller"
         )
     d = h["distillation"]
-    if d is None:
+    if d is None and method == "scratch":
+        lines.append("Distillation: not used (this run trains the student on labels alone); add --compare prokt,kd to see what a teacher adds")
+    elif d is None:
         lines.append(f"Distillation: not measured in this run; add --compare scratch to train the same student on labels alone beside {method}")
     else:
         noise = "within noise: not shown to beat scratch" if d["within_noise"] else "beyond noise"

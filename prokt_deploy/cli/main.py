@@ -173,16 +173,24 @@ def build_command():  # click.Command
     return root
 
 
-def _renamed_flags(args: list[str]) -> list[str]:
-    """``args`` with deprecated flag names (:data:`RENAMED`) replaced by their new ones, each replacement said on stderr."""
+def _renamed_flags(args: list[str], root=None) -> list[str]:
+    """``args`` with deprecated flag names (:data:`RENAMED`) replaced by their new ones, each replacement said on stderr.
+
+    Only a token in an option's place is a flag: not the value of an option that takes one (``--out --min-speedup``
+    names a directory), and nothing after ``--``."""
+    root = root if root is not None else typer.main.get_command(app)
     command = next((a for a in args if not a.startswith("-")), None)
-    out = []
+    sub = getattr(root, "commands", {}).get(command)
+    takes_value = {o for p in (sub.params if sub is not None else []) if p.param_type_name == "option" and not p.is_flag for o in p.opts}
+    out, value_next, ended = [], False, False
     for a in args:
         name, eq, value = a.partition("=")
-        new = RENAMED.get((command, name))
+        new = None if (ended or value_next) else RENAMED.get((command, name))
         if new is not None:
             sys.stderr.write(f"warning: {command} {name} is deprecated, use {new[0]} ({new[1]}); the old name goes in the next release\n")
-            a = new[0] + eq + value
+            a, name = new[0] + eq + value, new[0]
+        ended = ended or a == "--"
+        value_next = not value_next and not ended and not eq and name in takes_value
         out.append(a)
     return out
 
@@ -215,9 +223,10 @@ def main(argv: list[str] | None = None) -> None:
     args = list(argv if argv is not None else sys.argv[1:])
     if not [a for a in args if a != "--debug"]:
         args = ["--help"]  # bare prokt-deploy: the help, exit 0 (not a usage error)
-    args = _renamed_flags(args)
+    root = build_command()
+    args = _renamed_flags(args, root)
     try:
-        code = build_command().main(args=args, prog_name="prokt-deploy", standalone_mode=False)
+        code = root.main(args=args, prog_name="prokt-deploy", standalone_mode=False)
     except ProktError as e:
         if _debug:
             raise

@@ -439,10 +439,12 @@ def fit(
         timed, t_timed = 0, time.perf_counter()  # steps of this invocation, for the estimate
         try:
             for epoch in range(first_epoch, epochs):
-                gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-                order = torch.randperm(n, generator=gen)
-                if train.x.dtype == torch.int64 and train.x.dim() == 3:
-                    order = bucket_by_length(order, train.x[:, 1].sum(1), batch_size, gen)
+                order = None  # a transfer set draws its batches from TransferBatches
+                if transfer is None:
+                    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+                    order = torch.randperm(n, generator=gen)
+                    if train.x.dtype == torch.int64 and train.x.dim() == 3:
+                        order = bucket_by_length(order, train.x[:, 1].sum(1), batch_size, gen)
                 start = time.perf_counter()
                 sums: dict[str, float] = {}
                 count, first_step = 0, 0
@@ -519,8 +521,10 @@ class TransferBatches:
     ProKT's teacher step; a fixed share is what semi-supervised training does (FixMatch's 1:7)."""
 
     def __init__(self, n_labelled: int, n_unlabelled: int, batch_size: int, share: float, seed: int) -> None:
+        if batch_size < 2:
+            raise TrainingError("a transfer set (unlabelled data) needs train.batch_size of at least 2: a labelled and an unlabelled sample")
         self.n = (n_labelled, n_unlabelled)
-        self.k_labelled = min(batch_size - 1, max(1, round(batch_size * share))) if batch_size > 1 else 1
+        self.k_labelled = min(batch_size - 1, max(1, round(batch_size * share)))
         self.k = (self.k_labelled, max(0, batch_size - self.k_labelled))
         self.seed = seed
         self._perms: dict[tuple[int, int], torch.Tensor] = {}
@@ -530,7 +534,8 @@ class TransferBatches:
         if key not in self._perms:
             if len(self._perms) > 8:
                 self._perms.clear()
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + stream * 7919 + p)
+            # one independent stream per (seed, stream, pass): no two of them share a seed
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, stream, p]).generate_state(1, np.uint64)[0] >> 1))
             self._perms[key] = torch.randperm(self.n[stream], generator=gen)
         return self._perms[key]
 
@@ -550,7 +555,8 @@ class TransferBatches:
 
 
 def labelled_accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """Accuracy over the labelled samples of a batch (a transfer batch's unlabelled ones have label -1)."""
+    """Accuracy over the labelled samples of a batch (a transfer batch's unlabelled ones have label -1); 0 for a
+    batch without one (a distributed shard can have none; the epoch's train_acc is then slightly low)."""
     mask = y >= 0
     return (logits[mask].argmax(1) == y[mask]).float().mean().item() if mask.any() else 0.0
 
