@@ -13,6 +13,8 @@ Names:
 - ``grid.BUDGET.METHOD``: a converged-grid cell's test accuracy over its seeds, mean ± sample std, %
   (benchmarks/results/quality.json, the grid records)
 - ``paired.BUDGET.A-B``: the paired difference A - B by seed, mean ± sample std, points (same file)
+- ``manifest.STEM.student`` / ``.teacher`` / ``.int8.FORMAT``: a run manifest kept in benchmarks/results (STEM.json):
+  the student's or teacher's test accuracy, or an int8 artifact's, %
 - ``runtimes.ROW.FIELD``: a row of benchmarks/results/runtimes.json (ROW its id with '/' written '.', e.g.
   student.onnx.int8); FIELD bytes, acc (%), p50, p90 (ms, 4 decimals) or b32 (ms, 3 decimals)
 """
@@ -75,6 +77,12 @@ def value(name: str) -> str:
             "b32": lambda r: f"{r['batch32_p50_ms']:.3f}",
         }
         return formats[field](row)
+    if parts[0] == "manifest" and len(parts) in (3, 4):
+        m = _json(f"{parts[1]}.json")
+        if parts[2] in ("student", "teacher"):
+            return f"{100 * m['metrics'][f'{parts[2]}_test_accuracy']:.2f}"
+        if parts[2] == "int8" and len(parts) == 4:
+            return f"{100 * next(a['test_accuracy'] for a in m['artifacts'] if (a['format'], a['precision']) == (parts[3], 'int8')):.2f}"
     raise KeyError(name)
 
 
