@@ -10,8 +10,8 @@ from the sources. It also checks that every relative link in the docs points at 
 
 Names:
 - ``teacher.shipped``: the shipped teacher's test accuracy, % (benchmarks/results/teacher-vgg-w32-manifest.json)
-- ``grid.BUDGET.METHOD``: a converged-grid cell's test accuracy over its seeds, mean ± sample std, %
-  (benchmarks/results/quality.json, the grid records)
+- ``grid.BUDGET.METHOD[.val|.int8|.drop]``: a converged-grid cell over its seeds, mean ± sample std: fp32 test
+  accuracy %, validation %, int8 ONNX test %, or the int8 drop in points (benchmarks/results/quality.json, grid records)
 - ``paired.BUDGET.A-B``: the paired difference A - B by seed, mean ± sample std, points (same file)
 - ``manifest.STEM.student`` / ``.teacher`` / ``.int8.FORMAT``: a run manifest kept in benchmarks/results (STEM.json):
   the student's or teacher's test accuracy, or an int8 artifact's, %
@@ -40,12 +40,17 @@ def _json(name: str):
     return json.loads((RESULTS / name).read_text())
 
 
-def _grid(budget: str, method: str) -> dict[int, float]:
-    return {
-        r["seed"]: 100 * r["student_test_accuracy"]
-        for r in _json("quality.json")
-        if r.get("phase", "grid") == "grid" and r["budget"] == budget and r["method"] == method
-    }
+def _grid(budget: str, method: str, key: str = "test") -> dict[int, float]:
+    """Per seed, in %: the fp32 test accuracy (``test``), validation (``val``), int8 ONNX test (``int8``), or the int8
+    drop in points (``drop``: fp32 - int8)."""
+    cells = [r for r in _json("quality.json") if r.get("phase", "grid") == "grid" and r["budget"] == budget and r["method"] == method]
+    pick = {
+        "test": lambda r: 100 * r["student_test_accuracy"],
+        "val": lambda r: 100 * r["student_val_accuracy"],
+        "int8": lambda r: 100 * r["int8_test_accuracy"],
+        "drop": lambda r: 100 * (r["student_test_accuracy"] - r["int8_test_accuracy"]),
+    }[key]
+    return {r["seed"]: pick(r) for r in cells}
 
 
 def _mean_std(xs: list[float], signed: bool = False) -> str:
@@ -60,8 +65,9 @@ def value(name: str) -> str:
     parts = name.split(".")
     if name == "teacher.shipped":
         return f"{100 * _json('teacher-vgg-w32-manifest.json')['metrics']['teacher_test_accuracy']:.2f}"
-    if parts[0] == "grid" and len(parts) == 3:
-        return _mean_std(list(_grid(parts[1], parts[2]).values()))
+    if parts[0] == "grid" and len(parts) in (3, 4):
+        key = parts[3] if len(parts) == 4 else "test"
+        return _mean_std(list(_grid(parts[1], parts[2], key).values()), signed=key == "drop")
     if parts[0] == "paired" and len(parts) == 3:
         a, b = parts[2].split("-")
         first, second = _grid(parts[1], a), _grid(parts[1], b)
