@@ -25,7 +25,11 @@ SEEDS="${4:-0,1,2}"
 EPOCHS=${EPOCHS:-5}
 COMMON=(--seeds "$SEEDS" --methods "$M" --epochs "$EPOCHS" --tune --threads 1 --resume --work-dir "runs/few-label-grid-$KIND-$N"
         --teacher-dir "runs/few-label-teachers-$KIND-$N" --max-train-samples 1000000
-        --set "data.labels=$N" --set data.unlabeled_rest=true --set data.max_val_samples=500 --set "device=${DEVICE:-cpu}")
+        --set "data.labels=$N" --set data.unlabeled_rest=true --set data.max_val_samples=500 --set "device=${DEVICE:-cpu}"
+        --set "train.min_steps=${MIN_STEPS:-500}")
+# train.min_steps: every phase gets at least 500 optimizer steps, the teacher's fine-tuning on the N labels above all
+# (5 epochs over 1,000 labels are 40 steps: a first try left EfficientNet-Lite0 at 34% test); the student phases have
+# more already (5 epochs over the 54,000-sample transfer set are 2,110 steps; scratch gets as many)
 case "$KIND" in
   image)
     # the default recipe's student and budget (64 kB over ONNX and OpenVINO int8: pool-w16-d3), planned by size
