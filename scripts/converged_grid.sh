@@ -33,5 +33,12 @@ PYEOF
     exec $PY benchmarks/quality.py --budgets 64KB --epochs 15 --tune --tune-set data.max_train_samples=12000 \
       --teacher-checkpoint shipped:fashion-mnist-vgg-w32 --set 'budget.formats=[onnx]' --set student.family=mobile --threads 1 \
       --resume --work-dir runs/mobile-grid --seeds "${3:-0,1,2}" --methods "$M" --out "benchmarks/results/quality-mobile-$M.json" ;;
-  *) echo "usage: $0 prokt [SEEDS] [OUT] | base | small [SEEDS] | mobile scratch|prokt [SEEDS]" >&2; exit 2 ;;
+  pool-onnx)
+    # the level comparison for the mobile rows: the pool family planned for the same formats (ONNX only) at 64 kB,
+    # where its capacity rule picks a larger pool student than the two-format grid's pool-w16-d3
+    M="${2:?usage: $0 pool-onnx scratch|prokt [SEEDS]}"
+    exec $PY benchmarks/quality.py --budgets 64KB --epochs 15 --tune --tune-set data.max_train_samples=12000 \
+      --teacher-checkpoint shipped:fashion-mnist-vgg-w32 --set 'budget.formats=[onnx]' --set student.family=pool --threads 1 \
+      --resume --work-dir runs/pool-onnx-grid --seeds "${3:-0,1,2}" --methods "$M" --out "benchmarks/results/quality-pool-onnx-$M.json" ;;
+  *) echo "usage: $0 prokt [SEEDS] [OUT] | base | small [SEEDS] | mobile scratch|prokt [SEEDS] | pool-onnx scratch|prokt [SEEDS]" >&2; exit 2 ;;
 esac
