@@ -233,6 +233,12 @@ def recommend(rows: list[dict], max_accuracy_drop: float | None, int8: list[dict
     return {"id": best["id"], "reason": reason}
 
 
+def fastest_teacher_file(rows: list[dict]) -> dict | None:
+    """The teacher's fastest file in a runtime (batch-1 p50; its PyTorch model is not a file); None without one."""
+    files = [r for r in rows if r["model"] == "teacher" and r["kind"] == "reference" and r["format"] != "pytorch"]
+    return min(files, key=lambda r: r["latency_ms"]["p50"]) if files else None
+
+
 def versus_teacher(rows: list[dict], recommendation: dict | None) -> dict | None:
     """Does the recommended student beat the teacher's fastest artifact (ONNX fp32 or its own int8)?
 
@@ -243,9 +249,9 @@ def versus_teacher(rows: list[dict], recommendation: dict | None) -> dict | None
     """
     teacher = [r for r in rows if r["model"] == "teacher" and r["kind"] == "reference" and r["format"] != "pytorch"]
     student = next((r for r in rows if recommendation and r["id"] == recommendation["id"]), None)
-    if not teacher or student is None:
+    fastest = fastest_teacher_file(rows)
+    if fastest is None or student is None:
         return None
-    fastest = min(teacher, key=lambda r: r["latency_ms"]["p50"])
     speedup = fastest["latency_ms"]["p50"] / student["latency_ms"]["p50"]
     batch_speedup = fastest["batch_latency_ms"]["p50"] / student["batch_latency_ms"]["p50"]
     size_ratio = fastest["bytes"] / student["bytes"]
@@ -304,9 +310,7 @@ def evaluate_gates(
             f"latency {what} {'<=' if ok else 'exceeds'} {max_latency_ms:g} ms" + (f" ({best['id']})" if best else ""),
         )
     if min_speedup is not None:
-        # against the teacher's fastest file in a runtime, the reference of the report's verdict and headline
-        teacher = [r for r in rows if r["model"] == "teacher" and r["kind"] == "reference" and r["format"] != "pytorch"]
-        fastest = min(teacher, key=lambda r: r["latency_ms"]["p50"]) if teacher else None
+        fastest = fastest_teacher_file(rows)  # the reference of the report's verdict and headline
         value = round(fastest["latency_ms"]["p50"] / best["latency_ms"]["p50"], 3) if best and fastest else None
         ok = value is not None and value >= min_speedup
         what = f"{value:.2f}x" if value is not None else ("no teacher file" if best else "no deployable artifact")

@@ -133,13 +133,7 @@ def run(
             "--repeats": repeats,
             "--runtime-device": bench_device,
         }
-        defaults = {
-            "--threads": b.D["threads"],
-            "--batch": b.D["batch"],
-            "--runs": b.D["runs"],
-            "--warmup": b.D["warmup"],
-            "--repeats": b.D["repeats"],
-        }
+        defaults = {f"--{k}": b.D[k] for k in ("threads", "batch", "runs", "warmup", "repeats")}
         flags = [k for k, v in given.items() if v is not None] + [k for k, v in settings.items() if v != defaults.get(k, "CPU")]
         flags += o.given_flags(overrides)
         if flags:
