@@ -204,6 +204,9 @@ def test_run_distill_and_plan_take_the_recipe_the_same_way(tmp_path):
 def test_run_resume_refuses_flags_that_would_change_the_run(tmp_path):
     r = cli_in_process("run", "--resume", tmp_path / "r", "--epochs", "3", "--compare", "kd", "--runs", "5", cwd=tmp_path)
     assert r.returncode == 2 and "--compare, --runs, --epochs cannot change them" in r.stderr, r.stderr
+    # a setting given at its default value is refused too (it would otherwise be silently ignored)
+    r = cli_in_process("run", "--resume", tmp_path / "r", "--threads", "1", "--runtime-device", "CPU", cwd=tmp_path)
+    assert r.returncode == 2 and "--threads, --runtime-device cannot change them" in r.stderr, r.stderr
     r = cli_in_process("run", "--resume", tmp_path / "nothing", cwd=tmp_path)
     assert r.returncode != 0 and "no unfinished run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

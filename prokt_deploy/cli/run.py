@@ -125,16 +125,12 @@ def run(
     if resume is not None:
         given = {"RECIPE": recipe_file, "--recipe": recipe, "--out": out_dir, "--latencies": latencies, "--compare": compare_methods}
         given.update({"--max-latency-ms": max_latency_ms, "--max-drop-vs-teacher": max_accuracy_drop, "--min-speedup-vs-teacher": min_speedup})
-        settings = {
-            "--threads": threads,
-            "--batch": batch,
-            "--runs": runs,
-            "--warmup": warmup,
-            "--repeats": repeats,
-            "--runtime-device": bench_device,
-        }
-        defaults = {f"--{k}": b.D[k] for k in ("threads", "batch", "runs", "warmup", "repeats")}
-        flags = [k for k, v in given.items() if v is not None] + [k for k, v in settings.items() if v != defaults.get(k, "CPU")]
+        # (flag, parameter, value, default): a setting given at its default is refused too, not silently ignored
+        settings = [
+            (f"--{k}", k, v, b.D[k]) for k, v in (("threads", threads), ("batch", batch), ("runs", runs), ("warmup", warmup), ("repeats", repeats))
+        ]
+        settings.append(("--runtime-device", "bench_device", bench_device, "CPU"))
+        flags = [k for k, v in given.items() if v is not None] + [f for f, p, v, d in settings if o.on_command_line(p, v, d)]
         flags += o.given_flags(overrides)
         if flags:
             raise UsageError(
