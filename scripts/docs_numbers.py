@@ -13,6 +13,10 @@ Names:
 - ``grid.BUDGET.METHOD[.val|.int8|.drop]``: a converged-grid cell over its seeds, mean ± sample std: fp32 test
   accuracy %, validation %, int8 ONNX test %, or the int8 drop in points (benchmarks/results/quality.json, grid records)
 - ``paired.BUDGET.A-B``: the paired difference A - B by seed, mean ± sample std, points (same file)
+- ``cell.STEM.BUDGET.METHOD[.val|.int8|.drop]``: the same as ``grid.``, from another grid file (STEM.json in
+  benchmarks/results, e.g. quality-mobile-scratch)
+- ``cross.BUDGET.STEM~METHOD.STEM~METHOD[.int8]``: the paired difference by seed between cells of two grid files
+  (first - second; fp32 test, or int8 ONNX test), e.g. one student family against another on the same seeds
 - ``manifest.STEM.student`` / ``.teacher`` / ``.int8.FORMAT``: a run manifest kept in benchmarks/results (STEM.json):
   the student's or teacher's test accuracy, or an int8 artifact's, %
 - ``runtimes.ROW.FIELD``: a row of benchmarks/results/runtimes.json (ROW its id with '/' written '.', e.g.
@@ -31,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-MARKER = re.compile(r"<!--n:([A-Za-z0-9_.+-]+)-->(.*?)<!--/n-->")
+MARKER = re.compile(r"<!--n:([A-Za-z0-9_.+~-]+)-->(.*?)<!--/n-->")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -40,10 +44,10 @@ def _json(name: str):
     return json.loads((RESULTS / name).read_text())
 
 
-def _grid(budget: str, method: str, key: str = "test") -> dict[int, float]:
+def _grid(budget: str, method: str, key: str = "test", stem: str = "quality") -> dict[int, float]:
     """Per seed, in %: the fp32 test accuracy (``test``), validation (``val``), int8 ONNX test (``int8``), or the int8
-    drop in points (``drop``: fp32 - int8)."""
-    cells = [r for r in _json("quality.json") if r.get("phase", "grid") == "grid" and r["budget"] == budget and r["method"] == method]
+    drop in points (``drop``: fp32 - int8), of the grid file ``stem``.json."""
+    cells = [r for r in _json(f"{stem}.json") if r.get("phase", "grid") == "grid" and r["budget"] == budget and r["method"] == method]
     pick = {
         "test": lambda r: 100 * r["student_test_accuracy"],
         "val": lambda r: 100 * r["student_val_accuracy"],
@@ -71,6 +75,14 @@ def value(name: str) -> str:
     if parts[0] == "paired" and len(parts) == 3:
         a, b = parts[2].split("-")
         first, second = _grid(parts[1], a), _grid(parts[1], b)
+        return _mean_std([first[s] - second[s] for s in first if s in second], signed=True)
+    if parts[0] == "cell" and len(parts) in (4, 5):
+        key = parts[4] if len(parts) == 5 else "test"
+        return _mean_std(list(_grid(parts[2], parts[3], key, stem=parts[1]).values()), signed=key == "drop")
+    if parts[0] == "cross" and len(parts) in (4, 5):
+        key = parts[4] if len(parts) == 5 else "test"
+        (stem_a, method_a), (stem_b, method_b) = (p.split("~") for p in parts[2:4])
+        first, second = _grid(parts[1], method_a, key, stem_a), _grid(parts[1], method_b, key, stem_b)
         return _mean_std([first[s] - second[s] for s in first if s in second], signed=True)
     if parts[0] == "runtimes" and len(parts) == 5:
         row_id, field = "/".join(parts[1:4]), parts[4]

@@ -4,8 +4,9 @@ The case is built to fail post-training int8, whatever the seed: in a trained di
 output channel 0 is made dead (zero weights, BatchNorm shift -1: ReLU gives 0 on every input), and the second conv
 gets a weight of 100x its largest on that dead channel for every output channel. In fp32 nothing changes (the weight
 multiplies zeros); per-channel int8 sets every channel's step from that weight, so the real weights round to 0 or
-+-1 steps. With accuracy-aware int8 off (it would keep the conv in fp32), the fine-tuning with a learned per-channel
-step must bring the file within the gate; the record says which path made it and what it replaced.
++-1 steps. With accuracy-aware int8 off (it would keep the conv in fp32), quantization-aware fine-tuning must bring
+the file within the gate (its step starts where the input-weighted rounding error is least, which clips the outlier
+on the dead input, and is then learned); the record says which path made it and what it replaced.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prokt_deploy import apply_overrides, distill, export_run, load_recipe
 from prokt_deploy.errors import GateFailed
 from prokt_deploy.rundir.checkpoint import save_weights
 from prokt_deploy.rundir.reader import load_model
+from prokt_deploy.train.qat import QMAX, input_power, mse_step, quantization_aware_distill
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +81,43 @@ def test_export_qat_flag_and_the_ptq_path_is_recorded(dead_channel_run: Path, tm
     assert fp32.int8_path is None and fp32.qat is None
     (aware,) = export_run(run, ["onnx"], "int8", accuracy_aware="on", qat="off")
     assert aware.int8_path == "accuracy-aware" and aware.passed
+
+
+def test_the_initial_step_keeps_normal_weights_and_clips_an_outlier_only_where_its_input_is_dead() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 3, 3) * 0.1
+    w[1, 2, 1, 1] = 100 * w.abs().max()  # channel 1's range is set by one weight on input channel 2
+    top = w.reshape(3, -1).abs().amax(1)
+    torch.testing.assert_close(mse_step(w), top / QMAX)  # unweighted: the outlier's own error keeps the full range
+    live = torch.ones_like(w)
+    torch.testing.assert_close(mse_step(w, live), top / QMAX)
+    dead = live.clone()
+    dead[:, 2] = 0.0  # input channel 2 is always zero: its weights cost nothing
+    step = mse_step(w, dead)
+    assert step[1] < top[1] / QMAX / 20  # the outlier clipped: a step near the other weights' range
+    assert step[1] * QMAX >= w[1, [0, 1, 3]].abs().max() * 0.9
+    torch.testing.assert_close(step[[0, 2]], top[[0, 2]] / QMAX)  # channels without an outlier keep their largest weight
+    # the input power of a grouped (depthwise) conv and a Linear: the mean square per input channel / feature
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, groups=2), torch.nn.Flatten(), torch.nn.Linear(2, 1))
+    x = torch.zeros(5, 2, 3, 3)
+    x[:, 1] = 2.0
+    power = input_power(model, x)
+    torch.testing.assert_close(power[model[0]], torch.tensor([0.0, 4.0]))
+    assert power[model[2]].shape == (2,)
+
+
+def test_quantization_aware_fine_tuning_never_returns_a_worse_model_on_validation() -> None:
+    """A learning rate that wrecks the model: the kept model is the start (epoch 0), not the last epoch."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 4)
+    y = (x[:, 0] > 0).long()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    tuned, result = quantization_aware_distill(model, (x, 1 - y), (x, y), epochs=3, min_steps=0, lr=1e-1, batch_size=32)
+    assert result.val_accuracy_simulated_before > 0.9  # the start is good; training on flipped labels ruins it
+    assert result.val_accuracy_simulated_after == result.val_accuracy_simulated_before
+    assert (tuned(x).argmax(1) == y).float().mean() > 0.9

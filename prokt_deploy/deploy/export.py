@@ -282,12 +282,15 @@ def export_run(
 
     @functools.cache  # one fine-tuning serves every format
     def qat_model() -> tuple[torch.nn.Module, dict]:
+        from prokt_deploy.train.augment import from_recipe
         from prokt_deploy.train.qat import quantization_aware_distill
 
         teacher = fr.model("teacher") if fr.manifest.teacher.weights else None
         say(f"quantization-aware fine-tuning of the student{' against the teacher' if teacher is not None else ' on the labels'}")
+        recipe = fr.recipe()
+        augment = None if data.is_text else from_recipe(recipe.data.augment, data.input)  # what the student was trained with
         model, result = quantization_aware_distill(
-            student, (data.train.x, data.train.y), (data.val.x, data.val.y), teacher=teacher, seed=fr.recipe().seed
+            student, (data.train.x, data.train.y), (data.val.x, data.val.y), teacher=teacher, seed=recipe.seed, augment=augment
         )
         return model, result.to_dict()
 
