@@ -164,11 +164,17 @@ def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | 
         for budget in args.budgets.split(","):
             for name in methods:
                 grid.cell(seed, budget, name, chosen.get(name, {}), "grid")
-    return grid.records
+    # the cells of --out this invocation did not ask for (other seeds, methods or budgets) stay in it: a grid run one
+    # seed per process (scripts/converged_grid.sh) once lost its earlier seeds' rows here
+    return grid.all_records()
 
 
 class Grid:
     """The cells of one quality grid: the converged teacher per seed, one distill + int8 export per cell."""
+
+    def all_records(self) -> list[dict]:
+        """What --out holds: the earlier records this invocation did not revisit, then this invocation's cells."""
+        return [r for r in self.done if r not in self.records] + self.records
 
     def __init__(self, args, label, base, common, teachers, done) -> None:
         self.args, self.base, self.common, self.teachers, self.done = args, base, common, teachers, done
@@ -263,7 +269,7 @@ class Grid:
             if tuned_run:
                 previous = [{**tuned_run[0], "phase": "grid"}]
                 self.records.append(previous[0])
-                _write_records(Path(args.out), [r for r in self.done if r not in self.records] + self.records)
+                _write_records(Path(args.out), self.all_records())
         if previous:  # kept: no teacher is trained for it
             if previous[0] not in self.records:
                 self.records.append(previous[0])
@@ -322,7 +328,7 @@ class Grid:
         }
         self.records.append(rec)
         if getattr(args, "incremental", True):
-            _write_records(Path(args.out), [r for r in self.done if r not in self.records] + self.records)
+            _write_records(Path(args.out), self.all_records())
         shutil.rmtree(out, ignore_errors=True)  # recorded: the run directory (its exports) is not needed any more
         print(
             f"  {budget:>6} {name:<12} {rec['student']:<14} ({phase}) val {rec['student_val_accuracy']:.4f} fp32 {rec['student_test_accuracy']:.4f} "

@@ -204,6 +204,11 @@ def test_text_quality_tiny(tmp_path):
     proc = bench("text_quality.py", *args, "--resume", cwd=tmp_path)
     assert proc.stdout.count("kept from") == 4 and "converged teacher" not in proc.stdout.replace("reusing converged teacher", "")
     assert "| 1.3MB | kd |" in out.with_suffix(".md").read_text()
+    # one more seed in its own invocation (scripts/converged_grid.sh runs a seed per process): seed 0's row stays
+    seed1 = [a if a != "0" or args[i - 1] != "--seeds" else "1" for i, a in enumerate(args)]
+    bench("text_quality.py", *seed1, "--resume", cwd=tmp_path)
+    after = json.loads(out.read_text())
+    assert sorted(r["seed"] for r in after if r["phase"] == "grid") == [0, 1] and grid[0] in after
 
 
 def test_prokt_dynamics_tiny(tmp_path):
