@@ -134,3 +134,14 @@ def test_pretrained_efficientnet_lite0_keeps_imagenet_weights_and_replaces_the_h
         assert task(image).shape == (2, 10)
     with pytest.raises(ModelError, match="unknown pretrained model"):
         create_model("pretrained:efficientnet-b7", num_classes=10, in_channels=1)
+    # @64: the input is upsampled to 64 px inside the teacher (the same weights see a larger image)
+    big = create_model("pretrained:efficientnet-lite0@64", num_classes=10, in_channels=1).eval()
+    assert big.min_size == 64 and task.min_size == 32
+    seen = []
+    big.model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        assert big(image).shape == (2, 10)
+    assert seen == [(64, 64)]
+    for bad in ("pretrained:efficientnet-lite0@16", "pretrained:efficientnet-lite0@big"):
+        with pytest.raises(ModelError, match="input size after @"):
+            create_model(bad, num_classes=10, in_channels=1)

@@ -18,8 +18,9 @@
   reference start: a pretrained backbone not yet fine-tuned on the task. The 1000-class head is
   replaced by a new one for the task's classes (kept when the task has 1000), grey inputs are
   repeated to 3 channels (the stem keeps its pretrained RGB filters) and images under 32 px are
-  upsampled to 32 (its fixed "same" padding fails below); set ``data.image_size`` to feed it larger
-  images (the nets were trained at 224 px; at 32 px their stride-32 features are 1x1).
+  upsampled to 32 (its fixed "same" padding fails below); ``pretrained:efficientnet-lite0@64`` upsamples to 64
+  px inside the teacher alone (the student and the data keep their size), and ``data.image_size`` resizes the
+  data for every model (the nets were trained at 224 px; at 32 px their stride-32 features are 1x1).
 
 All of them are teachers only (the planner never offers them as students) and both are checked on two real
 samples before training starts (:func:`check_teacher_output`), so a model that cannot take the data
@@ -181,8 +182,11 @@ class GreyToRGB(nn.Module):
         return self.model(x)
 
 
-def build_pretrained(name: str, num_classes: int, in_channels: int | None = None) -> GreyToRGB:
-    """``pretrained:<name>`` -> the ImageNet model with a ``num_classes`` head, offline."""
+def build_pretrained(name: str, num_classes: int, in_channels: int | None = None, min_size: int = PRETRAINED_MIN_SIZE) -> GreyToRGB:
+    """``pretrained:<name>[@<px>]`` -> the ImageNet model with a ``num_classes`` head, offline; inputs smaller than
+    ``min_size`` (``@<px>``, default 32) pixels are upsampled to it inside the model. The nets were trained at 224 px:
+    at 32 px their stride-32 features are 1x1, so a teacher fine-tuned on 28x28 images may want ``@64`` or more
+    (4x the compute per doubling)."""
     import importlib
 
     if name not in PRETRAINED:
@@ -205,11 +209,18 @@ def build_pretrained(name: str, num_classes: int, in_channels: int | None = None
         raise ModelError(f"pretrained:{name}: cannot load the ImageNet weights {weights}: {_first_line(e)}") from None
     if num_classes != model._fc.out_features:
         model._fc = nn.Linear(model._fc.in_features, num_classes)
-    return GreyToRGB(model)
+    return GreyToRGB(model, min_size)
 
 
 def _parse_pretrained(name: str) -> dict | None:
-    return {"name": name[len(PRETRAINED_PREFIX) :]} if name.startswith(PRETRAINED_PREFIX) and len(name) > len(PRETRAINED_PREFIX) else None
+    if not (name.startswith(PRETRAINED_PREFIX) and len(name) > len(PRETRAINED_PREFIX)):
+        return None
+    base, at, size = name[len(PRETRAINED_PREFIX) :].partition("@")
+    if not at:
+        return {"name": base, "min_size": PRETRAINED_MIN_SIZE}
+    if not size.isdigit() or not PRETRAINED_MIN_SIZE <= int(size) <= 1024:
+        raise ModelError(f"{name}: the input size after @ must be a whole number of pixels from {PRETRAINED_MIN_SIZE} to 1024")
+    return {"name": base, "min_size": int(size)}
 
 
 def _parse_torchscript(name: str) -> dict | None:
@@ -223,10 +234,10 @@ def _build_torchscript(o: dict, **_: object) -> nn.Module:
 register_family(
     Family(
         "pretrained",
-        lambda o, *, num_classes, in_channels=None, **_: build_pretrained(o["name"], num_classes, in_channels),
+        lambda o, *, num_classes, in_channels=None, **_: build_pretrained(o["name"], num_classes, in_channels, o["min_size"]),
         _parse_pretrained,
         lambda: [],
-        "pretrained:efficientnet-lite0",
+        "pretrained:efficientnet-lite0[@64]",
         "image",
     )
 )
