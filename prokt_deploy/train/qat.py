@@ -82,9 +82,10 @@ def mse_step(weight: torch.Tensor, importance: torch.Tensor | None = None) -> to
     w = weight.reshape(len(weight), -1).float()  # (C, N)
     imp = torch.ones_like(w) if importance is None else importance.reshape(w.shape).float()
     top = w.abs().amax(dim=1).clamp_min(1e-8)  # (C,)
-    steps = top[None, :] * CLIP_FRACTIONS[:, None] / QMAX  # (R, C)
-    q = (w[None] / steps[..., None]).round().clamp(-QMAX, QMAX) * steps[..., None]  # (R, C, N)
-    err = ((q - w[None]).pow(2) * imp[None]).sum(dim=2)  # (R, C)
+    steps = top[None, :] * CLIP_FRACTIONS.to(w.device)[:, None] / QMAX  # (R, C)
+    err = torch.stack(  # one clip at a time: a (C, N) temporary, not (R, C, N), for a large Linear
+        [(((w / s[:, None]).round().clamp(-QMAX, QMAX) * s[:, None] - w).pow(2) * imp).sum(dim=1) for s in steps]
+    )  # (R, C)
     return steps.gather(0, err.argmin(dim=0, keepdim=True))[0]  # argmin: the first (largest) clip on a tie
 
 
