@@ -172,10 +172,6 @@ def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | 
 class Grid:
     """The cells of one quality grid: the converged teacher per seed, one distill + int8 export per cell."""
 
-    def all_records(self) -> list[dict]:
-        """What --out holds: the earlier records this invocation did not revisit, then this invocation's cells."""
-        return [r for r in self.done if r not in self.records] + self.records
-
     def __init__(self, args, label, base, common, teachers, done) -> None:
         self.args, self.base, self.common, self.teachers, self.done = args, base, common, teachers, done
         self.records: list[dict] = []
@@ -186,6 +182,10 @@ class Grid:
         else:
             self.work = Path(tempfile.mkdtemp(prefix=f"prokt-{label}-"))
             atexit.register(shutil.rmtree, self.work, True)
+
+    def all_records(self) -> list[dict]:
+        """What --out holds: the earlier records this invocation did not revisit, then this invocation's cells."""
+        return [r for r in self.done if r not in self.records] + self.records
 
     def teacher(self, seed: int, extra: dict | None = None) -> tuple[str, float]:
         """(checkpoint reference, its test accuracy) of the converged teacher seed ``seed`` uses;

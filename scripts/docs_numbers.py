@@ -69,13 +69,11 @@ def value(name: str) -> str:
     parts = name.split(".")
     if name == "teacher.shipped":
         return f"{100 * _json('teacher-vgg-w32-manifest.json')['metrics']['teacher_test_accuracy']:.2f}"
-    if parts[0] == "grid" and len(parts) in (3, 4):
-        key = parts[3] if len(parts) == 4 else "test"
-        return _mean_std(list(_grid(parts[1], parts[2], key).values()), signed=key == "drop")
-    if parts[0] == "paired" and len(parts) == 3:
-        a, b = parts[2].split("-")
-        first, second = _grid(parts[1], a), _grid(parts[1], b)
-        return _mean_std([first[s] - second[s] for s in first if s in second], signed=True)
+    if parts[0] == "grid":  # the converged grid's file: cell.quality.*
+        parts = ["cell", "quality", *parts[1:]]
+    if parts[0] == "paired" and len(parts) == 3:  # within the converged grid's file: cross.BUDGET.quality~A.quality~B
+        a, _, b = parts[2].partition("-")
+        parts = ["cross", parts[1], f"quality~{a}", f"quality~{b}"]
     if parts[0] == "cell" and len(parts) in (4, 5):
         key = parts[4] if len(parts) == 5 else "test"
         return _mean_std(list(_grid(parts[2], parts[3], key, stem=parts[1]).values()), signed=key == "drop")

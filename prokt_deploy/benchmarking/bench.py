@@ -233,9 +233,14 @@ def recommend(rows: list[dict], max_accuracy_drop: float | None, int8: list[dict
     return {"id": best["id"], "reason": reason}
 
 
+def teacher_files(rows: list[dict]) -> list[dict]:
+    """The teacher's rows that are files in a runtime (its PyTorch model is not a file)."""
+    return [r for r in rows if r["model"] == "teacher" and r["kind"] == "reference" and r["format"] != "pytorch"]
+
+
 def fastest_teacher_file(rows: list[dict]) -> dict | None:
-    """The teacher's fastest file in a runtime (batch-1 p50; its PyTorch model is not a file); None without one."""
-    files = [r for r in rows if r["model"] == "teacher" and r["kind"] == "reference" and r["format"] != "pytorch"]
+    """The teacher's fastest file in a runtime (batch-1 p50); None without one."""
+    files = teacher_files(rows)
     return min(files, key=lambda r: r["latency_ms"]["p50"]) if files else None
 
 
@@ -247,7 +252,6 @@ def versus_teacher(rows: list[dict], recommendation: dict | None) -> dict | None
     ``beats_on_speed`` (speed-up >= 1), ``beats_on_size``, ``teacher_int8`` (id, bytes, within_budget of
     each teacher int8 row) and a one-sentence ``verdict``; ``None`` without a teacher or a recommendation.
     """
-    teacher = [r for r in rows if r["model"] == "teacher" and r["kind"] == "reference" and r["format"] != "pytorch"]
     student = next((r for r in rows if recommendation and r["id"] == recommendation["id"]), None)
     fastest = fastest_teacher_file(rows)
     if fastest is None or student is None:
@@ -255,7 +259,9 @@ def versus_teacher(rows: list[dict], recommendation: dict | None) -> dict | None
     speedup = fastest["latency_ms"]["p50"] / student["latency_ms"]["p50"]
     batch_speedup = fastest["batch_latency_ms"]["p50"] / student["batch_latency_ms"]["p50"]
     size_ratio = fastest["bytes"] / student["bytes"]
-    int8_rows = [{"id": r["id"], "bytes": r["bytes"], "within_budget": r.get("within_budget")} for r in teacher if r["precision"] == "int8"]
+    int8_rows = [
+        {"id": r["id"], "bytes": r["bytes"], "within_budget": r.get("within_budget")} for r in teacher_files(rows) if r["precision"] == "int8"
+    ]
     speed = f"{'faster' if speedup >= 1 else 'slower'} ({speedup:.2f}x its speed at batch 1, {batch_speedup:.2f}x at batch {student['batch']})"
     size = f"{size_ratio:.1f}x smaller" if size_ratio >= 1 else f"{1 / size_ratio:.1f}x larger"
     verdict = f"{student['id']} is {speed} than the teacher's fastest artifact {fastest['id']}, and {size}"

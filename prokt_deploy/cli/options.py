@@ -255,19 +255,12 @@ def given_flags(overrides: dict[str, Any]) -> list[str]:
     return [OVERRIDES[n].flags[0] for n, v in overrides.items() if v is not None]
 
 
-def on_command_line(param: str, value: Any, default: Any) -> bool:
-    """Whether the option ``param`` (its Python name) was given on the command line, even at its default value (which
-    a comparison with the default cannot see: ``--resume --threads 1`` must be refused like ``--threads 2``). Outside a
-    click command (a direct call) the value is compared with the default."""
-    try:  # Typer >= 0.20 runs its own vendored Click, whose context stack is not the click package's
-        from typer._click.globals import get_current_context
-    except ImportError:  # an older Typer on the click package
-        from click import get_current_context
-    ctx = get_current_context(silent=True)
-    source = ctx.get_parameter_source(param) if ctx is not None else None
-    if source is None:
-        return value != default
-    return source.name in ("COMMANDLINE", "ENVIRONMENT")
+def on_command_line(ctx: typer.Context, param: str) -> bool:
+    """Whether the option ``param`` (its Python name) was given on the command line (or its environment variable),
+    even at its default value, which a comparison with the default cannot see: ``--resume --threads 1`` must be
+    refused like ``--threads 2``."""
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
 def code_hooks(teacher_factory: str | None) -> list[str]:

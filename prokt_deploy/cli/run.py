@@ -83,6 +83,7 @@ class PipelineProgress(RichProgress):
 
 @o.takes_overrides(*o.TRAINING)
 def run(
+    ctx: typer.Context,
     recipe_file: o.RecipeArg = None,
     recipe: o.RecipeOpt = None,
     overrides: dict | None = None,
@@ -125,12 +126,10 @@ def run(
     if resume is not None:
         given = {"RECIPE": recipe_file, "--recipe": recipe, "--out": out_dir, "--latencies": latencies, "--compare": compare_methods}
         given.update({"--max-latency-ms": max_latency_ms, "--max-drop-vs-teacher": max_accuracy_drop, "--min-speedup-vs-teacher": min_speedup})
-        # (flag, parameter, value, default): a setting given at its default is refused too, not silently ignored
-        settings = [
-            (f"--{k}", k, v, b.D[k]) for k, v in (("threads", threads), ("batch", batch), ("runs", runs), ("warmup", warmup), ("repeats", repeats))
-        ]
-        settings.append(("--runtime-device", "bench_device", bench_device, "CPU"))
-        flags = [k for k, v in given.items() if v is not None] + [f for f, p, v, d in settings if o.on_command_line(p, v, d)]
+        # a bench setting given at all is refused, even at its default value (not silently ignored)
+        settings = {"--threads": "threads", "--batch": "batch", "--runs": "runs", "--warmup": "warmup", "--repeats": "repeats"}
+        settings["--runtime-device"] = "bench_device"
+        flags = [k for k, v in given.items() if v is not None] + [f for f, p in settings.items() if o.on_command_line(ctx, p)]
         flags += o.given_flags(overrides)
         if flags:
             raise UsageError(
