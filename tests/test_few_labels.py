@@ -299,3 +299,63 @@ def test_text_trains_on_a_transfer_set(tmp_path):
     m = distill(load_recipe(recipe), out=tmp_path / "run", runs_root=tmp_path, latest=False).manifest
     assert (m.data["train"], m.data["unlabelled"]) == (20, 76)
     assert m.metrics["samples_seen"] == {"labelled": 4 * 6, "unlabelled": 12 * 6}  # 6 steps of 16: a quarter labelled
+
+
+def test_a_frozen_teachers_logits_are_computed_once_per_unaugmented_sample(tmp_path, monkeypatch):
+    """KD/DKD over a transfer set: without augmentation each sample reaches the frozen teacher unchanged every epoch,
+    so its logits are computed once (engine.FrozenOutputs) and equal the teacher's own; with augmentation every
+    batch is new and the teacher runs on each."""
+    from prokt_deploy.train import engine
+
+    made: list[engine.FrozenOutputs] = []
+
+    class Recording(engine.FrozenOutputs):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(engine, "FrozenOutputs", Recording)
+    seen: list[torch.Tensor] = []
+    student_method = distill_module._student_method
+
+    def spy(recipe, *args):
+        method = student_method(recipe, *args)
+        step = method.step
+        method.step = lambda x, y: (seen.append(x.clone()), step(x, y))[1]
+        return method
+
+    monkeypatch.setattr(distill_module, "_student_method", spy)
+    distill(_tiny("dkd", **{"train.epochs": 2}), out=tmp_path / "plain", runs_root=tmp_path, latest=False)
+    (cached,) = made
+    rows = torch.cat(seen)
+    distinct = len({r.numpy().tobytes() for r in rows})
+    assert cached.cache and cached.computed == distinct < len(rows)  # 2 epochs: most rows came back in epoch 2
+    teacher = cached.teacher.eval()  # frozen: the weights the run distilled from
+    with torch.no_grad():
+        assert torch.allclose(cached(rows[:200]), teacher(rows[:200]), atol=1e-5)
+    assert cached.computed == distinct  # all 200 were kept
+
+    made.clear(), seen.clear()
+    distill(_tiny("kd", **{"data.augment.crop_padding": 2}), out=tmp_path / "aug", runs_root=tmp_path, latest=False)
+    (direct,) = made
+    assert not direct.cache and direct.computed == len(torch.cat(seen))
+
+
+def test_frozen_outputs_key_text_rows_by_their_tokens_not_their_padding():
+    from prokt_deploy.train.engine import FrozenOutputs
+
+    calls: list[int] = []
+
+    def teacher(x):  # a mask-pooled "model": the sum of the ids a row's mask keeps
+        calls.append(len(x))
+        return (x[:, 0] * x[:, 1]).sum(1, keepdim=True).float().repeat(1, 3)
+
+    ids = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 0, 0, 0]])
+    packed = torch.stack([ids, (ids > 0).long()], 1)  # (2, 2, 5)
+    f = FrozenOutputs(teacher, cache=True)
+    first = f(packed)
+    again = f(packed[:, :, :3])  # the same rows, padded to another length
+    assert torch.equal(first, again) and f.computed == 2 and calls == [2]
+    mixed = f(torch.stack([packed[0, :, :3], torch.tensor([[4, 0, 0], [1, 0, 0]])]))
+    assert f.computed == 3 and calls == [2, 1] and mixed[1].tolist() == [4.0] * 3
+    assert torch.equal(FrozenOutputs(teacher, cache=True, max_bytes=0)(packed), first)  # nothing kept: computed each time

@@ -120,7 +120,12 @@ def _teacher_method(recipe: Recipe, teacher: nn.Module, data: DataBundle) -> eng
 def _student_method(recipe: Recipe, student: nn.Module, teacher: nn.Module, data: DataBundle) -> engine.Method:
     spec = methods.get(recipe.method)
     total = _student_schedule(recipe, data)["steps"]
-    return spec.step(methods.StepSetup(recipe, student, teacher if spec.needs_teacher else None, total, spec.settings(recipe)))
+    outputs = None
+    if spec.teacher == "frozen":
+        # a frozen teacher sees each sample unchanged every epoch unless the batches are augmented: its logits
+        # are then computed once per sample (engine.FrozenOutputs), the same up to float rounding
+        outputs = engine.FrozenOutputs(teacher, cache=_fit_options(recipe, data)["augment"] is None)
+    return spec.step(methods.StepSetup(recipe, student, teacher if spec.needs_teacher else None, total, spec.settings(recipe), outputs))
 
 
 def _resume_point(ckpt: dict | None, phase: str) -> engine.Resume | None:

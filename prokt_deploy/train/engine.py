@@ -191,6 +191,56 @@ def soft_targets(model: nn.Module, x: torch.Tensor, batch_stats: bool = False) -
             m.eval()
 
 
+class FrozenOutputs:
+    """A frozen teacher's logits for a training batch, each distinct input computed once and kept.
+
+    A frozen teacher in eval mode (KD, DKD) gives a sample the same logits every epoch as long as the sample
+    reaches it unchanged, i.e. without augmentation (text; images with ``data.augment`` off): from the second
+    epoch on its forward passes are pure repetition, and with a large teacher (MiniLM on tweets, an ImageNet
+    backbone) they are most of a step's cost. ``cache=True`` keys each row by its content (a text row by its
+    tokens up to its own length, so a different batch padding is the same key), runs the teacher on the rows
+    it has not seen and keeps their logits on the CPU, up to ``max_bytes``; rows beyond that are computed each
+    time. The result equals ``teacher(x)`` up to float rounding (a row computed in a batch of another size);
+    ``cache=False`` is ``teacher(x)``. ``computed`` counts the rows the teacher ran on.
+    """
+
+    def __init__(self, teacher: nn.Module, cache: bool, max_bytes: int = 512 * 2**20) -> None:
+        self.teacher, self.cache, self.max_bytes = teacher, cache, max_bytes
+        self.store: dict[bytes, torch.Tensor] = {}
+        self.stored_bytes = 0
+        self.computed = 0
+
+    @staticmethod
+    def _key(row: torch.Tensor) -> bytes:
+        import hashlib
+
+        if row.dtype == torch.int64 and row.dim() == 2 and row.shape[0] == 2:  # packed text: (ids, mask)
+            row = row[0, : int(row[1].sum())]
+        return hashlib.blake2b(row.contiguous().numpy().tobytes(), digest_size=16).digest()
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cache:
+            self.computed += len(x)
+            return self.teacher(x)
+        keys = [self._key(row) for row in x.cpu()]
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            if k not in self.store:
+                first.setdefault(k, i)  # a row twice in one batch (or two equal samples) is computed once
+        missing = list(first.values())
+        fresh: dict[bytes, torch.Tensor] = {}
+        if missing:
+            out = self.teacher(trim_padding(x[missing]) if len(missing) < len(x) else x).float().cpu()
+            self.computed += len(missing)
+            for i, row in zip(missing, out):
+                fresh[keys[i]] = row
+                if self.stored_bytes + row.numel() * 4 <= self.max_bytes:
+                    self.store[keys[i]] = row
+                    self.stored_bytes += row.numel() * 4
+        return torch.stack([self.store.get(k, fresh.get(k)) for k in keys]).to(x.device)
+
+
 StepFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
 
 

@@ -50,10 +50,11 @@ def _step(s: StepSetup) -> Method:
     for p in teacher.parameters():
         p.requires_grad_(False)  # like KD: the converged teacher is frozen
     warmup_steps = cfg.warmup_fraction * s.total_steps
+    outputs = s.teacher_outputs or teacher  # engine.FrozenOutputs: each unaugmented sample's logits computed once
 
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
-            t_logits = teacher(x)
+            t_logits = outputs(x)
         student.train()
         logits = student(x)
         target = torch.where(y >= 0, y, t_logits.argmax(1))  # unlabelled: the teacher's class

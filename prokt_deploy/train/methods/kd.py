@@ -13,6 +13,9 @@ from prokt_deploy.recipe import OptimizerConfig, Section
 from prokt_deploy.train.methods.registry import MethodSpec, StepSetup, register
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
     from torch import nn
 
     from prokt_deploy.train.engine import Method
@@ -23,7 +26,15 @@ class KDConfig(Section):
     temperature: float = Field(4.0, gt=0)
 
 
-def kd_method(student: nn.Module, teacher: nn.Module, opt_cfg: OptimizerConfig, cfg: KDConfig, total_steps: int, grad_clip: float | None) -> Method:
+def kd_method(
+    student: nn.Module,
+    teacher: nn.Module,
+    opt_cfg: OptimizerConfig,
+    cfg: KDConfig,
+    total_steps: int,
+    grad_clip: float | None,
+    teacher_outputs: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Method:
     import torch
 
     from prokt_deploy.train.engine import Method, check_finite, clip_and_step, labelled_accuracy, make_optimizer, make_scheduler
@@ -35,9 +46,11 @@ def kd_method(student: nn.Module, teacher: nn.Module, opt_cfg: OptimizerConfig, 
     for p in teacher.parameters():
         p.requires_grad_(False)  # KD: the converged teacher is frozen
 
+    outputs = teacher_outputs or teacher  # engine.FrozenOutputs: each unaugmented sample's logits computed once
+
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
-            t_logits = teacher(x)
+            t_logits = outputs(x)
         student.train()
         logits = student(x)
         loss = kd_loss(logits, t_logits, y, cfg.alpha, cfg.temperature)
@@ -49,7 +62,7 @@ def kd_method(student: nn.Module, teacher: nn.Module, opt_cfg: OptimizerConfig, 
 
 
 def _step(s: StepSetup) -> Method:
-    return kd_method(s.student, s.teacher, s.recipe.train.student_optimizer, s.config, s.total_steps, s.recipe.train.grad_clip)
+    return kd_method(s.student, s.teacher, s.recipe.train.student_optimizer, s.config, s.total_steps, s.recipe.train.grad_clip, s.teacher_outputs)
 
 
 register(

@@ -57,6 +57,9 @@ class StepSetup:
     teacher: nn.Module | None  # None for a method whose ``teacher`` is "none"
     total_steps: int  # optimizer steps of the phase (the schedules decay over them)
     config: Any = None  # the method's recipe section (``recipe.<section>``), None without one
+    #: a frozen teacher's logits for a batch (``engine.FrozenOutputs``: each unaugmented sample's computed once);
+    #: None for the other roles
+    teacher_outputs: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
