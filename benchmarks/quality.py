@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -169,6 +171,25 @@ def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | 
     return grid.all_records()
 
 
+@contextlib.contextmanager
+def _claim(kept: Path | None):
+    """Hold an exclusive flock on ``.<kept>.claim`` beside a kept teacher's directory while it is looked up and
+    trained: two grids started together (kd and dkd) train it once, the second blocking until the first has
+    written it. The lock dies with its process, so a stopped grid leaves nothing to wait for."""
+    if kept is None:
+        yield
+        return
+    import fcntl
+
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(kept.parent / f".{kept.name}.claim", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class Grid:
     """The cells of one quality grid: the converged teacher per seed, one distill + int8 export per cell."""
 
@@ -208,27 +229,27 @@ class Grid:
         )
         name = f"teacher-seed{seed}" + ("-tune" if extra else "")
         kept = Path(args.teacher_dir) / name if getattr(args, "teacher_dir", None) else (self.work / name if self.keep else None)
-        while kept is not None and not kept.exists() and any(kept.parent.glob(f".{kept.name}.partial-*")):
-            time.sleep(10)  # another invocation (e.g. another method's grid) is training this teacher
-        if key not in self.teachers and kept is not None and (kept / "manifest.json").is_file():
-            m = json.loads((kept / "manifest.json").read_text())
-            if (
-                m["teacher"]["arch"] == r_teacher.teacher.arch
-                and len(m["metrics"]["history"]) == r_teacher.teacher.epochs
-                and _kept_data(kept) == r_teacher.data.model_dump()
-            ):
-                self.teachers[key] = (str(kept / "teacher.safetensors"), m["metrics"]["teacher_test_accuracy"])
-                print(f"seed {seed}: reusing converged teacher {kept} (test {self.teachers[key][1]:.4f})", flush=True)
-        if key not in self.teachers:
-            teacher_dir = kept if kept is not None and not kept.exists() else self.work / name
-            if teacher_dir.exists():  # a kept teacher of other settings (--work-dir): never overwritten
-                teacher_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work)) / "teacher"
-            t0 = time.perf_counter()
-            teacher = train_teacher(r_teacher, out=teacher_dir)
-            self.teachers[key] = (str(teacher_dir / "teacher.safetensors"), teacher.manifest["metrics"]["teacher_test_accuracy"])
-            print(
-                f"seed {seed}: converged teacher {r_seed.teacher.arch} test {self.teachers[key][1]:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True
-            )
+        with _claim(kept):  # one invocation trains a kept teacher; another one (another method's grid) waits, then reuses it
+            if key not in self.teachers and kept is not None and (kept / "manifest.json").is_file():
+                m = json.loads((kept / "manifest.json").read_text())
+                if (
+                    m["teacher"]["arch"] == r_teacher.teacher.arch
+                    and len(m["metrics"]["history"]) == r_teacher.teacher.epochs
+                    and _kept_data(kept) == r_teacher.data.model_dump()
+                ):
+                    self.teachers[key] = (str(kept / "teacher.safetensors"), m["metrics"]["teacher_test_accuracy"])
+                    print(f"seed {seed}: reusing converged teacher {kept} (test {self.teachers[key][1]:.4f})", flush=True)
+            if key not in self.teachers:
+                teacher_dir = kept if kept is not None and not kept.exists() else self.work / name
+                if teacher_dir.exists():  # a kept teacher of other settings (--work-dir): never overwritten
+                    teacher_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work)) / "teacher"
+                t0 = time.perf_counter()
+                teacher = train_teacher(r_teacher, out=teacher_dir)
+                self.teachers[key] = (str(teacher_dir / "teacher.safetensors"), teacher.manifest["metrics"]["teacher_test_accuracy"])
+                print(
+                    f"seed {seed}: converged teacher {r_seed.teacher.arch} test {self.teachers[key][1]:.4f} ({time.perf_counter() - t0:.0f}s)",
+                    flush=True,
+                )
         return self.teachers[key]
 
     def _known_teacher_accuracy(self, seed: int, phase: str, settings: dict) -> float | None:

@@ -280,3 +280,24 @@ def test_every_argparse_script_builds_its_options(tmp_path):
     assert "accuracy_aware.py" in scripts and "runtimes.py" in scripts
     for script in scripts:
         assert "usage:" in bench(script, "--help", cwd=tmp_path).stdout, script
+
+
+def test_a_kept_teacher_is_claimed_by_one_grid_at_a_time(tmp_path):
+    """Two grids started together (kd and dkd over one --teacher-dir) must not both train the same teacher: the first
+    holds .<name>.claim while it looks the teacher up and trains it, a second process cannot take it meanwhile, and
+    the claim is free again once the first lets go (or dies)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import quality
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+        sys.modules.pop("quality", None)  # the other tests run the scripts fresh
+    kept = tmp_path / "teachers" / "teacher-seed0"
+    probe = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError: sys.exit(3)\n"
+    )
+    claim = str(kept.parent / ".teacher-seed0.claim")
+    with quality._claim(kept):
+        assert subprocess.run([sys.executable, "-c", probe, claim]).returncode == 3  # held: another grid would wait
+    assert subprocess.run([sys.executable, "-c", probe, claim]).returncode == 0
