@@ -290,7 +290,7 @@ class Grid:
             if tuned_run:
                 previous = [{**tuned_run[0], "phase": "grid"}]
                 self.records.append(previous[0])
-                _write_records(Path(args.out), self.all_records())
+                _write_records(Path(args.out), self.all_records(), merge=bool(getattr(args, "resume", False)))
         if previous:  # kept: no teacher is trained for it
             if previous[0] not in self.records:
                 self.records.append(previous[0])
@@ -349,7 +349,7 @@ class Grid:
         }
         self.records.append(rec)
         if getattr(args, "incremental", True):
-            _write_records(Path(args.out), self.all_records())
+            _write_records(Path(args.out), self.all_records(), merge=bool(getattr(args, "resume", False)))
         shutil.rmtree(out, ignore_errors=True)  # recorded: the run directory (its exports) is not needed any more
         print(
             f"  {budget:>6} {name:<12} {rec['student']:<14} ({phase}) val {rec['student_val_accuracy']:.4f} fp32 {rec['student_test_accuracy']:.4f} "
@@ -414,11 +414,26 @@ def mean_std(vals: list[float]) -> tuple[float | None, float | None]:
     return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def _write_records(out: Path, records: list[dict]) -> None:
+def _write_records(out: Path, records: list[dict], merge: bool = False) -> list[dict]:
+    """Write ``records`` to ``out`` atomically; returns what the file now holds. ``merge`` (--resume): the cells
+    another process wrote to ``out`` since this one read it are kept beside this one's (two grids on one --out, e.g.
+    seeds 1,2 beside seed 0 after the tuning runs: each writes its cells, neither loses the other's), under an
+    flock on the folder so that read-merge-write is one step."""
+    import fcntl
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=2) + "\n")
-    tmp.replace(out)
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if merge and out.is_file():
+            mine = {_cell_key(r) for r in records}
+            records = [r for r in json.loads(out.read_text()) if _cell_key(r) not in mine] + records
+        tmp = out.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(records, indent=2) + "\n")
+        tmp.replace(out)
+    finally:
+        os.close(fd)
+    return records
 
 
 ORDER = ["scratch", "kd", "dkd", "prokt", "prokt+label", "prokt+batch-stats"]
@@ -437,11 +452,16 @@ def combine(paths: list[str]) -> list[dict]:
     records, seen = [], set()
     for path in paths:
         for r in json.loads(Path(path).read_text()):
-            key = json.dumps([r.get("phase", "grid"), r["budget"], label(r), r["seed"], comparable(r.get("settings", {}))], sort_keys=True)
+            key = _cell_key(r)
             if key not in seen:
                 seen.add(key)
                 records.append(r)
     return records
+
+
+def _cell_key(r: dict) -> str:
+    """What makes a record one cell: its phase, budget, method, seed and settings as --resume compares them."""
+    return json.dumps([r.get("phase", "grid"), r["budget"], label(r), r["seed"], comparable(r.get("settings", {}))], sort_keys=True)
 
 
 def label(r: dict) -> str:
@@ -533,8 +553,7 @@ def main(argv: list[str] | None = None, defaults: dict | None = None, descriptio
     else:
         records = run_grid(args)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(records, indent=2) + "\n")
+    records = _write_records(out, records, merge=bool(getattr(args, "resume", False)) and not args.combine)
     table = markdown(summarise(grid_records(records)))
     pairs = [
         ("prokt", "kd"),

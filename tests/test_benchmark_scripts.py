@@ -302,3 +302,33 @@ def test_a_kept_teacher_is_claimed_by_one_grid_at_a_time(tmp_path):
     with quality._claim(kept):
         assert subprocess.run([sys.executable, "-c", probe, claim]).returncode == 3  # held: another grid would wait
     assert subprocess.run([sys.executable, "-c", probe, claim]).returncode == 0
+
+
+def test_two_grids_on_one_out_keep_each_others_cells(tmp_path):
+    """--resume grids writing one --out (seeds 1,2 run beside seed 0 once the tuning runs are in it): each write keeps
+    the cells another process wrote since this one read the file; a cell of both is this process's; without --resume
+    the file is this invocation's records alone."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import quality
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+        sys.modules.pop("quality", None)
+
+    def cell(seed, acc, phase="grid"):
+        return {"phase": phase, "budget": "64KB", "method": "kd", "seed": seed, "settings": {"kd.alpha": 0.5}, "student_test_accuracy": acc}
+
+    out = tmp_path / "grid.json"
+    tune = cell(0, 0.80, "tune")
+    quality._write_records(out, [tune, cell(0, 0.85)], merge=True)  # process A: tuning, then seed 0
+    b_read = [tune]  # process B started after the tuning runs were written
+    quality._write_records(out, [*b_read, cell(1, 0.86)], merge=True)  # B's seed 1
+    held = quality._write_records(out, [tune, cell(0, 0.85), cell(2, 0.84)], merge=True)  # A's seed 2, not knowing B's
+    assert held == json.loads(out.read_text())
+    assert sorted((r["phase"], r["seed"], r["student_test_accuracy"]) for r in held) == [
+        ("grid", 0, 0.85), ("grid", 1, 0.86), ("grid", 2, 0.84), ("tune", 0, 0.80)
+    ]  # fmt: skip
+    quality._write_records(out, [cell(1, 0.9)], merge=True)  # the same cell again: replaced, not doubled
+    assert [r["student_test_accuracy"] for r in json.loads(out.read_text()) if r["seed"] == 1] == [0.9]
+    quality._write_records(out, [cell(5, 0.5)])  # a fresh grid (no --resume): its records alone
+    assert [r["seed"] for r in json.loads(out.read_text())] == [5] and not list(tmp_path.glob("*.tmp"))
