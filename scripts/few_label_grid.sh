@@ -12,6 +12,11 @@
 #   few_label_grid.sh text N METHOD [SEEDS]    tweets, the 5 MB text student, MiniLM teacher
 #   (METHOD: scratch, kd, dkd, prokt or prokt+label; N: 1000 or 5000 for images, 1000 for text)
 #
+# One method's seeds can run in two processes (each 1 thread) on the same records file: start SEEDS=0, and once its
+# "tuned METHOD:" line is printed (the tuning runs are in the file) start the same command with SEEDS 1,2; each
+# process merges its cells with the other's when it writes (quality.py --resume). Started earlier, the second would
+# tune again by itself. Two grids that need the same kept teacher (kd and dkd) train it once (quality._claim).
+#
 # Cost (not yet run in full; measured on 2 cores without a GPU): an EfficientNet-Lite0 training step at batch 128 takes
 # about 2 s on 2 threads (TOOLCHAIN.md), so one ProKT epoch over the 54,000-image transfer set (422 steps) is about
 # 15-20 min, and the grid's EPOCHS (default 5: 2,110 steps a cell) about 1.5 h per ProKT cell on 1 thread; KD and
