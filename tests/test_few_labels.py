@@ -359,3 +359,5 @@ def test_frozen_outputs_key_text_rows_by_their_tokens_not_their_padding():
     mixed = f(torch.stack([packed[0, :, :3], torch.tensor([[4, 0, 0], [1, 0, 0]])]))
     assert f.computed == 3 and calls == [2, 1] and mixed[1].tolist() == [4.0] * 3
     assert torch.equal(FrozenOutputs(teacher, cache=True, max_bytes=0)(packed), first)  # nothing kept: computed each time
+    one = FrozenOutputs(teacher, cache=True, max_bytes=4 * 3)  # room for one row of 3 logits
+    assert torch.equal(one(packed), first) and torch.equal(one(packed), first) and one.computed == 3  # row 2 twice

@@ -206,8 +206,8 @@ class FrozenOutputs:
 
     def __init__(self, teacher: nn.Module, cache: bool, max_bytes: int = 512 * 2**20) -> None:
         self.teacher, self.cache, self.max_bytes = teacher, cache, max_bytes
-        self.store: dict[bytes, torch.Tensor] = {}
-        self.stored_bytes = 0
+        self.index: dict[bytes, int] = {}  # a row's key -> its row in ``kept``
+        self.kept: torch.Tensor | None = None  # (capacity, classes) float32 on the CPU, grown by doubling
         self.computed = 0
 
     @staticmethod
@@ -218,6 +218,20 @@ class FrozenOutputs:
             row = row[0, : int(row[1].sum())]
         return hashlib.blake2b(row.contiguous().numpy().tobytes(), digest_size=16).digest()
 
+    def _keep(self, keys: list[bytes], logits: torch.Tensor) -> None:
+        limit = self.max_bytes // (4 * logits.shape[1])  # rows that fit max_bytes
+        n = len(self.index)
+        take = min(len(keys), limit - n)
+        if take <= 0:
+            return
+        if self.kept is None or n + take > len(self.kept):
+            grown = torch.empty(min(limit, max(1024, 2 * (n + take))), logits.shape[1])
+            if self.kept is not None:
+                grown[:n] = self.kept[:n]
+            self.kept = grown
+        self.kept[n : n + take] = logits[:take]
+        self.index.update(zip(keys[:take], range(n, n + take)))
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.cache:
@@ -226,19 +240,17 @@ class FrozenOutputs:
         keys = [self._key(row) for row in x.cpu()]
         first: dict[bytes, int] = {}
         for i, k in enumerate(keys):
-            if k not in self.store:
+            if k not in self.index:
                 first.setdefault(k, i)  # a row twice in one batch (or two equal samples) is computed once
-        missing = list(first.values())
         fresh: dict[bytes, torch.Tensor] = {}
-        if missing:
+        if first:
+            missing = list(first.values())
             out = self.teacher(trim_padding(x[missing]) if len(missing) < len(x) else x).float().cpu()
             self.computed += len(missing)
-            for i, row in zip(missing, out):
-                fresh[keys[i]] = row
-                if self.stored_bytes + row.numel() * 4 <= self.max_bytes:
-                    self.store[keys[i]] = row
-                    self.stored_bytes += row.numel() * 4
-        return torch.stack([self.store.get(k, fresh.get(k)) for k in keys]).to(x.device)
+            fresh = dict(zip(first, out))
+            self._keep(list(first), out)
+        rows = [self.kept[self.index[k]] if k in self.index else fresh[k] for k in keys]
+        return torch.stack(rows).to(x.device)
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
