@@ -13,8 +13,9 @@ Names:
 - ``grid.BUDGET.METHOD[.val|.int8|.drop]``: a converged-grid cell over its seeds, mean ± sample std: fp32 test
   accuracy %, validation %, int8 ONNX test %, or the int8 drop in points (benchmarks/results/quality.json, grid records)
 - ``paired.BUDGET.A-B``: the paired difference A - B by seed, mean ± sample std, points (same file)
-- ``cell.STEM.BUDGET.METHOD[.val|.int8|.drop]``: the same as ``grid.``, from another grid file (STEM.json in
-  benchmarks/results, e.g. quality-mobile-scratch)
+- ``cell.STEM.BUDGET.METHOD[.val|.int8|.drop|.teacher]``: the same as ``grid.``, from another grid file (STEM.json
+  in benchmarks/results, e.g. quality-mobile-scratch); ``.teacher``: the test accuracy of the converged teacher each
+  seed's cell was distilled from (or, for scratch, recorded beside)
 - ``cross.BUDGET.STEM~METHOD.STEM~METHOD[.int8]``: the paired difference by seed between cells of two grid files
   (first - second; fp32 test, or int8 ONNX test), e.g. one student family against another on the same seeds
 - ``manifest.STEM.student`` / ``.teacher`` / ``.int8.FORMAT``: a run manifest kept in benchmarks/results (STEM.json):
@@ -53,6 +54,7 @@ def _grid(budget: str, method: str, key: str = "test", stem: str = "quality") ->
         "val": lambda r: 100 * r["student_val_accuracy"],
         "int8": lambda r: 100 * r["int8_test_accuracy"],
         "drop": lambda r: 100 * (r["student_test_accuracy"] - r["int8_test_accuracy"]),
+        "teacher": lambda r: 100 * r["converged_teacher_test_accuracy"],
     }[key]
     return {r["seed"]: pick(r) for r in cells}
 
