@@ -232,11 +232,7 @@ class Grid:
         with _claim(kept):  # one invocation trains a kept teacher; another one (another method's grid) waits, then reuses it
             if key not in self.teachers and kept is not None and (kept / "manifest.json").is_file():
                 m = json.loads((kept / "manifest.json").read_text())
-                if (
-                    m["teacher"]["arch"] == r_teacher.teacher.arch
-                    and len(m["metrics"]["history"]) == r_teacher.teacher.epochs
-                    and _kept_data(kept) == r_teacher.data.model_dump()
-                ):
+                if m["teacher"]["arch"] == r_teacher.teacher.arch and _kept_matches(kept, r_teacher):
                     self.teachers[key] = (str(kept / "teacher.safetensors"), m["metrics"]["teacher_test_accuracy"])
                     print(f"seed {seed}: reusing converged teacher {kept} (test {self.teachers[key][1]:.4f})", flush=True)
             if key not in self.teachers:
@@ -393,9 +389,20 @@ def _as_written(run: Path) -> dict:
     return json.loads((run / "manifest.json").read_text())
 
 
-def _kept_data(run: Path) -> dict | None:
-    """The data section of a kept teacher's recipe (a teacher trained on other data is not reused)."""
-    return load_recipe(run / "recipe.yaml").data.model_dump() if (run / "recipe.yaml").is_file() else None
+def _kept_matches(run: Path, recipe) -> bool:
+    """Whether a kept (finished) teacher was trained as ``recipe`` would train it: its architecture, epochs, step
+    floor (``train.min_steps``: a teacher fine-tuned on 1,000 labels runs 63 epochs, not the 5 asked), batch size,
+    optimizer and data. (The number of epochs in its history is not the test: min_steps raises it.)"""
+    if not (run / "recipe.yaml").is_file():
+        return False
+    kept = load_recipe(run / "recipe.yaml")
+    return (
+        kept.teacher.arch == recipe.teacher.arch
+        and kept.teacher.epochs == recipe.teacher.epochs
+        and (kept.train.min_steps, kept.train.batch_size) == (recipe.train.min_steps, recipe.train.batch_size)
+        and kept.train.teacher_optimizer == recipe.train.teacher_optimizer
+        and kept.data == recipe.data
+    )
 
 
 def _teacher_accuracy(recipe, checkpoint: str) -> float:

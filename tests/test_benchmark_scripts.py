@@ -332,3 +332,25 @@ def test_two_grids_on_one_out_keep_each_others_cells(tmp_path):
     assert [r["student_test_accuracy"] for r in json.loads(out.read_text()) if r["seed"] == 1] == [0.9]
     quality._write_records(out, [cell(5, 0.5)])  # a fresh grid (no --resume): its records alone
     assert [r["seed"] for r in json.loads(out.read_text())] == [5] and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_kept_teacher_is_reused_when_trained_as_asked_whatever_its_epoch_count(tmp_path):
+    """A teacher fine-tuned on 1,000 labels with train.min_steps 500 runs 63 epochs, not its 5: the kept-teacher test
+    compares how it was asked to train (epochs, step floor, batch, optimizer, data), not its history's length, which
+    made every such grid retrain its teachers."""
+    from prokt_deploy.recipe import dump_recipe
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import quality
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+        sys.modules.pop("quality", None)
+    from prokt_deploy import apply_overrides, load_recipe
+
+    asked = apply_overrides(load_recipe(RECIPES / "digits.yaml"), {"train.min_steps": 500, "data.labels": 100, "teacher.epochs": 5})
+    (tmp_path / "recipe.yaml").write_text(dump_recipe(asked))
+    assert quality._kept_matches(tmp_path, asked)
+    for change in ({"train.min_steps": 0}, {"data.labels": 200}, {"teacher.epochs": 6}, {"train.teacher_optimizer.lr": 0.1}):
+        assert not quality._kept_matches(tmp_path, apply_overrides(asked, change)), change
+    assert not quality._kept_matches(tmp_path / "missing", asked)
