@@ -232,7 +232,7 @@ class Grid:
         with _claim(kept):  # one invocation trains a kept teacher; another one (another method's grid) waits, then reuses it
             if key not in self.teachers and kept is not None and (kept / "manifest.json").is_file():
                 m = json.loads((kept / "manifest.json").read_text())
-                if m["teacher"]["arch"] == r_teacher.teacher.arch and _kept_matches(kept, r_teacher):
+                if _kept_matches(kept, r_teacher):
                     self.teachers[key] = (str(kept / "teacher.safetensors"), m["metrics"]["teacher_test_accuracy"])
                     print(f"seed {seed}: reusing converged teacher {kept} (test {self.teachers[key][1]:.4f})", flush=True)
             if key not in self.teachers:

@@ -17,10 +17,10 @@
 # process merges its cells with the other's when it writes (quality.py --resume). Started earlier, the second would
 # tune again by itself. Two grids that need the same kept teacher (kd and dkd) train it once (quality._claim).
 #
-# Cost (not yet run in full; measured on 2 cores without a GPU): an EfficientNet-Lite0 training step at batch 128 takes
-# about 2 s on 2 threads (TOOLCHAIN.md), so one ProKT epoch over the 54,000-image transfer set (422 steps) is about
-# 15-20 min, and the grid's EPOCHS (default 5: 2,110 steps a cell) about 1.5 h per ProKT cell on 1 thread; KD and
-# DKD only run the frozen teacher forward, scratch not at all. With a CUDA device set DEVICE=cuda.
+# Cost, measured (Intel Xeon, 1 thread per process, two or three sharing the 2 cores; TEACHER=...@64, 1,000 labels):
+# the teacher's fine-tuning 16-25 min per seed (kept in the teachers folder, shared by kd and dkd); a kd or dkd cell
+# 15-20 min (the 64 px teacher's forward pass is 0.49 s of each batch of 128), scratch 2 min. ProKT trains the teacher
+# every step (2.2 s per batch at 64 px): about 80 min per cell, not yet run in full. With a CUDA device set DEVICE=cuda.
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 KIND="${1:?usage: $0 image|text N METHOD [SEEDS]}"
