@@ -127,6 +127,14 @@ def test_pretrained_efficientnet_lite0_keeps_imagenet_weights_and_replaces_the_h
         logits = imagenet(image)
     assert logits.shape == (2, 1000) and torch.isfinite(logits).all()  # the ImageNet weights' own head
     assert torch.equal(imagenet.model._fc.weight, state["_fc.weight"])
+    # run channels-last (faster on CPU), the same logits as the package's own layout on the same upsampled RGB image
+    assert imagenet.model._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    import copy
+
+    plain = copy.deepcopy(imagenet.model).to(memory_format=torch.contiguous_format)
+    rgb = torch.nn.functional.interpolate(image.expand(-1, 3, -1, -1), size=(32, 32), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, plain(rgb.contiguous()), rtol=1e-4, atol=1e-4)
     task = create_model("pretrained:efficientnet-lite0", num_classes=10, in_channels=1).eval()
     assert torch.equal(task.model._conv_stem.weight, state["_conv_stem.weight"])  # pretrained backbone
     assert task.model._fc.out_features == 10
