@@ -41,10 +41,11 @@ case "$KIND" in
   image)
     # the default recipe's student and budget (64 kB over ONNX and OpenVINO int8: pool-w16-d3), planned by size
     # tuning (3 runs per method, seed 0) on the first 12,000 training images: the N labels and 12,000 - N unlabelled
-    # TEACHER: the backbone and the size it sees, e.g. pretrained:efficientnet-lite0@64 (at the default 32 px its
-    # stride-32 features are 1x1, and fine-tuned on 1,000 labels it reached 81.7-82.9% test, below scratch's student)
+    # TEACHER: the backbone and the size it sees; by default EfficientNet-Lite0 upsampling to 64 px (the grid in
+    # docs/results.md; at the backbone's own 32 px minimum its stride-32 features are 1x1, and fine-tuned on 1,000
+    # labels it reached 81.7-82.9% test, below scratch's student)
     exec $PY benchmarks/quality.py --recipe recipes/fashion-mnist-efficientnet.yaml --budgets 64KB "${COMMON[@]}" \
-      --set "teacher.arch=${TEACHER:-pretrained:efficientnet-lite0}" \
+      --set "teacher.arch=${TEACHER:-pretrained:efficientnet-lite0@64}" \
       --tune-set data.max_train_samples=12000 --set student.family=pool --set 'budget.formats=[onnx, openvino]' --set budget.target=none \
       --out "benchmarks/results/few-labels-image-$N-$M.json" ;;
   text)

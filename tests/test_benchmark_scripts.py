@@ -354,3 +354,43 @@ def test_a_kept_teacher_is_reused_when_trained_as_asked_whatever_its_epoch_count
     for change in ({"train.min_steps": 0}, {"data.labels": 200}, {"teacher.epochs": 6}, {"train.teacher_optimizer.lr": 0.1}):
         assert not quality._kept_matches(tmp_path, apply_overrides(asked, change)), change
     assert not quality._kept_matches(tmp_path / "missing", asked)
+
+
+def test_the_few_label_grid_script_asks_quality_py_for_the_documented_grid(tmp_path):
+    """scripts/few_label_grid.sh's command line (captured by a stand-in for its Python) parses with the grid's own
+    options and makes a valid recipe: N labels kept, the rest unlabelled, 500 validation samples, the 64 px
+    EfficientNet-Lite0 teacher by default (docs/results.md's grid), the same min_steps for every method; a wrong
+    kind is refused with exit 2."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import quality
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from prokt_deploy.recipe import apply_overrides, load_recipe
+
+    echo = tmp_path / "py"
+    echo.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    echo.chmod(0o755)
+    script = ROOT / "scripts" / "few_label_grid.sh"
+
+    def argv(*args: str, **env: str) -> list[str]:
+        p = subprocess.run(["bash", str(script), *args], env={**os.environ, "PY": str(echo), **env}, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.splitlines()
+
+    for method, teacher in (("kd", None), ("prokt", "pretrained:efficientnet-lite0@96")):
+        cmd = argv("image", "5000", method, **({"TEACHER": teacher} if teacher else {}))
+        assert cmd[0] == "benchmarks/quality.py"
+        args = quality.parse_args(cmd[1:])
+        assert args.methods == method and args.seeds == "0,1,2" and args.tune and args.resume and args.threads == 1
+        assert args.out == f"benchmarks/results/few-labels-image-5000-{method}.json"
+        recipe = apply_overrides(load_recipe(ROOT / args.recipe), quality.extra_overrides(args.set))
+        assert recipe.teacher.arch == (teacher or "pretrained:efficientnet-lite0@64")
+        assert recipe.data.labels == 5000 and recipe.data.unlabeled_rest and recipe.data.max_val_samples == 500
+        assert recipe.train.min_steps == 500 and recipe.student.family == "pool"
+        assert quality.extra_overrides(args.tune_set) == {"data.max_train_samples": 12000}
+    text = argv("text", "1000", "dkd", "1,2")
+    assert text[0] == "benchmarks/text_quality.py"
+    assert quality.parse_args(text[1:]).seeds == "1,2" and "data.labels=1000" in text and "--epochs" in text
+    bad = subprocess.run(["bash", str(script), "video", "1000", "kd"], env={**os.environ, "PY": str(echo)}, capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage:" in bad.stderr
