@@ -15,7 +15,8 @@ Names:
 - ``paired.BUDGET.A-B``: the paired difference A - B by seed, mean ± sample std, points (same file)
 - ``cell.STEM.BUDGET.METHOD[.val|.int8|.drop|.teacher]``: the same as ``grid.``, from another grid file (STEM.json
   in benchmarks/results, e.g. quality-mobile-scratch); ``.teacher``: the test accuracy of the converged teacher each
-  seed's cell was distilled from (or, for scratch, recorded beside)
+  seed's cell was distilled from (or, for scratch, recorded beside); ``.prokt_teacher``: ProKT's own teacher, trained
+  jointly in the cell, at its end
 - ``cross.BUDGET.STEM~METHOD.STEM~METHOD[.int8]``: the paired difference by seed between cells of two grid files
   (first - second; fp32 test, or int8 ONNX test), e.g. one student family against another on the same seeds
 - ``manifest.STEM.student`` / ``.teacher`` / ``.int8.FORMAT``: a run manifest kept in benchmarks/results (STEM.json):
@@ -46,8 +47,9 @@ def _json(name: str):
 
 
 def _grid(budget: str, method: str, key: str = "test", stem: str = "quality") -> dict[int, float]:
-    """Per seed, in %: the fp32 test accuracy (``test``), validation (``val``), int8 ONNX test (``int8``), or the int8
-    drop in points (``drop``: fp32 - int8), of the grid file ``stem``.json."""
+    """Per seed, in %: the fp32 test accuracy (``test``), validation (``val``), int8 ONNX test (``int8``), the int8
+    drop in points (``drop``: fp32 - int8), or a teacher's test accuracy (``teacher``, ``prokt_teacher``), of the grid
+    file ``stem``.json."""
     cells = [r for r in _json(f"{stem}.json") if r.get("phase", "grid") == "grid" and r["budget"] == budget and r["method"] == method]
     pick = {
         "test": lambda r: 100 * r["student_test_accuracy"],
@@ -55,6 +57,7 @@ def _grid(budget: str, method: str, key: str = "test", stem: str = "quality") ->
         "int8": lambda r: 100 * r["int8_test_accuracy"],
         "drop": lambda r: 100 * (r["student_test_accuracy"] - r["int8_test_accuracy"]),
         "teacher": lambda r: 100 * r["converged_teacher_test_accuracy"],
+        "prokt_teacher": lambda r: 100 * r["prokt_teacher_test_accuracy"],
     }[key]
     return {r["seed"]: pick(r) for r in cells}
 
