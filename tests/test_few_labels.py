@@ -221,6 +221,37 @@ def test_dkd_loss_equals_a_hand_computed_value():
     assert dkd_loss(s, t, torch.tensor([0]), 1.0, 1 - pt[0], T).item() == pytest.approx(kl, rel=1e-5)
 
 
+def test_dkd_on_two_classes_is_kd_of_the_binary_distribution_and_says_beta_does_nothing(caplog):
+    """With 2 classes NCKD is empty: beta cannot change the loss, TCKD is KD's full KL, and the method warns once."""
+    torch.manual_seed(0)
+    s, t, y = torch.randn(6, 2), torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 0])
+    T = 4.0
+    kl = (F.softmax(t / T, -1) * (F.log_softmax(t / T, -1) - F.log_softmax(s / T, -1))).sum(-1).mean() * T**2
+    for beta in (0.0, 2.0, 8.0):
+        assert dkd_loss(s, t, y, 1.0, beta, T).item() == pytest.approx(kl.item(), rel=1e-5)
+    s3, t3 = torch.randn(6, 3), torch.randn(6, 3)
+    assert dkd_loss(s3, t3, y, 1.0, 8.0, T).item() != pytest.approx(dkd_loss(s3, t3, y, 1.0, 2.0, T).item())
+
+    from prokt_deploy.recipe import Recipe
+    from prokt_deploy.train.methods import dkd
+    from prokt_deploy.train.methods.registry import StepSetup
+
+    def method(classes: int):
+        student, teacher = torch.nn.Linear(4, classes), torch.nn.Linear(4, classes)
+        recipe = apply_overrides(load_recipe(RECIPES / "digits.yaml"), {"method": "dkd"})
+        assert isinstance(recipe, Recipe)
+        return dkd._step(StepSetup(recipe, student, teacher, total_steps=10, config=recipe.dkd))
+
+    x = torch.randn(6, 4)
+    with caplog.at_level("WARNING", logger="prokt_deploy"):
+        two = method(2)
+        two.step(x, y)
+        two.step(x, y)
+        method(3).step(x, y)
+    warnings = [r.getMessage() for r in caplog.records if "NCKD is 0" in r.getMessage()]
+    assert len(warnings) == 1 and "dkd.beta (8)" in warnings[0]
+
+
 def test_prokt_and_kd_on_a_transfer_batch_follow_the_documented_formula():
     torch.manual_seed(0)
     t_logits, s_logits = torch.randn(4, 3), torch.randn(4, 3)

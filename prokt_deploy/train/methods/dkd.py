@@ -13,10 +13,15 @@ because a 15-epoch schedule would never leave a 20-epoch warm-up.
 
 Unlabelled samples of a transfer set (label -1): their CE term is skipped and the teacher's top class stands in as
 the target class that TCKD and NCKD decouple around (docs/prokt.md, "Unlabelled data").
+
+With 2 classes the non-target distribution has one class, so NCKD is 0 whatever beta, and TCKD is KD's whole KL:
+DKD is then CE + alpha x KD (at T, with the warm-up). The step logs a warning once when that happens (the text grid's
+tweets are 2-class: its beta tuning run repeated the default run exactly).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -26,6 +31,9 @@ from prokt_deploy.train.methods.registry import MethodSpec, StepSetup, register
 
 if TYPE_CHECKING:
     from prokt_deploy.train.engine import Method
+
+
+log = logging.getLogger("prokt_deploy")
 
 
 class DKDConfig(Section):
@@ -52,9 +60,18 @@ def _step(s: StepSetup) -> Method:
     warmup_steps = cfg.warmup_fraction * s.total_steps
     outputs = s.teacher_outputs or teacher  # engine.FrozenOutputs: each unaugmented sample's logits computed once
 
+    warned = []
+
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
             t_logits = outputs(x)
+        if t_logits.shape[1] == 2 and cfg.beta != 0 and not warned:
+            warned.append(True)
+            log.warning(
+                "dkd: with 2 classes there is one non-target class, so NCKD is 0 and dkd.beta (%g) changes nothing; "
+                "DKD is CE plus alpha x KD over the 2 classes here (tune dkd.alpha or dkd.temperature instead)",
+                cfg.beta,
+            )
         student.train()
         logits = student(x)
         target = torch.where(y >= 0, y, t_logits.argmax(1))  # unlabelled: the teacher's class
