@@ -17,10 +17,11 @@
 # process merges its cells with the other's when it writes (quality.py --resume). Started earlier, the second would
 # tune again by itself. Two grids that need the same kept teacher (kd and dkd) train it once (quality._claim).
 #
-# Cost, measured (Intel Xeon, 1 thread per process, two or three sharing the 2 cores; TEACHER=...@64, 1,000 labels):
+# Cost, measured (Intel Xeon, 1 thread per process, two or three sharing the 2 cores; the 64 px teacher, 1,000 labels):
 # the teacher's fine-tuning 16-25 min per seed (kept in the teachers folder, shared by kd and dkd); a kd or dkd cell
-# 15-20 min (the 64 px teacher's forward pass is 0.49 s of each batch of 128), scratch 2 min. ProKT trains the teacher
-# every step (2.2 s per batch at 64 px): about 80 min per cell, not yet run in full. With a CUDA device set DEVICE=cuda.
+# 15-20 min (the teacher's forward pass was 0.49 s of each batch of 128, before it ran channels-last), scratch 2 min.
+# ProKT trains the teacher every step (1.46-1.6 s per step, channels-last): 52-57 min per cell, 14-15 min per tuning
+# run. Text: the teacher 8 min per seed, a kd or dkd cell 4-5 min, scratch about 1. With a CUDA device set DEVICE=cuda.
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 KIND="${1:?usage: $0 image|text N METHOD [SEEDS]}"

@@ -57,6 +57,18 @@ def bench(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+def quality_module():
+    """benchmarks/quality.py imported for its functions, then dropped from sys.modules (the other tests run the
+    scripts fresh)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import quality
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        sys.modules.pop("quality", None)
+    return quality
+
+
 def test_distill_throughput(tmp_path):
     out = tmp_path / "t.json"
     bench("distill_throughput.py", "--recipe", DIGITS, "--rounds", "1", "--steps", "2", "--out", str(out), cwd=tmp_path)
@@ -287,12 +299,7 @@ def test_a_kept_teacher_is_claimed_by_one_grid_at_a_time(tmp_path):
     """Two grids started together (kd and dkd over one --teacher-dir) must not both train the same teacher: the first
     holds .<name>.claim while it looks the teacher up and trains it, a second process cannot take it meanwhile, and
     the claim is free again once the first lets go (or dies)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import quality
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-        sys.modules.pop("quality", None)  # the other tests run the scripts fresh
+    quality = quality_module()
     kept = tmp_path / "teachers" / "teacher-seed0"
     probe = (
         "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
@@ -308,12 +315,7 @@ def test_two_grids_on_one_out_keep_each_others_cells(tmp_path):
     """--resume grids writing one --out (seeds 1,2 run beside seed 0 once the tuning runs are in it): each write keeps
     the cells another process wrote since this one read the file; a cell of both is this process's; without --resume
     the file is this invocation's records alone."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import quality
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-        sys.modules.pop("quality", None)
+    quality = quality_module()
 
     def cell(seed, acc, phase="grid"):
         return {"phase": phase, "budget": "64KB", "method": "kd", "seed": seed, "settings": {"kd.alpha": 0.5}, "student_test_accuracy": acc}
@@ -340,12 +342,7 @@ def test_a_kept_teacher_is_reused_when_trained_as_asked_whatever_its_epoch_count
     made every such grid retrain its teachers."""
     from prokt_deploy.recipe import dump_recipe
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import quality
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-        sys.modules.pop("quality", None)
+    quality = quality_module()
     from prokt_deploy import apply_overrides, load_recipe
 
     asked = apply_overrides(load_recipe(RECIPES / "digits.yaml"), {"train.min_steps": 500, "data.labels": 100, "teacher.epochs": 5})
@@ -361,11 +358,7 @@ def test_the_few_label_grid_script_asks_quality_py_for_the_documented_grid(tmp_p
     options and makes a valid recipe: N labels kept, the rest unlabelled, 500 validation samples, the 64 px
     EfficientNet-Lite0 teacher by default (docs/results.md's grid), the same min_steps for every method; a wrong
     kind is refused with exit 2."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import quality
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    quality = quality_module()
     from prokt_deploy.recipe import apply_overrides, load_recipe
 
     echo = tmp_path / "py"

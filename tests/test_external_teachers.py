@@ -7,6 +7,8 @@ manifest as `bench` does. What cannot be loaded is refused with one line and exi
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import RECIPES, ROOT, cli_in_process
@@ -129,8 +131,6 @@ def test_pretrained_efficientnet_lite0_keeps_imagenet_weights_and_replaces_the_h
     assert torch.equal(imagenet.model._fc.weight, state["_fc.weight"])
     # run channels-last (faster on CPU), the same logits as the package's own layout on the same upsampled RGB image
     assert imagenet.model._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
-    import copy
-
     plain = copy.deepcopy(imagenet.model).to(memory_format=torch.contiguous_format)
     rgb = torch.nn.functional.interpolate(image.expand(-1, 3, -1, -1), size=(32, 32), mode="bilinear", align_corners=False)
     with torch.no_grad():

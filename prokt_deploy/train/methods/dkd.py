@@ -60,18 +60,19 @@ def _step(s: StepSetup) -> Method:
     warmup_steps = cfg.warmup_fraction * s.total_steps
     outputs = s.teacher_outputs or teacher  # engine.FrozenOutputs: each unaugmented sample's logits computed once
 
-    warned = []
+    first = True
 
     def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        nonlocal first
         with torch.no_grad():
             t_logits = outputs(x)
-        if t_logits.shape[1] == 2 and cfg.beta != 0 and not warned:
-            warned.append(True)
+        if first and t_logits.shape[1] == 2 and cfg.beta != 0:  # the class count is the first batch's
             log.warning(
                 "dkd: with 2 classes there is one non-target class, so NCKD is 0 and dkd.beta (%g) changes nothing; "
                 "DKD is CE plus alpha x KD over the 2 classes here (tune dkd.alpha or dkd.temperature instead)",
                 cfg.beta,
             )
+        first = False
         student.train()
         logits = student(x)
         target = torch.where(y >= 0, y, t_logits.argmax(1))  # unlabelled: the teacher's class
