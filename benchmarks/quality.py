@@ -112,8 +112,10 @@ def int8_accuracy(run: Path) -> float | None:
 TUNING: dict[str, dict] = {
     "scratch": {"alternative": {"train.student_optimizer.lr": 0.01}},
     "kd": {"alternative": {"kd.alpha": 0.5, "kd.temperature": 2.0}},
-    # the paper's beta sweep on CIFAR-100 ran 1-8 (8 its default there, 0.5 on ImageNet)
-    "dkd": {"alternative": {"dkd.beta": 2.0}},
+    # the paper's beta sweep on CIFAR-100 ran 1-8 (8 its default there, 0.5 on ImageNet). With 2 classes NCKD is 0
+    # and beta does nothing (a beta run repeats the default to the last digit: the few-label text grid's first DKD
+    # tuning did), so there the alternative is DKD's temperature, as KD's alternative moves its own
+    "dkd": {"alternative": {"dkd.beta": 2.0}, "binary_alternative": {"dkd.temperature": 2.0}},
     "prokt": {"alternative": {"train.teacher_optimizer.lr": 0.0001}},
     "prokt+label": {"alternative": {"prokt.student_label_weight": 0.5}},
 }
@@ -121,6 +123,15 @@ TUNING: dict[str, dict] = {
 #: (prokt_deploy/train/methods/prokt.py: prokt+label is prokt.student_label_weight 0.3, prokt+batch-stats
 #: prokt.teacher_targets batch-stats), which run --compare takes too.
 VARIANTS: dict[str, tuple[str, dict]] = {name: (v.base, v.overrides()) for name, v in methods.variants().items()}
+
+
+def tuning_alternative(name: str, num_classes) -> dict:
+    """The settings of a method's third tuning run (TUNING). ``num_classes`` (a callable: the data's class count,
+    read only when asked) picks a method's ``binary_alternative`` on 2-class data, where its main knob is inert."""
+    spec = TUNING.get(name, TUNING.get(method_settings(name)[0], {}))
+    if "binary_alternative" in spec and num_classes() == 2:
+        return dict(spec["binary_alternative"])
+    return dict(spec.get("alternative", {}))
 
 
 def method_settings(name: str) -> tuple[str, dict]:
@@ -157,7 +168,7 @@ def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | 
             method = method_settings(name)[0]
             stage1 = [grid.cell(args.tune_seed, budget, name, {"student.zero_init_head": zero}, "tune") for zero in (True, False)]
             best1 = max(stage1, key=lambda r: r["student_val_accuracy"])
-            alternative = {**best1["tuned"], **TUNING.get(name, TUNING.get(method, {})).get("alternative", {})}
+            alternative = {**best1["tuned"], **tuning_alternative(name, lambda: grid.num_classes(args.tune_seed))}
             stage2 = grid.cell(args.tune_seed, budget, name, alternative, "tune")
             best = max([*stage1, stage2], key=lambda r: r["student_val_accuracy"])  # ties: the earlier (default) run
             chosen[name] = best["tuned"]
@@ -207,6 +218,13 @@ class Grid:
     def all_records(self) -> list[dict]:
         """What --out holds: the earlier records this invocation did not revisit, then this invocation's cells."""
         return [r for r in self.done if r not in self.records] + self.records
+
+    def num_classes(self, seed: int) -> int:
+        """The class count of the grid's data (loaded once, with the tuning runs' overrides)."""
+        if not hasattr(self, "_classes"):
+            extra = extra_overrides(getattr(self.args, "tune_set", []))
+            self._classes = load_recipe_data(apply_overrides(self.base, {**self.common, **extra, "seed": seed})).num_classes
+        return self._classes
 
     def teacher(self, seed: int, extra: dict | None = None) -> tuple[str, float]:
         """(checkpoint reference, its test accuracy) of the converged teacher seed ``seed`` uses;

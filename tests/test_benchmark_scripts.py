@@ -177,11 +177,12 @@ def test_quality_and_ablation_tiny(tmp_path):
 def test_text_quality_tiny(tmp_path):
     """benchmarks/text_quality.py end to end on a random BERT teacher and 64 tweets (seconds, not the real run):
     the tuning runs use the --tune-set subset, the grid cells the full (here: capped) split, and a second
-    invocation with --resume keeps every cell and the kept KD teachers."""
+    invocation with --resume keeps every cell and the kept teachers. DKD on the 2-class tweets: its third tuning run
+    moves the temperature, not beta (inert with one non-target class)."""
     out = tmp_path / "t.json"
     args = [
         "--methods",
-        "kd",
+        "dkd",
         "--budgets",
         "1.3MB",
         "--seeds",
@@ -209,14 +210,15 @@ def test_text_quality_tiny(tmp_path):
     records = json.loads(out.read_text())
     tuning = [r for r in records if r["phase"] == "tune"]
     grid = [r for r in records if r["phase"] == "grid"]
-    assert [r["method"] for r in grid] == ["kd"] and len(tuning) == 3
+    assert [r["method"] for r in grid] == ["dkd"] and len(tuning) == 3
+    assert "dkd.temperature" in tuning[2]["tuned"] and not any("dkd.beta" in r["tuned"] for r in tuning)
     assert {r["train_samples"] for r in tuning} == {32} and {r["train_samples"] for r in grid} == {64}
     assert len({r["student"] for r in records}) == 1
     kept = sorted(p.name for p in (tmp_path / "teachers").iterdir() if not p.name.endswith(".claim"))  # quality._claim's locks
     assert kept == ["teacher-seed0", "teacher-seed0-tune"]
     proc = bench("text_quality.py", *args, "--resume", cwd=tmp_path)
     assert proc.stdout.count("kept from") == 4 and "converged teacher" not in proc.stdout.replace("reusing converged teacher", "")
-    assert "| 1.3MB | kd |" in out.with_suffix(".md").read_text()
+    assert "| 1.3MB | dkd |" in out.with_suffix(".md").read_text()
     # one more seed in its own invocation (scripts/converged_grid.sh runs a seed per process): seed 0's row stays
     seed1 = [a if a != "0" or args[i - 1] != "--seeds" else "1" for i, a in enumerate(args)]
     bench("text_quality.py", *seed1, "--resume", cwd=tmp_path)
@@ -293,6 +295,22 @@ def test_every_argparse_script_builds_its_options(tmp_path):
     assert "accuracy_aware.py" in scripts and "runtimes.py" in scripts
     for script in scripts:
         assert "usage:" in bench(script, "--help", cwd=tmp_path).stdout, script
+
+
+def test_a_methods_third_tuning_run_moves_a_knob_that_acts_on_the_data():
+    """DKD's beta weights NCKD, which is 0 on 2 classes: there the third run moves the temperature instead; the class
+    count is read only for a method that has a 2-class alternative."""
+    quality = quality_module()
+    asked = []
+
+    def classes(n):
+        return lambda: asked.append(n) or n
+
+    assert quality.tuning_alternative("dkd", classes(10)) == {"dkd.beta": 2.0}
+    assert quality.tuning_alternative("dkd", classes(2)) == {"dkd.temperature": 2.0}
+    assert quality.tuning_alternative("kd", classes(2)) == {"kd.alpha": 0.5, "kd.temperature": 2.0}
+    assert quality.tuning_alternative("prokt+label", classes(2)) == {"prokt.student_label_weight": 0.5}
+    assert asked == [10, 2]
 
 
 def test_a_kept_teacher_is_claimed_by_one_grid_at_a_time(tmp_path):
