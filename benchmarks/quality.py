@@ -165,7 +165,6 @@ def run_grid(args: argparse.Namespace, label: str = "quality", teachers: dict | 
     if getattr(args, "tune", False):
         budget = args.budgets.split(",")[0]
         for name in methods:
-            method = method_settings(name)[0]
             stage1 = [grid.cell(args.tune_seed, budget, name, {"student.zero_init_head": zero}, "tune") for zero in (True, False)]
             best1 = max(stage1, key=lambda r: r["student_val_accuracy"])
             alternative = {**best1["tuned"], **tuning_alternative(name, lambda: grid.num_classes(args.tune_seed))}
