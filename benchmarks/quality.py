@@ -206,6 +206,7 @@ class Grid:
     def __init__(self, args, label, base, common, teachers, done) -> None:
         self.args, self.base, self.common, self.teachers, self.done = args, base, common, teachers, done
         self.records: list[dict] = []
+        self._classes: int | None = None  # num_classes(), read once when a tuning rule asks
         self.keep = getattr(args, "work_dir", None) is not None
         if self.keep:
             self.work = Path(args.work_dir)
@@ -220,7 +221,7 @@ class Grid:
 
     def num_classes(self, seed: int) -> int:
         """The class count of the grid's data (loaded once, with the tuning runs' overrides)."""
-        if not hasattr(self, "_classes"):
+        if self._classes is None:
             extra = extra_overrides(getattr(self.args, "tune_set", []))
             self._classes = load_recipe_data(apply_overrides(self.base, {**self.common, **extra, "seed": seed})).num_classes
         return self._classes

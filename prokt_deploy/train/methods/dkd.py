@@ -16,7 +16,8 @@ the target class that TCKD and NCKD decouple around (docs/prokt.md, "Unlabelled 
 
 With 2 classes the non-target distribution has one class, so NCKD is 0 whatever beta, and TCKD is KD's whole KL:
 DKD is then CE + alpha x KD (at T, with the warm-up). The step logs a warning once when that happens (the text grid's
-tweets are 2-class: its beta tuning run repeated the default run exactly).
+tweets are 2-class: a beta tuning run there repeated the default run exactly, so benchmarks/quality.py tunes DKD's
+temperature on 2-class data).
 """
 
 from __future__ import annotations
