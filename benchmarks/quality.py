@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from prokt_deploy.budget import parse_size
-from prokt_deploy.data import load_recipe_data
+from prokt_deploy.data import LABELS_DRAW, load_recipe_data
 from prokt_deploy.recipe import apply_overrides, load_recipe
 from prokt_deploy.rundir.workspace import CHECKPOINT, is_locked, load_checkpoint, partial_path
 from prokt_deploy.train import methods
@@ -410,10 +410,16 @@ def _as_written(run: Path) -> dict:
 def _kept_matches(run: Path, recipe) -> bool:
     """Whether a kept (finished) teacher was trained as ``recipe`` would train it: its architecture, epochs, step
     floor (``train.min_steps``: a teacher fine-tuned on 1,000 labels runs 63 epochs, not the 5 asked), batch size,
-    optimizer and data. (The number of epochs in its history is not the test: min_steps raises it.)"""
+    optimizer and data. (The number of epochs in its history is not the test: min_steps raises it.) With
+    data.labels, also how the labels were drawn (``LABELS_DRAW``): a teacher kept from before the draw changed
+    was fine-tuned on other labels than these settings now keep."""
     if not (run / "recipe.yaml").is_file():
         return False
     kept = load_recipe(run / "recipe.yaml")
+    if recipe.data.labels is not None:
+        manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
+        if (manifest.get("data") or {}).get("labels_draw") != LABELS_DRAW:
+            return False
     return (
         kept.teacher.arch == recipe.teacher.arch
         and kept.teacher.epochs == recipe.teacher.epochs

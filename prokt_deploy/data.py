@@ -190,20 +190,38 @@ def load_data(
 
 #: ``DataBundle.unlabeled_from``'s key for the training samples beyond the kept labels (data.unlabeled_rest)
 REST = "rest of the training split"
+#: How data.labels draws its N (recorded in manifests as ``data.labels_draw``): from the whole seeded training split,
+#: before data.max_train_samples cuts the rest. Before 2026-12-07 the cut came first, so a capped run (a benchmark's
+#: tuning run) drew other labels than the full run; a kept teacher without this marker was trained on such a draw.
+LABELS_DRAW = "whole training split, then max_train_samples cuts the rest"
+
+
+def labels_seed(recipe) -> int | None:
+    """The seed data.labels draws the kept labels with (the split's, as :func:`load_recipe_data` passes it); None
+    without data.labels."""
+    d = recipe.data
+    return None if d.labels is None else (recipe.seed if d.split_seed is None else d.split_seed)
 
 
 def _subsets(source, y: np.ndarray, n_classes: int, train_idx, val_idx, test_idx, seed: int, max_train: int | None, few: dict):
-    """The training indices kept (max_train_samples, then data.labels), the validation indices kept
-    (max_val_samples) and the training indices beyond the kept labels (the unlabelled rest)."""
-    if max_train is not None and max_train < len(train_idx):
-        train_idx = train_idx[:max_train]  # already a seeded permutation
+    """The training indices kept, the validation indices kept (max_val_samples) and the training indices beyond
+    the kept labels (the unlabelled rest). Without data.labels, max_train_samples keeps the first M of the seeded
+    training split. With it, the N labels are drawn from the whole training split first and max_train_samples caps
+    labelled + rest at M by cutting the rest: the N labels of a seed do not depend on M, so a run on a subset (the
+    benchmarks' tuning runs) sees the same labels as the full run and none beyond them."""
     if few["max_val_samples"] is not None:
         val_idx = val_idx[: few["max_val_samples"]]
+    if few["labels"] is None and max_train is not None and max_train < len(train_idx):
+        train_idx = train_idx[:max_train]  # already a seeded permutation
     if len(train_idx) == 0 or len(val_idx) == 0 or len(test_idx) == 0:
         raise DataError(f"dataset {source!r} is too small to split into train/val/test ({len(y)} samples)")
     rest = train_idx[:0]
     if few["labels"] is not None:
+        if max_train is not None and max_train < few["labels"]:
+            raise DataError(f"data.max_train_samples {max_train} is below data.labels {few['labels']}; use at least {few['labels']}")
         train_idx, rest = keep_labels(train_idx, y, n_classes, few["labels"], seed)
+        if max_train is not None:
+            rest = rest[: max_train - len(train_idx)]  # the rest keeps the split's seeded order
     return train_idx, val_idx, rest
 
 
@@ -262,6 +280,11 @@ def load_unlabeled(path: str | Path, like: DataBundle, *, image_size=None, chann
         raise DataError(
             f"unlabelled data {str(p)!r} holds inputs of shape {tuple(raw.shape[1:])} (C, H, W) but the labelled ones are {want}; "
             "give inputs of the same shape (or a folder of images, which data.image_size / data.channels convert)"
+        )
+    if like.name == "digits" and scale != like.input.get("scale"):
+        raise DataError(
+            f"the digits source's values are 0..16 and an unlabelled file's can only be uint8 0..255 or floats ({str(p)!r}); "
+            "use --unlabeled-rest with digits, or save the digits as an .npz (x as floats / 16) and give both as .npz"
         )
     if scale != like.input.get("scale"):
         raise DataError(

@@ -41,7 +41,9 @@ COMMON=(--seeds "$SEEDS" --methods "$M" --epochs "$EPOCHS" --tune --threads 1 --
 case "$KIND" in
   image)
     # the default recipe's student and budget (64 kB over ONNX and OpenVINO int8: pool-w16-d3), planned by size
-    # tuning (3 runs per method, seed 0) on the first 12,000 training images: the N labels and 12,000 - N unlabelled
+    # tuning (3 runs per method, seed 0) on a 12,000-image subset: seed 0's N labels (data.labels draws them from the
+    # whole split before max_train_samples cuts the rest) and the first 12,000 - N of the rest, unlabelled (the records
+    # in benchmarks/results were made before that order: their tuning drew its N labels from the first 12,000 images)
     # TEACHER: the backbone and the size it sees; by default EfficientNet-Lite0 upsampling to 64 px (the grid in
     # docs/results.md; at the backbone's own 32 px minimum its stride-32 features are 1x1, and fine-tuned on 1,000
     # labels it reached 81.7-82.9% test, below scratch's student)
@@ -50,7 +52,7 @@ case "$KIND" in
       --tune-set data.max_train_samples=12000 --set student.family=pool --set 'budget.formats=[onnx, openvino]' --set budget.target=none \
       --out "benchmarks/results/few-labels-image-$N-$M.json" ;;
   text)
-    # tuning on text_quality.py's 6,000-tweet subset: the N labels and 6,000 - N unlabelled
+    # tuning on text_quality.py's 6,000-tweet subset: seed 0's N labels and 6,000 - N of the rest, unlabelled (as above)
     exec $PY benchmarks/text_quality.py "${COMMON[@]}" --out "benchmarks/results/few-labels-text-$N-$M.json" ;;
   *) echo "usage: $0 image|text N METHOD [SEEDS]" >&2; exit 2 ;;
 esac

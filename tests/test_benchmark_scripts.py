@@ -362,13 +362,29 @@ def test_a_kept_teacher_is_reused_when_trained_as_asked_whatever_its_epoch_count
 
     quality = quality_module()
     from prokt_deploy import apply_overrides, load_recipe
+    from prokt_deploy.data import LABELS_DRAW
+    from prokt_deploy.train.distill import train_teacher
 
-    asked = apply_overrides(load_recipe(RECIPES / "digits.yaml"), {"train.min_steps": 500, "data.labels": 100, "teacher.epochs": 5})
-    (tmp_path / "recipe.yaml").write_text(dump_recipe(asked))
-    assert quality._kept_matches(tmp_path, asked)
+    asked = apply_overrides(
+        load_recipe(RECIPES / "digits.yaml"),
+        {"train.min_steps": 20, "data.labels": 100, "teacher.epochs": 1, "teacher.arch": "cnn-w4-d1", "data.max_train_samples": 300},
+    )
+    kept = tmp_path / "teacher"
+    train_teacher(asked, out=kept)  # its manifest says how its labels were drawn
+    assert json.loads((kept / "manifest.json").read_text())["data"]["labels_draw"] == LABELS_DRAW
+    assert quality._kept_matches(kept, asked)
     for change in ({"train.min_steps": 0}, {"data.labels": 200}, {"teacher.epochs": 6}, {"train.teacher_optimizer.lr": 0.1}):
-        assert not quality._kept_matches(tmp_path, apply_overrides(asked, change)), change
+        assert not quality._kept_matches(kept, apply_overrides(asked, change)), change
     assert not quality._kept_matches(tmp_path / "missing", asked)
+    # a teacher kept from before data.labels drew from the whole split saw other labels: not reused
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "recipe.yaml").write_text(dump_recipe(asked))
+    manifest = json.loads((kept / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "data": {}}))
+    assert not quality._kept_matches(old, asked)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert quality._kept_matches(old, asked)
 
 
 def test_the_few_label_grid_script_asks_quality_py_for_the_documented_grid(tmp_path):

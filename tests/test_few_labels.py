@@ -3,6 +3,7 @@ the transfer batches the distillation methods train on, DKD's loss and ProKT's s
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from conftest import RECIPES, cli_in_process
 
 from prokt_deploy import apply_overrides, distill, load_recipe
-from prokt_deploy.data import REST, load_data, load_unlabeled
+from prokt_deploy.data import LABELS_DRAW, REST, load_data, load_recipe_data, load_unlabeled
 from prokt_deploy.errors import DataError
 from prokt_deploy.train import distill as distill_module
 from prokt_deploy.train.engine import NO_LABEL, TransferBatches
@@ -47,6 +48,40 @@ def test_labels_keep_the_same_number_per_class_and_the_same_indices_for_a_seed()
         load_data("digits", seed=0, labels=5)
     with pytest.raises(DataError, match="more than the .* training samples"):
         load_data("digits", seed=0, labels=100_000)
+
+
+def _raw_rows(bundle, x: torch.Tensor) -> np.ndarray:
+    """A digits bundle's samples back on its raw 0..16 integer scale, one row each (each bundle normalises with its
+    own kept training split's statistics, so rows are compared raw)."""
+    spec = bundle.input
+    raw = x.numpy() * np.array(spec["std"])[None, :, None, None] + np.array(spec["mean"])[None, :, None, None]
+    return np.rint(raw * spec["scale"]).astype(np.int64).reshape(len(x), -1)
+
+
+def _sorted_rows(rows: np.ndarray) -> np.ndarray:
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+def test_labels_split_the_training_split_exactly_and_a_subset_keeps_the_same_labels():
+    """The kept labels and the pool are the training split, nothing lost or kept twice; validation and test are the
+    full run's; a run capped by max_train_samples (the benchmarks' tuning runs) keeps the same N labels and cuts
+    only the pool, so it sees no label the full run does not."""
+    full = load_data("digits", seed=0)
+    few = load_data("digits", seed=0, labels=100, unlabeled_rest=True)
+    for name in ("val", "test"):
+        a, b = getattr(full, name), getattr(few, name)
+        assert torch.equal(a.y, b.y) and np.array_equal(_raw_rows(full, a.x), _raw_rows(few, b.x))
+    both = np.concatenate([_raw_rows(few, few.train.x), _raw_rows(few, few.unlabeled)])
+    assert np.array_equal(_sorted_rows(both), _sorted_rows(_raw_rows(full, full.train.x)))
+    sub = load_data("digits", seed=0, labels=100, unlabeled_rest=True, max_train_samples=400)
+    assert torch.equal(sub.train.y, few.train.y) and np.array_equal(_raw_rows(sub, sub.train.x), _raw_rows(few, few.train.x))
+    assert sub.n_unlabeled == 300  # the cap counts labelled + pool
+    pool = {r.tobytes() for r in _raw_rows(few, few.unlabeled)}
+    assert all(r.tobytes() in pool for r in _raw_rows(sub, sub.unlabeled))
+    # without labels the cap keeps the first M of the seeded training split, as before
+    assert len(load_data("digits", seed=0, max_train_samples=400).train) == 400
+    with pytest.raises(DataError, match="max_train_samples 50 is below data.labels 100"):
+        load_data("digits", seed=0, labels=100, max_train_samples=50)
 
 
 def test_unlabelled_npz_and_image_folder_are_read_like_the_labelled_data(tmp_path):
@@ -141,6 +176,13 @@ def test_unlabelled_text_files(tmp_path):
     assert len(both.train) == 10 and both.n_unlabeled == len(data.train) - 10 + 2 and both.unlabeled.shape[1:] == (2, 12)
 
 
+def test_digits_refuses_an_unlabelled_file_with_the_way_out(tmp_path):
+    """digits' values are 0..16, a file's can only be 0..255 or floats: one line that names --unlabeled-rest."""
+    np.savez(tmp_path / "u.npz", x=np.random.default_rng(0).uniform(0, 1, size=(5, 8, 8)).astype(np.float32))
+    with pytest.raises(DataError, match="use --unlabeled-rest with digits"):
+        load_unlabeled(tmp_path / "u.npz", load_data("digits", seed=0))
+
+
 def test_transfer_batches_are_seeded_mix_labelled_and_unlabelled_and_cover_each_pool():
     tb = TransferBatches(10, 50, 8, 0.25, seed=3)
     assert tb.k == (2, 6)
@@ -186,7 +228,7 @@ def test_kd_dkd_and_prokt_train_on_unlabelled_batches_and_scratch_does_not(tmp_p
     monkeypatch.setattr(distill_module, "_student_method", spy)
     manifests = {m: distill(_tiny(m), out=tmp_path / m, runs_root=tmp_path, latest=False).manifest for m in ("kd", "dkd", "prokt", "scratch")}
     n_pool = manifests["kd"].data["unlabelled"]
-    assert n_pool > 1000 and manifests["kd"].data["train"] == 50
+    assert n_pool > 1000 and manifests["kd"].data["train"] == 50 and manifests["kd"].data["labels_draw"] == LABELS_DRAW
     for m in ("kd", "dkd", "prokt"):
         y = torch.cat(seen[m])
         assert (y == NO_LABEL).sum() > 0 and (y >= 0).sum() > 0, m
@@ -252,6 +294,37 @@ def test_dkd_on_two_classes_is_kd_of_the_binary_distribution_and_says_beta_does_
     assert len(warnings) == 1 and "dkd.beta (8)" in warnings[0]
 
 
+def test_dkd_step_ramps_its_distillation_terms_in_and_decouples_unlabelled_samples_around_the_teachers_class():
+    """The DKD step's loss is CE over the labelled samples + min(step / warm-up, 1) * dkd_loss, where an unlabelled
+    sample's target class is the teacher's top class (not its -1 label, not class 0)."""
+    from prokt_deploy.recipe import Recipe
+    from prokt_deploy.train.methods import dkd
+    from prokt_deploy.train.methods.registry import StepSetup
+
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    recipe = apply_overrides(load_recipe(RECIPES / "digits.yaml"), {"method": "dkd", "dkd.warmup_fraction": 0.5})
+    assert isinstance(recipe, Recipe)
+    cfg = recipe.dkd
+    method = dkd._step(StepSetup(recipe, student, teacher, total_steps=24, config=cfg))  # warm-up: 12 steps
+    x = torch.randn(8, 4)
+    y = torch.tensor([0, NO_LABEL, 2, NO_LABEL, 1, NO_LABEL, NO_LABEL, 2])
+    with torch.no_grad():
+        t_top = teacher(x).argmax(1)
+    assert (t_top[y < 0] != 0).any()  # the seed gives an unlabelled sample whose teacher class is not 0
+    for k in range(16):
+        with torch.no_grad():
+            s_logits, t_logits = student(x), teacher(x)
+            ce = F.cross_entropy(s_logits[y >= 0], y[y >= 0])
+            right = dkd_loss(s_logits, t_logits, torch.where(y >= 0, y, t_top), cfg.alpha, cfg.beta, cfg.temperature)
+            wrong = dkd_loss(s_logits, t_logits, y.clamp(min=0), cfg.alpha, cfg.beta, cfg.temperature)
+        out = method.step(x, y)
+        ramp = min(k / 12, 1.0)
+        assert out["dkd"] == pytest.approx(right.item(), rel=1e-5) and out["dkd"] != pytest.approx(wrong.item(), rel=1e-3)
+        assert out["loss"] == pytest.approx(ce.item() + ramp * right.item(), rel=1e-5), f"step {k}: ramp {ramp}"
+    assert ramp == 1.0 and right.item() > 0
+
+
 def test_prokt_and_kd_on_a_transfer_batch_follow_the_documented_formula():
     torch.manual_seed(0)
     t_logits, s_logits = torch.randn(4, 3), torch.randn(4, 3)
@@ -290,6 +363,36 @@ def test_cli_flags_and_bad_unlabelled_input_exit_4_in_one_line(tmp_path):
     assert r.returncode == 2 and "data.unlabeled_rest needs data.labels" in r.stderr  # a usage error: the flags given
 
 
+def test_train_teacher_keeps_the_labels_and_a_teacher_from_other_labels_is_warned_about(tmp_path, caplog):
+    """`train-teacher --labels N` trains on the N labels a few-label run keeps and says so in its manifest; a run with
+    data.labels given a converged teacher that was not (another seed, all labels, no manifest) warns once."""
+    from prokt_deploy.train import build
+
+    r = cli_in_process(
+        "train-teacher", "--recipe", RECIPES / "digits.yaml", "--labels", "50", "--max-val-samples", "100",
+        "--epochs", "1", "--min-steps", "0", "--out", tmp_path / "t", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert (manifest["data"]["train"], manifest["data"]["labels_kept"], manifest["data"]["labels_seed"]) == (50, 50, 0)
+    ckpt = str(tmp_path / "t" / "teacher.safetensors")
+    recipe = load_recipe(tmp_path / "t" / "recipe.yaml")
+
+    def warnings(**over):
+        build._WARNED.clear()
+        caplog.clear()
+        r2 = apply_overrides(recipe, {"method": "kd", "teacher.init": "checkpoint", "teacher.checkpoint": ckpt, **over})
+        with caplog.at_level("WARNING", logger="prokt_deploy"):
+            build.build_teacher(r2, load_recipe_data(r2))
+        return [m.getMessage() for m in caplog.records if "was not trained on the" in m.getMessage()]
+
+    assert warnings() == []
+    assert len(warnings(seed=1)) == 1 and "train-teacher --labels 50 --seed 1" in warnings(seed=1)[0]
+    assert len(warnings(**{"data.labels": 100})) == 1
+    (tmp_path / "t" / "manifest.json").unlink()
+    assert "no manifest beside it" in warnings()[0]
+
+
 def test_the_report_says_what_each_method_drew_and_that_scratch_cannot_use_the_pool():
     from prokt_deploy.benchmarking.report import compare_cells, data_text
 
@@ -316,6 +419,13 @@ def test_the_report_says_what_each_method_drew_and_that_scratch_cannot_use_the_p
     assert "prokt learned from both (9 labelled + 27 unlabelled" in data_text({**data, "samples_seen": {"labelled": 9, "unlabelled": 27}}, "prokt")
     assert "scratch cannot learn from unlabelled samples" in data_text({**data, "samples_seen": {"labelled": 9, "unlabelled": 0}}, "scratch")
     assert data_text({"labelled": 54000, "unlabelled": 0}, "prokt") is None
+    # a manifest without the counter (older runs): the method registry says which methods use the pool
+    assert "kd learns from both (the samples it drew are not recorded" in data_text(data, "kd")
+    assert "prokt+label learns from both" in data_text(data, "prokt+label")
+    assert "scratch cannot learn from unlabelled samples" in data_text(data, "scratch")
+    old = {**comp, "rows": [{k: v for k, v in r.items() if k != "samples_seen"} for r in comp["rows"]]}
+    notes = compare_cells(old)[2]
+    assert any(n.startswith("Note: scratch cannot learn") for n in notes) and not any("prokt" in n and "cannot learn" in n for n in notes)
 
 
 def test_text_trains_on_a_transfer_set(tmp_path):

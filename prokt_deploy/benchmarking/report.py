@@ -350,8 +350,8 @@ def compare_cells(comp: dict | None) -> tuple[list[str], list[list[str]], list[s
     if transfer:
         header.append("samples drawn (labelled + unlabelled)")
     cells, notes = [], []
-    if transfer and any(not (r.get("samples_seen") or {}).get("unlabelled") for r in comp["rows"]):
-        blind = ", ".join(r["method"] for r in comp["rows"] if not (r.get("samples_seen") or {}).get("unlabelled"))
+    blind = ", ".join(r["method"] for r in comp["rows"] if uses_unlabelled(r["method"], r.get("samples_seen")) is False)
+    if transfer and blind:
         notes.append(
             f"Note: {blind} cannot learn from the {comp['unlabelled']:,} unlabelled samples: trained on the {comp.get('labelled') or 0:,} labelled "
             "ones alone, for as many optimizer steps as the methods that use them"
@@ -558,9 +558,21 @@ def data_text(data: dict, method: str) -> str | None:
     seen = data.get("samples_seen") or {}
     if seen.get("unlabelled"):
         text += f"; {method} learned from both ({seen['labelled']:,} labelled + {seen['unlabelled']:,} unlabelled samples drawn)"
-    else:
+    elif uses_unlabelled(method, seen) is False:
         text += f"; {method} cannot learn from unlabelled samples: it trained on the labelled ones alone, for as many optimizer steps"
+    else:
+        text += f"; {method} learns from both (the samples it drew are not recorded in this run's manifest)"
     return text
+
+
+def uses_unlabelled(method: str, seen: dict | None) -> bool | None:
+    """Whether ``method`` trained on the unlabelled pool: from its recorded ``samples_seen`` where there is one, else
+    from the method registry (an older manifest without the counter); None for a method this install does not know."""
+    if seen and "unlabelled" in seen:
+        return bool(seen["unlabelled"])
+    base = methods.variants()[method].base if method in methods.variants() else method
+    spec = methods.find(base)
+    return None if spec is None else bool(spec.unlabeled)
 
 
 def _plots_section(rep: dict) -> Section:

@@ -154,7 +154,7 @@ def print_summary(s: dict) -> None:
     out.print(table)
 
 
-@o.takes_overrides("epochs", "seed", "device", "max_train_samples", "data_dir", "data_source", "min_steps")
+@o.takes_overrides("epochs", "seed", "device", "max_train_samples", "data_dir", "data_source", "min_steps", "labels", "max_val_samples")
 def train_teacher(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory to create for the teacher.")],
     recipe: o.RecipeOpt = None,

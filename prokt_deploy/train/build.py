@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 from torch import nn
 
-from prokt_deploy.data import DataBundle
+from prokt_deploy.data import LABELS_DRAW, DataBundle, labels_seed
 from prokt_deploy.errors import RecipeError
 from prokt_deploy.models import create_model, zero_init_head
 from prokt_deploy.models.external import check_teacher_output, is_external
 from prokt_deploy.recipe import Recipe
 from prokt_deploy.rundir.checkpoint import build_from_factory, load_weights
 from prokt_deploy.train import methods
+
+log = logging.getLogger("prokt_deploy")
+_WARNED: set[str] = set()
 
 
 def build_teacher(recipe: Recipe, data: DataBundle, *, zero_head: bool | None = None) -> nn.Module:
@@ -32,6 +39,8 @@ def build_teacher(recipe: Recipe, data: DataBundle, *, zero_head: bool | None = 
         if not t.checkpoint:
             raise RecipeError(f"teacher.init is {t.init!r} but no teacher.checkpoint is set; pass --teacher-checkpoint PATH")
         load_weights(teacher, t.checkpoint)
+        if t.init == "checkpoint" and recipe.data.labels is not None:
+            _warn_if_teacher_saw_other_labels(recipe, t.checkpoint)
     if zero_head is None:
         zero_head = methods.get(recipe.method).zero_heads(recipe) and t.init == "scratch"
     if zero_head or t.init == "checkpoint-reset-head":
@@ -45,3 +54,32 @@ def student_zero_head(recipe: Recipe) -> bool:
     if recipe.student.zero_init_head is not None:
         return recipe.student.zero_init_head
     return methods.get(recipe.method).zero_heads(recipe)
+
+
+def _warn_if_teacher_saw_other_labels(recipe: Recipe, checkpoint: str) -> None:
+    """With data.labels, a converged teacher from a checkpoint should have been trained on the same kept labels
+    (``prokt-deploy train-teacher --labels N`` with the same seed): its manifest beside the checkpoint says so. One
+    warning per checkpoint where it does not (or there is no manifest): such a teacher may have seen labels beyond
+    the N kept ones, and a few-label comparison with it is not what a few-label user could do."""
+    if checkpoint in _WARNED:
+        return
+    manifest = Path(checkpoint).parent / "manifest.json"
+    try:
+        m = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        m = None
+    d, seed = recipe.data, labels_seed(recipe)
+    data = (m or {}).get("data") or {}
+    ok = m is not None and (data.get("labels_kept"), data.get("labels_draw"), data.get("labels_seed")) == (d.labels, LABELS_DRAW, seed)
+    if not ok:
+        _WARNED.add(checkpoint)
+        said = "no manifest beside it" if m is None else f"its manifest: labels {data.get('labels_kept')}, seed {data.get('labels_seed')}"
+        log.warning(
+            "teacher checkpoint %s was not trained on the %d labels this run keeps (%s): it may have seen labels beyond "
+            "them; for a few-label comparison train it with `prokt-deploy train-teacher --labels %d --seed %d`",
+            checkpoint,
+            d.labels,
+            said,
+            d.labels,
+            seed,
+        )
