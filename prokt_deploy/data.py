@@ -203,6 +203,13 @@ def labels_seed(recipe) -> int | None:
     return None if d.labels is None else (recipe.seed if d.split_seed is None else d.split_seed)
 
 
+def labels_record(recipe) -> dict:
+    """Which labels a run kept, for its manifest's ``data``: how many, how drawn and with which seed (all None
+    without data.labels); a teacher whose manifest holds the same record saw the same labels."""
+    kept = recipe.data.labels is not None
+    return {"labels_kept": recipe.data.labels, "labels_draw": LABELS_DRAW if kept else None, "labels_seed": labels_seed(recipe)}
+
+
 def _subsets(source, y: np.ndarray, n_classes: int, train_idx, val_idx, test_idx, seed: int, max_train: int | None, few: dict):
     """The training indices kept, the validation indices kept (max_val_samples) and the training indices beyond
     the kept labels (the unlabelled rest). Without data.labels, max_train_samples keeps the first M of the seeded
@@ -281,10 +288,10 @@ def load_unlabeled(path: str | Path, like: DataBundle, *, image_size=None, chann
             f"unlabelled data {str(p)!r} holds inputs of shape {tuple(raw.shape[1:])} (C, H, W) but the labelled ones are {want}; "
             "give inputs of the same shape (or a folder of images, which data.image_size / data.channels convert)"
         )
-    if like.name == "digits" and scale != like.input.get("scale"):
+    if like.input.get("scale") not in (1.0, 255.0):  # a built-in source on its own scale (digits: 0..16)
         raise DataError(
-            f"the digits source's values are 0..16 and an unlabelled file's can only be uint8 0..255 or floats ({str(p)!r}); "
-            "use --unlabeled-rest with digits, or save the digits as an .npz (x as floats / 16) and give both as .npz"
+            f"the {like.name} source's values are 0..{like.input.get('scale'):g} and an unlabelled file's can only be uint8 0..255 or "
+            f"floats ({str(p)!r}); use --unlabeled-rest with {like.name}, or save it as an .npz (x as floats) and give both as .npz"
         )
     if scale != like.input.get("scale"):
         raise DataError(

@@ -570,8 +570,8 @@ def uses_unlabelled(method: str, seen: dict | None) -> bool | None:
     from the method registry (an older manifest without the counter); None for a method this install does not know."""
     if seen and "unlabelled" in seen:
         return bool(seen["unlabelled"])
-    base = methods.variants()[method].base if method in methods.variants() else method
-    spec = methods.find(base)
+    variant = methods.variants().get(method)
+    spec = methods.find(variant.base if variant else method)
     return None if spec is None else bool(spec.unlabeled)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
-from prokt_deploy.data import LABELS_DRAW, DataBundle, labels_seed
+from prokt_deploy.data import DataBundle, labels_record
 from prokt_deploy.errors import RecipeError
 from prokt_deploy.models import create_model, zero_init_head
 from prokt_deploy.models.external import check_teacher_output, is_external
@@ -68,18 +68,16 @@ def _warn_if_teacher_saw_other_labels(recipe: Recipe, checkpoint: str) -> None:
         m = json.loads(manifest.read_text())
     except (OSError, ValueError):
         m = None
-    d, seed = recipe.data, labels_seed(recipe)
-    data = (m or {}).get("data") or {}
-    ok = m is not None and (data.get("labels_kept"), data.get("labels_draw"), data.get("labels_seed")) == (d.labels, LABELS_DRAW, seed)
-    if not ok:
+    want, data = labels_record(recipe), (m or {}).get("data") or {}
+    if m is None or any(data.get(k) != v for k, v in want.items()):
         _WARNED.add(checkpoint)
         said = "no manifest beside it" if m is None else f"its manifest: labels {data.get('labels_kept')}, seed {data.get('labels_seed')}"
         log.warning(
             "teacher checkpoint %s was not trained on the %d labels this run keeps (%s): it may have seen labels beyond "
             "them; for a few-label comparison train it with `prokt-deploy train-teacher --labels %d --seed %d`",
             checkpoint,
-            d.labels,
+            want["labels_kept"],
             said,
-            d.labels,
-            seed,
+            want["labels_kept"],
+            want["labels_seed"],
         )

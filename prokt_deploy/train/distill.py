@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prokt_deploy.data import LABELS_DRAW, DataBundle, labels_seed, load_recipe_data
+from prokt_deploy.data import DataBundle, labels_record, load_recipe_data
 from prokt_deploy.errors import InterruptedRun, RecipeError, RunError, TrainingError
 from prokt_deploy.models import count_params, create_model, zero_init_head
 from prokt_deploy.planner import Plan, plan
@@ -514,9 +514,7 @@ def _manifest(recipe, the_plan: Plan, student_arch, data, student, teacher, teac
             "test": len(data.test),
             "unlabelled": data.n_unlabeled,
             "unlabelled_from": dict(data.unlabeled_from),
-            "labels_kept": recipe.data.labels,
-            "labels_draw": LABELS_DRAW if recipe.data.labels is not None else None,
-            "labels_seed": labels_seed(recipe),
+            **labels_record(recipe),
         },
         input={**data.input},
         classes=data.classes,
@@ -585,9 +583,7 @@ def train_teacher(recipe: Recipe, *, out: str | Path, progress: engine.Progress 
             data={
                 "source": data.name,
                 "train": len(data.train),
-                "labels_kept": recipe.data.labels,
-                "labels_draw": LABELS_DRAW if recipe.data.labels is not None else None,
-                "labels_seed": labels_seed(recipe),
+                **labels_record(recipe),
             },
             input=data.input,
             classes=data.classes,
